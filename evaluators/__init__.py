@@ -3,3 +3,18 @@
 from __future__ import annotations
 
 from search import _offline as _offline  # noqa: F401  (sets HF offline variables first)
+
+from evaluators.base import Evaluator, Scores
+from evaluators.builder import EVALUATORS, CompositeEvaluator, build_evaluator
+from evaluators.spec import EvalSpec, ObjectiveSpec, TaskRef
+
+__all__ = [
+    "EVALUATORS",
+    "CompositeEvaluator",
+    "EvalSpec",
+    "Evaluator",
+    "ObjectiveSpec",
+    "Scores",
+    "TaskRef",
+    "build_evaluator",
+]

@@ -1,0 +1,308 @@
+"""Storage and study bookkeeping: open the RDB storage, create or resume a study, claim trials.
+
+A study lives in an Optuna RDB storage (SQLite for one host, PostgreSQL for several). Workers
+write a heartbeat while they run a trial; a trial whose heartbeat stops (the worker died) is
+failed by the next worker that looks and re-queued by ``RetryHeartbeatStaleTrialCallback``.
+
+The budget is exact: a worker claims a trial only under a lock held through the storage
+(a PostgreSQL advisory lock, or an ``flock`` on ``<sqlite file>.lock``) after counting the
+trials that are finished or running, so concurrent workers never start more than
+``budget.n_trials`` trials in all, and a resumed study continues its count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.config import StudyConfig
+    from search.space import SearchSpace
+
+# Study user attrs (the contract with search.report) and the resume signature.
+CONFIG_ATTR = "config"
+FINGERPRINT_ATTR = "fingerprint"
+SPACE_ATTR = "search_space"
+SCORING_ATTR = "scoring"
+
+
+# ------------------------------------------------------------------------------------ storage
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Hide Optuna's "experimental feature" warnings for the APIs this module relies on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        yield
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL (relative to the working directory), else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):])
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: nothing to hide
+        return url
+
+
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy should open: plain ``postgresql://`` uses psycopg2 when psycopg 3 is absent.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; merge-search depends on psycopg2.
+    """
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def open_storage(cfg: StudyConfig, url: str | None = None, *, create: bool = False) -> optuna.storages.RDBStorage:
+    """The study's RDB storage with heartbeats and retry of a dead worker's trial.
+
+    Args:
+        cfg: the study config (``workers`` section: heartbeat, grace period, retries).
+        url: overrides ``cfg.storage``.
+        create: allow creating a missing SQLite file (``launch`` only); otherwise a missing
+            file is a ``UserError`` and nothing is written.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    url = url or cfg.storage
+    db = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if db is not None:
+        if not db.is_file():
+            if not create:
+                raise UserError(f"storage: {db} does not exist; create the study with `merge-search launch`")
+            db.parent.mkdir(parents=True, exist_ok=True)
+        # several worker processes share the file: wait for its write lock instead of failing
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    workers = cfg.workers
+    try:
+        with quiet_experimental():
+            return optuna.storages.RDBStorage(
+                engine_url(url),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=workers.heartbeat_s,
+                grace_period=workers.grace_s or 2 * workers.heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=workers.max_retry
+                ),
+            )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"storage: cannot open {redact(url)}: {first}") from None
+
+
+def study_exists(cfg: StudyConfig, url: str | None = None) -> bool:
+    """Whether the storage holds a study of this name (a missing SQLite file is not created)."""
+    import optuna
+
+    url = url or cfg.storage
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():
+        return False
+    return cfg.name in optuna.get_all_study_names(open_storage(cfg, url))
+
+
+def load_study(
+    cfg: StudyConfig, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler | None = None
+) -> optuna.Study:
+    """The existing study named ``cfg.name`` (``UserError`` naming the storage if missing)."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+    except KeyError:
+        url = getattr(storage, "url", cfg.storage)
+        raise UserError(
+            f"study {cfg.name!r} not found in {redact(url)}; create it with `merge-search launch CONFIG`"
+        ) from None
+
+
+# ------------------------------------------------------------------------- create or resume
+
+
+def signature(cfg: StudyConfig, space: SearchSpace, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """What a resumed study must keep: the checkpoints, the search space, how trials are scored."""
+    scoring = {
+        "objectives": [o.model_dump(mode="json") for o in cfg.objectives],
+        "limit": cfg.eval.limit,
+        "num_fewshot": cfg.eval.num_fewshot,
+        "seed": cfg.eval.seed,
+    }
+    return {FINGERPRINT_ATTR: dict(fingerprint), SPACE_ATTR: space.describe(), SCORING_ATTR: scoring}
+
+
+def check_resume(study: optuna.Study, cfg: StudyConfig, sig: Mapping[str, Any], config_path: str | Path) -> None:
+    """Refuse to resume when the checkpoints, the search space or the scoring changed."""
+    attrs = study.user_attrs
+    fix = f"use a new study name, or restore the previous setting to resume study {cfg.name!r}"
+    old_fp, new_fp = attrs.get(FINGERPRINT_ATTR), sig[FINGERPRINT_ATTR]
+    if old_fp != new_fp:
+        where = _first_difference(old_fp, new_fp)
+        raise UserError(
+            f"{config_path}: checkpoints: the files changed since the study was created "
+            f"({where or 'fingerprint differs'}); {fix}"
+        )
+    old_space, new_space = attrs.get(SPACE_ATTR), sig[SPACE_ATTR]
+    if old_space != new_space:
+        where = _first_difference(old_space, new_space)
+        raise UserError(f"{config_path}: merge: the search space changed ({where}); {fix}")
+    old_scoring, new_scoring = attrs.get(SCORING_ATTR), sig[SCORING_ATTR]
+    if old_scoring != new_scoring:
+        where = _first_difference(old_scoring, new_scoring)
+        raise UserError(f"{config_path}: objectives/eval: how trials are scored changed ({where}); {fix}")
+
+
+def create_or_resume(
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    space: SearchSpace,
+    fingerprint: Mapping[str, Any],
+    config_path: str | Path,
+) -> tuple[optuna.Study, bool]:
+    """Create the study (with its seed trials) or resume it after the checks; returns (study, created)."""
+    import optuna
+
+    sig = signature(cfg, space, fingerprint)
+    try:
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = load_study(cfg, storage)
+        check_resume(study, cfg, sig, config_path)
+        study.set_user_attr(CONFIG_ATTR, cfg.to_json())  # the latest budget, sampler, ...
+        return study, False
+    for key, value in sig.items():
+        study.set_user_attr(key, value)
+    study.set_user_attr(CONFIG_ATTR, cfg.to_json())
+    with quiet_experimental():
+        study.set_metric_names(cfg.objective_names)
+    for label, params in space.seed_trials(cfg.seed_trials):
+        study.enqueue_trial(params, user_attrs={"seed_trial": label})
+    return study, True
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    """A short path to the first place two JSON-like values differ, e.g. ``checkpoints[1].sha256``."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return path
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                name = a.get("name") if isinstance(a, Mapping) else None
+                return _first_difference(a, b, f"{path}[{name or i}]")
+        return path
+    shown = f"{old!r} -> {new!r}"
+    return f"{path}: {shown}" if len(shown) <= 80 else path
+
+
+# ------------------------------------------------------------------------------------ claims
+
+
+@contextlib.contextmanager
+def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
+    """Mutual exclusion between workers of one study, held through the storage.
+
+    PostgreSQL: a transaction-level advisory lock keyed by the study name (released when the
+    transaction ends, also when the worker dies). SQLite (one host): ``flock`` on
+    ``<database>.lock`` beside the file (released by the kernel when the process dies).
+    """
+    db = sqlite_path(storage.url)
+    if db is not None:
+        import fcntl
+
+        with open(f"{db}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if storage.engine.dialect.name != "postgresql":
+        raise UserError(f"storage: {storage.engine.dialect.name} is not supported; use SQLite or PostgreSQL")
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(f"merge-search:{study_name}".encode()).digest()[:8], "big", signed=True)
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        yield
+
+
+def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int) -> optuna.Trial | None:
+    """Start the next trial if fewer than ``n_trials`` are finished or running, else None.
+
+    Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
+    waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
+    a worker that dies right after the claim still leaves a trial that goes stale.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    with budget_lock(storage, study.study_name), quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+        taken = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        if len(taken) >= n_trials:
+            return None
+        # we run our own loop (exact budget, our heartbeat thread); Optuna assumes Study.optimize
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        return trial
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Number of trials per state name (``complete``, ``running``, ``waiting``, ``fail``, ``pruned``)."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds on a daemon thread while in use."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._storage.record_heartbeat(self._trial_id)

@@ -1,0 +1,215 @@
+"""A worker: one resident model and one evaluator, scoring the trials it claims until the budget is spent.
+
+The loop, top to bottom: claim a trial under the budget lock (:func:`search.study.claim_trial`),
+turn its suggestions into a :class:`~search.plan.MergePlan`, reuse the scores if the same plan
+was already scored in the study, else materialize the merge in place and evaluate it, record
+what the trial did (user attrs below), tell Optuna the objective values. A heartbeat runs while
+the trial does, so a worker that dies leaves a trial that goes stale and is retried.
+
+Trial user attrs: ``plan`` (``MergePlan.to_dict()``), ``plan_key``, ``params`` (the method's
+parameters), ``coefficients`` ({checkpoint: [coefficient per layer group]} as applied),
+``task_scores`` ({"task/metric": value}), ``merge_s``, ``eval_s``, ``duplicate_of`` (trial
+number, only when the plan was already scored), ``constraints`` (one value per bound, <= 0
+feasible; only with constraints), ``worker`` (host:pid), and ``seed_trial`` on seed trials.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from search.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from evaluators.base import Evaluator, Scores
+    from search.config import StudyConfig
+    from search.plan import MergePlan
+    from search.pool import CheckpointPool
+    from search.space import SearchSpace
+
+POLL_S = 2.0  # how often an idle worker looks for retried trials while others still run
+
+
+@dataclass
+class Runtime:
+    """What one worker holds: the pool, ONE resident model and tokenizer, ONE evaluator."""
+
+    cfg: StudyConfig
+    pool: CheckpointPool
+    model: Any
+    tokenizer: Any
+    evaluator: Evaluator
+    objective_names: tuple[str, ...]
+
+    @classmethod
+    def create(cls, cfg: StudyConfig, heldout: bool = False) -> Runtime:
+        """Open the pool, read its tensors, build the model and the evaluator (the slow part, once).
+
+        Args:
+            cfg: the study config.
+            heldout: score the held-out objectives (``cfg.heldout_objectives()``) instead.
+        """
+        from evaluators import build_evaluator
+        from search.methods import METHODS
+        from search.pool import CheckpointPool
+
+        objectives = cfg.heldout_objectives() if heldout else cfg.objectives
+        if not objectives:
+            raise UserError("eval.heldout: no held-out tasks configured (map each objective task)")
+        pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+        pool.load(base=METHODS[cfg.merge.method].needs_base)
+        model, tokenizer = pool.load_model()
+        evaluator = build_evaluator(objectives, cfg.eval_spec(heldout=heldout), model, tokenizer)
+        return cls(cfg, pool, model, tokenizer, evaluator, tuple(o.name for o in objectives))
+
+    def score(self, plan: MergePlan) -> tuple[Scores, float, float]:
+        """Materialize ``plan`` into the resident model and evaluate it: (scores, merge_s, eval_s)."""
+        import torch
+
+        from search.materialize import materialize
+
+        start = time.perf_counter()
+        materialize(plan, self.pool, self.model)
+        if self.pool.device.type == "cuda":
+            torch.cuda.synchronize(self.pool.device)
+        merged = time.perf_counter()
+        scores = self.evaluator.evaluate(self.model, self.tokenizer)
+        return scores, merged - start, time.perf_counter() - merged
+
+
+@dataclass
+class TrialObjective:
+    """The Optuna objective of one worker: plan -> (reused or fresh) scores -> objective values."""
+
+    cfg: StudyConfig
+    runtime: Runtime
+    space: SearchSpace
+    study: optuna.Study
+    scored: dict[str, tuple[int, list[float], dict[str, float]]] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        from search.materialize import effective_weights
+
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        plan = self.space.suggest(trial)  # optuna.TrialPruned when a group cannot be normalized
+        coefficients = effective_weights(plan)
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("plan_key", plan.key)
+        trial.set_user_attr("params", dict(plan.params))
+        trial.set_user_attr("coefficients", dict(zip(self.space.names, coefficients, strict=True)))
+        prior = self.find_scored(plan.key)
+        if prior is not None:
+            number, values, task_scores = prior
+            trial.set_user_attr("duplicate_of", number)
+            merge_s = eval_s = 0.0
+            self.duplicates += 1
+        else:
+            scores, merge_s, eval_s = self.runtime.score(plan)
+            values = [float(scores.objectives[name]) for name in self.cfg.objective_names]
+            task_scores = {k: float(v) for k, v in scores.tasks.items()}
+            self.scored[plan.key] = (trial.number, values, task_scores)
+        trial.set_user_attr("task_scores", task_scores)
+        trial.set_user_attr("merge_s", round(merge_s, 4))
+        trial.set_user_attr("eval_s", round(eval_s, 4))
+        if self.cfg.constraints:
+            by_name = dict(zip(self.cfg.objective_names, values, strict=True))
+            trial.set_user_attr("constraints", self.cfg.constraint_values(by_name))
+        return values
+
+    def find_scored(self, key: str) -> tuple[int, list[float], dict[str, float]] | None:
+        """(trial number, values, task scores) of a completed trial with this plan, if any."""
+        if key in self.scored:
+            return self.scored[key]
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("plan_key") == key and "duplicate_of" not in t.user_attrs:
+                found = (t.number, list(t.values), dict(t.user_attrs.get("task_scores", {})))
+                self.scored[key] = found
+                return found
+        return None
+
+
+@dataclass
+class WorkerResult:
+    """What one worker did."""
+
+    n_trials: int = 0  # trials this worker finished (complete or pruned)
+    n_duplicates: int = 0  # of those, plans already scored in the study
+    stopped: str = "budget"  # "budget" | "timeout"
+
+
+def run_worker(
+    cfg: StudyConfig,
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    runtime: Runtime,
+    *,
+    n_trials: int,
+    deadline: float | None = None,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+) -> WorkerResult:
+    """Claim and run trials until the study has ``n_trials`` finished trials (or ``deadline``).
+
+    While the budget is taken but other workers still run trials, the worker waits: if one of
+    them dies, its trial goes stale, is re-queued, and this worker runs it.
+
+    Args:
+        deadline: ``time.time()`` after which no new trial is started (``budget.timeout_s``).
+        on_trial: called with each trial this worker finishes (progress display).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.space import SearchSpace
+    from search.study import Heartbeat, claim_trial, trial_counts
+
+    space = SearchSpace.build(cfg, runtime.pool.names)
+    objective = TrialObjective(cfg, runtime, space, study)
+    result = WorkerResult()
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            result.stopped = "timeout"
+            break
+        trial = claim_trial(study, storage, n_trials)
+        if trial is None:
+            if trial_counts(study).get("running", 0) == 0:
+                break
+            time.sleep(POLL_S)
+            continue
+        with Heartbeat(storage, trial._trial_id, cfg.workers.heartbeat_s):
+            try:
+                values = objective(trial)
+            except optuna.TrialPruned:
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            except BaseException as exc:
+                _give_up(study, storage, trial, requeue=isinstance(exc, KeyboardInterrupt | SystemExit))
+                raise
+            else:
+                frozen = study.tell(trial, values)
+        result.n_trials += 1
+        if on_trial is not None:
+            on_trial(frozen)
+    result.n_duplicates = objective.duplicates
+    return result
+
+
+def _give_up(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, *, requeue: bool) -> None:
+    """Fail the trial; when the worker was interrupted, queue the same parameters again."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study.tell(trial, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+        return  # already finished (e.g. failed as stale by another worker, which re-queued it)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    if requeue and retry is not None:
+        retry(study, storage.get_trial(trial._trial_id))

@@ -1,0 +1,227 @@
+"""``merge-search zoo build``: the demo pool, built locally and deterministically, cached.
+
+Layout of ``OUT_DIR``: ``base/`` and one folder per fine-tuning run (Hugging Face Llama
+folders: safetensors, config, tokenizer), ``tasks/`` (the demo task YAMLs and data, identical
+to ``configs/tasks/demo``) and ``zoo.json`` (the manifest: seed, size, recipe key, scores).
+A second build with the same seed, size and recipe finds the manifest and returns at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.errors import UserError
+from search.zoo.recipe import RECIPES, Recipe, Size
+
+MANIFEST = "zoo.json"
+SEARCH_TASKS = {"code": "demo_code", "instruct": "demo_instruct"}
+
+
+@dataclass(frozen=True)
+class ZooManifest:
+    """What a build produced; ``scores[name] = {"code": .., "instruct": ..}`` (search splits)."""
+
+    out_dir: Path
+    seed: int
+    size: str
+    key: str
+    base: Path
+    checkpoints: tuple[Path, ...]
+    tasks_path: Path
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    build_s: float = 0.0
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("cached")
+        root = self.out_dir
+        data.update(
+            out_dir=None,
+            base=self.base.relative_to(root).as_posix(),
+            checkpoints=[p.relative_to(root).as_posix() for p in self.checkpoints],
+            tasks_path=self.tasks_path.relative_to(root).as_posix(),
+        )
+        return data
+
+    @classmethod
+    def from_json(cls, out_dir: Path, data: dict[str, Any]) -> ZooManifest:
+        return cls(
+            out_dir=out_dir,
+            seed=int(data["seed"]),
+            size=str(data["size"]),
+            key=str(data["key"]),
+            base=out_dir / data["base"],
+            checkpoints=tuple(out_dir / p for p in data["checkpoints"]),
+            tasks_path=out_dir / data["tasks_path"],
+            scores={k: dict(v) for k, v in data.get("scores", {}).items()},
+            build_s=float(data.get("build_s", 0.0)),
+            cached=True,
+        )
+
+
+def build_zoo(
+    out_dir: str | Path, seed: int = 0, size: Size = "full", progress: bool = True, score: bool = True
+) -> ZooManifest:
+    """Build (or find cached) the demo pool in ``out_dir``.
+
+    Args:
+        out_dir: target folder; an existing folder that is not a pool is refused.
+        seed: seed of data order, initialization and training.
+        size: ``"full"`` (the demo) or ``"tiny"`` (seconds; for tests).
+        progress: show a progress bar and print the score table.
+        score: score every checkpoint on both search tasks (the manifest's ``scores``).
+
+    Raises:
+        UserError: unknown size, or ``out_dir`` exists and is not a demo pool.
+    """
+    if size not in RECIPES:
+        raise UserError(f"zoo size {size!r}: expected one of {', '.join(RECIPES)}")
+    recipe = RECIPES[size]
+    out = Path(out_dir)
+    key = recipe.key(seed)
+    cached = _cached(out, key)
+    if cached is not None:
+        if progress:
+            print(f"zoo: {out} is up to date (seed {seed}, size {size}, recipe {key})")
+            if cached.scores:
+                print(format_scores(cached.scores))
+        return cached
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise UserError(f"zoo build: {str(out)!r} exists and is not a demo pool; pick another OUT_DIR")
+
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        scores = _build(tmp, recipe, seed, progress, score)
+        manifest = ZooManifest(
+            out_dir=out,
+            seed=seed,
+            size=size,
+            key=key,
+            base=out / "base",
+            checkpoints=tuple(out / r.name for r in recipe.runs),
+            tasks_path=out / "tasks",
+            scores=scores,
+            build_s=round(time.perf_counter() - start, 1),
+        )
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)  # an older pool of ours (its manifest was checked above)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        if scores:
+            print(format_scores(scores))
+        print(f"zoo: built {out} in {manifest.build_s:.0f} s")
+    return manifest
+
+
+def _cached(out: Path, key: str) -> ZooManifest | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = ZooManifest.from_json(out, json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None
+    folders = (manifest.base, *manifest.checkpoints)
+    if manifest.key != key or not all((p / "model.safetensors").is_file() for p in folders):
+        return None
+    return manifest
+
+
+def _build(
+    tmp: Path, recipe: Recipe, seed: int, progress: bool, score: bool
+) -> dict[str, dict[str, float]]:
+    """Train the base and every run into ``tmp``; score each; return the scores."""
+    import torch
+    from tqdm import tqdm
+    from transformers import LlamaForCausalLM
+
+    from search.zoo.model import char_tokenizer, llama_config
+    from search.zoo.skills import eval_prompts, write_demo_tasks
+    from search.zoo.train import batches, mixture_texts, train
+
+    tokenizer = char_tokenizer()
+    exclude = eval_prompts()
+    tasks_path = write_demo_tasks(tmp / "tasks")
+    total = recipe.base_steps + sum(r.steps for r in recipe.runs)
+    bar = tqdm(total=total, desc="zoo", unit="step", disable=not progress)
+
+    def step(loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        llama_config(recipe.hidden, recipe.layers, recipe.heads, recipe.intermediate)
+    )
+    bar.set_description("zoo: base")
+    data = batches(mixture_texts(recipe.base_code_share, seed, exclude), recipe.batch_size)
+    train(model, data, recipe.base_steps, recipe.base_lr, warmup=0.1, on_step=step)
+    _save(model, tokenizer, tmp / "base", {"name": "base", "steps": recipe.base_steps})
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    states = {"base": base_state}
+    for i, run in enumerate(recipe.runs, 1):
+        bar.set_description(f"zoo: {run.name}")
+        model.load_state_dict(base_state)
+        run_seed = seed * 1000 + i
+        data = batches(mixture_texts(run.code_share, run_seed, exclude, run.fixed_examples), recipe.batch_size)
+        train(model, data, run.steps, run.lr, on_step=step)
+        _save(model, tokenizer, tmp / run.name, asdict(run))
+        states[run.name] = {k: v.clone() for k, v in model.state_dict().items()}
+    bar.close()
+    if not score:
+        return {}
+    return score_states(model, tokenizer, states, tasks_path, recipe.eval_limit)
+
+
+def score_states(
+    model: Any, tokenizer: Any, states: dict[str, dict[str, Any]], tasks_path: Path, limit: int
+) -> dict[str, dict[str, float]]:
+    """Each state dict's score on both search tasks, loaded in place into one resident model."""
+    import torch
+
+    from evaluators.lm_eval_evaluator import LmEvalEvaluator
+    from evaluators.spec import EvalSpec, ObjectiveSpec, TaskRef
+
+    objectives = [ObjectiveSpec(name=s, tasks=(TaskRef(task=t),)) for s, t in SEARCH_TASKS.items()]
+    spec = EvalSpec(tasks_path=tasks_path, limit=limit, batch_size=max(8, limit))
+    evaluator = LmEvalEvaluator(objectives, spec, model, tokenizer)
+    scores = {}
+    for name, state in states.items():
+        with torch.no_grad():
+            model.load_state_dict(state)
+        scores[name] = evaluator.evaluate(model, tokenizer).objectives
+    return scores
+
+
+def format_scores(scores: dict[str, dict[str, float]]) -> str:
+    """The score table: one row per checkpoint, exact match on both search tasks and the mean."""
+    lines = [f"{'checkpoint':<24}{'code':>8}{'instruct':>10}{'mean':>8}"]
+    for name, s in scores.items():
+        mean = (s["code"] + s["instruct"]) / 2
+        lines.append(f"{name:<24}{s['code']:>8.3f}{s['instruct']:>10.3f}{mean:>8.3f}")
+    return "\n".join(lines)
+
+
+def _save(model: Any, tokenizer: Any, folder: Path, run: dict[str, Any]) -> None:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "zoo_run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+
+
+def build_command(args: argparse.Namespace) -> int:
+    """CLI handler of ``merge-search zoo build OUT_DIR [--seed N]``."""
+    build_zoo(args.out_dir, seed=args.seed, size=getattr(args, "size", "full"))
+    return 0

@@ -1,0 +1,104 @@
+"""The perplexity evaluator on real tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from eval_fixtures import TEXTS, copy_weights_in_place, load
+
+from evaluators import EvalSpec, ObjectiveSpec
+from evaluators.perplexity import PerplexityEvaluator, token_windows
+from search.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def model_tok(demo_zoo):
+    return load(demo_zoo.base)
+
+
+def _objective(path, name="ppl"):
+    return ObjectiveSpec(name=name, evaluator="perplexity", direction="minimize", data=path)
+
+
+def test_value_is_exp_of_the_models_mean_token_loss(model_tok, tmp_path):
+    import torch
+
+    model, tok = model_tok
+    (tmp_path / "one.txt").write_text(TEXTS[0] + "\n")
+    scores = PerplexityEvaluator([_objective(tmp_path / "one.txt")], EvalSpec(), model, tok).evaluate(model, tok)
+    ids = torch.tensor([tok(TEXTS[0])["input_ids"]])
+    with torch.no_grad():
+        expected = math.exp(float(model(input_ids=ids, labels=ids).loss))
+    assert scores.objectives["ppl"] == pytest.approx(expected, rel=1e-5)
+    assert scores.tasks == {"one.txt/perplexity": scores.objectives["ppl"]}
+
+
+def test_txt_and_jsonl_agree_and_batching_does_not_matter(model_tok, tmp_path):
+    model, tok = model_tok
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n\n")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TEXTS)))
+    txt = PerplexityEvaluator([_objective(tmp_path / "t.txt")], EvalSpec(batch_size=1), model, tok)
+    jsonl = PerplexityEvaluator([_objective(tmp_path / "t.jsonl")], EvalSpec(batch_size=4), model, tok)
+    a = txt.evaluate(model, tok).objectives["ppl"]
+    b = jsonl.evaluate(model, tok).objectives["ppl"]
+    assert a == pytest.approx(b, rel=1e-5)
+    assert a > 1.0
+
+
+def test_follows_in_place_weight_changes(model_tok, demo_zoo, tmp_path):
+    model, tok = model_tok
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    ev = PerplexityEvaluator([_objective(tmp_path / "t.txt")], EvalSpec(), model, tok)
+    copy_weights_in_place(model, demo_zoo.base)
+    base = ev.evaluate(model, tok).objectives["ppl"]
+    copy_weights_in_place(model, demo_zoo.checkpoints[0])
+    other = ev.evaluate(model, tok).objectives["ppl"]
+    copy_weights_in_place(model, demo_zoo.base)
+    assert other != pytest.approx(base)
+    assert ev.evaluate(model, tok).objectives["ppl"] == base
+
+
+def test_limit_caps_the_number_of_texts(model_tok, tmp_path):
+    model, tok = model_tok
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    (tmp_path / "first.txt").write_text(TEXTS[0])
+    capped = PerplexityEvaluator([_objective(tmp_path / "t.txt")], EvalSpec(limit=1), model, tok)
+    first = PerplexityEvaluator([_objective(tmp_path / "first.txt")], EvalSpec(), model, tok)
+    assert capped.evaluate(model, tok).objectives == first.evaluate(model, tok).objectives
+
+
+def test_long_texts_are_cut_into_context_windows():
+    assert token_windows(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert token_windows(list(range(9)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # a 1-token tail predicts nothing
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.txt", None, "does not exist"),
+        ("data.csv", "a,b\n", "expected a .txt or .jsonl file"),
+        ("bad.jsonl", '{"text": "ok"}\n{not json\n', r"bad.jsonl:2: not valid JSON"),
+        ("field.jsonl", '{"body": "x"}\n', r"field.jsonl:1: expected an object with a string 'text' field"),
+        ("empty.txt", "\n  \n", "has no texts"),
+    ],
+)
+def test_bad_data_files_are_user_errors(model_tok, tmp_path, name, content, message):
+    model, tok = model_tok
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(UserError, match=rf"objective 'ppl': .*{message}"):
+        PerplexityEvaluator([_objective(tmp_path / name)], EvalSpec(), model, tok)
+
+
+def test_nan_weights_are_a_user_error(demo_zoo, tmp_path):
+    import torch
+
+    model, tok = load(demo_zoo.base)
+    (tmp_path / "t.txt").write_text(TEXTS[0])
+    ev = PerplexityEvaluator([_objective(tmp_path / "t.txt")], EvalSpec(), model, tok)
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    with pytest.raises(UserError, match="perplexity of 't.txt/perplexity' is NaN"):
+        ev.evaluate(model, tok)

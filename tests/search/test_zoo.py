@@ -1,0 +1,93 @@
+"""The demo pool builder at size="tiny", its skills data and its task files."""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import islice
+
+import pytest
+
+from search.cli import main
+from search.errors import UserError
+from search.zoo import RECIPES, build_zoo
+from search.zoo.skills import SKILLS, SPLITS, demo_task_files, eval_prompts, eval_split, training_stream
+
+
+def _tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_layout_is_a_pool_of_hf_llama_folders(demo_zoo):
+    from transformers import AutoConfig, AutoTokenizer
+
+    names = [p.name for p in demo_zoo.checkpoints]
+    assert names == [r.name for r in RECIPES["tiny"].runs] and len(names) >= 6
+    for folder in (demo_zoo.base, *demo_zoo.checkpoints):
+        assert AutoConfig.from_pretrained(folder).model_type == "llama"
+        assert set(_tensors(folder)) == set(_tensors(demo_zoo.base))
+    tok = AutoTokenizer.from_pretrained(demo_zoo.base)
+    text = "a=4;b=a+3;print(b)?7\nreverse: Stone?"
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+    manifest = json.loads((demo_zoo.out_dir / "zoo.json").read_text())
+    assert set(manifest["scores"]) == {"base", *names}
+    assert all(set(s) == {"code", "instruct"} for s in manifest["scores"].values())
+
+
+def test_fine_tunes_differ_from_the_base_and_each_other(demo_zoo):
+    base = _tensors(demo_zoo.base)["model.layers.0.mlp.up_proj.weight"]
+    seen = [base]
+    for folder in demo_zoo.checkpoints:
+        t = _tensors(folder)["model.layers.0.mlp.up_proj.weight"]
+        assert all(not bool((t == s).all()) for s in seen), folder.name
+        seen.append(t)
+
+
+def test_second_build_is_a_cache_hit(demo_zoo):
+    stamp = (demo_zoo.base / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    again = build_zoo(demo_zoo.out_dir, seed=0, size="tiny", progress=False)
+    assert again.cached and time.perf_counter() - start < 5
+    assert again.checkpoints == demo_zoo.checkpoints and again.scores == demo_zoo.scores
+    assert (demo_zoo.base / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_same_seed_same_tensors_other_seed_other_tensors(demo_zoo, tmp_path):
+    same = build_zoo(tmp_path / "same", seed=0, size="tiny", progress=False, score=False)
+    for a, b in zip((demo_zoo.base, *demo_zoo.checkpoints), (same.base, *same.checkpoints), strict=True):
+        ta, tb = _tensors(a), _tensors(b)
+        assert all(bool((ta[k] == tb[k]).all()) for k in ta), a.name
+    other = build_zoo(tmp_path / "other", seed=1, size="tiny", progress=False, score=False)
+    assert other.key != demo_zoo.key
+    ta, tb = _tensors(demo_zoo.checkpoints[0]), _tensors(other.checkpoints[0])
+    assert not all(bool((ta[k] == tb[k]).all()) for k in ta)
+
+
+def test_a_folder_that_is_not_a_pool_is_refused(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="exists and is not a demo pool"):
+        build_zoo(tmp_path / "mine", size="tiny", progress=False)
+    assert main(["zoo", "build", str(tmp_path / "mine")]) == 2
+    assert "is not a demo pool" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_committed_task_files_match_a_regeneration(demo_tasks_path):
+    files = demo_task_files(seed=0)
+    assert sorted(p.name for p in demo_tasks_path.iterdir()) == sorted(files)
+    for name, text in files.items():
+        assert (demo_tasks_path / name).read_text() == text, name
+    assert set(files) >= {f"demo_{s}{split}.yaml" for s in SKILLS for split in SPLITS}
+
+
+def test_splits_are_disjoint_and_training_never_sees_them():
+    held = eval_prompts()
+    for skill in SKILLS:
+        search = {d["prompt"] for d in eval_split(skill, "")}
+        heldout = {d["prompt"] for d in eval_split(skill, "_heldout")}
+        assert len(search) == len(heldout) == 200 and not search & heldout
+        for text in islice(training_stream(skill, 0, held), 3000):
+            assert text.endswith("\n") and text[: text.index("?") + 1] not in held
