@@ -24,7 +24,7 @@ test: setup
 
 demo: setup
 	$(BIN)/merge-search zoo build studies/zoo
-	$(BIN)/merge-search launch configs/demo.yaml
+	$(BIN)/merge-search launch configs/demo.yaml --workers 2
 	$(BIN)/merge-search pareto configs/demo.yaml --plot studies/demo/pareto.html
 	$(BIN)/merge-search export configs/demo.yaml --knee --out studies/demo/export --force
 

@@ -104,14 +104,18 @@ DEFAULT_STUDY: dict[str, Any] = {
 
 def load_base(args: argparse.Namespace) -> dict[str, Any]:
     """The study settings (from --config, else the demo's) over the pool of --zoo (built if missing)."""
-    from search.zoo import build_zoo
+    from search.zoo.build import MANIFEST, ZooManifest, build_zoo
 
-    manifest = build_zoo(args.zoo, size=args.zoo_size)
+    found = Path(args.zoo) / MANIFEST
+    if found.is_file():  # use an existing pool as it is, even if the zoo recipe changed since
+        manifest = ZooManifest.from_json(Path(args.zoo), json.loads(found.read_text()))
+    else:
+        manifest = build_zoo(args.zoo, size=args.zoo_size)
+    print(f"pool {args.zoo}: zoo recipe key {manifest.key} ({manifest.size})", file=sys.stderr)
     config = Path(args.config)
     data = yaml.safe_load(config.read_text()) if config.is_file() else dict(DEFAULT_STUDY)
     data.update(checkpoints=[str(p) for p in manifest.checkpoints], base_model=str(manifest.base),
                 tasks_path=str(manifest.tasks_path), seed_trials=[], constraints=[])
-    data.pop("workers", None)
     if args.limit is not None:
         data["eval"] = {**(data.get("eval") or {}), "limit": args.limit}
     return data

@@ -78,15 +78,16 @@ class MergeConfig(_Strict):
                 except ValidationError as exc:
                     raise ValueError(f"merge.params.{name}: {_one_line(exc)}") from None
             elif not isinstance(v, bool | int | float):
-                raise ValueError(
-                    f"merge.params.{name}: expected a number, true/false or a {{low, high}} range (got {v!r})"
+                raise ValueError(  # noqa: TRY004 - pydantic reports ValueError as a field error
+                    f"merge.params.{name}: expected a number, true/false "
+                    f"or a {{low, high}} range (got {v!r})"
                 )
             out[str(name)] = v
         return out
 
 
 class Constraint(_Strict):
-    """A bound on an objective; trials outside it are infeasible (still stored, shown in the dashboard)."""
+    """A bound on an objective; trials outside it are stored as infeasible."""
 
     objective: str
     min: float | None = None
@@ -132,6 +133,9 @@ class WorkersConfig(_Strict):
     heartbeat_s: int = Field(default=30, ge=1)  # each running trial writes a heartbeat this often
     grace_s: int | None = Field(default=None, ge=1)  # stale after this long; None: 2 x heartbeat_s
     max_retry: int = Field(default=3, ge=0)  # retries of one trial whose worker died
+    # torch threads per worker on CPU; None: cores / local workers. Small models run best with 1:
+    # on a busy 2-core machine two threads made a demo trial 5x slower than one.
+    threads: int | None = Field(default=None, ge=1)
 
 
 SeedTrial = Literal["uniform", "singles"]
@@ -160,7 +164,11 @@ class StudyConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_storage(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("storage") is None and isinstance(data.get("name"), str):
+        if (
+            isinstance(data, dict)
+            and data.get("storage") is None
+            and isinstance(data.get("name"), str)
+        ):
             data = {**data, "storage": f"sqlite:///studies/{data['name']}.db"}
         return data
 
@@ -174,7 +182,9 @@ class StudyConfig(_Strict):
         names = [o.name for o in self.objectives]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise ValueError(f"objectives[{i}].name: {name!r} is used twice; names must be unique")
+                raise ValueError(
+                    f"objectives[{i}].name: {name!r} is used twice; names must be unique"
+                )
         for i, con in enumerate(self.constraints):
             if con.objective not in names:
                 raise ValueError(
@@ -185,7 +195,9 @@ class StudyConfig(_Strict):
         self._check_merge()
         from search.samplers import check_sampler
 
-        check_sampler(self.sampler, n_objectives=len(self.objectives), constrained=bool(self.constraints))
+        check_sampler(
+            self.sampler, n_objectives=len(self.objectives), constrained=bool(self.constraints)
+        )
         return self
 
     def _check_heldout(self) -> None:
@@ -194,12 +206,14 @@ class StudyConfig(_Strict):
         for task in heldout:
             if task not in tasks:
                 raise ValueError(
-                    f"eval.heldout.{task}: not a task of any objective; expected one of: {', '.join(tasks)}"
+                    f"eval.heldout.{task}: not a task of any objective; "
+                    f"expected one of: {', '.join(tasks)}"
                 )
         missing = [t for t in tasks if t not in heldout]
         if heldout and missing:
             raise ValueError(
-                f"eval.heldout: no held-out task for {missing[0]!r}; map every objective task or none"
+                f"eval.heldout: no held-out task for {missing[0]!r}; "
+                "map every objective task or none"
             )
 
     def _check_merge(self) -> None:
@@ -208,20 +222,25 @@ class StudyConfig(_Strict):
         merge = self.merge
         if merge.method not in METHODS:
             raise ValueError(
-                f"merge.method: unknown method {merge.method!r}; expected one of: {', '.join(METHODS)}"
+                f"merge.method: unknown method {merge.method!r}; "
+                f"expected one of: {', '.join(METHODS)}"
             )
         method = METHODS[merge.method]
         if method.needs_base and self.base_model is None:
-            raise ValueError(f"base_model: method {method.name!r} needs a base model; set base_model")
+            raise ValueError(
+                f"base_model: method {method.name!r} needs a base model; set base_model"
+            )
         if method.n_checkpoints is not None and len(self.checkpoints) != method.n_checkpoints:
             raise ValueError(
-                f"checkpoints: method {method.name!r} merges exactly {method.n_checkpoints} checkpoints "
+                f"checkpoints: method {method.name!r} merges exactly "
+                f"{method.n_checkpoints} checkpoints "
                 f"(got {len(self.checkpoints)})"
             )
         specs = {p.name: p for p in method.params}
         if merge.weights.normalize is not None and "normalize" not in specs:
             raise ValueError(
-                f"merge.weights.normalize: method {method.name!r} has no 'normalize' parameter; remove it"
+                f"merge.weights.normalize: method {method.name!r} has no 'normalize' "
+                "parameter; remove it"
             )
         if "normalize" in merge.params:
             raise ValueError("merge.params.normalize: set it as merge.weights.normalize")
@@ -230,7 +249,8 @@ class StudyConfig(_Strict):
             if name not in specs:
                 known = ", ".join(n for n in specs if n != "normalize") or "none"
                 raise ValueError(
-                    f"{field}: method {method.name!r} has no parameter {name!r}; expected one of: {known}"
+                    f"{field}: method {method.name!r} has no parameter {name!r}; "
+                    f"expected one of: {known}"
                 )
             _check_param(field, specs[name], value)
         from search.space import weights_matter
@@ -241,7 +261,8 @@ class StudyConfig(_Strict):
         searched = [n for n, v in merge.params.items() if isinstance(v, ParamRange)]
         if not searched and not weights_matter(method, fixed):
             raise ValueError(
-                f"merge.params: method {method.name!r} ignores the weights; give a {{low, high}} range "
+                f"merge.params: method {method.name!r} ignores the weights; "
+                "give a {low, high} range "
                 f"for one of: {', '.join(specs)}"
             )
 
@@ -272,7 +293,9 @@ class StudyConfig(_Strict):
             return ()
         mapped = []
         for obj in self.objectives:
-            tasks = tuple(t.model_copy(update={"task": self.eval.heldout[t.task]}) for t in obj.tasks)
+            tasks = tuple(
+                t.model_copy(update={"task": self.eval.heldout[t.task]}) for t in obj.tasks
+            )
             mapped.append(obj.model_copy(update={"tasks": tasks}))
         return tuple(mapped)
 
@@ -314,11 +337,14 @@ def _check_param(field: str, spec: Any, value: Any) -> None:
     if isinstance(value, ParamRange):
         if spec.kind == "bool":
             raise ValueError(f"{field}: a bool parameter takes true or false, not a range")
-        if spec.kind == "int" and not (float(value.low).is_integer() and float(value.high).is_integer()):
+        if spec.kind == "int" and not (
+            float(value.low).is_integer() and float(value.high).is_integer()
+        ):
             raise ValueError(f"{field}: an int parameter needs integer low and high")
         if (low is not None and value.low < low) or (high is not None and value.high > high):
             raise ValueError(
-                f"{field}: range [{value.low}, {value.high}] must lie inside the method's range {span}"
+                f"{field}: range [{value.low}, {value.high}] must lie inside "
+                f"the method's range {span}"
             )
         return
     if spec.kind == "bool":
@@ -326,9 +352,14 @@ def _check_param(field: str, spec: Any, value: Any) -> None:
             raise ValueError(f"{field}: expected true or false (got {value!r})")
         return
     if isinstance(value, bool) or (spec.kind == "int" and not float(value).is_integer()):
-        raise ValueError(f"{field}: expected {'an integer' if spec.kind == 'int' else 'a number'} (got {value!r})")
+        raise ValueError(
+            f"{field}: expected {'an integer' if spec.kind == 'int' else 'a number'} "
+            f"(got {value!r})"
+        )
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{field}: expected a value in {span} or a {{low, high}} range (got {value!r})")
+        raise ValueError(
+            f"{field}: expected a value in {span} or a {{low, high}} range (got {value!r})"
+        )
 
 
 # --------------------------------------------------------------------------------- loading
@@ -367,7 +398,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{path}: not valid YAML: {where}{problem}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config fields (name, checkpoints, objectives, ...)")
+        raise UserError(
+            f"{path}: expected a mapping of config fields (name, checkpoints, objectives, ...)"
+        )
     return data
 
 
@@ -390,15 +423,21 @@ def check_paths(cfg: StudyConfig, path: str | Path = "<config>") -> None:
         if p is None:
             continue
         if is_dir and not p.is_dir():
-            raise UserError(f"{path}: {field}: folder {p} does not exist (relative paths start at {Path.cwd()})")
+            raise UserError(
+                f"{path}: {field}: folder {p} does not exist (relative paths start at {Path.cwd()})"
+            )
         if not is_dir and not p.is_file():
-            raise UserError(f"{path}: {field}: file {p} does not exist (relative paths start at {Path.cwd()})")
+            raise UserError(
+                f"{path}: {field}: file {p} does not exist (relative paths start at {Path.cwd()})"
+            )
 
 
 def _one_line(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     err = errors[0]
-    loc = [x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "tagged-")))]
+    loc = [
+        x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "tagged-")))
+    ]
     loc = _drop_union_tags(loc)
     field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
     msg = err["msg"]
@@ -421,7 +460,11 @@ def _one_line(exc: ValidationError) -> str:
         value = err.get("input")
         if isinstance(value, str | int | float | bool) or value is None:
             msg = f"{msg} (got {value!r})"
-    more = f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    more = (
+        f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+        if len(errors) > 1
+        else ""
+    )
     if not field or msg.startswith((f"{field}.", f"{field}:", f"{field}[")):
         return f"{msg}{more}"  # the validator named a more precise field itself
     return f"{field}: {msg}{more}"
@@ -451,7 +494,9 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
         if isinstance(part, int):
             args = [a for a in get_args(model) if a is not Ellipsis]
             model = args[0] if args else None
-        elif isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+        elif (
+            isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields
+        ):
             model = model.model_fields[part].annotation
         else:
             return []

@@ -57,6 +57,7 @@ def worker_command(args: argparse.Namespace) -> int:
     from search.study import load_study, open_storage
     from search.worker import Runtime, run_worker
 
+    started = time.time()
     cfg = load_config(args.config, n_trials=args.n_trials, storage=args.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(cfg)
@@ -65,15 +66,27 @@ def worker_command(args: argparse.Namespace) -> int:
     _quiet_libraries()
     runtime = Runtime.create(cfg)
     study.sampler = build_sampler(
-        cfg.sampler, constrained=bool(cfg.constraints), worker=1000 + os.getpid() % 100_000,
+        cfg.sampler,
+        constrained=bool(cfg.constraints),
+        worker=1000 + os.getpid() % 100_000,
         salt=len(study.get_trials(deepcopy=False)),
     )
-    deadline = time.time() + cfg.budget.timeout_s if cfg.budget.timeout_s else None
+    deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     with _progress(cfg, study) as progress:
-        result = run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials, deadline=deadline,
-                            on_trial=lambda _t: progress.refresh())
-    print(f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored plan); "
-          f"stopped on {result.stopped}", file=sys.stderr)
+        result = run_worker(
+            cfg,
+            study,
+            storage,
+            runtime,
+            n_trials=cfg.budget.n_trials,
+            deadline=deadline,
+            on_trial=lambda _t: progress.refresh(),
+        )
+    print(
+        f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored plan); "
+        f"stopped on {result.stopped}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -86,13 +99,19 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
     Returns:
         0 when the budget (or the timeout) was reached, 1 when workers failed before that.
     """
+    import optuna
+
     from search.pool import CheckpointPool
     from search.space import SearchSpace
     from search.study import (
-        check_resume, create_or_resume, load_study, open_storage, signature, study_exists, trial_counts,
+        check_resume,
+        create_or_resume,
+        load_study,
+        open_storage,
+        signature,
+        study_exists,
+        trial_counts,
     )
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
@@ -103,22 +122,33 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
         existing = load_study(cfg, open_storage(cfg))
         check_resume(existing, cfg, sig, config_path)
         counts = trial_counts(existing)
-        if counts.get("complete", 0) + counts.get("pruned", 0) >= cfg.budget.n_trials and not counts.get("running"):
-            print(f"study {cfg.name!r} already has its {cfg.budget.n_trials} trials; raise --n-trials to run more",
-                  file=sys.stderr)
+        if counts.get("complete", 0) + counts.get(
+            "pruned", 0
+        ) >= cfg.budget.n_trials and not counts.get("running"):
+            print(
+                f"study {cfg.name!r} already has its {cfg.budget.n_trials} trials; "
+                "raise --n-trials to run more",
+                file=sys.stderr,
+            )
             return 0
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
 
     study = None
-    print(f"starting {n_workers} worker(s): each loads the model and the evaluator once", file=sys.stderr)
+    print(
+        f"starting {n_workers} worker(s): each loads the model and the evaluator once",
+        file=sys.stderr,
+    )
     try:
         with _WorkerGroup(cfg, n_workers, deadline) as group:
             group.wait_first_ready()
             storage = open_storage(cfg, create=True)
             study, created = create_or_resume(cfg, storage, space, pool.fingerprint(), config_path)
             verb = "created" if created else "resumed"
-            print(f"study {cfg.name!r} {verb} in {_shown(cfg.storage)}: {n_workers} worker(s), "
-                  f"budget {cfg.budget.n_trials} trials", file=sys.stderr)
+            print(
+                f"study {cfg.name!r} {verb} in {_shown(cfg.storage)}: {n_workers} worker(s), "
+                f"budget {cfg.budget.n_trials} trials",
+                file=sys.stderr,
+            )
             group.go()
             with _progress(cfg, study) as progress:
                 while group.alive():
@@ -135,13 +165,22 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
 
             counts = trial_counts(study)
             done = counts.get("complete", 0) + counts.get("pruned", 0)
-            print(f"study {cfg.name!r}: stopped at {done}/{cfg.budget.n_trials} finished trials; "
-                  "run the same command to continue", file=sys.stderr)
+            print(
+                f"study {cfg.name!r}: stopped at {done}/{cfg.budget.n_trials} finished trials; "
+                "run the same command to continue",
+                file=sys.stderr,
+            )
         raise
     return _summary(cfg, study, group, config_path, time.time() - started)
 
 
-def _summary(cfg: StudyConfig, study: optuna.Study, group: _WorkerGroup, config_path: str | Path, seconds: float) -> int:
+def _summary(
+    cfg: StudyConfig,
+    study: optuna.Study,
+    group: _WorkerGroup,
+    config_path: str | Path,
+    seconds: float,
+) -> int:
     from search.study import trial_counts
 
     counts = trial_counts(study)
@@ -149,14 +188,19 @@ def _summary(cfg: StudyConfig, study: optuna.Study, group: _WorkerGroup, config_
     everything = study.get_trials(deepcopy=False)
     dup = sum(1 for t in everything if "duplicate_of" in t.user_attrs)
     retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
-    line = (f"study {cfg.name!r}: {finished}/{cfg.budget.n_trials} trials finished "
-            f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption) "
-            f"in {seconds:.0f} s")
+    line = (
+        f"study {cfg.name!r}: {finished}/{cfg.budget.n_trials} trials finished "
+        f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption) "
+        f"in {seconds:.0f} s"
+    )
     if finished >= cfg.budget.n_trials:
         print(f"{line}; next: merge-search pareto {config_path}", file=sys.stderr)
         return 0
     if group.timed_out:
-        print(f"{line}; stopped by budget.timeout_s; run the same command to continue", file=sys.stderr)
+        print(
+            f"{line}; stopped by budget.timeout_s; run the same command to continue",
+            file=sys.stderr,
+        )
         return 0
     if group.user_errors:
         raise UserError(group.user_errors[0])
@@ -171,7 +215,12 @@ def _check_against(study: optuna.Study, cfg: StudyConfig, config_path: str | Pat
     from search.study import check_resume, signature
 
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
-    check_resume(study, cfg, signature(cfg, SearchSpace.build(cfg, pool.names), pool.fingerprint()), config_path)
+    check_resume(
+        study,
+        cfg,
+        signature(cfg, SearchSpace.build(cfg, pool.names), pool.fingerprint()),
+        config_path,
+    )
 
 
 def _shown(url: str) -> str:
@@ -194,10 +243,14 @@ class _WorkerGroup:
         ctx = multiprocessing.get_context("spawn")
         self._events: mp.Queue = ctx.Queue()
         self._go = ctx.Event()
-        threads = max(1, (os.cpu_count() or 1) // n_workers)
+        threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n_workers)
         self._procs = [
-            ctx.Process(target=_worker_main, name=f"merge-search-worker-{i}", daemon=False,
-                        args=(cfg, i, threads, deadline, self._events, self._go))
+            ctx.Process(
+                target=_worker_main,
+                name=f"merge-search-worker-{i}",
+                daemon=False,
+                args=(cfg, i, threads, deadline, self._events, self._go),
+            )
             for i in range(n_workers)
         ]
         self.user_errors: list[str] = []
@@ -205,12 +258,12 @@ class _WorkerGroup:
         self._ready = 0
         self._reported: set[int] = set()
 
-    def __enter__(self) -> _WorkerGroup:
+    def __enter__(self) -> _WorkerGroup:  # noqa: PYI034
         for p in self._procs:
             p.start()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             for p in self._procs:
                 p.join()
@@ -274,18 +327,20 @@ class _WorkerGroup:
                 yield f"worker {index}: error: {event[2]}"
             elif kind == "crash":
                 yield f"worker {index} failed:\n{event[2].rstrip()}"
-            elif kind == "done":
-                if event[3] == "timeout":
-                    self.timed_out = True
+            elif kind == "done" and event[3] == "timeout":
+                self.timed_out = True
         for index, p in enumerate(self._procs):
             if p.exitcode is not None and p.exitcode < 0 and index not in self._reported:
                 self._reported.add(index)
-                yield (f"worker {index} was killed by signal {-p.exitcode}; "
-                       "its trial is retried once its heartbeat goes stale")
+                yield (
+                    f"worker {index} was killed by signal {-p.exitcode}; "
+                    "its trial is retried once its heartbeat goes stale"
+                )
 
 
-def _worker_main(cfg: StudyConfig, index: int, threads: int, deadline: float | None,
-                 events: mp.Queue, go: Any) -> None:
+def _worker_main(
+    cfg: StudyConfig, index: int, threads: int, deadline: float | None, events: mp.Queue, go: Any
+) -> None:
     """Entry point of one spawned worker process.
 
     Ctrl-C reaches the launcher only (SIGINT ignored here); the launcher stops workers with
@@ -301,16 +356,14 @@ def _worker_main(cfg: StudyConfig, index: int, threads: int, deadline: float | N
     sys.exit(code)
 
 
-def _worker_body(cfg: StudyConfig, index: int, threads: int, deadline: float | None,
-                 events: mp.Queue, go: Any) -> int:
+def _worker_body(
+    cfg: StudyConfig, index: int, threads: int, deadline: float | None, events: mp.Queue, go: Any
+) -> int:
     from search.worker import Runtime, run_worker
 
     _quiet_libraries()
     try:
-        import torch
-
-        if cfg.resolved_device() == "cpu":
-            torch.set_num_threads(threads)
+        _set_threads(cfg, threads)
         runtime = Runtime.create(cfg)
     except UserError as exc:
         events.put(("error", index, str(exc)))
@@ -329,9 +382,15 @@ def _worker_body(cfg: StudyConfig, index: int, threads: int, deadline: float | N
 
         storage = open_storage(cfg)
         study = load_study(cfg, storage)
-        study.sampler = build_sampler(cfg.sampler, constrained=bool(cfg.constraints), worker=index,
-                                      salt=len(study.get_trials(deepcopy=False)))
-        result = run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials, deadline=deadline)
+        study.sampler = build_sampler(
+            cfg.sampler,
+            constrained=bool(cfg.constraints),
+            worker=index,
+            salt=len(study.get_trials(deepcopy=False)),
+        )
+        result = run_worker(
+            cfg, study, storage, runtime, n_trials=cfg.budget.n_trials, deadline=deadline
+        )
     except UserError as exc:
         events.put(("error", index, str(exc)))
         return 2
@@ -340,6 +399,14 @@ def _worker_body(cfg: StudyConfig, index: int, threads: int, deadline: float | N
         return 1
     events.put(("done", index, result.n_trials, result.stopped))
     return 0
+
+
+def _set_threads(cfg: StudyConfig, threads: int) -> None:
+    """Torch intra-op threads of this worker on CPU (0: leave torch's default)."""
+    if threads and cfg.resolved_device() == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:
@@ -380,8 +447,14 @@ class _Progress:
 
         self.cfg = cfg
         self.study = study
-        self.bar = tqdm(total=cfg.budget.n_trials, desc=cfg.name, unit="trial", dynamic_ncols=True,
-                        file=sys.stderr, disable=False)
+        self.bar = tqdm(
+            total=cfg.budget.n_trials,
+            desc=cfg.name,
+            unit="trial",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=False,
+        )
         self.refresh()
 
     def refresh(self) -> None:

@@ -9,7 +9,7 @@ front (1 is best on that objective).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -191,11 +191,6 @@ def parse_prefer(text: str, names: Sequence[str]) -> list[float]:
             f"(objectives: {', '.join(names)})"
         )
     return [weights.get(n, 0.0) for n in names]
-
-
-def weights_by_name(weights: Sequence[float], names: Sequence[str]) -> Mapping[str, float]:
-    """``{name: weight}`` for reporting a parsed preference."""
-    return dict(zip(names, (float(w) for w in weights), strict=True))
 
 
 def _sign(direction: str) -> float:

@@ -60,33 +60,55 @@ _RESERVED = ("seed", "constraints_func")
 
 SAMPLERS: dict[str, SamplerEntry] = {
     "tpe": SamplerEntry(
-        "tpe", "TPESampler", multi_objective=True, constraints=True,
+        "tpe",
+        "TPESampler",
+        multi_objective=True,
+        constraints=True,
         doc="Tree-structured Parzen estimator; one or several objectives; a good default.",
     ),
     "nsga2": SamplerEntry(
-        "nsga2", "NSGAIISampler", multi_objective=True, constraints=True,
-        doc="NSGA-II genetic algorithm for Pareto fronts; set options.population_size to ~budget/4.",
+        "nsga2",
+        "NSGAIISampler",
+        multi_objective=True,
+        constraints=True,
+        doc="NSGA-II genetic algorithm for Pareto fronts; options.population_size ~ budget/5.",
     ),
     "nsga3": SamplerEntry(
-        "nsga3", "NSGAIIISampler", multi_objective=True, constraints=True,
+        "nsga3",
+        "NSGAIIISampler",
+        multi_objective=True,
+        constraints=True,
         doc="NSGA-III, for three or more objectives.",
     ),
     "gp": SamplerEntry(
-        "gp", "GPSampler", multi_objective=True, constraints=True,
+        "gp",
+        "GPSampler",
+        multi_objective=True,
+        constraints=True,
         # scores are deterministic for fixed weights (greedy decoding, fixed seeds)
         defaults={"deterministic_objective": True},
         doc="Gaussian-process Bayesian optimization; sample-efficient for small budgets.",
     ),
     "cmaes": SamplerEntry(
-        "cmaes", "CmaEsSampler", multi_objective=False, constraints=False,
+        "cmaes",
+        "CmaEsSampler",
+        multi_objective=False,
+        constraints=False,
         doc="CMA-ES (as in Khalifa et al.); one objective only.",
     ),
     "random": SamplerEntry(
-        "random", "RandomSampler", multi_objective=True, constraints=False,
+        "random",
+        "RandomSampler",
+        multi_objective=True,
+        constraints=False,
         doc="Uniform random search; a baseline.",
     ),
     "qmc": SamplerEntry(
-        "qmc", "QMCSampler", multi_objective=True, constraints=False, shared_seed=True,
+        "qmc",
+        "QMCSampler",
+        multi_objective=True,
+        constraints=False,
+        shared_seed=True,
         doc="Quasi-Monte Carlo (Sobol) space filling; a baseline.",
     ),
 }
@@ -101,7 +123,9 @@ def check_sampler(cfg: SamplerConfig, *, n_objectives: int, constrained: bool) -
     """Raise ``ValueError("sampler.<field>: ...")`` when the sampler cannot run this study."""
     entry = SAMPLERS.get(cfg.name)
     if entry is None:
-        raise ValueError(f"sampler.name: unknown sampler {cfg.name!r}; expected one of: {', '.join(SAMPLERS)}")
+        raise ValueError(
+            f"sampler.name: unknown sampler {cfg.name!r}; expected one of: {', '.join(SAMPLERS)}"
+        )
     if n_objectives > 1 and not entry.multi_objective:
         multi = ", ".join(n for n, e in SAMPLERS.items() if e.multi_objective)
         raise ValueError(
@@ -111,26 +135,34 @@ def check_sampler(cfg: SamplerConfig, *, n_objectives: int, constrained: bool) -
     if constrained and not entry.constraints:
         able = ", ".join(n for n, e in SAMPLERS.items() if e.constraints)
         raise ValueError(
-            f"sampler.name: {cfg.name} ignores constraints; use one of: {able}, or remove constraints"
+            f"sampler.name: {cfg.name} ignores constraints; "
+            f"use one of: {able}, or remove constraints"
         )
     known = entry.option_names()
     for option in cfg.options:
         if option in _RESERVED:
-            raise ValueError(f"sampler.options.{option}: set by merge-search (use sampler.seed / constraints)")
+            raise ValueError(
+                f"sampler.options.{option}: set by merge-search (use sampler.seed / constraints)"
+            )
         if option not in known:
             raise ValueError(
-                f"sampler.options.{option}: unknown option for {cfg.name}; expected one of: {', '.join(known)}"
+                f"sampler.options.{option}: unknown option for {cfg.name}; "
+                f"expected one of: {', '.join(known)}"
             )
     try:
         build_sampler(cfg, constrained=constrained)
     except ImportError as exc:
-        raise ValueError(f"sampler.name: {cfg.name} needs the {exc.name or 'missing'} package: "
-                         f"pip install {exc.name or ''}".rstrip()) from None
+        raise ValueError(
+            f"sampler.name: {cfg.name} needs the {exc.name or 'missing'} package: "
+            f"pip install {exc.name or ''}".rstrip()
+        ) from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"sampler.options: {cfg.name} refused them: {exc}") from None
 
 
-def build_sampler(cfg: SamplerConfig, *, constrained: bool, worker: int = 0, salt: int = 0) -> optuna.samplers.BaseSampler:
+def build_sampler(
+    cfg: SamplerConfig, *, constrained: bool, worker: int = 0, salt: int = 0
+) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler.
 
     Args:

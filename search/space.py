@@ -81,7 +81,9 @@ class SearchSpace:
             if spec.name == "normalize":
                 value = merge.weights.normalize
             if isinstance(value, ParamRange):
-                searched.append(Searched(spec.name, spec.kind, value.low, value.high, value.log, spec.default))
+                searched.append(
+                    Searched(spec.name, spec.kind, value.low, value.high, value.log, spec.default)
+                )
             else:
                 fixed[spec.name] = spec.default if value is None else value
         uses_weights = weights_matter(method, fixed)
@@ -108,7 +110,9 @@ class SearchSpace:
         """Parameter names as ``[checkpoint][group]`` (empty when the method ignores weights)."""
         if not self.uses_weights:
             return []
-        return [[self.weight_param(i, g) for g in range(self.n_groups)] for i in range(len(self.names))]
+        return [
+            [self.weight_param(i, g) for g in range(self.n_groups)] for i in range(len(self.names))
+        ]
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Every searched parameter's Optuna distribution, weights first."""
@@ -164,7 +168,9 @@ class SearchSpace:
         if self.zero_sum_invalid:
             for g in range(self.n_groups):
                 if abs(sum(w[g] for w in weights)) < ZERO_SUM:
-                    raise optuna.TrialPruned(f"weights of layer group {g} sum to 0; cannot normalize")
+                    raise optuna.TrialPruned(
+                        f"weights of layer group {g} sum to 0; cannot normalize"
+                    )
         params: dict[str, ParamValue] = dict(self.fixed)
         for p in self.searched:
             params[p.name] = int(values[p.name]) if p.kind == "int" else float(values[p.name])
@@ -205,4 +211,4 @@ def weights_matter(method: MergeMethod, params: Mapping[str, ParamValue]) -> boo
 
 def _clip(value: float, low: float, high: float, kind: str = "float") -> float | int:
     v = min(max(float(value), low), high)
-    return int(round(v)) if kind == "int" else v
+    return round(v) if kind == "int" else v

@@ -47,10 +47,10 @@ def quiet_experimental() -> Iterator[None]:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///FILE`` URL (relative to the working directory), else None."""
+    """The database file of a ``sqlite:///FILE`` URL (relative to the working directory)."""
     if not url.startswith("sqlite:///"):
         return None
-    return Path(url[len("sqlite:///"):])
+    return Path(url[len("sqlite:///") :])
 
 
 def redact(url: str) -> str:
@@ -64,19 +64,24 @@ def redact(url: str) -> str:
 
 
 def engine_url(url: str) -> str:
-    """The URL SQLAlchemy should open: plain ``postgresql://`` uses psycopg2 when psycopg 3 is absent.
+    """The URL SQLAlchemy opens: ``postgresql://`` means psycopg2 when psycopg 3 is absent.
 
     SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; merge-search depends on psycopg2.
     """
     if url.startswith("postgresql://"):
         import importlib.util
 
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+        if (
+            importlib.util.find_spec("psycopg") is None
+            and importlib.util.find_spec("psycopg2") is not None
+        ):
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
     return url
 
 
-def open_storage(cfg: StudyConfig, url: str | None = None, *, create: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(
+    cfg: StudyConfig, url: str | None = None, *, create: bool = False
+) -> optuna.storages.RDBStorage:
     """The study's RDB storage with heartbeats and retry of a dead worker's trial.
 
     Args:
@@ -94,7 +99,9 @@ def open_storage(cfg: StudyConfig, url: str | None = None, *, create: bool = Fal
     if db is not None:
         if not db.is_file():
             if not create:
-                raise UserError(f"storage: {db} does not exist; create the study with `merge-search launch`")
+                raise UserError(
+                    f"storage: {db} does not exist; create the study with `merge-search launch`"
+                )
             db.parent.mkdir(parents=True, exist_ok=True)
         # several worker processes share the file: wait for its write lock instead of failing
         engine_kwargs["connect_args"] = {"timeout": 120}
@@ -129,7 +136,9 @@ def study_exists(cfg: StudyConfig, url: str | None = None) -> bool:
 
 
 def load_study(
-    cfg: StudyConfig, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler | None = None
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> optuna.Study:
     """The existing study named ``cfg.name`` (``UserError`` naming the storage if missing)."""
     import optuna
@@ -139,14 +148,17 @@ def load_study(
     except KeyError:
         url = getattr(storage, "url", cfg.storage)
         raise UserError(
-            f"study {cfg.name!r} not found in {redact(url)}; create it with `merge-search launch CONFIG`"
+            f"study {cfg.name!r} not found in {redact(url)}; "
+            "create it with `merge-search launch CONFIG`"
         ) from None
 
 
 # ------------------------------------------------------------------------- create or resume
 
 
-def signature(cfg: StudyConfig, space: SearchSpace, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+def signature(
+    cfg: StudyConfig, space: SearchSpace, fingerprint: Mapping[str, Any]
+) -> dict[str, Any]:
     """What a resumed study must keep: the checkpoints, the search space, how trials are scored."""
     scoring = {
         "objectives": [o.model_dump(mode="json") for o in cfg.objectives],
@@ -154,10 +166,16 @@ def signature(cfg: StudyConfig, space: SearchSpace, fingerprint: Mapping[str, An
         "num_fewshot": cfg.eval.num_fewshot,
         "seed": cfg.eval.seed,
     }
-    return {FINGERPRINT_ATTR: dict(fingerprint), SPACE_ATTR: space.describe(), SCORING_ATTR: scoring}
+    return {
+        FINGERPRINT_ATTR: dict(fingerprint),
+        SPACE_ATTR: space.describe(),
+        SCORING_ATTR: scoring,
+    }
 
 
-def check_resume(study: optuna.Study, cfg: StudyConfig, sig: Mapping[str, Any], config_path: str | Path) -> None:
+def check_resume(
+    study: optuna.Study, cfg: StudyConfig, sig: Mapping[str, Any], config_path: str | Path
+) -> None:
     """Refuse to resume when the checkpoints, the search space or the scoring changed."""
     attrs = study.user_attrs
     fix = f"use a new study name, or restore the previous setting to resume study {cfg.name!r}"
@@ -175,7 +193,9 @@ def check_resume(study: optuna.Study, cfg: StudyConfig, sig: Mapping[str, Any], 
     old_scoring, new_scoring = attrs.get(SCORING_ATTR), sig[SCORING_ATTR]
     if old_scoring != new_scoring:
         where = _first_difference(old_scoring, new_scoring)
-        raise UserError(f"{config_path}: objectives/eval: how trials are scored changed ({where}); {fix}")
+        raise UserError(
+            f"{config_path}: objectives/eval: how trials are scored changed ({where}); {fix}"
+        )
 
 
 def create_or_resume(
@@ -185,7 +205,11 @@ def create_or_resume(
     fingerprint: Mapping[str, Any],
     config_path: str | Path,
 ) -> tuple[optuna.Study, bool]:
-    """Create the study (with its seed trials) or resume it after the checks; returns (study, created)."""
+    """Create the study (with its seed trials) or resume it after the checks.
+
+    Returns:
+        ``(study, created)``.
+    """
     import optuna
 
     sig = signature(cfg, space, fingerprint)
@@ -207,11 +231,13 @@ def create_or_resume(
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
-    """A short path to the first place two JSON-like values differ, e.g. ``checkpoints[1].sha256``."""
+    """A short path to where two JSON-like values first differ, e.g. ``checkpoints[a].bytes``."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         for key in list(old) + [k for k in new if k not in old]:
             if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+                return _first_difference(
+                    old.get(key), new.get(key), f"{path}.{key}" if path else str(key)
+                )
         return path
     if isinstance(old, list | tuple) and isinstance(new, list | tuple) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):
@@ -246,16 +272,22 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
     if storage.engine.dialect.name != "postgresql":
-        raise UserError(f"storage: {storage.engine.dialect.name} is not supported; use SQLite or PostgreSQL")
+        raise UserError(
+            f"storage: {storage.engine.dialect.name} is not supported; use SQLite or PostgreSQL"
+        )
     import sqlalchemy
 
-    key = int.from_bytes(hashlib.sha256(f"merge-search:{study_name}".encode()).digest()[:8], "big", signed=True)
+    key = int.from_bytes(
+        hashlib.sha256(f"merge-search:{study_name}".encode()).digest()[:8], "big", signed=True
+    )
     with storage.engine.begin() as conn:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         yield
 
 
-def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int) -> optuna.Trial | None:
+def claim_trial(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int
+) -> optuna.Trial | None:
     """Start the next trial if fewer than ``n_trials`` are finished or running, else None.
 
     Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
@@ -267,7 +299,9 @@ def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, n_tria
 
     with budget_lock(storage, study.study_name), quiet_experimental():
         optuna.storages.fail_stale_trials(study)
-        taken = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        taken = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
         if len(taken) >= n_trials:
             return None
         # we run our own loop (exact budget, our heartbeat thread); Optuna assumes Study.optimize
@@ -278,7 +312,7 @@ def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, n_tria
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
-    """Number of trials per state name (``complete``, ``running``, ``waiting``, ``fail``, ``pruned``)."""
+    """Trials per state name: ``complete``, ``running``, ``waiting``, ``fail``, ``pruned``."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
@@ -295,7 +329,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Heartbeat:  # noqa: PYI034
         self._thread.start()
         return self
 

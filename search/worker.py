@@ -1,4 +1,4 @@
-"""A worker: one resident model and one evaluator, scoring the trials it claims until the budget is spent.
+"""A worker: one resident model and one evaluator, scoring trials until the budget is spent.
 
 The loop, top to bottom: claim a trial under the budget lock (:func:`search.study.claim_trial`),
 turn its suggestions into a :class:`~search.plan.MergePlan`, reuse the scores if the same plan
@@ -52,24 +52,30 @@ class Runtime:
         """Open the pool, read its tensors, build the model and the evaluator (the slow part, once).
 
         Args:
-            cfg: the study config.
+            cfg: the study config; ``workers.threads``, when set, fixes torch's CPU threads.
             heldout: score the held-out objectives (``cfg.heldout_objectives()``) instead.
         """
         from evaluators import build_evaluator
         from search.methods import METHODS
         from search.pool import CheckpointPool
 
+        if cfg.workers.threads and cfg.resolved_device() == "cpu":
+            import torch
+
+            torch.set_num_threads(cfg.workers.threads)
         objectives = cfg.heldout_objectives() if heldout else cfg.objectives
         if not objectives:
             raise UserError("eval.heldout: no held-out tasks configured (map each objective task)")
-        pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+        pool = CheckpointPool.open(
+            cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype
+        )
         pool.load(base=METHODS[cfg.merge.method].needs_base)
         model, tokenizer = pool.load_model()
         evaluator = build_evaluator(objectives, cfg.eval_spec(heldout=heldout), model, tokenizer)
         return cls(cfg, pool, model, tokenizer, evaluator, tuple(o.name for o in objectives))
 
     def score(self, plan: MergePlan) -> tuple[Scores, float, float]:
-        """Materialize ``plan`` into the resident model and evaluate it: (scores, merge_s, eval_s)."""
+        """Materialize ``plan`` into the resident model, evaluate: (scores, merge_s, eval_s)."""
         import torch
 
         from search.materialize import materialize
@@ -188,12 +194,18 @@ def run_worker(
             try:
                 values = objective(trial)
             except optuna.TrialPruned:
-                frozen = study.tell(trial, state=TrialState.PRUNED)
+                frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
             except BaseException as exc:
-                _give_up(study, storage, trial, requeue=isinstance(exc, KeyboardInterrupt | SystemExit))
+                _give_up(
+                    study, storage, trial, requeue=isinstance(exc, KeyboardInterrupt | SystemExit)
+                )
                 raise
             else:
-                frozen = study.tell(trial, values)
+                frozen = study.tell(trial, values, skip_if_finished=True)
+        if frozen.state == TrialState.FAIL:
+            continue  # the same, found at tell
         result.n_trials += 1
         if on_trial is not None:
             on_trial(frozen)
@@ -201,15 +213,15 @@ def run_worker(
     return result
 
 
-def _give_up(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, *, requeue: bool) -> None:
+def _give_up(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, *, requeue: bool
+) -> None:
     """Fail the trial; when the worker was interrupted, queue the same parameters again."""
-    import optuna
     from optuna.trial import TrialState
 
-    try:
-        study.tell(trial, state=TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
-        return  # already finished (e.g. failed as stale by another worker, which re-queued it)
+    if storage.get_trial(trial._trial_id).state.is_finished():
+        return  # failed as stale by another worker, which queued it again
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     retry = storage.get_heartbeat_stale_trial_callback()
     if requeue and retry is not None:
         retry(study, storage.get_trial(trial._trial_id))

@@ -9,11 +9,13 @@ A second build with the same seed, size and recipe finds the manifest and return
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +103,8 @@ def build_zoo(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        scores = _build(tmp, recipe, seed, progress, score)
+        with _torch_threads(recipe.threads):
+            scores = _build(tmp, recipe, seed, progress, score)
         manifest = ZooManifest(
             out_dir=out,
             seed=seed,
@@ -124,6 +127,22 @@ def build_zoo(
             print(format_scores(scores))
         print(f"zoo: built {out} in {manifest.build_s:.0f} s")
     return manifest
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads, restoring the previous count afterwards."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cached(out: Path, key: str) -> ZooManifest | None:

@@ -40,6 +40,7 @@ class Recipe:
     runs: tuple[Run, ...]
     eval_limit: int  # examples per task in the printed score table
     base_code_share: float = 0.5
+    threads: int | None = None  # torch threads while building (None: torch's default)
 
     def key(self, seed: int) -> str:
         """Hash of the recipe, the seed and the code that turns them into weights (cache key)."""
@@ -79,6 +80,7 @@ RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(
         hidden=32, layers=2, heads=2, intermediate=64, batch_size=8,
         base_steps=12, base_lr=3e-3, eval_limit=8,
+        threads=1,  # tensors this small gain nothing from a second thread, and lose a lot when busy
         runs=tuple(
             Run(r.name, r.code_share, max(2, r.steps // 50), r.lr, r.fixed_examples and 16, r.note)
             for r in _FULL_RUNS

@@ -27,29 +27,33 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def code_example(rng: random.Random) -> tuple[str, str]:
-    """A 2-4 statement program over a, b, c with values kept in 0..19, and what it prints."""
+    """A 2-4 statement program over a, b, c with digit values, and what it prints.
+
+    Statements assign a digit (``a=4``), copy a variable (``b=a``) or add/subtract 1-3
+    (``c=b+2``); the printed variable is the last one assigned half of the time.
+    """
     while True:
         env: dict[str, int] = {}
         stmts: list[str] = []
         for _ in range(rng.randint(2, 4)):
             var = rng.choice(_VARS)
-            if not env or rng.random() < 0.3:
+            kind = "const" if not env else rng.choice(("const", "copy", "step", "step"))
+            if kind == "const":
                 value = rng.randint(0, 9)
                 stmts.append(f"{var}={value}")
             else:
                 src = rng.choice(sorted(env))
-                op = rng.choice("+-")
-                if rng.random() < 0.5 and len(env) > 1:
-                    other = rng.choice(sorted(env))
-                    rhs, value = other, env[other]
+                value = env[src]
+                if kind == "copy" and src != var:
+                    stmts.append(f"{var}={src}")
                 else:
-                    value = rng.randint(1, 9)
-                    rhs = str(value)
-                value = env[src] + value if op == "+" else env[src] - value
-                stmts.append(f"{var}={src}{op}{rhs}")
+                    step = rng.randint(1, 3)
+                    op = rng.choice("+-")
+                    value = value + step if op == "+" else value - step
+                    stmts.append(f"{var}={src}{op}{step}")
             env[var] = value
-        if all(0 <= v <= 19 for v in env.values()):
-            out = rng.choice(sorted(env))
+        if all(0 <= v <= 9 for v in env.values()):
+            out = var if rng.random() < 0.5 else rng.choice(sorted(env))
             return ";".join(stmts) + f";print({out})?", str(env[out])
 
 
@@ -60,7 +64,6 @@ _INSTRUCTIONS: dict[str, Callable[[str], str]] = {
     "repeat": lambda w: w + w,
     "first": lambda w: w[0],
     "last": lambda w: w[-1],
-    "double": lambda w: "".join(c + c for c in w)[:MAX_ANSWER_CHARS],
     "swap": lambda w: w[-1] + w[1:-1] + w[0],
 }
 

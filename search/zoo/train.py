@@ -67,6 +67,7 @@ def train(
     steps: int,
     lr: float,
     warmup: float = 0.05,
+    anneal: bool = True,
     on_step: Callable[[float], None] | None = None,
 ) -> float:
     """AdamW with linear warm-up and cosine decay to zero; returns the last loss.
@@ -77,6 +78,8 @@ def train(
         steps: optimizer steps.
         lr: peak learning rate.
         warmup: fraction of steps spent warming up.
+        anneal: decay the rate to zero (cosine); ``False`` stops at the peak rate, like a
+            checkpoint taken in the middle of a run.
         on_step: called with the loss after every step (progress bars).
     """
     import torch
@@ -85,7 +88,8 @@ def train(
     warm = max(1, int(warmup * steps))
 
     def schedule(step: int) -> float:
-        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+        decay = 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)) if anneal else 1.0
+        return min(1.0, (step + 1) / warm) * decay
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
@@ -98,7 +102,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if on_step is not None:
             on_step(loss_value)
     model.eval()

@@ -20,12 +20,26 @@ import optuna
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CHOICES = [("ab+c=", ["abc", "cab", "bca"], 0), ("1+2=", ["3", "4", "5"], 0), ("dog:", ["god", "odg", "dgo"], 0),
-           ("x*y=", ["xy", "yx", "xx"], 1), ("red.", ["der", "erd", "red"], 2), ("9-4=", ["5", "6", "4"], 0),
-           ("sun!", ["nus", "uns", "sun"], 0), ("(a)", ["a", "b", "c"], 0), ("go,", ["og", "go", "oo"], 1),
-           ("7/7=", ["1", "7", "0"], 0)]
-TEXT = ["the cat sat on the mat.", "one plus two is three.", "print(a+b) shows the sum.",
-        "reverse: stone? enots", "upper: abc? abc", "a=4;b=a+3;print(b)? 7"]
+CHOICES = [
+    ("ab+c=", ["abc", "cab", "bca"], 0),
+    ("1+2=", ["3", "4", "5"], 0),
+    ("dog:", ["god", "odg", "dgo"], 0),
+    ("x*y=", ["xy", "yx", "xx"], 1),
+    ("red.", ["der", "erd", "red"], 2),
+    ("9-4=", ["5", "6", "4"], 0),
+    ("sun!", ["nus", "uns", "sun"], 0),
+    ("(a)", ["a", "b", "c"], 0),
+    ("go,", ["og", "go", "oo"], 1),
+    ("7/7=", ["1", "7", "0"], 0),
+]
+TEXT = [
+    "the cat sat on the mat.",
+    "one plus two is three.",
+    "print(a+b) shows the sum.",
+    "reverse: stone? enots",
+    "upper: abc? abc",
+    "a=4;b=a+3;print(b)? 7",
+]
 
 
 def build_pool_and_tasks(root: Path, tiny_zoo: Any) -> dict[str, Any]:
@@ -36,20 +50,23 @@ def build_pool_and_tasks(root: Path, tiny_zoo: Any) -> dict[str, Any]:
         shutil.copytree(ckpt, pool / Path(ckpt).name)
     tasks = root / "tasks"
     tasks.mkdir()
-    with open(tasks / "pick.jsonl", "w") as f:
-        for q, choices, answer in CHOICES:
-            f.write(json.dumps({"question": q, "choices": choices, "answer": answer}) + "\n")
-    (tasks / "c1_pick.yaml").write_text(yaml.safe_dump({
-        "task": "c1_pick",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(tasks / "pick.jsonl")}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{question}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{answer}}",
-        "metric_list": [{"metric": "acc"}],
-    }))
+    rows = [json.dumps({"question": q, "choices": c, "answer": a}) for q, c, a in CHOICES]
+    (tasks / "pick.jsonl").write_text("\n".join(rows) + "\n")
+    (tasks / "c1_pick.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "c1_pick",
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(tasks / "pick.jsonl")}},
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "doc_to_text": "{{question}}",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "{{answer}}",
+                "metric_list": [{"metric": "acc"}],
+            }
+        )
+    )
     (tasks / "text.txt").write_text("\n".join(TEXT) + "\n")
     return {
         "checkpoints": [str(pool / Path(c).name) for c in tiny_zoo.checkpoints],
@@ -68,8 +85,17 @@ def study_config(paths: dict[str, Any], name: str, storage: str, **extra: Any) -
         "base_model": paths["base_model"],
         "merge": {"method": "linear", "weights": {"low": 0.0, "high": 1.0}},
         "objectives": [
-            {"name": "pick", "direction": "maximize", "tasks": [{"task": "c1_pick", "metric": "acc"}]},
-            {"name": "ppl", "direction": "minimize", "evaluator": "perplexity", "data": paths["text"]},
+            {
+                "name": "pick",
+                "direction": "maximize",
+                "tasks": [{"task": "c1_pick", "metric": "acc"}],
+            },
+            {
+                "name": "ppl",
+                "direction": "minimize",
+                "evaluator": "perplexity",
+                "data": paths["text"],
+            },
         ],
         "tasks_path": paths["tasks_path"],
         "eval": {"limit": 6, "batch_size": 8},
@@ -91,23 +117,36 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 def cli(*args: str, cwd: Path) -> subprocess.Popen:
     """``merge-search ARGS`` in a child process (as a user runs it from a shell)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
     """The study's trials, or [] while the study does not exist yet."""
     from search.study import engine_url
 
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
         return []
     try:
-        return optuna.load_study(study_name=name, storage=engine_url(storage)).get_trials(deepcopy=False)
+        return optuna.load_study(study_name=name, storage=engine_url(storage)).get_trials(
+            deepcopy=False
+        )
     except KeyError:
         return []
 
 
-def wait_for(condition: Callable[[], Any], what: str, proc: subprocess.Popen | None = None, limit_s: float = 300) -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    what: str,
+    proc: subprocess.Popen | None = None,
+    limit_s: float = 300,
+) -> Any:
     """Poll until ``condition()`` is truthy (a guard against hanging, not a timed assertion)."""
     end = time.monotonic() + limit_s
     while time.monotonic() < end:
@@ -115,7 +154,10 @@ def wait_for(condition: Callable[[], Any], what: str, proc: subprocess.Popen | N
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}: {proc.communicate()[1]}")
+            raise AssertionError(
+                f"process exited ({proc.returncode}) while waiting for {what}: "
+                f"{proc.communicate()[1]}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"gave up waiting for {what}")
 

@@ -1,4 +1,4 @@
-"""`merge-search launch` / `worker` end to end on SQLite: real merges, real lm-eval, real Optuna storage."""
+"""`merge-search launch` and `worker` end to end on SQLite: real merges, lm-eval, storage."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from typing import Any
 import optuna
 import pytest
 from safetensors.torch import load_file, save_file
-from study_fixtures import build_pool_and_tasks, cli, complete, study_config, trials, wait_for, write_config
+from study_fixtures import (
+    build_pool_and_tasks,
+    cli,
+    complete,
+    study_config,
+    trials,
+    wait_for,
+    write_config,
+)
 
 from search.cli import main
 from search.plan import MergePlan
@@ -23,21 +31,30 @@ def workdir(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     paths = build_pool_and_tasks(root, tiny_zoo)
     storage = f"sqlite:///{root / 'studies' / 'e2e.db'}"
     data = study_config(paths, "e2e", storage, budget={"n_trials": N_TRIALS})
-    return {"root": root, "paths": paths, "storage": storage, "data": data,
-            "config": write_config(root / "e2e.yaml", data)}
+    return {
+        "root": root,
+        "paths": paths,
+        "storage": storage,
+        "data": data,
+        "config": write_config(root / "e2e.yaml", data),
+    }
 
 
 @pytest.fixture(scope="module")
 def finished(workdir: dict[str, Any]) -> dict[str, Any]:
-    """Launch, interrupt it (Ctrl-C) after the first finished trial, then resume it to the budget."""
+    """Launch, interrupt it (Ctrl-C) after a first finished trial, resume it to the budget."""
     root, storage, config = workdir["root"], workdir["storage"], workdir["config"]
     proc = cli("launch", str(config), cwd=root)
     wait_for(lambda: len(complete(trials("e2e", storage))) >= 1, "a first finished trial", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     before = {t.number: t for t in complete(trials("e2e", storage))}
-    interrupted = {"returncode": proc.returncode, "stderr": err, "complete": before,
-                   "all": trials("e2e", storage)}
+    interrupted = {
+        "returncode": proc.returncode,
+        "stderr": err,
+        "complete": before,
+        "all": trials("e2e", storage),
+    }
     assert main(["launch", str(config)]) == 0  # resume: same command
     return {"interrupted": interrupted, "trials": trials("e2e", storage)}
 
@@ -49,16 +66,22 @@ def test_interrupted_launch_stops_cleanly(finished: dict[str, Any]) -> None:
     assert 1 <= len(interrupted["complete"]) < N_TRIALS
     # the trial that was running was failed and queued again, not lost
     failed = [t for t in interrupted["all"] if t.state == optuna.trial.TrialState.FAIL]
-    requeued = {t.system_attrs.get("failed_trial") for t in interrupted["all"]
-                if t.state == optuna.trial.TrialState.WAITING}
+    requeued = {
+        t.system_attrs.get("failed_trial")
+        for t in interrupted["all"]
+        if t.state == optuna.trial.TrialState.WAITING
+    }
     assert {t.number for t in failed} <= requeued
 
 
 def test_resumed_study_continues_its_count_to_exactly_n_trials(finished: dict[str, Any]) -> None:
     done = complete(finished["trials"])
     assert len(done) == N_TRIALS
-    assert not [t for t in finished["trials"] if t.state in (optuna.trial.TrialState.RUNNING,
-                                                              optuna.trial.TrialState.WAITING)]
+    assert not [
+        t
+        for t in finished["trials"]
+        if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    ]
     assert len({t.number for t in finished["trials"]}) == len(finished["trials"])
     for number, before in finished["interrupted"]["complete"].items():  # kept as they were
         after = next(t for t in done if t.number == number)
@@ -86,14 +109,18 @@ def test_each_trial_records_what_it_did(finished: dict[str, Any], workdir: dict[
     assert len({t.values[1] for t in done if "duplicate_of" not in t.user_attrs}) > 1
 
 
-def test_study_records_config_fingerprint_and_objective_names(finished: dict[str, Any], workdir: dict[str, Any]) -> None:
+def test_study_records_config_fingerprint_and_objective_names(
+    finished: dict[str, Any], workdir: dict[str, Any]
+) -> None:
     study = optuna.load_study(study_name="e2e", storage=workdir["storage"])
     assert study.metric_names == ["pick", "ppl"]
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.user_attrs["config"]["name"] == "e2e"
     assert study.user_attrs["config"]["budget"]["n_trials"] == N_TRIALS
     fp = study.user_attrs["fingerprint"]
-    assert [c["name"] for c in fp["checkpoints"]] == [Path(c).name for c in workdir["paths"]["checkpoints"]]
+    assert [c["name"] for c in fp["checkpoints"]] == [
+        Path(c).name for c in workdir["paths"]["checkpoints"]
+    ]
 
 
 def test_a_plan_already_scored_is_reused(finished: dict[str, Any], workdir: dict[str, Any]) -> None:
@@ -102,11 +129,26 @@ def test_a_plan_already_scored_is_reused(finished: dict[str, Any], workdir: dict
     uniform = next(t for t in complete(study.trials) if t.user_attrs.get("seed_trial") == "uniform")
     study.enqueue_trial(uniform.params, user_attrs={"seed_trial": "uniform-again"})
     assert main(["launch", str(workdir["config"]), "--n-trials", str(N_TRIALS + 1)]) == 0
-    again = next(t for t in trials("e2e", workdir["storage"]) if t.user_attrs.get("seed_trial") == "uniform-again")
+    again = next(
+        t
+        for t in trials("e2e", workdir["storage"])
+        if t.user_attrs.get("seed_trial") == "uniform-again"
+    )
     assert again.state == optuna.trial.TrialState.COMPLETE
     assert again.user_attrs["duplicate_of"] == uniform.number
     assert again.values == uniform.values and again.user_attrs["eval_s"] == 0.0
     assert len(complete(trials("e2e", workdir["storage"]))) == N_TRIALS + 1
+
+
+def test_no_trial_starts_after_the_timeout(
+    finished: dict[str, Any], workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = {**workdir["data"], "budget": {"n_trials": 50, "timeout_s": 0.001}}
+    config = write_config(workdir["root"] / "e2e-timeout.yaml", data)
+    count = len(trials("e2e", workdir["storage"]))
+    assert main(["worker", str(config)]) == 0
+    assert "stopped on timeout" in capsys.readouterr().err
+    assert len(trials("e2e", workdir["storage"])) == count
 
 
 def test_resume_refused_when_the_search_space_changed(
@@ -118,7 +160,9 @@ def test_resume_refused_when_the_search_space_changed(
     assert main(["launch", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "merge: the search space changed (distributions.w_" in err and "use a new study name" in err
+    assert (
+        "merge: the search space changed (distributions.w_" in err and "use a new study name" in err
+    )
     assert len(trials("e2e", workdir["storage"])) == count
 
 
@@ -133,23 +177,34 @@ def test_resume_refused_after_a_checkpoint_changed(
         assert main([command, str(workdir["config"])]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1
-        assert f"checkpoints: the files changed since the study was created (checkpoints[{ckpt.name}]" in err
+        assert (
+            f"checkpoints: the files changed since the study was created (checkpoints[{ckpt.name}]"
+            in err
+        )
     assert len(trials("e2e", workdir["storage"])) == count
 
 
-def test_worker_needs_an_existing_study(workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_needs_an_existing_study(
+    workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     storage = f"sqlite:///{workdir['root'] / 'studies' / 'none.db'}"
-    config = write_config(workdir["root"] / "none.yaml", study_config(workdir["paths"], "none", storage))
+    config = write_config(
+        workdir["root"] / "none.yaml", study_config(workdir["paths"], "none", storage)
+    )
     assert main(["worker", str(config)]) == 2
     assert "does not exist; create the study with `merge-search launch`" in capsys.readouterr().err
-    assert not Path(storage[len("sqlite:///"):]).exists()
+    assert not Path(storage[len("sqlite:///") :]).exists()
 
 
-def test_a_bad_task_stops_launch_before_anything_is_written(workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_task_the_evaluator_refuses_stops_launch_before_anything_is_written(
+    workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a worker's evaluator knows the tasks: the study is created after a worker is ready."""
     storage = f"sqlite:///{workdir['root'] / 'studies' / 'badtask.db'}"
     data = study_config(workdir["paths"], "badtask", storage)
-    data["objectives"][0]["tasks"] = [{"task": "no_such_task"}]
+    data["objectives"][0]["tasks"] = [{"task": "c1_pick", "metric": "bleu"}]
     config = write_config(workdir["root"] / "badtask.yaml", data)
     assert main(["launch", str(config)]) == 2
-    assert "no_such_task" in capsys.readouterr().err
-    assert not Path(storage[len("sqlite:///"):]).exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "c1_pick" in err[-1] and "bleu" in err[-1] and err[-1].startswith("merge-search: error:")
+    assert not Path(storage[len("sqlite:///") :]).exists()

@@ -25,7 +25,6 @@ from search.plan import MergePlan
 from search.report import baseline_plans, build_report, pick_row, view_of
 from search.plots import format_report, write_plot
 
-REPO = Path(__file__).resolve().parents[2]
 MAX2 = [optuna.study.StudyDirection.MAXIMIZE] * 2
 
 
@@ -393,9 +392,16 @@ def test_pareto_json_after_launch(launched, capsys):
 
     again = build_report(open_view(launched), runtime_factory=no_runtime)
     assert json.loads(json.dumps(again)) == report
-    attrs = open_view(launched).study.user_attrs
-    assert set(attrs["heldout_scores"]["scores"]) >= {r["plan_key"] for r in report["front"]}
-    assert len(attrs["baseline_scores"]) == 3
+    study = open_view(launched).study
+    assert set(study.user_attrs["heldout_scores"]["scores"]) >= {r["plan_key"] for r in report["front"]}
+    assert len(study.user_attrs["baseline_scores"]) == 3
+    # the hypervolume history is saved for optuna-dashboard (its plot data: chunked study system attrs)
+    storage = study._storage
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("launched"))
+    prefix = "dashboard:plot_data:merge-search-hypervolume:"
+    chunks = sorted((int(k[len(prefix):]), v) for k, v in attrs.items() if k.startswith(prefix))
+    figure = json.loads("".join(v for _, v in chunks))
+    assert "hypervolume" in figure["layout"]["title"]["text"].lower()
 
 
 def test_pareto_table_and_plots_after_launch(launched, tmp_path, capsys):
@@ -476,3 +482,23 @@ def test_dashboard_refuses_a_missing_storage_and_a_busy_port(exportable, tmp_pat
         port = busy.getsockname()[1]
         assert main(["dashboard", str(config), "--port", str(port)]) == 2
     assert f"--port {port}: already in use" in capsys.readouterr().err
+
+
+def test_three_objective_report_and_plot(tmp_path):
+    study = optuna.create_study(directions=["maximize", "maximize", "minimize"])
+    study.set_metric_names(["instruct", "code", "ppl"])
+    for values, key in [([0.5, 0.5, 2.0], "u"), ([1.0, 0.0, 3.0], "a"), ([0.0, 1.0, 3.0], "b"),
+                        ([0.4, 0.4, 2.5], "d")]:
+        study.add_trial(_trial(values, key, seed="uniform" if key == "u" else None))
+    cfg = _config(objectives=[{"name": n, "tasks": [{"task": "demo_code"}]} for n in ("instruct", "code", "ppl")])
+    study.set_user_attr("baseline_scores", {
+        p.key: {"objectives": {"instruct": 0.1, "code": 0.1, "ppl": 9.0}, "tasks": {}}
+        for _, _, p in baseline_plans(["a", "b"])
+    })
+    report = build_report(view_of(cfg, study, "sqlite:///x.db"), heldout=False)
+    assert [r["trial"] for r in report["front"]] == [1, 0, 2]  # (0.4, 0.4, 2.5) is dominated
+    assert report["knee_trial"] == 0
+    # reference (0, 0, 3): (0.5,0.5,2) adds 0.25, the extremes lie on the reference planes
+    assert report["hypervolume"]["value"] == pytest.approx(0.5 * 0.5 * 1.0)
+    for name in ("three.png", "three.html"):
+        assert write_plot(report, tmp_path / name).stat().st_size > 1000

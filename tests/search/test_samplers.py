@@ -31,7 +31,9 @@ def test_each_sampler_runs_a_study(name: str) -> None:
 
 
 def test_constraints_reach_the_sampler_and_the_dashboard_attr() -> None:
-    sampler = build_sampler(SamplerConfig(name="nsga2", seed=0, options={"population_size": 4}), constrained=True)
+    sampler = build_sampler(
+        SamplerConfig(name="nsga2", seed=0, options={"population_size": 4}), constrained=True
+    )
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
 
     def objective(trial: optuna.Trial) -> list[float]:
@@ -41,25 +43,36 @@ def test_constraints_reach_the_sampler_and_the_dashboard_attr() -> None:
 
     study.optimize(objective, n_trials=8)
     for t in study.trials:
-        assert list(t.system_attrs["constraints"]) == t.user_attrs["constraints"]  # what optuna-dashboard reads
+        assert (
+            list(t.system_attrs["constraints"]) == t.user_attrs["constraints"]
+        )  # what optuna-dashboard reads
     feasible = {t.number for t in study.trials if t.user_attrs["constraints"][0] <= 0}
     assert {t.number for t in study.best_trials} <= feasible
 
 
 def test_worker_seeds_differ_except_for_shared_sequences() -> None:
     def first_point(name: str, worker: int, salt: int) -> dict:
-        study = optuna.create_study(sampler=build_sampler(SamplerConfig(name=name, seed=7), constrained=False,
-                                                          worker=worker, salt=salt))
+        study = optuna.create_study(
+            sampler=build_sampler(
+                SamplerConfig(name=name, seed=7), constrained=False, worker=worker, salt=salt
+            )
+        )
         trial = study.ask()
         return {"x": trial.suggest_float("x", 0, 1)}
 
     assert first_point("random", 0, 0) == first_point("random", 0, 0)
     assert first_point("random", 0, 0) != first_point("random", 1, 0)
-    assert first_point("random", 0, 0) != first_point("random", 0, 5)  # a resumed study does not replay
-    assert first_point("qmc", 0, 0) == first_point("qmc", 3, 5)  # QMC coordinates through the storage
+    assert first_point("random", 0, 0) != first_point(
+        "random", 0, 5
+    )  # a resumed study does not replay
+    assert first_point("qmc", 0, 0) == first_point(
+        "qmc", 3, 5
+    )  # QMC coordinates through the storage
 
 
 def test_check_sampler_accepts_single_objective_cmaes() -> None:
-    check_sampler(SamplerConfig(name="cmaes", options={"sigma0": 0.2}), n_objectives=1, constrained=False)
+    check_sampler(
+        SamplerConfig(name="cmaes", options={"sigma0": 0.2}), n_objectives=1, constrained=False
+    )
     with pytest.raises(ValueError, match="cmaes optimizes one objective"):
         check_sampler(SamplerConfig(name="cmaes"), n_objectives=2, constrained=False)

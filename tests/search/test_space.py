@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -30,7 +29,9 @@ def config(merge: dict[str, Any], n: int = 3, **extra: Any) -> StudyConfig:
 
 
 def test_linear_space_is_one_weight_per_checkpoint() -> None:
-    space = SearchSpace.build(config({"method": "linear", "weights": {"low": 0.0, "high": 2.0}}), NAMES)
+    space = SearchSpace.build(
+        config({"method": "linear", "weights": {"low": 0.0, "high": 2.0}}), NAMES
+    )
     dists = space.distributions()
     assert list(dists) == ["w_a", "w_b", "w_c"]
     assert all(d.low == 0.0 and d.high == 2.0 for d in dists.values())
@@ -39,10 +40,24 @@ def test_linear_space_is_one_weight_per_checkpoint() -> None:
 
 
 def test_layer_groups_and_searched_params() -> None:
-    cfg = config({"method": "ties", "layer_groups": 2, "weights": {"normalize": False},
-                  "params": {"density": {"low": 0.2, "high": 0.8}, "lambda": 0.9}})
+    cfg = config(
+        {
+            "method": "ties",
+            "layer_groups": 2,
+            "weights": {"normalize": False},
+            "params": {"density": {"low": 0.2, "high": 0.8}, "lambda": 0.9},
+        }
+    )
     space = SearchSpace.build(cfg, NAMES)
-    assert list(space.distributions()) == ["w_a_g0", "w_a_g1", "w_b_g0", "w_b_g1", "w_c_g0", "w_c_g1", "density"]
+    assert list(space.distributions()) == [
+        "w_a_g0",
+        "w_a_g1",
+        "w_b_g0",
+        "w_b_g1",
+        "w_c_g0",
+        "w_c_g1",
+        "density",
+    ]
     assert dict(space.fixed) == {"lambda": 0.9, "normalize": False}
     assert not space.zero_sum_invalid
 
@@ -51,7 +66,11 @@ def test_layer_groups_and_searched_params() -> None:
     plan = space.suggest(trial)
     assert plan.method == "ties" and plan.n_groups == 2 and plan.n_checkpoints == 3
     assert plan.weights[1] == (trial.params["w_b_g0"], trial.params["w_b_g1"])
-    assert dict(plan.params) == {"density": trial.params["density"], "lambda": 0.9, "normalize": False}
+    assert dict(plan.params) == {
+        "density": trial.params["density"],
+        "lambda": 0.9,
+        "normalize": False,
+    }
     assert plan.seed == 3
     assert space.plan(trial.params) == plan  # the same values always give the same plan (and key)
 
@@ -75,8 +94,13 @@ def test_seed_trials_are_the_uniform_merge_and_each_checkpoint() -> None:
 
 
 def test_seed_trials_clip_into_ranges() -> None:
-    cfg = config({"method": "task_arithmetic", "weights": {"low": 0.5, "high": 0.8},
-                  "params": {"lambda": {"low": 1.2, "high": 1.5}}})
+    cfg = config(
+        {
+            "method": "task_arithmetic",
+            "weights": {"low": 0.5, "high": 0.8},
+            "params": {"lambda": {"low": 1.2, "high": 1.5}},
+        }
+    )
     seeds = dict(SearchSpace.build(cfg, NAMES).seed_trials(["uniform", "singles"]))
     assert seeds["uniform"] == {"w_a": 0.5, "w_b": 0.5, "w_c": 0.5, "lambda": 1.2}
     assert seeds["single:b"] == {"w_a": 0.5, "w_b": 0.8, "w_c": 0.5, "lambda": 1.2}
@@ -98,13 +122,29 @@ def test_all_zero_weights_are_pruned_when_the_method_normalizes() -> None:
     space = SearchSpace.build(config({"method": "linear"}), NAMES)
     with pytest.raises(optuna.TrialPruned, match="sum to 0"):
         space.plan({"w_a": 0.0, "w_b": 0.0, "w_c": 0.0})
-    unnormalized = SearchSpace.build(config({"method": "linear", "weights": {"normalize": False}}), NAMES)
-    assert unnormalized.plan({"w_a": 0.0, "w_b": 0.0, "w_c": 0.0}).weights == ((0.0,), (0.0,), (0.0,))
+    unnormalized = SearchSpace.build(
+        config({"method": "linear", "weights": {"normalize": False}}), NAMES
+    )
+    assert unnormalized.plan({"w_a": 0.0, "w_b": 0.0, "w_c": 0.0}).weights == (
+        (0.0,),
+        (0.0,),
+        (0.0,),
+    )
 
 
 def test_description_changes_with_the_space() -> None:
     a = SearchSpace.build(config({"method": "linear"}), NAMES).describe()
     assert a == SearchSpace.build(config({"method": "linear"}), NAMES).describe()
-    assert a != SearchSpace.build(config({"method": "linear", "weights": {"high": 2.0}}), NAMES).describe()
-    assert a != SearchSpace.build(config({"method": "linear", "weights": {"normalize": False}}), NAMES).describe()
+    assert (
+        a
+        != SearchSpace.build(
+            config({"method": "linear", "weights": {"high": 2.0}}), NAMES
+        ).describe()
+    )
+    assert (
+        a
+        != SearchSpace.build(
+            config({"method": "linear", "weights": {"normalize": False}}), NAMES
+        ).describe()
+    )
     assert a != SearchSpace.build(config({"method": "linear"}), ("a", "b", "d")).describe()

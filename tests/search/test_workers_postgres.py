@@ -13,7 +13,15 @@ from typing import Any
 
 import optuna
 import pytest
-from study_fixtures import build_pool_and_tasks, cli, complete, study_config, trials, wait_for, write_config
+from study_fixtures import (
+    build_pool_and_tasks,
+    cli,
+    complete,
+    study_config,
+    trials,
+    wait_for,
+    write_config,
+)
 
 from search.cli import main
 
@@ -35,7 +43,7 @@ def _postgres_url() -> str | None:
                 pass
             engine.dispose()
             return url
-        except Exception:  # noqa: BLE001 - any failure means: not usable here
+        except Exception:  # noqa: BLE001, S112 - any failure means: not usable here
             continue
     return None
 
@@ -70,8 +78,10 @@ def test_two_workers_finish_exactly_n_trials(pool_paths: dict[str, Any], postgre
     assert len({t.user_attrs["worker"] for t in ts}) == 2  # both workers took part
 
 
-def test_a_killed_worker_trial_is_retried_and_the_study_completes(pool_paths: dict[str, Any], postgres: str) -> None:
-    """A `worker` joined from another shell dies by SIGKILL mid-trial; the next worker retries its trial."""
+def test_a_killed_worker_trial_is_retried_and_the_study_completes(
+    pool_paths: dict[str, Any], postgres: str
+) -> None:
+    """A `worker` joined from another shell dies by SIGKILL mid-trial; its trial is retried."""
     from search.config import load_config
     from search.pool import CheckpointPool
     from search.space import SearchSpace
@@ -81,21 +91,37 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(pool_paths: di
     name, config = _fresh(pool_paths, postgres, budget={"n_trials": n_trials})
     cfg = load_config(config)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
-    create_or_resume(cfg, open_storage(cfg, create=True), SearchSpace.build(cfg, pool.names), pool.fingerprint(), config)
+    create_or_resume(
+        cfg,
+        open_storage(cfg, create=True),
+        SearchSpace.build(cfg, pool.names),
+        pool.fingerprint(),
+        config,
+    )
 
     killed = None
     for _attempt in range(3):
         worker = cli("worker", str(config), cwd=pool_paths["root"])
         tag = f"{socket.gethostname()}:{worker.pid}"
 
-        def running_here() -> Any:
-            return next((t for t in trials(name, postgres) if t.state == optuna.trial.TrialState.RUNNING
-                         and t.user_attrs.get("worker") == tag), None)
+        def running_here(tag: str = tag) -> Any:
+            return next(
+                (
+                    t
+                    for t in trials(name, postgres)
+                    if t.state == optuna.trial.TrialState.RUNNING
+                    and t.user_attrs.get("worker") == tag
+                ),
+                None,
+            )
 
         target = wait_for(running_here, "a trial on the joining worker", worker)
         os.kill(worker.pid, signal.SIGKILL)
         worker.communicate()
-        if next(t for t in trials(name, postgres) if t.number == target.number).state == optuna.trial.TrialState.RUNNING:
+        if (
+            next(t for t in trials(name, postgres) if t.number == target.number).state
+            == optuna.trial.TrialState.RUNNING
+        ):
             killed = target  # died mid-trial, as intended
             break
     assert killed is not None, "never caught the joining worker mid-trial"
@@ -111,4 +137,8 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(pool_paths: di
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
     assert dead.params.items() <= retry[0].params.items()
     assert retry[0].user_attrs.get("seed_trial") == dead.user_attrs.get("seed_trial")
-    assert not [t for t in ts if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    assert not [
+        t
+        for t in ts
+        if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    ]

@@ -1,0 +1,166 @@
+"""Where a trial's time goes on the demo pool: merge, model forward passes, everything else.
+
+    python bench/eval_overhead.py [--zoo studies/zoo] [--trials 12] [--limit 64] [--scores]
+
+Each trial draws linear-merge weights (Dirichlet, seeded), materializes the merge into the
+resident model (``search.materialize``) and scores both demo search tasks with the evaluator a
+study uses (``evaluators.build_evaluator``). Forward time is measured with forward hooks on the
+model (every call of the model's ``forward``, prefill and decode steps alike). "Everything else"
+is the rest of the evaluation: lm-eval's request building, tokenization, batching and metric
+bookkeeping plus Hugging Face's generation loop between forward calls (reported separately by
+timing ``model.generate``). Target: everything else < 10 % of the trial.
+
+``--scores`` also prints the score table: every checkpoint, the uniform average and a few
+hand-picked weightings, on the search and the held-out splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from search import _offline as _offline  # noqa: E402,F401
+
+
+class ForwardClock:
+    """Seconds spent inside ``model.forward`` and inside ``model.generate``, via hooks/wrapping."""
+
+    def __init__(self, model) -> None:
+        self.forward_s = 0.0
+        self.generate_s = 0.0
+        self.calls = 0
+        self._start = 0.0
+        model.register_forward_pre_hook(self._pre)
+        model.register_forward_hook(self._post)
+        inner = model.generate
+
+        def generate(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.generate_s += time.perf_counter() - t
+
+        model.generate = generate  # instance attribute: this bench's model only
+
+    def _pre(self, module, args) -> None:
+        self._start = time.perf_counter()
+
+    def _post(self, module, args, output) -> None:
+        self.forward_s += time.perf_counter() - self._start
+        self.calls += 1
+
+    def reset(self) -> None:
+        self.forward_s = self.generate_s = 0.0
+        self.calls = 0
+
+
+def objectives(split: str = ""):
+    from evaluators import ObjectiveSpec, TaskRef
+
+    return [
+        ObjectiveSpec(name=skill, tasks=(TaskRef(task=f"demo_{skill}{split}"),))
+        for skill in ("code", "instruct")
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", default=str(REPO / "studies" / "zoo"), help="demo pool folder (built if missing)")
+    parser.add_argument("--size", default="full", choices=["full", "tiny"], help="pool size (tiny: smoke run)")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--limit", type=int, default=64, help="examples per task (the demo study's)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scores", action="store_true", help="also print the score table")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from evaluators import EvalSpec, build_evaluator
+    from search.materialize import materialize
+    from search.plan import MergePlan
+    from search.pool import CheckpointPool
+    from search.zoo import build_zoo
+
+    zoo = build_zoo(args.zoo, seed=args.seed, size=args.size, progress=True)
+    pool = CheckpointPool.open(zoo.checkpoints, zoo.base)
+    model, tokenizer = pool.load_model()
+    clock = ForwardClock(model)
+    spec = EvalSpec(tasks_path=REPO / "configs" / "tasks" / "demo", limit=args.limit, batch_size=args.batch_size)
+    t = time.perf_counter()
+    evaluator = build_evaluator(objectives(), spec, model, tokenizer)
+    setup_s = time.perf_counter() - t
+    print(f"torch threads {torch.get_num_threads()}; pool {list(pool.names)}")
+    print(f"evaluator built once in {setup_s:.2f} s (tasks, data, HFLM)")
+
+    rng = random.Random(args.seed)
+    rows = []
+    for trial in range(args.trials + 1):  # trial 0 warms up (first merge reads the files)
+        weights = [rng.gammavariate(1.0, 1.0) for _ in pool.names]
+        plan = MergePlan.create("linear", weights, seed=trial)
+        t0 = time.perf_counter()
+        materialize(plan, pool, model)
+        t1 = time.perf_counter()
+        clock.reset()
+        scores = evaluator.evaluate(model, tokenizer)
+        t2 = time.perf_counter()
+        if trial:
+            rows.append((t1 - t0, clock.forward_s, clock.generate_s - clock.forward_s, t2 - t1, scores))
+    merge = statistics.mean(r[0] for r in rows)
+    forward = statistics.mean(r[1] for r in rows)
+    gen_loop = statistics.mean(r[2] for r in rows)
+    evaluate = statistics.mean(r[3] for r in rows)
+    trial_s = merge + evaluate
+    other = evaluate - forward
+    print(f"\nper trial over {len(rows)} trials (limit {args.limit} x 2 tasks, batch {args.batch_size}):")
+    print(f"  trial               {trial_s:7.3f} s  100.0 %")
+    print(f"  merge               {merge:7.3f} s  {100 * merge / trial_s:5.1f} %")
+    print(f"  model forward       {forward:7.3f} s  {100 * forward / trial_s:5.1f} %  ({clock.calls} calls)")
+    print(f"  everything else     {other:7.3f} s  {100 * other / trial_s:5.1f} %")
+    print(f"    of it, HF generate loop outside forward {gen_loop:.3f} s ({100 * gen_loop / trial_s:.1f} %),")
+    print(f"    lm-eval harness (requests, tokenization, metrics) {other - gen_loop:.3f} s "
+          f"({100 * (other - gen_loop) / trial_s:.1f} %)")
+    if args.scores:
+        print_scores(pool, model, tokenizer, spec)
+    return 0
+
+
+def print_scores(pool, model, tokenizer, spec) -> None:
+    """Singles, the uniform soup and hand-picked weightings on the search and held-out splits."""
+    from evaluators import build_evaluator
+    from search.materialize import materialize
+    from search.plan import MergePlan
+
+    names = list(pool.names)
+    search_ev = build_evaluator(objectives(), spec, model, tokenizer)
+    held_ev = build_evaluator(objectives("_heldout"), spec.model_copy(update={"limit": None}), model, tokenizer)
+    weightings = {name: [1.0 if n == name else 0.0 for n in names] for name in names}
+    weightings["uniform"] = [1.0] * len(names)
+    picks = {
+        "code+instruct specialists": {"code_specialist": 1, "instruct_specialist": 1},
+        "specialists + mixed": {"code_specialist": 1, "instruct_specialist": 1,
+                                "mixed_code_heavy": 1, "mixed_instruct_heavy": 1},
+        "all but weak/overtrained": {n: 1 for n in names if n not in ("weak", "code_overtrained")},
+    }
+    for label, chosen in picks.items():
+        if all(n in names for n in chosen):
+            weightings[label] = [float(chosen.get(n, 0)) for n in names]
+    print(f"\n{'merge':<30}{'code':>7}{'instr':>7}{'mean':>7}   held-out: {'code':>6}{'instr':>7}{'mean':>7}")
+    for label, w in weightings.items():
+        materialize(MergePlan.create("linear", w), pool, model)
+        s = search_ev.evaluate(model, tokenizer).objectives
+        h = held_ev.evaluate(model, tokenizer).objectives
+        print(f"{label:<30}{s['code']:7.3f}{s['instruct']:7.3f}{(s['code'] + s['instruct']) / 2:7.3f}"
+              f"   {'':10}{h['code']:6.3f}{h['instruct']:7.3f}{(h['code'] + h['instruct']) / 2:7.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
