@@ -1,6 +1,6 @@
 """Where a trial's time goes on the demo pool: merge, model forward passes, everything else.
 
-    python bench/eval_overhead.py [--zoo studies/zoo] [--trials 12] [--limit 64] [--scores]
+    python bench/eval_overhead.py [--zoo studies/zoo] [--trials 12] [--limit 100] [--scores]
 
 Each trial draws linear-merge weights (Dirichlet, seeded), materializes the merge into the
 resident model (``search.materialize``) and scores both demo search tasks with the evaluator a
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo", default=str(REPO / "studies" / "zoo"), help="demo pool folder (built if missing)")
     parser.add_argument("--size", default="full", choices=["full", "tiny"], help="pool size (tiny: smoke run)")
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--limit", type=int, default=64, help="examples per task (the demo study's)")
+    parser.add_argument("--limit", type=int, default=100, help="examples per task (the demo study's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo worker's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scores", action="store_true", help="also print the score table")
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    torch.set_num_threads(args.threads)
     from evaluators import EvalSpec, build_evaluator
     from search.materialize import materialize
     from search.plan import MergePlan

@@ -1,8 +1,9 @@
 """Benchmark: how good a Pareto front does each sampler find at an equal budget?
 
-On the demo pool (``--zoo``, built like ``merge-search zoo build`` when missing; objectives,
-merge method and eval settings from ``--config`` when it exists), every sampler in ``--samplers`` runs ``--trials`` trials for each of ``--seeds`` seeds,
-each run a fresh study in its own SQLite file in a temp folder, driven by the study service
+On the demo pool (``--zoo``: an existing pool is used as it is, a missing one is built like
+``merge-search zoo build``; objectives, merge method and eval settings from ``--config`` when
+it exists), every sampler in ``--samplers`` runs ``--trials`` trials for each of ``--seeds``
+seeds, each run a fresh study in its own SQLite file in a temp folder, driven by the study service
 (``search.study.create_or_resume``, ``search.samplers.build_sampler``,
 ``search.worker.run_worker``). One resident model and evaluator (``search.worker.Runtime``)
 score every run, so model loading is paid once.
@@ -25,6 +26,7 @@ Seed trials (inputs, uniform) are left out of the runs so the whole budget is th
 Usage (from the repository root)::
 
     python bench/search_quality.py                        # 4 samplers x 3 seeds x 40 trials
+                                                          # + a 210-merge grid: ~11 min, 2 cores
     python bench/search_quality.py --trials 16 --seeds 1 --grid-max 60 --limit 50
 """
 

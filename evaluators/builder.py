@@ -12,13 +12,17 @@ from search.errors import UserError
 EvaluatorFactory = Callable[[Sequence[ObjectiveSpec], EvalSpec, Any, Any], Evaluator]
 
 
-def _lm_eval(objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any) -> Evaluator:
+def _lm_eval(
+    objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any
+) -> Evaluator:
     from evaluators.lm_eval_evaluator import LmEvalEvaluator  # lazy: imports lm_eval
 
     return LmEvalEvaluator(objectives, spec, model, tokenizer)
 
 
-def _perplexity(objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any) -> Evaluator:
+def _perplexity(
+    objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any
+) -> Evaluator:
     from evaluators.perplexity import PerplexityEvaluator
 
     return PerplexityEvaluator(objectives, spec, model, tokenizer)

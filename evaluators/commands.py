@@ -18,10 +18,14 @@ def eval_command(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
-        raise UserError(f"model_dir {str(model_dir)!r}: expected a Hugging Face model folder with config.json")
+        raise UserError(
+            f"model_dir {str(model_dir)!r}: expected a Hugging Face model folder with config.json"
+        )
     tasks_path = Path(args.tasks_path)
     if not tasks_path.is_dir():
-        raise UserError(f"--tasks-path {str(tasks_path)!r}: expected a folder of lm-eval task YAMLs")
+        raise UserError(
+            f"--tasks-path {str(tasks_path)!r}: expected a folder of lm-eval task YAMLs"
+        )
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not names:
         raise UserError("--tasks: expected comma-separated task names")
@@ -30,13 +34,15 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: expected a positive number")
     objectives = [
-        ObjectiveSpec(name=_objective_name(n, i), tasks=(TaskRef(task=n),)) for i, n in enumerate(names)
+        ObjectiveSpec(name=_objective_name(n, i), tasks=(TaskRef(task=n),))
+        for i, n in enumerate(names)
     ]
     spec = EvalSpec(tasks_path=tasks_path, limit=args.limit, batch_size=args.batch_size)
     model, tokenizer = load_model(model_dir, args.device)
     scores = build_evaluator(objectives, spec, model, tokenizer).evaluate(model, tokenizer)
     if args.json:
-        print(json.dumps({"model": str(model_dir), "limit": args.limit, "scores": scores.tasks}, indent=2))
+        report = {"model": str(model_dir), "limit": args.limit, "scores": scores.tasks}
+        print(json.dumps(report, indent=2))
     else:
         width = max(len(k) for k in scores.tasks) + 2
         print(f"{'task/metric':<{width}}score")
@@ -46,7 +52,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def load_model(model_dir: Path, device: str = "auto") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a folder, on ``device`` (``auto``: CUDA when present), eval mode."""
+    """``(model, tokenizer)`` from a folder on ``device`` (``auto``: CUDA if present), eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,7 +66,8 @@ def load_model(model_dir: Path, device: str = "auto") -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
     except (OSError, ValueError) as exc:
-        raise UserError(f"model_dir {str(model_dir)!r}: cannot load it ({str(exc).splitlines()[0]})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"model_dir {str(model_dir)!r}: cannot load it ({reason})") from None
     return model, tokenizer
 
 

@@ -95,7 +95,8 @@ class LmEvalEvaluator(Evaluator):
         for obj in objectives:
             terms = []
             for ref in obj.tasks:
-                label, key = self._tasks[ref.task].resolve_metric(ref.metric, f"objective {obj.name!r}")
+                loaded = self._tasks[ref.task]
+                label, key = loaded.resolve_metric(ref.metric, f"objective {obj.name!r}")
                 terms.append(ObjectiveTerm(f"{ref.task}/{label}", ref.task, key, ref.weight))
             self._terms[obj.name] = terms
         for name, run in self._runs.items():
@@ -186,5 +187,7 @@ def _value(results: dict[str, dict[str, Any]], term: ObjectiveTerm) -> float:
         )
     value = float(metrics[term.results_key])
     if math.isnan(value):
-        raise UserError(f"task {term.task!r}: metric {term.results_key!r} is NaN (no scorable examples?)")
+        raise UserError(
+            f"task {term.task!r}: metric {term.results_key!r} is NaN (no scorable examples?)"
+        )
     return value

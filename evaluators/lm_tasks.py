@@ -81,7 +81,9 @@ def load_tasks(
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if tasks_path is not None and not Path(tasks_path).is_dir():
         raise UserError(f"tasks_path {str(tasks_path)!r}: expected a folder of lm-eval task YAMLs")
-    manager = TaskManager(include_path=str(tasks_path), include_defaults=False) if tasks_path else None
+    manager = None
+    if tasks_path is not None:
+        manager = TaskManager(include_path=str(tasks_path), include_defaults=False)
     local = set(manager.all_tasks) if manager else set()
     if manager is None or any(n not in local for n in names):
         manager = TaskManager(include_path=str(tasks_path) if tasks_path else None)
@@ -127,7 +129,11 @@ def _overlay(entry: Any, tmp: Path) -> str:
     overlay = tmp / f"{entry.name}.yaml"
     overlay.write_text(
         yaml.safe_dump(
-            {"include": str(Path(entry.yaml_path).resolve()), "task": entry.name, "dataset_kwargs": fixed}
+            {
+                "include": str(Path(entry.yaml_path).resolve()),
+                "task": entry.name,
+                "dataset_kwargs": fixed,
+            }
         )
     )
     return str(overlay)

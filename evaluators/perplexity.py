@@ -1,4 +1,6 @@
-"""Perplexity on a local text file: a cheap objective for smoke studies and a guard (lower is better).
+"""Perplexity on a local text file: a cheap objective for smoke studies and a guard.
+
+Lower is better.
 
 The file is a ``.txt`` (one text per non-empty line) or a ``.jsonl`` (a ``text`` field per
 line). Texts are tokenized once, cut into windows of the model's context length and batched
@@ -35,7 +37,9 @@ def read_texts(path: Path, where: str) -> list[str]:
             except json.JSONDecodeError as exc:
                 raise UserError(f"{where}: {path}:{i}: not valid JSON ({exc.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UserError(f"{where}: {path}:{i}: expected an object with a string 'text' field")
+                raise UserError(
+                    f"{where}: {path}:{i}: expected an object with a string 'text' field"
+                )
             texts.append(record["text"])
     if not texts:
         raise UserError(f"{where}: data file {str(path)!r} has no texts")
@@ -43,8 +47,9 @@ def read_texts(path: Path, where: str) -> list[str]:
 
 
 def token_windows(ids: Sequence[int], window: int) -> list[list[int]]:
-    """Split one token sequence into consecutive windows of at most ``window`` tokens (>= 2 each)."""
-    return [list(ids[i : i + window]) for i in range(0, len(ids), window) if len(ids[i : i + window]) >= 2]
+    """Split a token sequence into consecutive windows of at most ``window`` tokens (>= 2 each)."""
+    windows = [list(ids[i : i + window]) for i in range(0, len(ids), window)]
+    return [w for w in windows if len(w) >= 2]
 
 
 def context_length(model: Any, default: int = 2048) -> int:
@@ -113,7 +118,7 @@ def perplexity(model: Any, batches: Sequence[tuple[Any, Any]]) -> float:
         for ids, mask in batches:
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            nll += F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum").item()
+            nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
             count += int(mask[:, 1:].sum())
     if not count:
         return float("nan")

@@ -277,7 +277,8 @@ def _top_coefficients(coefficients: Mapping[str, Sequence[float]] | None) -> str
     if not coefficients:
         return "-"
     mean = {k: sum(v) / len(v) for k, v in coefficients.items() if v}
-    top = sorted(mean.items(), key=lambda kv: -abs(kv[1]))[:TOP_COEFFICIENTS]
+    top = [kv for kv in sorted(mean.items(), key=lambda kv: -abs(kv[1])) if abs(kv[1]) >= 0.005]
+    top = top[:TOP_COEFFICIENTS]
     return ", ".join(f"{k} {v:.2f}" for k, v in top)
 
 

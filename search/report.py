@@ -202,8 +202,9 @@ def find_baselines(
             "values": dict(zip(view.names, row.values, strict=True)),
         })
     pool_names = _pool_names(view)
-    wanted = baseline_plans(pool_names)
-    missing = [(label, kind, plan) for label, kind, plan in wanted if label not in found]
+    missing = []
+    if any(label not in found for label in ("uniform", *pool_names)):  # (imports torch)
+        missing = [(lb, kind, plan) for lb, kind, plan in baseline_plans(pool_names) if lb not in found]
     if missing:
         cache = dict(view.study.user_attrs.get(BASELINE_ATTR) or {})
         runtime = None
@@ -262,7 +263,8 @@ def build_report(
     elif not heldout_configured(view.cfg):
         heldout_note = "no held-out tasks in the config (eval.heldout)"
     else:
-        plans = {r.plan_key: MergePlan.from_dict(r.user_attrs["plan"]) for r in front}
+        plans = {r.plan_key: MergePlan.from_dict(r.user_attrs["plan"])
+                 for r in front if "plan" in r.user_attrs}
         plans.update({b["plan_key"]: b["plan"] for b in baselines if b["plan"] is not None})
         heldout_scores = score_heldout(view, plans, runtime_factory)
 
@@ -391,7 +393,9 @@ def pick_row(
 
 
 def _no_feasible(view: StudyView) -> list[Row]:
-    raise UserError(f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the constraints")
+    raise UserError(
+        f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the constraints"
+    )
 
 
 def _ranges(numbers: Sequence[int]) -> str:

@@ -70,7 +70,11 @@ class ZooManifest:
 
 
 def build_zoo(
-    out_dir: str | Path, seed: int = 0, size: Size = "full", progress: bool = True, score: bool = True
+    out_dir: str | Path,
+    seed: int = 0,
+    size: Size = "full",
+    progress: bool = True,
+    score: bool = True,
 ) -> ZooManifest:
     """Build (or find cached) the demo pool in ``out_dir``.
 
@@ -96,8 +100,11 @@ def build_zoo(
             if cached.scores:
                 print(format_scores(cached.scores))
         return cached
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise UserError(f"zoo build: {str(out)!r} exists and is not a demo pool; pick another OUT_DIR")
+    ours = out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())
+    if out.exists() and not ours:
+        raise UserError(
+            f"zoo build: {str(out)!r} exists and is not a demo pool; pick another OUT_DIR"
+        )
 
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +202,9 @@ def _build(
         bar.set_description(f"zoo: {run.name}")
         model.load_state_dict(base_state)
         run_seed = seed * 1000 + i
-        data = batches(mixture_texts(run.code_share, run_seed, exclude, run.fixed_examples), recipe.batch_size)
-        train(model, data, run.steps, run.lr, on_step=step)
+        texts = mixture_texts(run.code_share, run_seed, exclude, run.fixed_examples)
+        data = batches(texts, recipe.batch_size)
+        train(model, data, run.steps, run.lr, anneal=run.anneal, on_step=step)
         _save(model, tokenizer, tmp / run.name, asdict(run))
         states[run.name] = {k: v.clone() for k, v in model.state_dict().items()}
     bar.close()

@@ -25,7 +25,11 @@ def char_tokenizer() -> Any:
     )
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
 
 
@@ -37,7 +41,10 @@ def encode(text: str) -> list[int]:
 
 
 def llama_config(hidden: int, layers: int, heads: int, intermediate: int, context: int = 64) -> Any:
-    """A small Llama config for the character vocabulary (untied embeddings: plain tensors to merge)."""
+    """A small Llama config for the character vocabulary.
+
+    Embeddings are untied: every tensor is stored, merged and exported as itself.
+    """
     from transformers import LlamaConfig
 
     return LlamaConfig(

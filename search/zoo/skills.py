@@ -85,7 +85,9 @@ def _stream(skill: str, seed: int, stream: int) -> random.Random:
     return random.Random(f"{skill}:{seed}:{stream}")
 
 
-def eval_split(skill: str, split: str, seed: int = 0, n: int = EVAL_EXAMPLES) -> list[dict[str, str]]:
+def eval_split(
+    skill: str, split: str, seed: int = 0, n: int = EVAL_EXAMPLES
+) -> list[dict[str, str]]:
     """The ``n`` distinct examples of one evaluation split (``""`` search, ``"_heldout"``).
 
     The held-out split excludes every prompt of the search split.
