@@ -2,7 +2,12 @@
 
 Each fine-tune starts from the same base, like the recycled checkpoints of Khalifa et al.
 (different data mixtures, learning rates, step counts), so the pool trades one skill for the
-other and its merges behave like merges of real fine-tunes.
+other and its merges behave like merges of real fine-tunes: soups of the runs that lean
+towards either skill score above every single checkpoint on the mean of the two skills, while
+the weak and the over-trained run drag a uniform soup down (the search has work to do).
+
+The full recipe was tuned on this machine's 2 cores: about 2,300 optimizer steps of a
+0.9 M-parameter model, one torch thread (the same tensors on any machine).
 """
 
 from __future__ import annotations
@@ -66,20 +71,21 @@ class Recipe:
 # checkpoints Khalifa et al. recycle) at a modest rate: each gains on the skills it leans
 # towards and carries its own optimization noise, which merging averages out.
 _FULL_RUNS = (
-    Run("code_specialist", 0.9, 200, 6e-4, note="90% code"),
-    Run("instruct_specialist", 0.1, 200, 6e-4, note="90% instructions"),
-    Run("mixed_code_heavy", 0.7, 200, 6e-4, note="70% code"),
-    Run("mixed_instruct_heavy", 0.3, 200, 6e-4, note="70% instructions"),
-    Run("mixed_short", 0.5, 100, 1.5e-3, note="balanced, a short run at a higher learning rate"),
-    Run("weak", 0.5, 30, 3e-4, note="barely trained"),
-    Run("code_overtrained", 1.0, 200, 3e-3, anneal=True, fixed_examples=512,
-        note="512 code examples for ~12 epochs, finished run"),
+    Run("code_specialist", 0.9, 250, 5e-4, note="90% code"),
+    Run("instruct_specialist", 0.1, 250, 5e-4, note="90% instructions"),
+    Run("mixed_code_heavy", 0.7, 250, 5e-4, note="70% code"),
+    Run("mixed_instruct_heavy", 0.3, 250, 5e-4, note="70% instructions"),
+    Run("mixed_short", 0.5, 100, 1e-3, note="balanced, a short run at a higher learning rate"),
+    Run("weak", 0.5, 50, 4e-3, note="a short run at a too-high learning rate"),
+    Run("code_overtrained", 1.0, 150, 3e-3, anneal=True, fixed_examples=512,
+        note="512 code examples for ~9 epochs, finished run"),
 )
 
 RECIPES: dict[str, Recipe] = {
     "full": Recipe(
         hidden=128, layers=4, heads=4, intermediate=384, batch_size=32,
         base_steps=1000, base_lr=2e-3, runs=_FULL_RUNS, eval_limit=100,
+        threads=1,  # one thread: the same tensors on any machine, and no slowdown when busy
     ),
     # Same recipe, far smaller: builds in seconds for tests (scores are not meaningful).
     "tiny": Recipe(
