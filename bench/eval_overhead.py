@@ -73,10 +73,13 @@ def objectives(split: str = ""):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", default=str(REPO / "studies" / "zoo"), help="demo pool folder (built if missing)")
-    parser.add_argument("--size", default="full", choices=["full", "tiny"], help="pool size (tiny: smoke run)")
+    parser.add_argument("--zoo", default=str(REPO / "studies" / "zoo"),
+                        help="demo pool folder (built if missing)")
+    parser.add_argument("--size", default="full", choices=["full", "tiny"],
+                        help="pool size (tiny: a smoke run)")
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--limit", type=int, default=100, help="examples per task (the demo study's)")
+    parser.add_argument("--limit", type=int, default=100,
+                        help="examples per task (the demo study's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo worker's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = CheckpointPool.open(zoo.checkpoints, zoo.base)
     model, tokenizer = pool.load_model()
     clock = ForwardClock(model)
-    spec = EvalSpec(tasks_path=REPO / "configs" / "tasks" / "demo", limit=args.limit, batch_size=args.batch_size)
+    tasks_path = REPO / "configs" / "tasks" / "demo"
+    spec = EvalSpec(tasks_path=tasks_path, limit=args.limit, batch_size=args.batch_size)
     t = time.perf_counter()
     evaluator = build_evaluator(objectives(), spec, model, tokenizer)
     setup_s = time.perf_counter() - t
@@ -115,19 +119,23 @@ def main(argv: list[str] | None = None) -> int:
         scores = evaluator.evaluate(model, tokenizer)
         t2 = time.perf_counter()
         if trial:
-            rows.append((t1 - t0, clock.forward_s, clock.generate_s - clock.forward_s, t2 - t1, scores))
+            gen_loop = clock.generate_s - clock.forward_s
+            rows.append((t1 - t0, clock.forward_s, gen_loop, t2 - t1, scores))
     merge = statistics.mean(r[0] for r in rows)
     forward = statistics.mean(r[1] for r in rows)
     gen_loop = statistics.mean(r[2] for r in rows)
     evaluate = statistics.mean(r[3] for r in rows)
     trial_s = merge + evaluate
     other = evaluate - forward
-    print(f"\nper trial over {len(rows)} trials (limit {args.limit} x 2 tasks, batch {args.batch_size}):")
+    print(f"\nper trial over {len(rows)} trials "
+          f"(limit {args.limit} x 2 tasks, batch {args.batch_size}):")
     print(f"  trial               {trial_s:7.3f} s  100.0 %")
     print(f"  merge               {merge:7.3f} s  {100 * merge / trial_s:5.1f} %")
-    print(f"  model forward       {forward:7.3f} s  {100 * forward / trial_s:5.1f} %  ({clock.calls} calls)")
+    print(f"  model forward       {forward:7.3f} s  {100 * forward / trial_s:5.1f} %  "
+          f"({clock.calls} calls)")
     print(f"  everything else     {other:7.3f} s  {100 * other / trial_s:5.1f} %")
-    print(f"    of it, HF generate loop outside forward {gen_loop:.3f} s ({100 * gen_loop / trial_s:.1f} %),")
+    print(f"    of it, HF generate loop outside forward {gen_loop:.3f} s "
+          f"({100 * gen_loop / trial_s:.1f} %),")
     print(f"    lm-eval harness (requests, tokenization, metrics) {other - gen_loop:.3f} s "
           f"({100 * (other - gen_loop) / trial_s:.1f} %)")
     if args.scores:
@@ -142,8 +150,9 @@ def print_scores(pool, model, tokenizer, spec) -> None:
     from search.plan import MergePlan
 
     names = list(pool.names)
-    search_ev = build_evaluator(objectives(), spec, model, tokenizer)
-    held_ev = build_evaluator(objectives("_heldout"), spec.model_copy(update={"limit": None}), model, tokenizer)
+    full = spec.model_copy(update={"limit": None})  # all 200 examples of each split
+    search_ev = build_evaluator(objectives(), full, model, tokenizer)
+    held_ev = build_evaluator(objectives("_heldout"), full, model, tokenizer)
     weightings = {name: [1.0 if n == name else 0.0 for n in names] for name in names}
     weightings["uniform"] = [1.0] * len(names)
     picks = {
@@ -155,13 +164,19 @@ def print_scores(pool, model, tokenizer, spec) -> None:
     for label, chosen in picks.items():
         if all(n in names for n in chosen):
             weightings[label] = [float(chosen.get(n, 0)) for n in names]
-    print(f"\n{'merge':<30}{'code':>7}{'instr':>7}{'mean':>7}   held-out: {'code':>6}{'instr':>7}{'mean':>7}")
+    print("\nlinear merges, exact match on all 200 examples of each split")
+    head = f"{'code':>7}{'instr':>7}{'mean':>7}"
+    print(f"{'merge':<30}{head}   held-out:{head}")
     for label, w in weightings.items():
         materialize(MergePlan.create("linear", w), pool, model)
         s = search_ev.evaluate(model, tokenizer).objectives
         h = held_ev.evaluate(model, tokenizer).objectives
-        print(f"{label:<30}{s['code']:7.3f}{s['instruct']:7.3f}{(s['code'] + s['instruct']) / 2:7.3f}"
-              f"   {'':10}{h['code']:6.3f}{h['instruct']:7.3f}{(h['code'] + h['instruct']) / 2:7.3f}")
+        print(f"{label:<30}{_row(s)}   {'':9}{_row(h)}")
+
+
+def _row(scores: dict[str, float]) -> str:
+    code, instruct = scores["code"], scores["instruct"]
+    return f"{code:7.3f}{instruct:7.3f}{(code + instruct) / 2:7.3f}"
 
 
 if __name__ == "__main__":

@@ -32,4 +32,5 @@ def demo_zoo(tmp_path_factory: pytest.TempPathFactory):
     """``ZooManifest`` of a tiny demo pool: ``.base``, ``.checkpoints``, ``.tasks_path``."""
     from search.zoo import build_zoo
 
-    return build_zoo(tmp_path_factory.mktemp("demo_zoo") / "zoo", seed=0, size="tiny", progress=False)
+    folder = tmp_path_factory.mktemp("demo_zoo") / "zoo"
+    return build_zoo(folder, seed=0, size="tiny", progress=False)

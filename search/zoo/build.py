@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import UserError
-from search.zoo.recipe import RECIPES, Recipe, Size
+from search.zoo.recipe import RECIPES, Size
 
 MANIFEST = "zoo.json"
 SEARCH_TASKS = {"code": "demo_code", "instruct": "demo_instruct"}
@@ -111,7 +111,7 @@ def build_zoo(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         with _torch_threads(recipe.threads):
-            scores = _build(tmp, recipe, seed, progress, score)
+            scores = _build(tmp, size, seed, progress, score)
         manifest = ZooManifest(
             out_dir=out,
             seed=seed,
@@ -167,69 +167,50 @@ def _cached(out: Path, key: str) -> ZooManifest | None:
 
 
 def _build(
-    tmp: Path, recipe: Recipe, seed: int, progress: bool, score: bool
+    tmp: Path, size: str, seed: int, progress: bool, score: bool
 ) -> dict[str, dict[str, float]]:
     """Train the base and every run into ``tmp``; score each; return the scores."""
-    import torch
     from tqdm import tqdm
-    from transformers import LlamaForCausalLM
 
-    from search.zoo.model import char_tokenizer, llama_config
-    from search.zoo.skills import eval_prompts, write_demo_tasks
-    from search.zoo.train import batches, mixture_texts, train
+    from search.zoo.runs import fine_tune_all, train_base
+    from search.zoo.skills import write_demo_tasks
 
-    tokenizer = char_tokenizer()
-    exclude = eval_prompts()
+    recipe = RECIPES[size]
     tasks_path = write_demo_tasks(tmp / "tasks")
     total = recipe.base_steps + sum(r.steps for r in recipe.runs)
-    bar = tqdm(total=total, desc="zoo", unit="step", disable=not progress)
+    with tqdm(total=total, desc="zoo: base", unit="step", disable=not progress) as bar:
 
-    def step(loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        def step(n: int, name: str) -> None:
+            bar.set_description(f"zoo: {name}", refresh=False)
+            bar.update(n)
 
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(
-        llama_config(recipe.hidden, recipe.layers, recipe.heads, recipe.intermediate)
-    )
-    bar.set_description("zoo: base")
-    data = batches(mixture_texts(recipe.base_code_share, seed, exclude), recipe.batch_size)
-    train(model, data, recipe.base_steps, recipe.base_lr, warmup=0.1, on_step=step)
-    _save(model, tokenizer, tmp / "base", {"name": "base", "steps": recipe.base_steps})
-    base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    states = {"base": base_state}
-    for i, run in enumerate(recipe.runs, 1):
-        bar.set_description(f"zoo: {run.name}")
-        model.load_state_dict(base_state)
-        run_seed = seed * 1000 + i
-        texts = mixture_texts(run.code_share, run_seed, exclude, run.fixed_examples)
-        data = batches(texts, recipe.batch_size)
-        train(model, data, run.steps, run.lr, anneal=run.anneal, on_step=step)
-        _save(model, tokenizer, tmp / run.name, asdict(run))
-        states[run.name] = {k: v.clone() for k, v in model.state_dict().items()}
-    bar.close()
+        train_base(recipe, seed, tmp / "base", step)
+        fine_tune_all(size, seed, tmp / "base", tmp, step)
     if not score:
         return {}
-    return score_states(model, tokenizer, states, tasks_path, recipe.eval_limit)
+    names = ["base", *(r.name for r in recipe.runs)]
+    return score_folders([tmp / n for n in names], tasks_path, recipe.eval_limit)
 
 
-def score_states(
-    model: Any, tokenizer: Any, states: dict[str, dict[str, Any]], tasks_path: Path, limit: int
-) -> dict[str, dict[str, float]]:
-    """Each state dict's score on both search tasks, loaded in place into one resident model."""
+def score_folders(folders: list[Path], tasks_path: Path, limit: int) -> dict[str, dict[str, float]]:
+    """Each folder's score on both search tasks, its weights loaded in place into one model."""
     import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from evaluators.lm_eval_evaluator import LmEvalEvaluator
     from evaluators.spec import EvalSpec, ObjectiveSpec, TaskRef
 
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(folders[0])).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folders[0])
     objectives = [ObjectiveSpec(name=s, tasks=(TaskRef(task=t),)) for s, t in SEARCH_TASKS.items()]
     spec = EvalSpec(tasks_path=tasks_path, limit=limit, batch_size=max(8, limit))
     evaluator = LmEvalEvaluator(objectives, spec, model, tokenizer)
     scores = {}
-    for name, state in states.items():
+    for folder in folders:
         with torch.no_grad():
-            model.load_state_dict(state)
-        scores[name] = evaluator.evaluate(model, tokenizer).objectives
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        scores[folder.name] = evaluator.evaluate(model, tokenizer).objectives
     return scores
 
 
@@ -240,12 +221,6 @@ def format_scores(scores: dict[str, dict[str, float]]) -> str:
         mean = (s["code"] + s["instruct"]) / 2
         lines.append(f"{name:<24}{s['code']:>8.3f}{s['instruct']:>10.3f}{mean:>8.3f}")
     return "\n".join(lines)
-
-
-def _save(model: Any, tokenizer: Any, folder: Path, run: dict[str, Any]) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "zoo_run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
 
 
 def build_command(args: argparse.Namespace) -> int:

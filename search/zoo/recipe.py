@@ -46,17 +46,22 @@ class Recipe:
     runs: tuple[Run, ...]
     eval_limit: int  # examples per task in the printed score table
     base_code_share: float = 0.5
-    threads: int | None = None  # torch threads while building (None: torch's default)
+    threads: int | None = None  # torch threads per training process (None: torch's default)
+    workers: int = 1  # fine-tunes trained at once, one process each
 
     def key(self, seed: int) -> str:
         """Hash of the recipe, the seed and the code that turns them into weights (cache key)."""
         from importlib.metadata import version
 
         here = Path(__file__).parent
-        sources = "".join((here / f).read_text() for f in ("skills.py", "model.py", "train.py"))
+        sources = "".join(
+            (here / f).read_text() for f in ("skills.py", "model.py", "train.py", "runs.py")
+        )
+        recipe = asdict(self)
+        recipe.pop("workers")  # how many run at once does not change the tensors
         payload = json.dumps(
             {
-                "recipe": asdict(self),
+                "recipe": recipe,
                 "seed": seed,
                 "sources": hashlib.sha256(sources.encode()).hexdigest(),
                 "torch": version("torch"),
@@ -85,7 +90,8 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe(
         hidden=128, layers=4, heads=4, intermediate=384, batch_size=32,
         base_steps=1000, base_lr=2e-3, runs=_FULL_RUNS, eval_limit=100,
-        threads=1,  # one thread: the same tensors on any machine, and no slowdown when busy
+        threads=1,  # one thread per run: the same tensors on any machine, no slowdown when busy
+        workers=2,  # two fine-tunes at a time on the demo's 2 cores
     ),
     # Same recipe, far smaller: builds in seconds for tests (scores are not meaningful).
     "tiny": Recipe(

@@ -44,7 +44,8 @@ def write_task_folder(root: Path, demo_tasks_path: Path) -> Path:
         shutil.copy(f, root / f.name)
     (root / "tiny_ppl.yaml").write_text(PPL_TASK)
     (root / "data").mkdir(exist_ok=True)
-    (root / "data" / "tiny_ppl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in TEXTS)
+    (root / "data" / "tiny_ppl.jsonl").write_text(lines)
     return root
 
 
@@ -52,7 +53,8 @@ def load(folder: Path) -> tuple[Any, Any]:
     """A fresh ``(model, tokenizer)`` from a saved folder, eval mode, float32, CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def copy_weights_in_place(model: Any, folder: Path) -> None:

@@ -7,7 +7,14 @@ import math
 import pytest
 from eval_fixtures import TEXTS, copy_weights_in_place, load, write_task_folder
 
-from evaluators import EVALUATORS, CompositeEvaluator, EvalSpec, ObjectiveSpec, TaskRef, build_evaluator
+from evaluators import (
+    EVALUATORS,
+    CompositeEvaluator,
+    EvalSpec,
+    ObjectiveSpec,
+    TaskRef,
+    build_evaluator,
+)
 from search.errors import UserError
 
 
@@ -22,8 +29,11 @@ def setting(tmp_path_factory, demo_tasks_path, demo_zoo):
 
 def _objective(kind, setting, name=None):
     if kind == "lm_eval":
-        return ObjectiveSpec(name=name or "lm", tasks=(TaskRef(task="tiny_ppl", metric="bits_per_byte"),))
-    return ObjectiveSpec(name=name or "ppl", evaluator="perplexity", direction="minimize", data=setting["guard"])
+        ref = TaskRef(task="tiny_ppl", metric="bits_per_byte")
+        return ObjectiveSpec(name=name or "lm", tasks=(ref,))
+    return ObjectiveSpec(
+        name=name or "ppl", evaluator="perplexity", direction="minimize", data=setting["guard"]
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(EVALUATORS))
@@ -56,7 +66,8 @@ def test_mixed_objectives_get_one_composite_evaluator(setting):
 
 
 def test_single_kind_is_not_wrapped(setting):
-    ev = build_evaluator([_objective("perplexity", setting)], EvalSpec(), setting["model"], setting["tok"])
+    objective = _objective("perplexity", setting)
+    ev = build_evaluator([objective], EvalSpec(), setting["model"], setting["tok"])
     assert not isinstance(ev, CompositeEvaluator)
 
 

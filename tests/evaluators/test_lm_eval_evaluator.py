@@ -50,7 +50,8 @@ def test_in_place_swap_scores_like_loading_from_disk(resident, demo_zoo, spec):
         copy_weights_in_place(model, folder)
         swapped = evaluator.evaluate(model, tokenizer)
         fresh_model, fresh_tok = load(folder)
-        fresh = build_evaluator(objectives(), spec, fresh_model, fresh_tok).evaluate(fresh_model, fresh_tok)
+        fresh_ev = build_evaluator(objectives(), spec, fresh_model, fresh_tok)
+        fresh = fresh_ev.evaluate(fresh_model, fresh_tok)
         assert swapped.tasks.keys() == fresh.tasks.keys()
         for key, value in fresh.tasks.items():
             assert swapped.tasks[key] == pytest.approx(value, rel=1e-6), key
@@ -65,14 +66,16 @@ def test_scores_follow_the_weights_and_come_back(resident, demo_zoo):
     other = evaluator.evaluate(model, tokenizer)
     copy_weights_in_place(model, demo_zoo.base)
     again = evaluator.evaluate(model, tokenizer)
-    assert other.tasks["tiny_ppl/word_perplexity"] != pytest.approx(first.tasks["tiny_ppl/word_perplexity"])
+    key = "tiny_ppl/word_perplexity"
+    assert other.tasks[key] != pytest.approx(first.tasks[key])
     assert again == first
 
 
 def test_objective_is_the_weighted_mean_of_its_tasks(resident):
     model, tokenizer, evaluator = resident
     scores = evaluator.evaluate(model, tokenizer)
-    expected = (scores.tasks["tiny_ppl/word_perplexity"] + 3 * scores.tasks["tiny_ppl/bits_per_byte"]) / 4
+    tasks = scores.tasks
+    expected = (tasks["tiny_ppl/word_perplexity"] + 3 * tasks["tiny_ppl/bits_per_byte"]) / 4
     assert scores.objectives["mix"] == pytest.approx(expected)
     assert scores.objectives["code"] == scores.tasks["demo_code/exact_match"]
     assert 0.0 <= scores.objectives["code"] <= 1.0
@@ -81,7 +84,8 @@ def test_objective_is_the_weighted_mean_of_its_tasks(resident):
 
 def test_default_metric_is_the_tasks_first_metric(resident, spec):
     model, tokenizer, _ = resident
-    ev = LmEvalEvaluator([ObjectiveSpec(name="p", tasks=(TaskRef(task="tiny_ppl"),))], spec, model, tokenizer)
+    objective = ObjectiveSpec(name="p", tasks=(TaskRef(task="tiny_ppl"),))
+    ev = LmEvalEvaluator([objective], spec, model, tokenizer)
     assert list(ev.evaluate(model, tokenizer).tasks) == ["tiny_ppl/word_perplexity"]
 
 
@@ -94,14 +98,17 @@ def test_limit_per_task_overrides_the_spec(resident, spec):
 
 def test_unknown_task_is_named_with_what_exists(resident, spec):
     model, tokenizer, _ = resident
-    with pytest.raises(UserError, match=r"objective 'x': unknown lm-eval task 'demo_cod'.*demo_code"):
-        build_evaluator([ObjectiveSpec(name="x", tasks=(TaskRef(task="demo_cod"),))], spec, model, tokenizer)
+    bad = [ObjectiveSpec(name="x", tasks=(TaskRef(task="demo_cod"),))]
+    message = r"objective 'x': unknown lm-eval task 'demo_cod'.*demo_code"
+    with pytest.raises(UserError, match=message):
+        build_evaluator(bad, spec, model, tokenizer)
 
 
 def test_missing_metric_lists_the_tasks_metrics(resident, spec):
     model, tokenizer, _ = resident
     bad = [ObjectiveSpec(name="x", tasks=(TaskRef(task="demo_code", metric="acc"),))]
-    with pytest.raises(UserError, match=r"task 'demo_code' has no metric 'acc'; it produces: exact_match"):
+    message = r"task 'demo_code' has no metric 'acc'; it produces: exact_match"
+    with pytest.raises(UserError, match=message):
         build_evaluator(bad, spec, model, tokenizer)
 
 
@@ -122,19 +129,23 @@ def test_nan_score_is_a_user_error_naming_the_task(demo_zoo, spec):
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(math.nan)
-    ev = build_evaluator([ObjectiveSpec(name="p", tasks=(TaskRef(task="tiny_ppl"),))], spec, model, tokenizer)
+    objective = ObjectiveSpec(name="p", tasks=(TaskRef(task="tiny_ppl"),))
+    ev = build_evaluator([objective], spec, model, tokenizer)
     with pytest.raises(UserError, match=r"task 'tiny_ppl': metric 'word_perplexity,none' is NaN"):
         ev.evaluate(model, tokenizer)
 
 
-def test_relative_data_paths_resolve_against_the_yaml_folder(demo_zoo, demo_tasks_path, tmp_path, monkeypatch):
+def test_relative_data_paths_resolve_against_the_yaml_folder(
+    demo_zoo, demo_tasks_path, tmp_path, monkeypatch
+):
     # the tasks folder is used from an unrelated working directory
     monkeypatch.chdir(tmp_path)
     model, tokenizer = load(demo_zoo.base)
     spec = EvalSpec(tasks_path=demo_tasks_path, limit=2, batch_size=2)
-    objs = [ObjectiveSpec(name=s, tasks=(TaskRef(task=f"demo_{s}_heldout"),)) for s in ("code", "instruct")]
+    skills = ("code", "instruct")
+    objs = [ObjectiveSpec(name=s, tasks=(TaskRef(task=f"demo_{s}_heldout"),)) for s in skills]
     scores = build_evaluator(objs, spec, model, tokenizer).evaluate(model, tokenizer)
-    assert set(scores.tasks) == {"demo_code_heldout/exact_match", "demo_instruct_heldout/exact_match"}
+    assert set(scores.tasks) == {f"demo_{s}_heldout/exact_match" for s in ("code", "instruct")}
 
 
 def test_evaluator_is_bound_to_its_model(resident, demo_zoo):

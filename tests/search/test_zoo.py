@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from itertools import islice
 
 import pytest
@@ -11,7 +10,14 @@ import pytest
 from search.cli import main
 from search.errors import UserError
 from search.zoo import RECIPES, build_zoo
-from search.zoo.skills import SKILLS, SPLITS, demo_task_files, eval_prompts, eval_split, training_stream
+from search.zoo.skills import (
+    SKILLS,
+    SPLITS,
+    demo_task_files,
+    eval_prompts,
+    eval_split,
+    training_stream,
+)
 
 
 def _tensors(folder):
@@ -47,16 +53,16 @@ def test_fine_tunes_differ_from_the_base_and_each_other(demo_zoo):
 
 def test_second_build_is_a_cache_hit(demo_zoo):
     stamp = (demo_zoo.base / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
     again = build_zoo(demo_zoo.out_dir, seed=0, size="tiny", progress=False)
-    assert again.cached and time.perf_counter() - start < 5
+    assert again.cached
     assert again.checkpoints == demo_zoo.checkpoints and again.scores == demo_zoo.scores
     assert (demo_zoo.base / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_same_seed_same_tensors_other_seed_other_tensors(demo_zoo, tmp_path):
     same = build_zoo(tmp_path / "same", seed=0, size="tiny", progress=False, score=False)
-    for a, b in zip((demo_zoo.base, *demo_zoo.checkpoints), (same.base, *same.checkpoints), strict=True):
+    pairs = zip((demo_zoo.base, *demo_zoo.checkpoints), (same.base, *same.checkpoints), strict=True)
+    for a, b in pairs:
         ta, tb = _tensors(a), _tensors(b)
         assert all(bool((ta[k] == tb[k]).all()) for k in ta), a.name
     other = build_zoo(tmp_path / "other", seed=1, size="tiny", progress=False, score=False)
@@ -91,3 +97,14 @@ def test_splits_are_disjoint_and_training_never_sees_them():
         assert len(search) == len(heldout) == 200 and not search & heldout
         for text in islice(training_stream(skill, 0, held), 3000):
             assert text.endswith("\n") and text[: text.index("?") + 1] not in held
+
+
+def test_fine_tunes_in_worker_processes_match_the_sequential_build(demo_zoo, tmp_path):
+    from search.zoo.runs import fine_tune_all
+
+    steps = []
+    fine_tune_all("tiny", 0, demo_zoo.base, tmp_path, lambda n, name: steps.append(n), workers=2)
+    assert sum(steps) == sum(r.steps for r in RECIPES["tiny"].runs)
+    for folder in demo_zoo.checkpoints:
+        ta, tb = _tensors(folder), _tensors(tmp_path / folder.name)
+        assert all(bool((ta[k] == tb[k]).all()) for k in ta), folder.name
