@@ -1,9 +1,11 @@
 """lm-eval scoring of one resident model whose weights change in place between calls.
 
-Built once: the tasks (TaskManager, datasets, metric keys) and one ``HFLM`` wrapping the model
-object. Each :meth:`LmEvalEvaluator.evaluate` call reseeds, runs ``lm_eval.evaluator.evaluate``
-on the prebuilt task dict (per-task example counts via its ``samples`` argument, no bootstrap,
-no sample logging) and reduces the task scores to objective values.
+Built once: the tasks (TaskManager, datasets held in memory, metric keys) and one
+:class:`~evaluators.resident_lm.ResidentHFLM` (lm-eval's ``HFLM``, tokenization memoized)
+wrapping the model object. Each :meth:`LmEvalEvaluator.evaluate` call reseeds ``random``,
+``numpy`` and ``torch`` (as ``simple_evaluate`` does) and the few-shot samplers, runs
+``lm_eval.evaluator.evaluate`` on the prebuilt task dict (no bootstrap, no sample logging;
+lm-eval's per-call progress bars are dropped) and reduces the task scores to objective values.
 """
 
 from __future__ import annotations
@@ -82,9 +84,8 @@ class LmEvalEvaluator(Evaluator):
     def __init__(
         self, objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any
     ) -> None:
-        from lm_eval.models.huggingface import HFLM
-
         from evaluators.lm_tasks import load_tasks
+        from evaluators.resident_lm import ResidentHFLM
 
         self._objectives = tuple(objectives)
         self._spec = spec
@@ -110,18 +111,26 @@ class LmEvalEvaluator(Evaluator):
             "groups": {},
             "group_map": {},
         }
+        for loaded in self._tasks.values():
+            hold_docs_in_memory(loaded.task)
+        # One shared limit (the usual case) goes to lm-eval as ``limit``; per-task limits as
+        # ``samples`` (the first n documents of each task), which scans every document.
+        limits = {run.limit for run in self._runs.values()}
+        self._limit = limits.pop() if len(limits) == 1 else None
         self._samples = {
             name: list(range(min(run.limit, len(self._tasks[name].task.eval_docs))))
             for name, run in self._runs.items()
-            if run.limit is not None
+            if run.limit is not None and self._limit is None
         }
         self._model = model
-        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
+        self.lm = ResidentHFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)
 
     def examples_per_task(self) -> dict[str, int]:
         """How many examples of each task one call scores."""
         return {
-            name: len(self._samples[name]) if name in self._samples else len(t.task.eval_docs)
+            name: len(self._samples[name])
+            if name in self._samples
+            else min(len(t.task.eval_docs), self._limit or len(t.task.eval_docs))
             for name, t in self._tasks.items()
         }
 
@@ -154,6 +163,7 @@ class LmEvalEvaluator(Evaluator):
             out = evaluate(
                 lm=self.lm,
                 task_dict=self._task_dict,
+                limit=self._limit,
                 samples=self._samples or None,
                 bootstrap_iters=0,
                 log_samples=False,
@@ -176,6 +186,20 @@ def _without_progress_bars() -> Iterator[None]:
         ]
         if kept:
             print("\n".join(kept), file=sys.stderr)
+
+
+def hold_docs_in_memory(task: Any) -> None:
+    """Keep a task's evaluation split as a list of dicts instead of an Arrow dataset.
+
+    lm-eval walks the evaluation documents twice per call (requests, then metrics); decoding
+    Arrow rows each time was about a third of the harness's own time on the demo tasks. Tasks
+    with a ``process_docs`` hook keep their dataset (the hook expects one).
+    """
+    dataset = getattr(task, "dataset", None)
+    config = task.config
+    split = config.test_split if config.test_split else config.validation_split
+    if config.process_docs is None and isinstance(dataset, dict) and split in dataset:
+        dataset[split] = [dict(doc) for doc in dataset[split]]
 
 
 def _value(results: dict[str, dict[str, Any]], term: ObjectiveTerm) -> float:

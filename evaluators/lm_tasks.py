@@ -78,6 +78,7 @@ def load_tasks(
     from lm_eval.tasks import TaskManager
 
     where = where or {}
+    # lm-eval warns on every HFLM built from a model object and logs each task it loads.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if tasks_path is not None and not Path(tasks_path).is_dir():
         raise UserError(f"tasks_path {str(tasks_path)!r}: expected a folder of lm-eval task YAMLs")
