@@ -156,9 +156,11 @@ def print_scores(pool, model, tokenizer, spec) -> None:
     weightings = {name: [1.0 if n == name else 0.0 for n in names] for name in names}
     weightings["uniform"] = [1.0] * len(names)
     picks = {
-        "code+instruct specialists": {"code_specialist": 1, "instruct_specialist": 1},
+        "specialists": {"code_specialist": 1, "instruct_specialist": 1},
         "specialists + mixed": {"code_specialist": 1, "instruct_specialist": 1,
                                 "mixed_code_heavy": 1, "mixed_instruct_heavy": 1},
+        "specialists x2 + mixed": {"code_specialist": 2, "instruct_specialist": 2,
+                                   "mixed_code_heavy": 1, "mixed_instruct_heavy": 1},
         "all but weak/overtrained": {n: 1 for n in names if n not in ("weak", "code_overtrained")},
     }
     for label, chosen in picks.items():
@@ -167,16 +169,30 @@ def print_scores(pool, model, tokenizer, spec) -> None:
     print("\nlinear merges, exact match on all 200 examples of each split")
     head = f"{'code':>7}{'instr':>7}{'mean':>7}"
     print(f"{'merge':<30}{head}   held-out:{head}")
+    means = {}
     for label, w in weightings.items():
         materialize(MergePlan.create("linear", w), pool, model)
         s = search_ev.evaluate(model, tokenizer).objectives
         h = held_ev.evaluate(model, tokenizer).objectives
+        means[label] = (_mean(s), _mean(h))
         print(f"{label:<30}{_row(s)}   {'':9}{_row(h)}")
+    single = max(names, key=lambda n: means[n][0])
+    merge = max((m for m in means if m not in names), key=lambda m: means[m][0])
+    print(f"\nbest single checkpoint on the search mean: {single} "
+          f"(search {means[single][0]:.3f}, held-out {means[single][1]:.3f}); best single on "
+          f"held-out: {max(means[n][1] for n in names):.3f}")
+    print(f"best merge above on the search mean: {merge} (search {means[merge][0]:.3f}, "
+          f"held-out {means[merge][1]:.3f}); ratio to the best single: "
+          f"search {means[merge][0] / means[single][0]:.3f}, held-out "
+          f"{means[merge][1] / max(means[n][1] for n in names):.3f}")
+
+
+def _mean(scores: dict[str, float]) -> float:
+    return (scores["code"] + scores["instruct"]) / 2
 
 
 def _row(scores: dict[str, float]) -> str:
-    code, instruct = scores["code"], scores["instruct"]
-    return f"{code:7.3f}{instruct:7.3f}{(code + instruct) / 2:7.3f}"
+    return f"{scores['code']:7.3f}{scores['instruct']:7.3f}{_mean(scores):7.3f}"
 
 
 if __name__ == "__main__":

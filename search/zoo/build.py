@@ -14,8 +14,8 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,8 @@ def _build(
             bar.set_description(f"zoo: {name}", refresh=False)
             bar.update(n)
 
-        train_base(recipe, seed, tmp / "base", step)
+        with _torch_threads(recipe.base_threads):
+            train_base(recipe, seed, tmp / "base", step)
         fine_tune_all(size, seed, tmp / "base", tmp, step)
     if not score:
         return {}

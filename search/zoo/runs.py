@@ -21,7 +21,7 @@ _REPORT_EVERY = 10  # steps between progress messages from a worker process
 
 
 def train_base(recipe: Recipe, seed: int, folder: Path, on_step: Progress) -> None:
-    """Pretrain the base on the skill mixture and save it (model + tokenizer) in ``folder``."""
+    """Pretrain the base on the skill mixture (mid-run unless ``base_anneal``); save it in ``folder``."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -35,7 +35,7 @@ def train_base(recipe: Recipe, seed: int, folder: Path, on_step: Progress) -> No
     )
     texts = mixture_texts(recipe.base_code_share, seed, eval_prompts())
     data = batches(texts, recipe.batch_size)
-    train(model, data, recipe.base_steps, recipe.base_lr, warmup=0.1,
+    train(model, data, recipe.base_steps, recipe.base_lr, warmup=0.1, anneal=recipe.base_anneal,
           on_step=lambda loss: on_step(1, "base"))
     save(model, folder, {"name": "base", "steps": recipe.base_steps, "lr": recipe.base_lr})
 
