@@ -21,7 +21,10 @@ _REPORT_EVERY = 10  # steps between progress messages from a worker process
 
 
 def train_base(recipe: Recipe, seed: int, folder: Path, on_step: Progress) -> None:
-    """Pretrain the base on the skill mixture (mid-run unless ``base_anneal``); save it in ``folder``."""
+    """Pretrain the base on the skill mixture and save it (model + tokenizer) in ``folder``.
+
+    The base is a mid-pretraining checkpoint (no learning-rate decay) unless ``base_anneal``.
+    """
     import torch
     from transformers import LlamaForCausalLM
 

@@ -1,4 +1,4 @@
-"""ResidentHFLM answers every request exactly as lm-eval's own HFLM does (real harness, real model)."""
+"""ResidentHFLM answers every request as lm-eval's own HFLM does (real harness, real model)."""
 
 from __future__ import annotations
 
