@@ -22,7 +22,9 @@ from study_fixtures import (
 from search.cli import main
 from search.plan import MergePlan
 
-N_TRIALS = 6
+# Enough trials that the study is still running when the interrupt lands: the first finished
+# trial is seen within one poll, the remaining ones take far longer than that.
+N_TRIALS = 30
 
 
 @pytest.fixture(scope="module")
