@@ -3,7 +3,7 @@
     python bench/eval_overhead.py [--zoo studies/zoo] [--trials 12] [--limit 100] [--scores]
 
 Each trial draws linear-merge weights (Dirichlet, seeded), materializes the merge into the
-resident model (``search.materialize``) and scores both demo search tasks with the evaluator a
+resident model (``search.engine.materialize``) and scores both demo search tasks with the evaluator a
 study uses (``evaluators.build_evaluator``). Forward time is measured with forward hooks on the
 model (every call of the model's ``forward``, prefill and decode steps alike). "Everything else"
 is the rest of the evaluation: lm-eval's request building, tokenization, batching and metric
@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from evaluators import EvalSpec, build_evaluator
-    from search.materialize import materialize
-    from search.plan import MergePlan
-    from search.pool import CheckpointPool
+    from search.engine.materialize import materialize
+    from search.engine.plan import MergePlan
+    from search.engine.pool import CheckpointPool
     from search.zoo import build_zoo
 
     zoo = build_zoo(args.zoo, seed=args.seed, size=args.size, progress=True)
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_scores(pool, model, tokenizer, spec) -> None:
     """Singles, the uniform soup and hand-picked weightings on the search and held-out splits."""
     from evaluators import build_evaluator
-    from search.materialize import materialize
-    from search.plan import MergePlan
+    from search.engine.materialize import materialize
+    from search.engine.plan import MergePlan
 
     names = list(pool.names)
     full = spec.model_copy(update={"limit": None})  # all 200 examples of each split

@@ -183,8 +183,8 @@ def warm_up_kernel(pool, k: int, device: torch.device) -> float:
 
 
 def time_trials(pool, model, k: int, trials: int, device: torch.device) -> list[float]:
-    from search.materialize import materialize
-    from search.plan import MergePlan
+    from search.engine.materialize import materialize
+    from search.engine.plan import MergePlan
 
     rng = torch.Generator().manual_seed(1)
     times = []
@@ -265,7 +265,7 @@ def time_mergekit(folders: list[Path], args, workdir: Path) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from search.pool import CheckpointPool, resolve_device
+    from search.engine.pool import CheckpointPool, resolve_device
 
     device = resolve_device(args.device)
     if args.threads:

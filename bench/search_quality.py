@@ -4,8 +4,8 @@ On the demo pool (``--zoo``: an existing pool is used as it is, a missing one is
 ``merge-search zoo build``; objectives, merge method and eval settings from ``--config`` when
 it exists), every sampler in ``--samplers`` runs ``--trials`` trials for each of ``--seeds``
 seeds, each run a fresh study in its own SQLite file in a temp folder, driven by the study service
-(``search.study.create_or_resume``, ``search.samplers.build_sampler``,
-``search.worker.run_worker``). One resident model and evaluator (``search.worker.Runtime``)
+(``search.study.storage.create_or_resume``, ``search.study.samplers.build_sampler``,
+``search.study.worker.run_worker``). One resident model and evaluator (``search.study.worker.Runtime``)
 score every run, so model loading is paid once.
 
 Reported per sampler (mean over seeds):
@@ -46,7 +46,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from search.pareto import dominates, hypervolume, pareto_front  # noqa: E402
+from search.report.pareto import dominates, hypervolume, pareto_front  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,11 +140,11 @@ def run_study(config_path: Path, runtime: Any) -> tuple[list[list[float]], float
     """One study to its budget through the study service; (values of completed trials, seconds)."""
     from optuna.trial import TrialState
 
-    from search.config import load_config
-    from search.samplers import build_sampler
-    from search.space import SearchSpace
-    from search.study import create_or_resume, open_storage
-    from search.worker import run_worker
+    from search.study.config import load_config
+    from search.study.samplers import build_sampler
+    from search.study.space import SearchSpace
+    from search.study.storage import create_or_resume, open_storage
+    from search.study.worker import run_worker
 
     cfg = load_config(config_path)
     start = time.perf_counter()
@@ -165,9 +165,9 @@ def score_values(runtime: Any, cfg: Any, plan: Any) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     import optuna
 
-    from search.config import load_config
-    from search.space import SearchSpace
-    from search.worker import Runtime
+    from search.study.config import load_config
+    from search.study.space import SearchSpace
+    from search.study.worker import Runtime
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args = parse_args(argv)

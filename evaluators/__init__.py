@@ -1,4 +1,8 @@
-"""How a merged model is scored: one small interface, lm-eval and perplexity behind it."""
+"""How a merged model is scored: one small interface, lm-eval and perplexity behind it.
+
+Dependencies: lm-eval, transformers, torch; within merge-search only the foundation
+(:mod:`search.errors`, :mod:`search._offline`). The study imports evaluators, never the reverse.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,21 @@
-"""merge-search: Optuna-driven merge-weight search over checkpoint pools."""
+"""merge-search: Optuna-driven merge-weight search over checkpoint pools.
+
+The map (see README "Architecture"); arrows point from a package to what it may import:
+
+- ``search.errors``, ``search._offline`` — the foundation: the one user-facing error type, and
+  the Hugging Face offline variables; they import nothing of the project, everything may
+  import them;
+- ``search.engine`` — merge plans, the method registry, the pool, materialize (torch,
+  safetensors);
+- ``evaluators`` (top-level) — how a merged model is scored (lm-eval, perplexity);
+- ``search.export`` → engine;
+- ``search.study`` → engine, evaluators;
+- ``search.report`` → study, export, engine, evaluators;
+- ``search.zoo`` (the demo pool) → evaluators;
+- ``search.commands`` → anything; only it parses arguments; ``search.cli`` wires it.
+
+``tests/test_architecture.py`` checks these rules on the source.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """The demo pool: a small Llama base and fine-tuned checkpoints that trade two synthetic skills.
 
 ``build_zoo(out_dir, seed=0, size="full")`` builds it (cached); ``merge-search zoo build`` is
-:func:`build_command`. The skills and their lm-eval tasks live in :mod:`search.zoo.skills`.
+``search.commands.zoo``. The skills and their lm-eval tasks live in :mod:`search.zoo.skills`.
 """
 
 from __future__ import annotations
 
-from search.zoo.build import ZooManifest, build_command, build_zoo, format_scores
+from search.zoo.build import ZooManifest, build_zoo, format_scores
 from search.zoo.recipe import RECIPES, Recipe, Run
 
-__all__ = ["RECIPES", "Recipe", "Run", "ZooManifest", "build_command", "build_zoo", "format_scores"]
+__all__ = ["RECIPES", "Recipe", "Run", "ZooManifest", "build_zoo", "format_scores"]

@@ -8,7 +8,6 @@ A second build with the same seed, size and recipe finds the manifest and return
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import shutil
@@ -222,9 +221,3 @@ def format_scores(scores: dict[str, dict[str, float]]) -> str:
         mean = (s["code"] + s["instruct"]) / 2
         lines.append(f"{name:<24}{s['code']:>8.3f}{s['instruct']:>10.3f}{mean:>8.3f}")
     return "\n".join(lines)
-
-
-def build_command(args: argparse.Namespace) -> int:
-    """CLI handler of ``merge-search zoo build OUT_DIR [--seed N]``."""
-    build_zoo(args.out_dir, seed=args.seed, size=getattr(args, "size", "full"))
-    return 0

@@ -129,12 +129,11 @@ def cli(*args: str, cwd: Path) -> subprocess.Popen:
 
 def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
     """The study's trials, or [] while the study does not exist yet."""
-    from search.study import engine_url
 
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
         return []
     try:
-        return optuna.load_study(study_name=name, storage=engine_url(storage)).get_trials(
+        return optuna.load_study(study_name=name, storage=storage).get_trials(
             deepcopy=False
         )
     except KeyError:

@@ -1,0 +1,33 @@
+"""``merge-search export CONFIG``: one trial's merge as a Hugging Face model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    text = "Export one trial's merge as a Hugging Face model folder."
+    p = sub.add_parser("export", help=text, description=text)
+    p.add_argument("config", help="study config YAML")
+    pick = p.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", type=int, help="trial number")
+    pick.add_argument("--best", metavar="OBJECTIVE", help="best trial on one objective")
+    pick.add_argument("--knee", action="store_true", help="knee point of the Pareto front")
+    pick.add_argument("--prefer", metavar="A=0.7,B=0.3",
+                      help="best trial by a weighted sum of normalized objectives")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--storage", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.report.choose import export_chosen
+
+    row, how, path, view = export_chosen(
+        args.config, args.out, storage=args.storage, trial=args.trial, best=args.best,
+        knee=args.knee, prefer=args.prefer, force=args.force,
+    )
+    values = ", ".join(f"{n}={v:.4f}" for n, v in zip(view.names, row.values, strict=True))
+    print(f"exported trial {row.number} ({how}; {values}) to {path}")
+    return 0

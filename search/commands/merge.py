@@ -1,0 +1,27 @@
+"""``merge-search merge CONFIG.yml OUT_DIR``: a mergekit YAML merged and exported."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    text = "Merge checkpoints from a mergekit-style YAML and export a Hugging Face folder."
+    p = sub.add_parser("merge", help=text, description=text)
+    p.add_argument("config", help="mergekit YAML (merge_method, base_model, models, parameters, dtype)")
+    p.add_argument("out_dir", help="folder to write; refused if it exists unless --force")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--dtype", default=None,
+                   help="compute/storage dtype: float32, bfloat16, float16 (default: the YAML's dtype)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.export.folder import merge_from_yaml
+
+    path, plan, pool = merge_from_yaml(
+        args.config, args.out_dir, device=args.device, dtype=args.dtype, force=args.force
+    )
+    print(f"wrote {path} ({plan.method}, {len(pool.names)} checkpoints, {pool.dtype})")
+    return 0

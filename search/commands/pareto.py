@@ -1,0 +1,31 @@
+"""``merge-search pareto CONFIG``: the Pareto front beside the inputs and the uniform merge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    text = "Print the Pareto front (knee marked) beside the input checkpoints and the uniform merge."
+    p = sub.add_parser("pareto", help=text, description=text)
+    p.add_argument("config", help="study config YAML")
+    p.add_argument("--storage", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", default=None, help="write a plot: FILE.png or FILE.html")
+    p.add_argument("--no-heldout", action="store_true", help="skip held-out re-scoring")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.report.front import pareto
+    from search.report.plots import format_report
+
+    report = pareto(args.config, args.storage, heldout=not args.no_heldout, plot=args.plot)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(format_report(report))
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0

@@ -1,0 +1,39 @@
+"""The merge engine: a checkpoint pool, merge plans and methods, merging into a resident model.
+
+- :mod:`~search.engine.plan` — :class:`MergePlan`, the frozen, hashable value of one merge;
+- :mod:`~search.engine.registry` — the merge methods declared as data (no torch import);
+- :mod:`~search.engine.methods` — their pure tensor functions;
+- :mod:`~search.engine.kernels` — the fused weighted sum of linear merges;
+- :mod:`~search.engine.pool` — :class:`CheckpointPool`: safetensors headers checked, stacks
+  held resident;
+- :mod:`~search.engine.materialize` — a plan written into the resident model in place;
+- :mod:`~search.engine.device` — ``device: auto`` and CPU threads.
+
+Dependencies: torch and safetensors (transformers only to build the resident model); within
+merge-search only :mod:`search.errors`. Importing this package pulls in neither Optuna nor
+lm-eval; importing it or its registry pulls in no torch either (the names below that need torch
+are imported on first access).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from search.engine.plan import MergePlan
+from search.engine.registry import METHODS, MergeMethod, ParamSpec, get_method
+
+_LAZY = {
+    "CheckpointPool": "search.engine.pool",
+    "materialize": "search.engine.materialize",
+    "merged_tensors": "search.engine.materialize",
+    "effective_weights": "search.engine.materialize",
+}
+
+__all__ = ["METHODS", "MergeMethod", "MergePlan", "ParamSpec", "get_method", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'search.engine' has no attribute {name!r}")

@@ -1,0 +1,28 @@
+"""Where tensors live: resolving ``device: auto`` and torch's CPU threads (one owner of each)."""
+
+from __future__ import annotations
+
+import torch
+
+from search.errors import UserError
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → cuda when available else cpu; ``UserError`` for an unknown or absent device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device: expected cpu, cuda, cuda:N or auto, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {device} requested but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device: expected cpu, cuda, cuda:N or auto, got {device!r}")
+    return dev
+
+
+def set_cpu_threads(device: str | torch.device, threads: int | None) -> None:
+    """Torch intra-op threads for work on ``device`` when it is the CPU (``None``/0: torch's own)."""
+    if threads and resolve_device(device).type == "cpu":
+        torch.set_num_threads(threads)

@@ -1,0 +1,189 @@
+"""Turn a :class:`~search.engine.plan.MergePlan` into weights: in place in a resident model, or per tensor.
+
+``materialize(plan, pool, model)`` overwrites the model's parameters tensor by tensor under
+``torch.no_grad()``: each merged tensor is computed with float32 accumulation and copied into the
+parameter's own storage, so no second copy of the model exists. Linear-form methods (``linear``,
+``task_arithmetic``) run as one fused weighted sum per tensor that reads each input once and
+writes straight into the parameter (:mod:`search.engine.kernels`); the other methods compute a float32
+result per tensor and copy it in.
+
+Stochastic methods (DARE) draw from a ``torch.Generator`` seeded from ``plan.seed`` and the tensor
+name, so a plan always gives the same weights whatever the tensor order or device count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from search.errors import UserError
+from search.engine.registry import MergeMethod, ParamValue, get_method
+from search.engine.plan import MergePlan
+from search.engine.pool import CheckpointPool
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A plan checked against a pool: its method, complete params and per-group weights."""
+
+    plan: MergePlan
+    method: MergeMethod
+    params: dict[str, ParamValue]
+    group_weights: tuple[torch.Tensor, ...]  # [K] per layer group (float32; float64 pools: float64)
+    # linear-form methods: per group, the coefficients (+ the base's last, when it is used)
+    group_coeffs: tuple[tuple[torch.Tensor, bool], ...] = ()
+
+
+def resolve(plan: MergePlan, pool: CheckpointPool) -> ResolvedPlan:
+    """Check ``plan`` against ``pool`` before any work; ``UserError`` naming what does not fit."""
+    method = get_method(plan.method)
+    params = method.resolve_params(plan.params)
+    k = len(pool.names)
+    if plan.n_checkpoints != k:
+        raise UserError(
+            f"plan for method {plan.method}: {plan.n_checkpoints} weight rows for a pool of {k} "
+            f"checkpoints ({', '.join(pool.names)})"
+        )
+    if method.n_checkpoints is not None and k != method.n_checkpoints:
+        raise UserError(
+            f"method {method.name}: merges exactly {method.n_checkpoints} checkpoints, got {k}"
+        )
+    if method.needs_base and pool.base_path is None:
+        raise UserError(
+            f"method {method.name}: needs a base model (task vectors are θ_i − θ_base); none given"
+        )
+    if plan.n_groups > 1 and plan.n_groups > max(pool.n_layers, 1):
+        raise UserError(
+            f"plan: {plan.n_groups} layer groups but the model has {pool.n_layers} "
+            "transformer blocks"
+        )
+    rows = [[plan.weights[i][g] for i in range(k)] for g in range(plan.n_groups)]
+    for g, row in enumerate(rows):
+        if not all(math.isfinite(w) for w in row):
+            raise UserError(f"plan: layer group {g} has a non-finite weight {row}")
+        if method.divides_by_weight_sum(params) and sum(row) == 0:
+            raise UserError(
+                f"plan: weights of layer group {g} sum to 0 ({row}); method {method.name} with "
+                "normalize divides by their sum"
+            )
+    wdtype = torch.float64 if pool.dtype == torch.float64 else torch.float32
+    weights = tuple(torch.tensor(row, dtype=wdtype, device=pool.device) for row in rows)
+    coeffs = []
+    if method.linear_form is not None:
+        for w in weights:
+            c, base_coeff = method.linear_form(w, params)
+            with_base = method.needs_base and base_coeff != 0.0
+            coeffs.append(
+                (torch.cat([c, c.new_tensor([base_coeff])]) if with_base else c, with_base)
+            )
+    return ResolvedPlan(plan, method, params, weights, tuple(coeffs))
+
+
+def effective_weights(plan: MergePlan) -> list[list[float]]:
+    """The coefficient of each checkpoint in each layer group as the method applies it.
+
+    ``result[i][g]``: normalized (÷ Σ w) when the method normalizes, times λ where the method
+    has one; for ``slerp`` the interpolation weights ``[1 − t, t]``. For TIES the normalization is
+    per entry over the agreeing signs; the value reported is its nominal ``λ·w_i / Σ w``.
+    """
+    method = get_method(plan.method)
+    params = method.resolve_params(plan.params)
+    per_group = [
+        method.coefficients([w[g] for w in plan.weights], params) for g in range(plan.n_groups)
+    ]
+    return [[per_group[g][i] for g in range(plan.n_groups)] for i in range(plan.n_checkpoints)]
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """Seed for tensor ``name``: independent of the order tensors are visited in."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def merge_tensor_into(
+    resolved: ResolvedPlan, pool: CheckpointPool, name: str, out: torch.Tensor
+) -> None:
+    """Write the merged tensor ``name`` into ``out`` (same shape, any float dtype, pool device)."""
+    method = resolved.method
+    group = pool.group_of(name, resolved.plan.n_groups)
+    stack = pool.stack(name)
+    if resolved.group_coeffs:
+        coeffs, with_base = resolved.group_coeffs[group]
+        pool.weighted_sum(out, stack, coeffs, pool.base_tensor(name) if with_base else None)
+        return
+    weights = resolved.group_weights[group]
+    base = pool.base_tensor(name) if method.needs_base else None
+    generator = None
+    if method.stochastic:
+        generator = torch.Generator(device=pool.device)
+        generator.manual_seed(tensor_seed(resolved.plan.seed, name))
+    out.copy_(method.merge(stack, base, weights, resolved.params, generator))
+
+
+def merged_tensors(
+    plan: MergePlan, pool: CheckpointPool, dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, merged tensor)`` one at a time, in ``dtype`` (default: the pool's)."""
+    resolved = resolve(plan, pool)
+    for name in pool.tensor_names:
+        out = torch.empty(pool.shapes[name], dtype=dtype or pool.dtype, device=pool.device)
+        merge_tensor_into(resolved, pool, name, out)
+        yield name, out
+
+
+def materialize(plan: MergePlan, pool: CheckpointPool, model: Any) -> None:
+    """Write the merge described by ``plan`` into ``model``'s parameters in place.
+
+    ``model`` is the resident model from :meth:`CheckpointPool.load_model` (or any module whose
+    state dict has the pool's tensor names, on the pool's device). Tied parameters (an
+    ``lm_head`` sharing the embedding) are written once through the name the checkpoints store.
+    """
+    resolved = resolve(plan, pool)
+    targets = _targets(pool, model)
+    with torch.no_grad():
+        for name in pool.tensor_names:
+            merge_tensor_into(resolved, pool, name, targets[name])
+
+
+def _targets(pool: CheckpointPool, model: Any) -> dict[str, torch.Tensor]:
+    """Map each pool tensor name to the model tensor it fills; check that all are covered."""
+    state = model.state_dict(keep_vars=True)
+    targets: dict[str, torch.Tensor] = {}
+    for name in pool.tensor_names:
+        target = _lookup(state, name)
+        if target is None:
+            raise UserError(f"model has no parameter for tensor {name} of {pool.reference_path}")
+        if tuple(target.shape) != pool.shapes[name]:
+            raise UserError(
+                f"model parameter {name} has shape {list(target.shape)}, "
+                f"{pool.reference_path} has {list(pool.shapes[name])}"
+            )
+        if target.device != pool.device and not (
+            target.device.type == pool.device.type == "cuda" and pool.device.index is None
+        ):
+            raise UserError(f"model is on {target.device} but the pool is on {pool.device}")
+        targets[name] = target.data
+    written = {t.untyped_storage().data_ptr() for t in targets.values()}
+    for key, tensor in state.items():
+        if (
+            isinstance(tensor, torch.nn.Parameter)
+            and tensor.is_floating_point()
+            and tensor.untyped_storage().data_ptr() not in written
+        ):
+            raise UserError(f"model parameter {key} is not in the checkpoints; cannot merge it")
+    return targets
+
+
+def _lookup(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
+    if name in state:
+        return state[name]
+    # A checkpoint of the bare backbone ("layers.0...") in a causal LM ("model.layers.0...").
+    for prefixed in (f"model.{name}", name.removeprefix("model.")):
+        if prefixed in state:
+            return state[prefixed]
+    return None

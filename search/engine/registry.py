@@ -1,0 +1,312 @@
+"""The merge-method registry: what each method is, declared as data (no torch import).
+
+A :class:`MergeMethod` declares everything the rest of the service needs to know about a
+method without touching a tensor: its parameters (names, kinds, ranges, defaults), whether it
+reads a base model, whether its result depends on the weights at all, how it reports the
+coefficient each checkpoint gets, and how mergekit spells it. The config, the search space, the
+mergekit YAML writer and the model card read these declarations; nothing outside this module
+branches on a method's name.
+
+The tensor math lives in :mod:`search.engine.methods` as pure functions; a declaration names
+its function (``kernel``) and the settings that make it this variant (``kernel_options``), and
+:attr:`MergeMethod.merge` imports it on first use. Variants (``ties``, ``dare_ties``,
+``breadcrumbs`` ...) are one function with different settings, as in mergekit.
+
+To add a method: write its tensor function in :mod:`search.engine.methods`, declare it below and
+add it to :data:`METHODS`; the contract tests in ``tests/search/engine/test_methods.py`` run over
+every entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from search.errors import UserError
+
+ParamValue = float | int | bool
+_KERNELS_MODULE = "search.engine.methods"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of a method: its type, valid range (inclusive) and default."""
+
+    name: str
+    kind: str  # "float" | "bool" | "int"
+    low: float | None = None
+    high: float | None = None
+    default: ParamValue = 0.0
+    doc: str = ""
+
+    def check(self, value: Any) -> ParamValue:
+        """The value converted to ``kind``; ``ValueError`` naming the range when it is outside."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{self.name}: expected true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{self.name}: expected a number, got {value!r}")
+        if self.kind == "int":
+            if float(value) != int(value):
+                raise ValueError(f"{self.name}: expected an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if not math.isfinite(value) or (
+            (self.low is not None and value < self.low)
+            or (self.high is not None and value > self.high)
+        ):
+            raise ValueError(
+                f"{self.name}: expected a value in [{self.low}, {self.high}], got {value}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class MergekitForm:
+    """How mergekit spells a method in its YAML.
+
+    Attributes:
+        name: mergekit's ``merge_method``.
+        defaults: parameters mergekit assumes when a YAML omits them and that differ from ours
+            (mergekit's ``density`` defaults to 1.0): read back as these values.
+        written: parameters always written out, with mergekit's own value for them (e.g.
+            ``normalize: false`` for task arithmetic, which mergekit would not normalize anyway).
+        endpoints: the method interpolates between its two checkpoints and mergekit names the
+            first (the ``t = 0`` end) as ``base_model`` while listing both under ``models``.
+        note: what a round trip through mergekit does not reproduce bit for bit (``None``:
+            it reproduces the merge exactly).
+    """
+
+    name: str
+    defaults: Mapping[str, ParamValue] = field(default_factory=dict)
+    written: Mapping[str, ParamValue] = field(default_factory=dict)
+    endpoints: bool = False
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A named merge method: its declaration and the tensor function that runs it.
+
+    Attributes:
+        name: registry key, the ``method`` of a :class:`~search.engine.plan.MergePlan`.
+        kernel: name of its tensor function in :mod:`search.engine.methods`.
+        kernel_options: keyword settings of that function that make this variant.
+        params: the parameters it reads from ``plan.params``; a search space is built from these.
+        needs_base: whether it reads the base model (task vectors are ``θ_i − θ_base``).
+        uses_weights: whether its result depends on the per-checkpoint weights (``slerp``'s
+            does not: ``t`` is its one coefficient), so a search space gives it weight
+            parameters.
+        coefficients: ``(weights of one layer group, params) -> the coefficient applied to each
+            checkpoint`` for reporting (normalized when the method normalizes); pure Python.
+        divides_by_weight_sum: whether, with ``params``, it divides by the plain sum of weights
+            (then a layer group whose weights sum to 0 is an error).
+        n_checkpoints: exact number of checkpoints it merges, ``None`` for any number.
+        linear_kernel: for methods whose result is ``Σ c_k θ_k + c_b θ_base``, the name of the
+            ``(weights[K], params) -> (coefficients[K], base coefficient)`` function in
+            :mod:`search.engine.methods`; materialize then runs one fused weighted sum.
+        stochastic: whether ``merge`` draws from its ``generator`` (DARE).
+        mergekit: how mergekit spells it; ``None`` when mergekit lacks the method.
+        doc: one line for the README and model card.
+    """
+
+    name: str
+    kernel: str
+    params: tuple[ParamSpec, ...]
+    needs_base: bool
+    coefficients: Callable[[Sequence[float], Mapping[str, ParamValue]], list[float]]
+    uses_weights: bool = True
+    kernel_options: Mapping[str, Any] = field(default_factory=dict)
+    divides_by_weight_sum: Callable[[Mapping[str, ParamValue]], bool] = lambda params: False
+    n_checkpoints: int | None = None
+    linear_kernel: str | None = None
+    stochastic: bool = False
+    mergekit: MergekitForm | None = None
+    doc: str = ""
+    param_names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
+
+    @property
+    def mergekit_name(self) -> str | None:
+        return self.mergekit.name if self.mergekit else None
+
+    @property
+    def merge(self) -> Callable[..., Any]:
+        """The tensor function with this variant's settings (imports torch on first use)."""
+        function = getattr(importlib.import_module(_KERNELS_MODULE), self.kernel)
+        return partial(function, **self.kernel_options) if self.kernel_options else function
+
+    @property
+    def linear_form(self) -> Callable[..., Any] | None:
+        """``(weights[K], params) -> (coefficients[K], base coefficient)`` for linear methods."""
+        if self.linear_kernel is None:
+            return None
+        return getattr(importlib.import_module(_KERNELS_MODULE), self.linear_kernel)
+
+    def resolve_params(
+        self, given: Mapping[str, Any] | Sequence[tuple[str, Any]]
+    ) -> dict[str, ParamValue]:
+        """All parameters with defaults filled in; ``UserError`` for unknown names or bad values."""
+        given = dict(given)
+        unknown = sorted(set(given) - self.param_names)
+        if unknown:
+            supported = ", ".join(p.name for p in self.params) or "none"
+            raise UserError(
+                f"method {self.name}: unknown parameter {', '.join(unknown)}; "
+                f"supported: {supported}"
+            )
+        resolved: dict[str, ParamValue] = {}
+        for spec in self.params:
+            try:
+                resolved[spec.name] = spec.check(given.get(spec.name, spec.default))
+            except ValueError as exc:
+                raise UserError(f"method {self.name}: parameter {exc}") from None
+        return resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting coefficients: what each checkpoint contributes, per layer group (plain floats)
+
+
+def _normalized(weights: Sequence[float]) -> list[float]:
+    total = sum(weights)
+    if total == 0:
+        raise UserError(f"weights {list(weights)} sum to 0; normalize divides by their sum")
+    return [w / total for w in weights]
+
+
+def _lambda_scaled(weights: Sequence[float], params: Mapping[str, ParamValue]) -> list[float]:
+    lam = float(params.get("lambda", 1.0))
+    base = _normalized(weights) if params.get("normalize", False) else list(weights)
+    return [lam * w for w in base]
+
+
+def _normalizes(params: Mapping[str, ParamValue]) -> bool:
+    return bool(params.get("normalize", False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarations
+
+_DENSITY = ParamSpec("density", "float", 0.01, 1.0, 0.5, "fraction of each task vector kept")
+_LAMBDA = ParamSpec("lambda", "float", 0.0, 2.0, 1.0, "scale of the merged task vector")
+_GAMMA = ParamSpec(
+    "gamma", "float", 0.0, 0.5, 0.01, "fraction of largest-magnitude entries dropped"
+)
+# mergekit's density defaults to 1.0 (keep everything); ours to 0.5.
+_MERGEKIT_DENSITY = {"density": 1.0}
+# task arithmetic, DARE and breadcrumbs never normalize here: say so to mergekit.
+_NOT_NORMALIZED = {"normalize": False}
+_DARE_NOTE = (
+    "mergekit draws its own random masks and rescales kept entries to the task vector's L1 "
+    "norm (here: by 1/density); the merge is reproduced in distribution only."
+)
+
+
+def _normalize_param(default: bool) -> ParamSpec:
+    return ParamSpec("normalize", "bool", None, None, default, "divide by the sum of weights")
+
+
+LINEAR = MergeMethod(
+    name="linear",
+    kernel="linear_merge",
+    params=(_normalize_param(True),),
+    needs_base=False,
+    coefficients=lambda w, p: _normalized(w) if p["normalize"] else list(w),
+    divides_by_weight_sum=_normalizes,
+    linear_kernel="linear_coefficients",
+    mergekit=MergekitForm("linear"),
+    doc="θ = Σ w_i θ_i (÷ Σ w_i when normalize)",
+)
+TASK_ARITHMETIC = MergeMethod(
+    name="task_arithmetic",
+    kernel="task_arithmetic_merge",
+    params=(_LAMBDA,),
+    needs_base=True,
+    coefficients=_lambda_scaled,
+    linear_kernel="task_arithmetic_coefficients",
+    mergekit=MergekitForm("task_arithmetic", written=_NOT_NORMALIZED),
+    doc="θ = θ_b + λ Σ w_i (θ_i − θ_b)",
+)
+TIES = MergeMethod(
+    name="ties",
+    kernel="task_vector_merge",
+    kernel_options={"sparsify": "magnitude", "elect_sign": True},
+    params=(_DENSITY, _LAMBDA, _normalize_param(True)),
+    needs_base=True,
+    coefficients=_lambda_scaled,
+    mergekit=MergekitForm("ties", defaults=_MERGEKIT_DENSITY),
+    doc="trim each task vector to its top density, elect signs, disjoint (weighted) mean",
+)
+DARE_LINEAR = MergeMethod(
+    name="dare_linear",
+    kernel="task_vector_merge",
+    kernel_options={"sparsify": "random", "elect_sign": False},
+    params=(_DENSITY, _LAMBDA),
+    needs_base=True,
+    coefficients=_lambda_scaled,
+    stochastic=True,
+    mergekit=MergekitForm(
+        "dare_linear", defaults=_MERGEKIT_DENSITY, written=_NOT_NORMALIZED, note=_DARE_NOTE
+    ),
+    doc="drop task-vector entries with probability 1 − density, rescale by 1/density, sum",
+)
+DARE_TIES = MergeMethod(
+    name="dare_ties",
+    kernel="task_vector_merge",
+    kernel_options={"sparsify": "random", "elect_sign": True},
+    params=(_DENSITY, _LAMBDA),
+    needs_base=True,
+    coefficients=_lambda_scaled,
+    stochastic=True,
+    mergekit=MergekitForm(
+        "dare_ties", defaults=_MERGEKIT_DENSITY, written=_NOT_NORMALIZED, note=_DARE_NOTE
+    ),
+    doc="DARE drop and rescale, then TIES sign election",
+)
+BREADCRUMBS = MergeMethod(
+    name="breadcrumbs",
+    kernel="task_vector_merge",
+    kernel_options={"sparsify": "band", "elect_sign": False},
+    params=(_DENSITY, _GAMMA, _LAMBDA),
+    needs_base=True,
+    coefficients=_lambda_scaled,
+    mergekit=MergekitForm("breadcrumbs", defaults=_MERGEKIT_DENSITY, written=_NOT_NORMALIZED),
+    doc="drop the largest gamma and the smallest entries of each task vector, keep density, sum",
+)
+SLERP = MergeMethod(
+    name="slerp",
+    kernel="slerp_merge",
+    params=(ParamSpec("t", "float", 0.0, 1.0, 0.5, "0 = first checkpoint, 1 = second"),),
+    needs_base=False,
+    uses_weights=False,
+    coefficients=lambda w, p: [1.0 - float(p["t"]), float(p["t"])],
+    n_checkpoints=2,
+    mergekit=MergekitForm(
+        "slerp",
+        endpoints=True,
+        note="mergekit 0.1.5 interpolates each output row separately; here each tensor is one "
+        "vector, so mergekit's result differs slightly.",
+    ),
+    doc="spherical interpolation between two checkpoints (linear when nearly parallel)",
+)
+
+METHODS: dict[str, MergeMethod] = {
+    m.name: m for m in (LINEAR, TASK_ARITHMETIC, TIES, DARE_LINEAR, DARE_TIES, BREADCRUMBS, SLERP)
+}
+
+
+def get_method(name: str) -> MergeMethod:
+    """The registered method ``name``; ``UserError`` listing the supported names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UserError(f"unknown merge method {name!r}; supported: {', '.join(METHODS)}") from None

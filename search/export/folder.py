@@ -1,0 +1,240 @@
+"""Export a merge as a Hugging Face folder, and the ``merge-search merge`` command.
+
+The folder holds the merged weights as safetensors (sharded with ``model.safetensors.index.json``
+above ``max_shard_size``), ``config.json``, ``generation_config.json``, the tokenizer files (from
+the base, else the first checkpoint), a ``README.md`` model card and, for methods mergekit also
+has, ``mergekit_config.yml``. Everything is written into a temporary folder beside the target and
+renamed into place at the end, so a failed export leaves nothing half-written; an existing target
+is replaced only with ``force``, and the old folder is removed only after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.errors import UserError
+from search.engine.plan import MergePlan
+from search.engine.pool import TOKENIZER_FILES, CheckpointPool
+
+DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+
+
+def export_merge(
+    plan: MergePlan,
+    pool: CheckpointPool,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    card_extra: Mapping[str, Any] | None = None,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    dtype: str | torch.dtype | None = None,
+) -> Path:
+    """Write the merge ``plan`` of ``pool`` as a loadable Hugging Face folder; returns its path.
+
+    Args:
+        plan: what to merge; checked against the pool first (``UserError``).
+        pool: the opened checkpoints.
+        out_dir: the folder to create; refused if it exists unless ``force``.
+        force: replace an existing ``out_dir`` (never one of the pool's input folders).
+        card_extra: extra model-card sections, title → content (text, or data shown as JSON).
+        max_shard_size: bytes per safetensors shard before splitting.
+        dtype: dtype of the written weights (default: the pool's).
+    """
+    from search.export.card import model_card
+    from search.engine.materialize import effective_weights, resolve
+    from search.export.mergekit_yaml import plan_to_yaml
+    from search.engine.pool import resolve_dtype
+
+    resolved = resolve(plan, pool)
+    out_dtype = resolve_dtype(dtype) if dtype is not None else pool.dtype
+    target = Path(out_dir).absolute()
+    inputs = {p.resolve() for p in (*pool.paths, pool.base_path) if p is not None}
+    if target.resolve() in inputs:
+        raise UserError(f"{target}: is one of the input checkpoints; choose another output folder")
+    if target.exists() and not force:
+        raise UserError(f"{target}: already exists; pass --force (force=True) to replace it")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: exists and is not a folder")
+    if max_shard_size <= 0:
+        raise UserError(
+            f"max_shard_size: expected a positive number of bytes, got {max_shard_size}"
+        )
+
+    dtype_name = str(out_dtype).removeprefix("torch.")
+    groups = _layer_filters(pool, plan.n_groups)
+    yaml_text = plan_to_yaml(plan, pool.paths, pool.base_path, dtype_name, groups)
+    card = model_card(
+        title=target.name,
+        plan=plan,
+        method=resolved.method,
+        params=resolved.params,
+        names=pool.names,
+        coefficients=effective_weights(plan),
+        base_name=pool.base_path.name if pool.base_path else None,
+        dtype=dtype_name,
+        mergekit_yaml=yaml_text,
+        extra=card_extra,
+    )
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write_weights(resolved, pool, tmp, out_dtype, max_shard_size)
+        _write_configs(pool, tmp, dtype_name)
+        tok = pool.tokenizer_path()
+        for name in TOKENIZER_FILES:
+            if tok is not None and (tok / name).is_file():
+                shutil.copy2(tok / name, tmp / name)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if yaml_text is not None:
+            (tmp / "mergekit_config.yml").write_text(yaml_text, encoding="utf-8")
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _write_weights(
+    resolved, pool: CheckpointPool, folder: Path, dtype: torch.dtype, max_shard: int
+) -> None:
+    from safetensors.torch import save_file
+
+    from search.engine.materialize import merge_tensor_into
+
+    size = torch.tensor([], dtype=dtype).element_size()
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name in pool.tensor_names:
+        n_bytes = size * _numel(pool.shapes[name])
+        if shards[-1] and used + n_bytes > max_shard:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += n_bytes
+    files = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    weight_map: dict[str, str] = {}
+    total = 0
+    with torch.no_grad():
+        for file, names in zip(files, shards, strict=True):
+            tensors = {}
+            for name in names:
+                out = torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
+                merge_tensor_into(resolved, pool, name, out)
+                tensors[name] = out.cpu()
+                weight_map[name] = file
+                total += out.numel() * size
+            save_file(tensors, str(folder / file), metadata={"format": "pt"})
+            del tensors
+    if len(files) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _write_configs(pool: CheckpointPool, folder: Path, dtype_name: str) -> None:
+    config = dict(pool.config)
+    config["dtype"] = dtype_name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = dtype_name
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for source in (pool.reference_path, pool.paths[0]):
+        if (source / "generation_config.json").is_file():
+            shutil.copy2(source / "generation_config.json", folder / "generation_config.json")
+            return
+    generation = {
+        k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
+    }
+    generation["_from_model_config"] = True
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an old ``target`` is moved aside first, deleted last."""
+    if not target.exists():
+        tmp.rename(target)
+        return
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _layer_filters(pool: CheckpointPool, n_groups: int) -> list[list[str]]:
+    """mergekit filters per layer group: block prefixes (``model.layers.3.``), embedding names."""
+    from search.engine.pool import _LAYER_RE
+
+    groups: list[list[str]] = [[] for _ in range(n_groups)]
+    for name in pool.tensor_names:
+        m = _LAYER_RE.search(name)
+        flt = name[: m.end()] if m else name
+        group = groups[pool.group_of(name, n_groups)]
+        if flt not in group:
+            group.append(flt)
+    return groups
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# A mergekit YAML, merged and exported
+
+
+def merge_from_yaml(
+    config: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    force: bool = False,
+) -> tuple[Path, MergePlan, CheckpointPool]:
+    """Merge what a mergekit YAML describes and export the folder (``merge-search merge``).
+
+    Reads the YAML (see :mod:`search.export.mergekit_yaml` for the keys), merges on ``device``
+    in ``dtype`` (default: the YAML's ``dtype``, else float32; accumulation is float32 either
+    way). Relative model paths in the YAML resolve against the current directory, as mergekit
+    does, not against the YAML's folder.
+
+    Returns:
+        ``(folder written, the plan, the opened pool)``.
+    """
+    from search.export.mergekit_yaml import read_config
+
+    request = read_config(config)
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists; pass --force to replace it")
+    pool = CheckpointPool.open(
+        request.checkpoints, request.base_model, device=device,
+        dtype=dtype or request.dtype or "float32",
+    )
+    block = {name: pool.group_of(name, max(pool.n_layers, 1)) for name in pool.tensor_names}
+    plan = request.plan(pool.tensor_names, block, pool.n_layers)
+    path = export_merge(
+        plan,
+        pool,
+        out,
+        force=force,
+        card_extra={"Source config": f"Merged from `{Path(config).name}` with `merge-search merge`."},
+    )
+    return path, plan, pool

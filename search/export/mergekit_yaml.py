@@ -1,0 +1,308 @@
+"""mergekit's YAML, both ways: write a plan as ``mergekit_config.yml``, read a config into a plan.
+
+The subset handled (mergekit 0.1.5 names)::
+
+    merge_method: ties            # or linear, task_arithmetic, dare_linear, dare_ties,
+                                  #    breadcrumbs, slerp
+    base_model: path/to/base      # task-vector methods; for slerp, the t = 0 end (listed in models)
+    models:
+      - model: path/to/a
+        parameters: {weight: 0.6, density: 0.5}   # weight per model; density/gamma equal for all
+    parameters: {normalize: true, lambda: 1.0, t: 0.5, density: 0.5, gamma: 0.01}
+    dtype: bfloat16
+
+A weight may also be mergekit's list of conditional values (``[{filter: layers.0., value: 0.6},
+..., {value: 0.2}]``, first match wins): that is how per-layer-group weights are written, and it
+is read back as long as the weight is constant within each transformer block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from search.errors import UserError
+from search.engine.registry import METHODS, MergeMethod
+from search.engine.plan import MergePlan
+
+class _Conditional(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: float
+    filter: str | None = None
+
+
+class _ModelParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float | list[_Conditional] | None = None
+    density: float | None = None
+    gamma: float | None = None
+
+
+class _ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    parameters: _ModelParameters | None = None
+
+
+class _Parameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    normalize: bool | None = None
+    lambda_: float | None = Field(default=None, alias="lambda")
+    t: float | None = None
+    density: float | None = None
+    gamma: float | None = None
+
+
+class MergekitConfig(BaseModel):
+    """The mergekit YAML keys ``merge-search merge`` reads (anything else is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+    merge_method: str
+    base_model: str | None = None
+    models: list[_ModelEntry] = Field(min_length=1)
+    parameters: _Parameters | None = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """A config read into what the merge needs: folders, method, weights and params."""
+
+    method: MergeMethod
+    checkpoints: tuple[Path, ...]
+    base_model: Path | None
+    weights: tuple[Any, ...]  # per checkpoint: float, or a list of _Conditional
+    params: dict[str, Any]
+    dtype: str | None
+
+    def plan(
+        self, tensor_names: Sequence[str], group_of_layer: Mapping[str, int], n_layers: int
+    ) -> MergePlan:
+        """The plan; conditional weights become one layer group per transformer block."""
+        if not any(isinstance(w, list) for w in self.weights):
+            return MergePlan.create(self.method.name, [float(w) for w in self.weights], self.params)
+        rows = [
+            _per_block(w, tensor_names, group_of_layer, n_layers, i)
+            for i, w in enumerate(self.weights)
+        ]
+        return MergePlan.create(self.method.name, rows, self.params)
+
+
+def read_config(path: str | Path) -> MergeRequest:
+    """Read and check a mergekit YAML.
+
+    Relative model paths resolve against the current directory (as in mergekit), not against
+    the YAML's folder.
+    """
+    import yaml
+
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{file}: not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{file}: not readable YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: expected a mapping with merge_method and models")
+    try:
+        config = MergekitConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{file}: {_one_line(exc)}") from None
+    return _request(file, config)
+
+
+def _request(file: Path, config: MergekitConfig) -> MergeRequest:
+    by_mergekit = {m.mergekit_name: m for m in METHODS.values() if m.mergekit_name}
+    method = by_mergekit.get(config.merge_method)
+    if method is None:
+        raise UserError(
+            f"{file}: merge_method {config.merge_method!r} is not supported; supported: "
+            f"{', '.join(by_mergekit)}"
+        )
+    entries = list(config.models)
+    base = Path(config.base_model).absolute() if config.base_model else None
+    if method.mergekit.endpoints:
+        if (
+            base is None
+            or len(entries) != 2
+            or base not in [Path(e.model).absolute() for e in entries]
+        ):
+            raise UserError(
+                f"{file}: {method.name} needs base_model (the t = 0 end) and exactly 2 models "
+                "including it"
+            )
+        entries.sort(key=lambda e: Path(e.model).absolute() != base)
+        base = None
+    elif method.needs_base:
+        if base is None:
+            raise UserError(f"{file}: merge_method {config.merge_method} needs base_model")
+        # mergekit lets the base appear among the models; it is not a task vector.
+        entries = [e for e in entries if Path(e.model).absolute() != base]
+        if not entries:
+            raise UserError(f"{file}: models: expected at least one model besides base_model")
+
+    given = (
+        config.parameters.model_dump(by_alias=True, exclude_none=True) if config.parameters else {}
+    )
+    for key in ("density", "gamma"):
+        per_model = {getattr(e.parameters, key) for e in entries if e.parameters} - {None}
+        if len(per_model) > 1:
+            raise UserError(
+                f"{file}: models[].parameters.{key} must be equal for all models, "
+                f"got {sorted(per_model)}"
+            )
+        if per_model:
+            given.setdefault(key, per_model.pop())
+    if given.get("normalize") is False and "normalize" not in method.param_names:
+        del given["normalize"]  # the method does not normalize anyway
+    unknown = sorted(set(given) - method.param_names)
+    if unknown:
+        supported = ", ".join(p.name for p in method.params) or "none"
+        raise UserError(
+            f"{file}: parameter {unknown[0]} is not used by {method.name}; supported: {supported}"
+        )
+    for key, value in method.mergekit.defaults.items():
+        given.setdefault(key, value)
+    try:
+        method.resolve_params(given)  # ranges checked now, before any file is opened
+    except UserError as exc:
+        raise UserError(f"{file}: {exc}") from None
+
+    weights: list[Any] = []
+    for i, entry in enumerate(entries):
+        weight = entry.parameters.weight if entry.parameters else None
+        if weight is None and method.uses_weights:
+            raise UserError(f"{file}: models[{i}].parameters.weight: required for {method.name}")
+        weights.append(1.0 if weight is None else weight)
+    return MergeRequest(
+        method=method,
+        checkpoints=tuple(Path(e.model).absolute() for e in entries),
+        base_model=base,
+        weights=tuple(weights),
+        params=given,
+        dtype=config.dtype,
+    )
+
+
+def _per_block(weight, tensor_names, group_of_layer, n_layers, index) -> list[float]:
+    """One weight per transformer block from a conditional list; error if it varies inside one."""
+    if not isinstance(weight, list):
+        return [float(weight)] * max(n_layers, 1)
+    values: dict[int, float] = {}
+    for name in tensor_names:
+        value = _first_match(weight, name)
+        if value is None:
+            raise UserError(f"models[{index}].parameters.weight: no entry matches tensor {name}")
+        group = group_of_layer[name]
+        if values.setdefault(group, value) != value:
+            raise UserError(
+                f"models[{index}].parameters.weight: differs within layer group {group} "
+                f"(tensor {name}); only per-block weights are supported"
+            )
+    return [values[g] for g in range(max(n_layers, 1))]
+
+
+def _first_match(conditions: Sequence[_Conditional], name: str) -> float | None:
+    for cond in conditions:
+        if cond.filter in (None, "*") or cond.filter in name:
+            return cond.value
+    return None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    # drop pydantic's union-branch tags ("float", "list[_Conditional]") from the location
+    tags = {"float", "int", "bool", "str"}
+    loc = [p for p in err["loc"] if isinstance(p, int) or (p not in tags and "[" not in p)]
+    where = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {where}; supported keys: {_supported_at(loc)}"
+    if "weight" in loc:
+        return (
+            f"{where}: expected a number or mergekit's list of {{filter, value}} entries "
+            "(gradient lists are not supported)"
+        )
+    return f"{where}: {err['msg']}"
+
+
+def _supported_at(loc: Sequence[Any]) -> str:
+    model: type[BaseModel] = MergekitConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        for candidate in (_ModelEntry, _ModelParameters, _Parameters, _Conditional):
+            if candidate.__name__ in str(annotation):
+                model = candidate
+                break
+    return ", ".join(f.alias or name for name, f in model.model_fields.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def plan_to_yaml(
+    plan: MergePlan,
+    checkpoints: Sequence[Path],
+    base_model: Path | None,
+    dtype: str,
+    layer_filters: Sequence[Sequence[str]] = (),
+) -> str | None:
+    """The plan in mergekit's YAML, or ``None`` when mergekit lacks the method.
+
+    Args:
+        layer_filters: for plans with layer groups, the mergekit filters of each group in
+            order (e.g. ``[["embed_tokens", "layers.0.", "layers.1."], ["layers.2.", ...]]``);
+            the last group is written as the unfiltered fallback (final norm, lm_head).
+    """
+    import yaml
+
+    method = METHODS[plan.method]
+    form = method.mergekit
+    if form is None:
+        return None
+    params = method.resolve_params(plan.params)
+    doc: dict[str, Any] = {"merge_method": form.name}
+    paths = [str(p) for p in checkpoints]
+    if form.endpoints:
+        doc["base_model"] = paths[0]
+        doc["models"] = [{"model": p} for p in paths]
+    else:
+        if method.needs_base and base_model is not None:
+            doc["base_model"] = str(base_model)
+        doc["models"] = []
+        for path, row in zip(paths, plan.weights, strict=True):
+            entry_params: dict[str, Any] = {"weight": _weight_setting(row, layer_filters)}
+            for key in ("density", "gamma"):
+                if key in params:
+                    entry_params[key] = params[key]
+            doc["models"].append({"model": path, "parameters": entry_params})
+    shared = {k: v for k, v in params.items() if k not in ("density", "gamma")}
+    shared.update(form.written)
+    if shared:
+        doc["parameters"] = shared
+    doc["dtype"] = dtype
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if form.note:
+        text = f"# note: {form.note}\n" + text
+    return text
+
+
+def _weight_setting(row: Sequence[float], layer_filters: Sequence[Sequence[str]]) -> Any:
+    if len(row) == 1 or len(set(row)) == 1:
+        return row[0]
+    if len(layer_filters) != len(row):
+        raise ValueError("layer_filters: expected one list of filters per layer group")
+    setting = [
+        {"filter": flt, "value": row[g]}
+        for g, filters in enumerate(layer_filters[:-1])
+        for flt in filters
+    ]
+    setting.append({"value": row[-1]})
+    return setting

@@ -1,0 +1,139 @@
+"""Choosing a trial of a study and exporting its merge with a model card of where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+from search.engine.plan import MergePlan
+from search.engine.pool import CheckpointPool
+from search.errors import UserError
+from search.export.folder import export_merge
+from search.report.pareto import best_point, parse_prefer, prefer_point
+from search.report.scores import cached_heldout
+from search.report.view import Row, StudyView, open_view
+
+
+def pick_row(
+    view: StudyView, *, trial: int | None = None, best: str | None = None,
+    knee: bool = False, prefer: str | None = None,
+) -> tuple[Row, str]:
+    """The chosen completed trial and a phrase saying how it was chosen (``UserError`` if none)."""
+    if trial is not None:
+        by_number = {r.number: r for r in view.rows}
+        if trial not in by_number:
+            view.require_completed()
+            raise UserError(
+                f"--trial {trial}: no completed trial with that number in study {view.cfg.name!r}; "
+                f"completed trials: {_ranges([r.number for r in view.rows])}"
+            )
+        return by_number[trial], f"trial {trial}"
+    if best is not None and best not in view.names:
+        raise UserError(f"--best {best}: unknown objective; objectives: {', '.join(view.names)}")
+    weights = None
+    if prefer is not None:
+        try:
+            weights = parse_prefer(prefer, view.names)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    view.require_completed()
+    if best is not None:
+        rows = view.distinct_feasible() or _no_feasible(view)
+        row = rows[best_point([r.values for r in rows], view.directions, view.names.index(best))]
+        return row, f"best on {best}"
+    front = view.front() or _no_feasible(view)
+    values = [r.values for r in front]
+    if knee:
+        return view.knee(front), "knee of the Pareto front"
+    if weights is not None:
+        row = front[prefer_point(values, view.directions, weights)]
+        return row, f"preferred by {prefer}"
+    raise UserError("export: give one of --trial N, --best OBJECTIVE, --knee, --prefer A=W,B=W")
+
+
+def _no_feasible(view: StudyView) -> list[Row]:
+    raise UserError(
+        f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the constraints"
+    )
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and n == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
+def model_card_extra(view: StudyView, row: Row, how: str, config: str | Path) -> dict[str, Any]:
+    """Sections added to the exported model card: scores, held-out scores, provenance."""
+    scores = dict(zip(view.names, row.values, strict=True))
+    scores.update(row.user_attrs.get("task_scores") or {})
+    extra: dict[str, Any] = {"Search scores": scores}
+    heldout = cached_heldout(view).get(row.plan_key)
+    if heldout:
+        extra["Held-out scores"] = {**heldout["objectives"], **heldout["tasks"]}
+    sampler = view.cfg.sampler
+    extra["Provenance"] = {
+        "study": view.cfg.name,
+        "storage": view.storage_url,
+        "trial": row.number,
+        "chosen as": how,
+        "plan key": row.plan_key,
+        "sampler": f"{sampler.name} (seed {sampler.seed}, options {sampler.options or {}})",
+        "config file": str(Path(config).resolve()),
+        "completed trials in the study": len(view.rows),
+        "made with": "merge-search export",
+    }
+    extra["Checkpoint fingerprints"] = view.study.user_attrs.get("fingerprint")
+    return extra
+
+
+def export_chosen(
+    config: str | Path,
+    out: str | Path,
+    *,
+    storage: str | None = None,
+    trial: int | None = None,
+    best: str | None = None,
+    knee: bool = False,
+    prefer: str | None = None,
+    force: bool = False,
+) -> tuple[Row, str, Path, StudyView]:
+    """Pick a trial of the study (see :func:`pick_row`) and export its merge to ``out``.
+
+    Returns:
+        ``(row, how it was chosen, the folder written, the study view)``.
+
+    Raises:
+        UserError: ``out`` exists without ``force``, no such trial, or the checkpoints changed
+            since the study scored them; all before anything is written.
+    """
+    from search.study.storage import check_fingerprint
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(
+            f"--out {out}: already exists; choose a new folder or pass --force to replace it"
+        )
+    view = open_view(config, storage)
+    row, how = pick_row(view, trial=trial, best=best, knee=knee, prefer=prefer)
+    if "plan" not in row.user_attrs:
+        raise UserError(
+            f"trial {row.number}: has no 'plan' user attr; it was not made by merge-search"
+        )
+    plan = MergePlan.from_dict(row.user_attrs["plan"])
+    cfg = view.cfg
+    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+    check_fingerprint(
+        view.study, pool.fingerprint(), config,
+        f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
+    )
+    path = export_merge(
+        plan, pool, out, force=force, card_extra=model_card_extra(view, row, how, config)
+    )
+    return row, how, path, view

@@ -1,0 +1,132 @@
+"""``merge-search pareto``'s report: one dict built from the study, drawn as a table or plot.
+
+:func:`build_report` builds one report dict from the study's trials: the front (feasible
+trials only, one row per distinct plan), its knee, held-out re-scores, the input checkpoints'
+and the uniform merge's scores, and the hypervolume history. The table, the ``--json`` output
+and the plots are all drawn from that dict; :func:`pareto` also stores the hypervolume history
+in optuna-dashboard and writes the plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from search.engine.plan import MergePlan
+from search.errors import UserError
+from search.report.pareto import dominates, hypervolume, hypervolume_history, reference_point
+from search.report.scores import find_baselines, heldout_configured, score_heldout
+from search.report.view import StudyView, open_view
+
+DASHBOARD_GRAPH_ID = "merge-search-hypervolume"
+
+
+def build_report(
+    view: StudyView, *, heldout: bool = True, runtime_factory: Callable[..., Any] | None = None
+) -> dict[str, Any]:
+    """Everything ``merge-search pareto`` shows, as JSON-able data."""
+    view.require_completed()
+    names, directions = view.names, view.directions
+    front = view.front()
+    if not front:
+        raise UserError(
+            f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the "
+            f"constraints; nothing to report"
+        )
+    knee = view.knee(front)
+    front.sort(key=lambda r: [-v if d == "maximize" else v for v, d in zip(r.values, directions)])
+    baselines = find_baselines(view, runtime_factory)
+
+    heldout_scores: dict[str, dict] = {}
+    heldout_note = None
+    if not heldout:
+        heldout_note = "skipped (--no-heldout)"
+    elif not heldout_configured(view.cfg):
+        heldout_note = "no held-out tasks in the config (eval.heldout)"
+    else:
+        plans = {r.plan_key: MergePlan.from_dict(r.user_attrs["plan"])
+                 for r in front if "plan" in r.user_attrs}
+        plans.update({b["plan_key"]: b["plan"] for b in baselines if b["plan"] is not None})
+        heldout_scores = score_heldout(view, plans, runtime_factory)
+
+    def held(key: str) -> dict[str, float] | None:
+        scores = heldout_scores.get(key)
+        return {n: float(scores["objectives"][n]) for n in names} if scores else None
+
+    front_rows = [{
+        "trial": r.number,
+        "values": dict(zip(names, r.values, strict=True)),
+        "heldout": held(r.plan_key),
+        "knee": r is knee,
+        "plan_key": r.plan_key,
+        "coefficients": r.user_attrs.get("coefficients"),
+        "params": r.user_attrs.get("params"),
+        "task_scores": r.user_attrs.get("task_scores"),
+    } for r in front]
+    for b in baselines:
+        b["heldout"] = held(b["plan_key"])
+        point = [b["values"][n] for n in names]
+        b["dominated_by"] = [r.number for r in front if dominates(r.values, point, directions)]
+        b["dominates"] = [r.number for r in front if dominates(point, r.values, directions)]
+        b["on_front"] = any(b["trial"] == r.number or b["plan_key"] == r.plan_key for r in front)
+        b.pop("plan")
+
+    distinct = view.distinct_feasible()
+    report: dict[str, Any] = {
+        "study": view.cfg.name,
+        "storage": view.storage_url,
+        "objectives": [{"name": n, "direction": d} for n, d in zip(names, directions, strict=True)],
+        "trial_counts": dict(view.counts),
+        "knee_trial": knee.number,
+        "front": front_rows,
+        "baselines": baselines,
+        "heldout_note": heldout_note,
+        "trials": [{"trial": r.number, "values": dict(zip(names, r.values, strict=True)),
+                    "feasible": r.feasible, "duplicate_of": r.user_attrs.get("duplicate_of")}
+                   for r in view.rows],
+        "hypervolume": None,
+    }
+    if len(names) > 1:
+        values = [r.values for r in distinct]
+        ref = reference_point(values, directions)
+        history = hypervolume_history(values, directions, ref)
+        report["hypervolume"] = {
+            "reference": dict(zip(names, (float(x) for x in ref), strict=True)),
+            "value": hypervolume([r.values for r in front], directions, ref),
+            "history": [{"trial": r.number, "hypervolume": h} for r, h in zip(distinct, history)],
+        }
+    return report
+
+
+def _save_to_dashboard(view: StudyView, report: Mapping[str, Any]) -> None:
+    """Store the hypervolume history as a plotly figure shown by optuna-dashboard."""
+    from optuna_dashboard import save_plotly_graph_object
+
+    from search.report.plots import hypervolume_figure
+
+    save_plotly_graph_object(view.study, hypervolume_figure(report), graph_object_id=DASHBOARD_GRAPH_ID)
+
+
+def pareto(
+    config: str | Path,
+    storage: str | None = None,
+    *,
+    heldout: bool = True,
+    plot: str | Path | None = None,
+    runtime_factory: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """The report of the study of ``config``; also shown in optuna-dashboard and drawn to ``plot``.
+
+    The plot path is checked before any work (``UserError``).
+    """
+    from search.report.plots import check_plot_path, write_plot
+
+    plot_path = check_plot_path(plot) if plot else None
+    view = open_view(config, storage)
+    report = build_report(view, heldout=heldout, runtime_factory=runtime_factory)
+    if report["hypervolume"]:
+        _save_to_dashboard(view, report)
+    if plot_path is not None:
+        write_plot(report, plot_path)
+    return report

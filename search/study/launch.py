@@ -1,0 +1,408 @@
+"""Launching a study: prepare it, run worker processes to the budget, summarize.
+
+:func:`launch` reads top to bottom:
+
+1. **prepare** (:func:`prepare`): the config is already validated; read the checkpoints'
+   safetensors headers, build the search space and the study's signature, open the storage once
+   (when the study can already exist) and, on resume, check that the checkpoints, the search
+   space and the scoring are unchanged;
+2. **run workers**: ``n_workers`` processes (``spawn``) each build ONE resident model and ONE
+   evaluator; the study is created only once the first worker is ready, so a bad task or model
+   leaves nothing behind; the launcher then shows a progress bar fed by the storage;
+3. **summary**: trials finished, reused and retried, and what to run next.
+
+:func:`join` is ``merge-search worker``: one worker in the foreground on an existing study
+(another shell or host, same config and storage URL). Workers report to the launcher with the
+named events below.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from search.engine.pool import CheckpointPool
+from search.errors import UserError
+from search.study.progress import progress_bar
+from search.study.samplers import build_sampler, check_options
+from search.study.space import SearchSpace
+from search.study.storage import (
+    check_resume,
+    create_or_resume,
+    finished,
+    load_study,
+    open_storage,
+    redact,
+    signature,
+    sqlite_path,
+    trial_counts,
+)
+from search.study.worker import Runtime, quiet_libraries, run_worker
+
+if TYPE_CHECKING:
+    from search.study.config import StudyConfig
+
+READY_TIMEOUT_S = 1800  # a worker loading a large model from a slow disk may take this long
+STOP_GRACE_S = 60  # after Ctrl-C, how long workers get to hand their trial back
+JOIN_SEED_OFFSET = 1000  # a joining worker's sampler seed index, apart from launch's 0..N-1
+
+
+# ------------------------------------------------------------------------------- worker events
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A worker has its model and evaluator and waits for the go."""
+
+    worker: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A worker stopped: ``user_error`` for bad input (one line), else a traceback."""
+
+    worker: int
+    message: str
+    user_error: bool
+
+
+@dataclass(frozen=True)
+class Done:
+    """A worker ran out of budget or time."""
+
+    worker: int
+    n_trials: int
+    stopped: str  # "budget" | "timeout"
+
+
+WorkerEvent = Ready | Failed | Done
+
+
+# ------------------------------------------------------------------------------------ prepare
+
+
+@dataclass
+class Prepared:
+    """Everything checked before a worker starts.
+
+    Attributes:
+        storage: the storage, opened once; ``None`` while the SQLite file does not exist yet
+            (it is created only once a worker is ready).
+        study: the existing study on resume, else ``None``.
+    """
+
+    cfg: StudyConfig
+    config_path: str | Path
+    pool: CheckpointPool
+    space: SearchSpace
+    signature: dict[str, Any]
+    storage: optuna.storages.RDBStorage | None
+    study: optuna.Study | None
+
+    def budget_spent(self) -> bool:
+        """The existing study already has its finished trials and none is running."""
+        if self.study is None:
+            return False
+        counts = trial_counts(self.study)
+        return finished(counts) >= self.cfg.budget.n_trials and not counts.get("running")
+
+
+def prepare(cfg: StudyConfig, config_path: str | Path) -> Prepared:
+    """Sampler options → checkpoint headers → space → signature → storage (opened once) →
+    resume checks."""
+    check_options(cfg.sampler, constrained=bool(cfg.constraints), where=config_path)
+    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+    space = SearchSpace.build(cfg, pool.names)
+    sig = signature(cfg, space, pool.fingerprint())
+    db = sqlite_path(cfg.storage)
+    storage = open_storage(cfg) if db is None or db.is_file() else None
+    study = None
+    if storage is not None and cfg.name in optuna.get_all_study_names(storage):
+        study = load_study(cfg, storage)
+        check_resume(study, cfg, sig, config_path)
+    return Prepared(cfg, config_path, pool, space, sig, storage, study)
+
+
+# ------------------------------------------------------------------------------------- launch
+
+
+def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> int:
+    """Create or resume the study and run ``n_workers`` worker processes to the budget.
+
+    Returns:
+        0 when the budget (or the timeout) was reached, 1 when workers failed before that.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.time()
+    prepared = prepare(cfg, config_path)
+    if prepared.budget_spent():
+        say(f"study {cfg.name!r} already has its {cfg.budget.n_trials} trials; "
+            "raise --n-trials to run more")
+        return 0
+    deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
+    threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n_workers)
+    say(f"starting {n_workers} worker(s): each loads the model and the evaluator once")
+    study = None
+    try:
+        with WorkerGroup(cfg, n_workers, threads, deadline) as group:
+            group.wait_first_ready()
+            storage = prepared.storage or open_storage(cfg, create=True)
+            study, created = create_or_resume(
+                cfg, storage, prepared.space, prepared.pool.fingerprint(), config_path
+            )
+            say(f"study {cfg.name!r} {'created' if created else 'resumed'} in "
+                f"{redact(cfg.storage)}: {n_workers} worker(s), budget {cfg.budget.n_trials} trials")
+            group.go()
+            with progress_bar(cfg, study) as progress:
+                while group.alive():
+                    for line in group.messages():
+                        progress.write(line)
+                    progress.refresh()
+                    time.sleep(1.0)
+                for line in group.messages():
+                    progress.write(line)
+                progress.refresh()
+    except KeyboardInterrupt:
+        if study is not None:
+            say(f"study {cfg.name!r}: stopped at {finished(trial_counts(study))}/"
+                f"{cfg.budget.n_trials} finished trials; run the same command to continue")
+        raise
+    return summary(cfg, study, group, config_path, time.time() - started)
+
+
+def summary(
+    cfg: StudyConfig, study: optuna.Study, group: WorkerGroup, config_path: str | Path,
+    seconds: float,
+) -> int:
+    """Print what the launch did; the exit status (a worker's bad input re-raised)."""
+    everything = study.get_trials(deepcopy=False)
+    done = finished(trial_counts(study))
+    dup = sum(1 for t in everything if "duplicate_of" in t.user_attrs)
+    retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
+    line = (
+        f"study {cfg.name!r}: {done}/{cfg.budget.n_trials} trials finished "
+        f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption) "
+        f"in {seconds:.0f} s"
+    )
+    if done >= cfg.budget.n_trials:
+        say(f"{line}; next: merge-search pareto {config_path}")
+        return 0
+    if group.timed_out:
+        say(f"{line}; stopped by budget.timeout_s; run the same command to continue")
+        return 0
+    if group.user_errors:
+        raise UserError(group.user_errors[0])
+    say(f"{line}; workers failed (see above); run the same command to continue")
+    return 1
+
+
+# --------------------------------------------------------------------------------------- join
+
+
+def join(cfg: StudyConfig, config_path: str | Path) -> int:
+    """One worker in the foreground on an existing study (``merge-search worker``)."""
+    started = time.time()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_options(cfg.sampler, constrained=bool(cfg.constraints), where=config_path)
+    storage = open_storage(cfg)
+    study = load_study(cfg, storage)
+    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+    check_resume(study, cfg, signature(cfg, SearchSpace.build(cfg, pool.names),
+                                       pool.fingerprint()), config_path)
+    quiet_libraries()
+    runtime = Runtime.create(cfg)
+    study.sampler = build_sampler(
+        cfg.sampler,
+        constrained=bool(cfg.constraints),
+        worker=JOIN_SEED_OFFSET + os.getpid() % 100_000,
+        salt=len(study.get_trials(deepcopy=False)),
+    )
+    deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
+    with progress_bar(cfg, study) as progress:
+        result = run_worker(
+            cfg, study, storage, runtime, n_trials=cfg.budget.n_trials, deadline=deadline,
+            on_trial=lambda _t: progress.refresh(),
+        )
+    say(f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored "
+        f"plan); stopped on {result.stopped}")
+    return 0
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------- worker processes
+
+
+class WorkerGroup:
+    """N spawned worker processes, the events they report, and a "go" event to them."""
+
+    def __init__(
+        self, cfg: StudyConfig, n_workers: int, threads: int, deadline: float | None
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._events: Any = ctx.Queue()
+        self._go = ctx.Event()
+        self._procs = [
+            ctx.Process(
+                target=_worker_main,
+                name=f"merge-search-worker-{i}",
+                daemon=False,
+                args=(cfg, i, threads, deadline, self._events, self._go),
+            )
+            for i in range(n_workers)
+        ]
+        self.user_errors: list[str] = []
+        self.timed_out = False
+        self._ready = 0
+        self._reported: set[int] = set()
+
+    def __enter__(self) -> WorkerGroup:  # noqa: PYI034
+        for p in self._procs:
+            p.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            for p in self._procs:
+                p.join()
+            return
+        self.stop()
+
+    def stop(self) -> None:
+        """Ask workers to hand their trial back (SIGTERM), then kill the ones that do not stop."""
+        for p in self._procs:
+            if p.is_alive():
+                p.terminate()
+        end = time.time() + STOP_GRACE_S
+        for p in self._procs:
+            p.join(max(0.0, end - time.time()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+    def wait_first_ready(self) -> None:
+        """Block until one worker has its model and evaluator; raise its error if all fail first."""
+        end = time.time() + READY_TIMEOUT_S
+        failures: list[str] = []
+        while self._ready == 0:
+            try:
+                event = self._events.get(timeout=1.0)
+            except queue.Empty:
+                if not self.alive() and self._events.empty():
+                    break
+                if time.time() > end:
+                    raise UserError(f"workers: none was ready after {READY_TIMEOUT_S} s") from None
+                continue
+            if isinstance(event, Ready):
+                self._ready += 1
+            elif isinstance(event, Failed):
+                if event.user_error:  # the same bad input stops every worker: report it now
+                    raise UserError(event.message)
+                failures.append(event.message)
+            if len(failures) == len(self._procs):
+                break
+        if self._ready == 0:
+            detail = failures[0] if failures else "exited before reporting (see above)"
+            raise RuntimeError(f"no worker could start: {detail}")
+
+    def go(self) -> None:
+        self._go.set()
+
+    def alive(self) -> bool:
+        return any(p.is_alive() for p in self._procs)
+
+    def messages(self) -> Iterator[str]:
+        """Lines to show for what workers reported since the last call."""
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(event, Failed) and event.user_error:
+                self.user_errors.append(event.message)
+                yield f"worker {event.worker}: error: {event.message}"
+            elif isinstance(event, Failed):
+                yield f"worker {event.worker} failed:\n{event.message.rstrip()}"
+            elif isinstance(event, Done) and event.stopped == "timeout":
+                self.timed_out = True
+        for index, p in enumerate(self._procs):
+            if p.exitcode is not None and p.exitcode < 0 and index not in self._reported:
+                self._reported.add(index)
+                yield (
+                    f"worker {index} was killed by signal {-p.exitcode}; "
+                    "its trial is retried once its heartbeat goes stale"
+                )
+
+
+def _worker_main(
+    cfg: StudyConfig, index: int, threads: int, deadline: float | None, events: Any, go: Any
+) -> None:
+    """Entry point of one spawned worker process.
+
+    Ctrl-C reaches the launcher only (SIGINT ignored here); the launcher stops workers with
+    SIGTERM, which unwinds the trial in progress: it is failed and queued again.
+    """
+    os.environ["TQDM_DISABLE"] = "1"  # before lm-eval / transformers import tqdm
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+    try:
+        code = _worker_body(cfg, index, threads, deadline, events, go)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _worker_body(
+    cfg: StudyConfig, index: int, threads: int, deadline: float | None, events: Any, go: Any
+) -> int:
+    quiet_libraries()
+    try:
+        runtime = Runtime.create(cfg, threads=threads)
+    except UserError as exc:
+        events.put(Failed(index, str(exc), user_error=True))
+        return 2
+    except Exception:  # noqa: BLE001 - reported to the launcher, which prints it
+        events.put(Failed(index, traceback.format_exc(), user_error=False))
+        return 1
+    events.put(Ready(index))
+    parent = os.getppid()
+    while not go.wait(1.0):
+        if os.getppid() != parent:  # the launcher is gone
+            return 1
+    try:
+        storage = open_storage(cfg)
+        study = load_study(cfg, storage)
+        study.sampler = build_sampler(
+            cfg.sampler,
+            constrained=bool(cfg.constraints),
+            worker=index,
+            salt=len(study.get_trials(deepcopy=False)),
+        )
+        result = run_worker(
+            cfg, study, storage, runtime, n_trials=cfg.budget.n_trials, deadline=deadline
+        )
+    except UserError as exc:
+        events.put(Failed(index, str(exc), user_error=True))
+        return 2
+    except Exception:  # noqa: BLE001
+        events.put(Failed(index, traceback.format_exc(), user_error=False))
+        return 1
+    events.put(Done(index, result.n_trials, result.stopped))
+    return 0
+
+
+def _raise_system_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)

@@ -1,0 +1,64 @@
+"""The launcher's progress bar: finished trials, the best value of each objective, running."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.study.config import StudyConfig
+
+
+class Progress:
+    """A tqdm bar of finished trials, with the best value of each objective so far."""
+
+    def __init__(self, cfg: StudyConfig, study: optuna.Study) -> None:
+        self.cfg = cfg
+        self.study = study
+        self.bar = tqdm(
+            total=cfg.budget.n_trials,
+            desc=cfg.name,
+            unit="trial",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=False,
+        )
+        self.refresh()
+
+    def refresh(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        complete = [t for t in done if t.state == TrialState.COMPLETE and t.values]
+        parts = []
+        for i, obj in enumerate(self.cfg.objectives):
+            vals = [t.values[i] for t in complete]
+            if vals:
+                best = max(vals) if obj.direction == "maximize" else min(vals)
+                parts.append(f"{obj.name}={best:.3g}")
+        parts.append(f"running={running}")
+        self.bar.n = min(len(done), self.cfg.budget.n_trials)
+        self.bar.set_postfix_str(" ".join(parts), refresh=False)
+        self.bar.refresh()
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@contextmanager
+def progress_bar(cfg: StudyConfig, study: optuna.Study) -> Iterator[Progress]:
+    progress = Progress(cfg, study)
+    try:
+        yield progress
+    finally:
+        progress.close()

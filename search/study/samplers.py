@@ -1,0 +1,204 @@
+"""Optuna samplers by name: a plain registry of what each one can do and how it is built.
+
+A study config names a sampler (``sampler.name``) and passes keyword options
+(``sampler.options``) straight to its Optuna class; ``seed`` is set from ``sampler.seed`` and,
+where the sampler handles constraints, ``constraints_func`` reads the values each trial
+stores in its ``constraints`` user attr (Optuna's convention: <= 0 is feasible).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.study.config import SamplerConfig
+
+CONSTRAINTS_ATTR = "constraints"  # the trial user attr the constraints function reads
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """One registered sampler.
+
+    Attributes:
+        name: registry name used in configs.
+        optuna_class: class name in ``optuna.samplers``.
+        multi_objective: handles several objectives (else refused when a study has several).
+        constraints: accepts ``constraints_func`` (else refused when the config has constraints).
+        shared_seed: every worker uses the same seed (the sampler coordinates through the
+            storage, e.g. QMC's shared sequence); otherwise each worker gets its own seed so
+            parallel workers do not propose the same points.
+        defaults: options set unless the config gives them (with a reason in a comment).
+        doc: one line for the README.
+    """
+
+    name: str
+    optuna_class: str
+    multi_objective: bool
+    constraints: bool
+    shared_seed: bool = False
+    defaults: Mapping[str, Any] | None = None
+    doc: str = ""
+
+    def optuna_type(self) -> type:
+        import optuna
+
+        return getattr(optuna.samplers, self.optuna_class)
+
+    def option_names(self) -> list[str]:
+        params = inspect.signature(self.optuna_type()).parameters
+        return [n for n in params if n not in _RESERVED]
+
+
+_RESERVED = ("seed", "constraints_func")
+
+SAMPLERS: dict[str, SamplerEntry] = {
+    "tpe": SamplerEntry(
+        "tpe",
+        "TPESampler",
+        multi_objective=True,
+        constraints=True,
+        doc="Tree-structured Parzen estimator; one or several objectives; a good default.",
+    ),
+    "nsga2": SamplerEntry(
+        "nsga2",
+        "NSGAIISampler",
+        multi_objective=True,
+        constraints=True,
+        doc="NSGA-II genetic algorithm for Pareto fronts; options.population_size ~ budget/5.",
+    ),
+    "nsga3": SamplerEntry(
+        "nsga3",
+        "NSGAIIISampler",
+        multi_objective=True,
+        constraints=True,
+        doc="NSGA-III, for three or more objectives.",
+    ),
+    "gp": SamplerEntry(
+        "gp",
+        "GPSampler",
+        multi_objective=True,
+        constraints=True,
+        # scores are deterministic for fixed weights (greedy decoding, fixed seeds)
+        defaults={"deterministic_objective": True},
+        doc="Gaussian-process Bayesian optimization; sample-efficient for small budgets.",
+    ),
+    "cmaes": SamplerEntry(
+        "cmaes",
+        "CmaEsSampler",
+        multi_objective=False,
+        constraints=False,
+        doc="CMA-ES (as in Khalifa et al.); one objective only.",
+    ),
+    "random": SamplerEntry(
+        "random",
+        "RandomSampler",
+        multi_objective=True,
+        constraints=False,
+        doc="Uniform random search; a baseline.",
+    ),
+    "qmc": SamplerEntry(
+        "qmc",
+        "QMCSampler",
+        multi_objective=True,
+        constraints=False,
+        shared_seed=True,
+        doc="Quasi-Monte Carlo (Sobol) space filling; a baseline.",
+    ),
+}
+
+
+def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
+    """Constraint values a worker stored on the trial (Optuna's convention: <= 0 is feasible)."""
+    return tuple(trial.user_attrs.get(CONSTRAINTS_ATTR, ()))
+
+
+def check_sampler(cfg: SamplerConfig, *, n_objectives: int, constrained: bool) -> None:
+    """Raise ``ValueError("sampler.<field>: ...")`` when the sampler cannot run this study."""
+    entry = SAMPLERS.get(cfg.name)
+    if entry is None:
+        raise ValueError(
+            f"sampler.name: unknown sampler {cfg.name!r}; expected one of: {', '.join(SAMPLERS)}"
+        )
+    if n_objectives > 1 and not entry.multi_objective:
+        multi = ", ".join(n for n, e in SAMPLERS.items() if e.multi_objective)
+        raise ValueError(
+            f"sampler.name: {cfg.name} optimizes one objective but the config has {n_objectives}; "
+            f"use one of: {multi}, or keep one objective"
+        )
+    if constrained and not entry.constraints:
+        able = ", ".join(n for n, e in SAMPLERS.items() if e.constraints)
+        raise ValueError(
+            f"sampler.name: {cfg.name} ignores constraints; "
+            f"use one of: {able}, or remove constraints"
+        )
+    known = entry.option_names()
+    for option in cfg.options:
+        if option in _RESERVED:
+            raise ValueError(
+                f"sampler.options.{option}: set by merge-search (use sampler.seed / constraints)"
+            )
+        if option not in known:
+            raise ValueError(
+                f"sampler.options.{option}: unknown option for {cfg.name}; "
+                f"expected one of: {', '.join(known)}"
+            )
+
+
+def check_options(cfg: SamplerConfig, *, constrained: bool, where: str | Path) -> None:
+    """Build the sampler once so Optuna checks the option values; ``UserError`` if it refuses.
+
+    Config validation checks the names only (it builds no sampler); ``launch`` and ``worker``
+    call this before anything else, so a bad value is still one line before any work.
+    """
+    try:
+        build_sampler(cfg, constrained=constrained)
+    except ImportError as exc:
+        raise UserError(
+            f"{where}: sampler.name: {cfg.name} needs the {exc.name or 'missing'} package: "
+            f"pip install {exc.name or ''}".rstrip()
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: sampler.options: {cfg.name} refused them: {exc}") from None
+
+
+def build_sampler(
+    cfg: SamplerConfig, *, constrained: bool, worker: int = 0, salt: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The configured Optuna sampler.
+
+    Args:
+        cfg: the config's sampler section.
+        constrained: the study has constraints (wires ``constraints_func``).
+        worker: index of the worker; with ``salt`` it varies the seed so that parallel workers
+            and resumed runs do not replay the same random stream (unless ``shared_seed``).
+        salt: e.g. the number of trials already in the study.
+    """
+    entry = SAMPLERS[cfg.name]
+    kwargs: dict[str, Any] = {**(entry.defaults or {}), **cfg.options}
+    kwargs["seed"] = _seed(cfg.seed, worker, salt, entry.shared_seed)
+    if constrained and entry.constraints:
+        kwargs["constraints_func"] = trial_constraints
+    with warnings.catch_warnings():
+        # constraints_func is deprecated in Optuna 5 in favour of Trial.set_constraint, but
+        # optuna-dashboard 0.21 shows feasibility only from the list it writes.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        return entry.optuna_type()(**kwargs)
+
+
+def _seed(seed: int | None, worker: int, salt: int, shared: bool) -> int | None:
+    if seed is None or shared or (worker == 0 and salt == 0):
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, salt]).generate_state(1)[0])

@@ -1,0 +1,373 @@
+"""Storage and study bookkeeping: open the RDB storage, create or resume a study, claim trials.
+
+A study lives in an Optuna RDB storage (SQLite for one host, PostgreSQL for several). Workers
+write a heartbeat while they run a trial; a trial whose heartbeat stops (the worker died) is
+failed by the next worker that looks and re-queued by ``RetryHeartbeatStaleTrialCallback``.
+
+The budget is exact: a worker claims a trial only under a lock held through the storage
+(a PostgreSQL advisory lock, or an ``flock`` on ``<sqlite file>.lock``) after counting the
+trials that are finished or running, so concurrent workers never start more than
+``budget.n_trials`` trials in all, and a resumed study continues its count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.study.config import StudyConfig, WorkersConfig
+    from search.study.space import SearchSpace
+
+# Study user attrs (the contract with search.report.view) and the resume signature.
+CONFIG_ATTR = "config"
+FINGERPRINT_ATTR = "fingerprint"
+SPACE_ATTR = "search_space"
+SCORING_ATTR = "scoring"
+
+
+# ------------------------------------------------------------------------------------ storage
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Hide Optuna's "experimental feature" warnings for the APIs this module relies on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        yield
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL (relative to the working directory)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///") :])
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: nothing to hide
+        return url
+
+
+def open_storage(
+    cfg: StudyConfig, url: str | None = None, *, create: bool = False
+) -> optuna.storages.RDBStorage:
+    """The study's RDB storage with heartbeats and retry of a dead worker's trial.
+
+    Args:
+        cfg: the study config (``workers`` section: heartbeat, grace period, retries).
+        url: overrides ``cfg.storage``.
+        create: allow creating a missing SQLite file (``launch`` only); otherwise a missing
+            file is a ``UserError`` and nothing is written.
+    """
+    return connect(url or cfg.storage, cfg.workers, create=create)
+
+
+def connect(
+    url: str, workers: WorkersConfig | None = None, *, create: bool = False
+) -> optuna.storages.RDBStorage:
+    """Open an Optuna RDB storage by its plain URL (``sqlite:///…``, ``postgresql://…``).
+
+    ``postgresql://`` is what every Optuna tool expects; SQLAlchemy maps it to psycopg 3, which
+    merge-search depends on. With ``workers`` the storage writes heartbeats and retries the
+    trial of a worker that died (at most ``workers.max_retry`` times); without, it is a plain
+    reader (the dashboard). A missing SQLite file is a ``UserError`` unless ``create``.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    db = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if db is not None:
+        if not db.is_file():
+            if not create:
+                raise UserError(
+                    f"storage: {db} does not exist; create the study with `merge-search launch`"
+                )
+            db.parent.mkdir(parents=True, exist_ok=True)
+        # several worker processes share the file: wait for its write lock instead of failing
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        with quiet_experimental():
+            liveness: dict[str, Any] = {}
+            if workers is not None:
+                liveness = {
+                    "heartbeat_interval": workers.heartbeat_s,
+                    "grace_period": workers.grace_s or 2 * workers.heartbeat_s,
+                    "heartbeat_stale_trial_callback": (
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(
+                            max_retry=workers.max_retry
+                        )
+                    ),
+                }
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"storage: cannot open {redact(url)}: {first}") from None
+
+
+def study_exists(cfg: StudyConfig, url: str | None = None) -> bool:
+    """Whether the storage holds a study of this name (a missing SQLite file is not created)."""
+    import optuna
+
+    url = url or cfg.storage
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():
+        return False
+    return cfg.name in optuna.get_all_study_names(open_storage(cfg, url))
+
+
+def load_study(
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
+    """The existing study named ``cfg.name`` (``UserError`` naming the storage if missing)."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+    except KeyError:
+        url = getattr(storage, "url", cfg.storage)
+        raise UserError(
+            f"study {cfg.name!r} not found in {redact(url)}; "
+            "create it with `merge-search launch CONFIG`"
+        ) from None
+
+
+# ------------------------------------------------------------------------- create or resume
+
+
+def signature(
+    cfg: StudyConfig, space: SearchSpace, fingerprint: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a resumed study must keep: the checkpoints, the search space, how trials are scored."""
+    scoring = {
+        "objectives": [o.model_dump(mode="json") for o in cfg.objectives],
+        "limit": cfg.eval.limit,
+        "num_fewshot": cfg.eval.num_fewshot,
+        "seed": cfg.eval.seed,
+    }
+    return {
+        FINGERPRINT_ATTR: dict(fingerprint),
+        SPACE_ATTR: space.describe(),
+        SCORING_ATTR: scoring,
+    }
+
+
+def check_resume(
+    study: optuna.Study, cfg: StudyConfig, sig: Mapping[str, Any], config_path: str | Path
+) -> None:
+    """Refuse to resume when the checkpoints, the search space or the scoring changed."""
+    attrs = study.user_attrs
+    fix = f"use a new study name, or restore the previous setting to resume study {cfg.name!r}"
+    check_fingerprint(study, sig[FINGERPRINT_ATTR], config_path, fix, required=True)
+    old_space, new_space = attrs.get(SPACE_ATTR), sig[SPACE_ATTR]
+    if old_space != new_space:
+        where = _first_difference(old_space, new_space)
+        raise UserError(f"{config_path}: merge: the search space changed ({where}); {fix}")
+    old_scoring, new_scoring = attrs.get(SCORING_ATTR), sig[SCORING_ATTR]
+    if old_scoring != new_scoring:
+        where = _first_difference(old_scoring, new_scoring)
+        raise UserError(
+            f"{config_path}: objectives/eval: how trials are scored changed ({where}); {fix}"
+        )
+
+
+def check_fingerprint(
+    study: optuna.Study,
+    fingerprint: Mapping[str, Any],
+    config_path: str | Path,
+    consequence: str,
+    *,
+    required: bool = False,
+) -> None:
+    """Refuse when the checkpoints' files differ from those the study recorded.
+
+    Args:
+        fingerprint: ``CheckpointPool.fingerprint()`` of the files as they are now.
+        consequence: what the user should know or do, appended to the one-line error.
+        required: a study that recorded no fingerprint is refused too (resume); otherwise it
+            passes (a study made by other tools).
+    """
+    old = study.user_attrs.get(FINGERPRINT_ATTR)
+    if old is None and not required:
+        return
+    new = json.loads(json.dumps(fingerprint))  # as the storage keeps it: lists, not tuples
+    if old != new:
+        where = _first_difference(old, new)
+        raise UserError(
+            f"{config_path}: checkpoints: the files changed since the study was created "
+            f"({where or 'fingerprint differs'}); {consequence}"
+        )
+
+
+def create_or_resume(
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    space: SearchSpace,
+    fingerprint: Mapping[str, Any],
+    config_path: str | Path,
+) -> tuple[optuna.Study, bool]:
+    """Create the study (with its seed trials) or resume it after the checks.
+
+    Returns:
+        ``(study, created)``.
+    """
+    import optuna
+
+    sig = signature(cfg, space, fingerprint)
+    try:
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = load_study(cfg, storage)
+        check_resume(study, cfg, sig, config_path)
+        study.set_user_attr(CONFIG_ATTR, cfg.to_json())  # the latest budget, sampler, ...
+        return study, False
+    for key, value in sig.items():
+        study.set_user_attr(key, value)
+    study.set_user_attr(CONFIG_ATTR, cfg.to_json())
+    with quiet_experimental():
+        study.set_metric_names(cfg.objective_names)
+    for label, params in space.seed_trials(cfg.seed_trials):
+        study.enqueue_trial(params, user_attrs={"seed_trial": label})
+    return study, True
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    """A short path to where two JSON-like values first differ, e.g. ``checkpoints[a].bytes``."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return _first_difference(
+                    old.get(key), new.get(key), f"{path}.{key}" if path else str(key)
+                )
+        return path
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                name = a.get("name") if isinstance(a, Mapping) else None
+                return _first_difference(a, b, f"{path}[{name or i}]")
+        return path
+    shown = f"{old!r} -> {new!r}"
+    return f"{path}: {shown}" if len(shown) <= 80 else path
+
+
+# ------------------------------------------------------------------------------------ claims
+
+
+@contextlib.contextmanager
+def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
+    """Mutual exclusion between workers of one study, held through the storage.
+
+    PostgreSQL: a transaction-level advisory lock keyed by the study name (released when the
+    transaction ends, also when the worker dies). SQLite (one host): ``flock`` on
+    ``<database>.lock`` beside the file (released by the kernel when the process dies).
+    """
+    db = sqlite_path(storage.url)
+    if db is not None:
+        import fcntl
+
+        with open(f"{db}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if storage.engine.dialect.name != "postgresql":
+        raise UserError(
+            f"storage: {storage.engine.dialect.name} is not supported; use SQLite or PostgreSQL"
+        )
+    import sqlalchemy
+
+    key = int.from_bytes(
+        hashlib.sha256(f"merge-search:{study_name}".encode()).digest()[:8], "big", signed=True
+    )
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        yield
+
+
+def claim_trial(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int
+) -> optuna.Trial | None:
+    """Start the next trial if fewer than ``n_trials`` are finished or running, else None.
+
+    Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
+    waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
+    a worker that dies right after the claim still leaves a trial that goes stale.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    with budget_lock(storage, study.study_name), quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+        taken = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        if len(taken) >= n_trials:
+            return None
+        # we run our own loop (exact budget, our heartbeat thread); Optuna assumes Study.optimize
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        return trial
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state name: ``complete``, ``running``, ``waiting``, ``fail``, ``pruned``."""
+    return count_states(study.get_trials(deepcopy=False))
+
+
+def count_states(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """``{state name: how many}`` of ``trials`` (lower-case names, as :func:`trial_counts`)."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def finished(counts: Mapping[str, int]) -> int:
+    """Trials that count toward the budget: complete or pruned."""
+    return counts.get("complete", 0) + counts.get("pruned", 0)
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds on a daemon thread while in use."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:  # noqa: PYI034
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._storage.record_heartbeat(self._trial_id)

@@ -1,0 +1,142 @@
+"""export_merge: loadable HF folder, same logits, sharding, card, mergekit YAML, safe replace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from search.errors import UserError
+from search.export.folder import export_merge
+from search.engine.materialize import materialize, merged_tensors
+from search.engine.registry import METHODS
+from search.engine.plan import MergePlan
+from search.engine.pool import CheckpointPool
+
+IDS = torch.tensor([[1, 4, 5, 6, 7, 8, 2]])
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_zoo):
+    return CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base)
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def test_export_reloads_with_the_same_logits_as_the_in_memory_merge(pool, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    plan = MergePlan.create("ties", [[0.6, 0.2], [0.3, 0.5], [0.4, 0.4]], {"density": 0.4}, seed=1)
+    out = export_merge(plan, pool, tmp_path / "merged", max_shard_size=60_000)
+    resident, _ = pool.load_model(tokenizer=False)
+    materialize(plan, pool, resident)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).logits, resident(IDS).logits)
+    # sharded with an index, every shard within the limit but for single oversized tensors
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and set(index["weight_map"].values()) == {s.name for s in shards}
+    assert set(index["weight_map"]) == set(pool.tensor_names)
+    assert index["metadata"]["total_size"] == pool.model_bytes()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok("abc")["input_ids"] == [4, 5, 6]
+    assert (out / "generation_config.json").is_file()
+    assert not list(tmp_path.glob(".merged*")), "temporary folder left behind"
+
+
+def test_small_export_is_one_file_in_the_requested_dtype(pool, tmp_path):
+    plan = MergePlan.create("linear", [1.0, 1.0, 2.0])
+    out = export_merge(plan, pool, tmp_path / "bf16", dtype="bfloat16")
+    assert [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"]
+    assert not (out / "model.safetensors.index.json").exists()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    written = _tensors(out)
+    expected = dict(merged_tensors(plan, pool))
+    for name, tensor in written.items():
+        assert tensor.dtype == torch.bfloat16
+        torch.testing.assert_close(tensor.float(), expected[name], rtol=2**-7, atol=1e-6)
+
+
+def test_model_card_lists_method_checkpoints_weights_and_extra_sections(pool, tmp_path):
+    plan = MergePlan.create("task_arithmetic", [0.7, 0.2, 0.1], {"lambda": 0.9}, seed=4)
+    extra = {"Scores": {"demo_code/exact_match": 0.42}, "Study": "trial 17 of study demo"}
+    out = export_merge(plan, pool, tmp_path / "card", card_extra=extra)
+    card = (out / "README.md").read_text()
+    assert "task_arithmetic" in card and "Base model: `base`" in card
+    for name, weight in zip(pool.names, (0.7, 0.2, 0.1), strict=True):
+        assert f"| `{name}` | {weight} |" in card
+    assert "| lambda | 0.9 |" in card and plan.key in card
+    assert "## Scores" in card and "demo_code/exact_match | 0.42" in card
+    assert "## Study" in card and "trial 17 of study demo" in card
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_mergekit_yaml_is_written_for_every_mergekit_method(pool, tiny_zoo, tmp_path, method):
+    n = METHODS[method].n_checkpoints or 3
+    sub = pool if n == 3 else CheckpointPool.open(tiny_zoo.checkpoints[:n])
+    plan = MergePlan.create(method, [0.5, 0.3, 0.2][:n])
+    out = export_merge(plan, sub, tmp_path / method)
+    doc = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert doc["merge_method"] == METHODS[method].mergekit_name
+    assert [m["model"] for m in doc["models"]] == [str(p) for p in sub.paths]
+    assert ("base_model" in doc) == (METHODS[method].needs_base or method == "slerp")
+
+
+@pytest.mark.parametrize(
+    ("method", "weights", "params"),
+    [
+        ("linear", [0.5, 0.3, 0.2], {"normalize": True}),
+        ("linear", [[0.9, 0.1], [0.05, 0.6], [0.05, 0.3]], {"normalize": False}),
+        ("task_arithmetic", [0.6, 0.5, 0.3], {"lambda": 0.8}),
+        (
+            "ties",
+            [[0.6, 0.2], [0.5, 0.5], [0.3, 0.7]],
+            {"density": 0.4, "lambda": 1.0, "normalize": True},
+        ),
+        ("breadcrumbs", [0.5, 0.4, 0.3], {"density": 0.6, "gamma": 0.05, "lambda": 0.9}),
+    ],
+    ids=["linear", "linear-groups", "task_arithmetic", "ties-groups", "breadcrumbs"],
+)
+def test_exported_yaml_reproduces_in_mergekit(
+    pool, tmp_path, mergekit_merge, method, weights, params
+):
+    plan = MergePlan.create(method, weights, params)
+    out = export_merge(plan, pool, tmp_path / "ours")
+    theirs = mergekit_merge((out / "mergekit_config.yml").read_text(), tmp_path / "mergekit")
+    ours = _tensors(out)
+    assert set(theirs) == set(ours)
+    for name, tensor in ours.items():
+        torch.testing.assert_close(theirs[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_existing_target_is_refused_unless_forced(pool, tmp_path):
+    plan = MergePlan.create("linear", [1.0, 1.0, 1.0])
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "mine.txt").write_text("user data")
+    with pytest.raises(UserError, match="already exists"):
+        export_merge(plan, pool, target)
+    assert (target / "mine.txt").read_text() == "user data"
+    export_merge(plan, pool, target, force=True)
+    assert not (target / "mine.txt").exists() and (target / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old folder left
+
+
+def test_export_never_overwrites_an_input_and_checks_the_plan_first(pool, tiny_zoo, tmp_path):
+    with pytest.raises(UserError, match="input checkpoints"):
+        export_merge(
+            MergePlan.create("linear", [1.0] * 3), pool, tiny_zoo.checkpoints[0], force=True
+        )
+    with pytest.raises(UserError, match="2 weight rows"):
+        export_merge(MergePlan.create("linear", [1.0] * 2), pool, tmp_path / "x")
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())

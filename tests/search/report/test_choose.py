@@ -1,0 +1,152 @@
+"""Choosing a trial (`--trial/--best/--knee/--prefer`) and `merge-search export`."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from search.cli import main
+from search.errors import UserError
+from search.report.choose import pick_row
+from search.report.view import view_of
+from report_fixtures import MAX2, make_config, make_trial, write_study_config
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ({"knee": True}, 1),
+        ({"best": "code"}, 2),
+        ({"best": "instruct"}, 0),  # trial 4 scores higher but is infeasible
+        ({"prefer": "instruct=1"}, 0),
+        ({"prefer": "instruct=0.2,code=0.8"}, 2),  # 0.2, 0.625, 0.8 normalized
+        ({"prefer": "instruct=0.5,code=0.5"}, 1),
+        ({"trial": 4}, 4),  # asking by number may pick an infeasible trial
+    ],
+)
+def test_pick_row(handmade, choice, expected):
+    row, how = pick_row(handmade, **choice)
+    assert row.number == expected
+    assert how
+
+
+@pytest.mark.parametrize(
+    ("choice", "words"),
+    [
+        ({"trial": 6}, "completed trials: 0-5"),
+        ({"trial": 99}, "completed trials: 0-5"),
+        ({"best": "math"}, "objectives: instruct, code"),
+        ({"prefer": "math=1"}, "instruct, code"),
+        ({"prefer": "instruct=-1"}, ">= 0"),
+    ],
+)
+def test_pick_row_errors_name_what_exists(handmade, choice, words):
+    with pytest.raises(UserError, match=words):
+        pick_row(handmade, **choice)
+
+
+def test_pick_row_without_completed_or_feasible_trials():
+    study = optuna.create_study(directions=MAX2)
+    study.set_metric_names(["instruct", "code"])
+    with pytest.raises(UserError, match="no completed trials"):
+        pick_row(view_of(make_config(), study, "sqlite:///x.db"), knee=True)
+    study.add_trial(make_trial([0.5, 0.5], "k", constraints=[1.0]))
+    view = view_of(make_config(), study, "sqlite:///x.db")
+    with pytest.raises(UserError, match="meets the constraints"):
+        pick_row(view, knee=True)
+    assert pick_row(view, trial=0)[0].number == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "trial", "how"),
+    [
+        (["--knee"], 3, "knee"),
+        (["--trial", "0"], 0, "trial 0"),
+        (["--best", "code"], 2, "best on code"),
+        (["--prefer", "instruct=1"], 1, "preferred by instruct=1"),
+    ],
+)
+def test_export_writes_a_loadable_model_with_scores_and_provenance(exportable, tmp_path, capsys, flags, trial, how):
+    config, study = exportable
+    out = tmp_path / "merged"
+    assert main(["export", str(config), *flags, "--out", str(out)]) == 0
+    assert f"exported trial {trial} ({how}" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    assert f"| trial | {trial} |" in card
+    assert f"| chosen as | {how}" in card
+    values = study.trials[trial].values
+    assert f"| instruct | {values[0]} |" in card and f"| code | {values[1]} |" in card
+    assert f"| plan key | `{study.trials[trial].user_attrs['plan_key']}` |" in card
+    assert "| study | exportable |" in card and "header_sha256" in card
+    if flags == ["--knee"]:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(out)
+        assert model.config.num_hidden_layers == 4
+
+
+def test_export_refuses_an_existing_folder_unless_forced(exportable, tmp_path, capsys):
+    config, _ = exportable
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert main(["export", str(config), "--knee", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("merge-search: error: --out") and "--force" in err and err.count("\n") == 1
+    assert (out / "keep.txt").read_text() == "user data"
+    assert main(["export", str(config), "--knee", "--out", str(out), "--force"]) == 0
+    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--trial", "7"], "--trial 7: no completed trial with that number in study 'exportable'; "
+                           "completed trials: 0-3"),
+        (["--best", "math"], "--best math: unknown objective; objectives: instruct, code"),
+        (["--prefer", "math=1"], "expected OBJECTIVE=WEIGHT with OBJECTIVE one of instruct, code"),
+    ],
+)
+def test_export_errors_are_one_line(exportable, tmp_path, capsys, flags, words):
+    config, _ = exportable
+    out = tmp_path / "never"
+    assert main(["export", str(config), *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_export_and_pareto_of_a_study_without_trials(tiny_zoo, tmp_path, capsys):
+    from search.study.config import load_config
+    from search.study.storage import open_storage
+
+    config = write_study_config(tmp_path, "empty", tiny_zoo)
+    assert main(["pareto", str(config)]) == 2  # no storage yet: nothing is created
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "studies.db").exists()
+    cfg = load_config(config)
+    optuna.create_study(study_name="empty", storage=open_storage(cfg, create=True), directions=["maximize"] * 2)
+    for command in (["pareto", str(config)], ["export", str(config), "--knee", "--out", str(tmp_path / "o")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "study 'empty'" in err and "no completed trials yet" in err and err.count("\n") == 1
+    assert main(["pareto", str(config), "--plot", str(tmp_path / "front.svg")]) == 2
+    assert "expected a file name ending in .png or .html" in capsys.readouterr().err
+    assert not (tmp_path / "front.svg").exists()
+
+
+def test_export_knee_after_launch(launched, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    assert main(["pareto", str(launched), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    out = tmp_path / "knee"
+    assert main(["export", str(launched), "--knee", "--out", str(out)]) == 0
+    assert f"exported trial {report['knee_trial']} (knee" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    assert f"| trial | {report['knee_trial']} |" in card and "## Held-out scores" in card
+    assert "c2_pick_heldout/acc" in card
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 4

@@ -1,0 +1,172 @@
+"""Studies for the report tests, shared through ``tests/search/report/conftest.py``.
+
+Two layers: a hand-built study (real Optuna trials with chosen values, no model) checks the
+choices exactly; a study launched for real on the tiny pool (real merges, real lm-eval) checks
+the commands end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search.cli import main
+from search.engine.plan import MergePlan
+from search.report.view import view_of
+
+MAX2 = [optuna.study.StudyDirection.MAXIMIZE] * 2
+
+
+# ------------------------------------------------------------------ a hand-built study, no model
+
+
+def make_config(**extra):
+    from search.study.config import StudyConfig
+
+    data = {
+        "name": "handmade",
+        "storage": "sqlite:///unused.db",
+        "checkpoints": ["pool/a", "pool/b"],
+        "objectives": [
+            {"name": "instruct", "tasks": [{"task": "demo_instruct"}]},
+            {"name": "code", "tasks": [{"task": "demo_code"}]},
+        ],
+        **extra,
+    }
+    return StudyConfig.model_validate(data)
+
+
+def make_trial(values, key, seed=None, constraints=None, state=optuna.trial.TrialState.COMPLETE):
+    plan = MergePlan.create("linear", [0.5, 0.5], {"normalize": True})
+    attrs = {"plan": plan.to_dict(), "plan_key": key, "coefficients": {"a": [0.5], "b": [0.5]}}
+    if seed:
+        attrs["seed_trial"] = seed
+    system = {"constraints": constraints} if constraints is not None else {}
+    return optuna.trial.create_trial(
+        state=state, values=values if state == optuna.trial.TrialState.COMPLETE else None,
+        user_attrs=attrs, system_attrs=system,
+    )
+
+
+@pytest.fixture()
+def handmade():
+    """t0..t5 completed (t4 infeasible, t5 a duplicate of t1's plan), t6 failed."""
+    study = optuna.create_study(directions=MAX2)
+    study.set_metric_names(["instruct", "code"])
+    study.set_user_attr("fingerprint", {"checkpoints": [{"name": "a"}, {"name": "b"}], "base": None})
+    for trial in [
+        make_trial([0.9, 0.1], "ka", seed="single:a"),
+        make_trial([0.6, 0.6], "kb"),
+        make_trial([0.1, 0.9], "kc", seed="single:b"),
+        make_trial([0.4, 0.4], "kd", seed="uniform"),
+        make_trial([1.0, 1.0], "ke", constraints=[0.5]),
+        make_trial([0.6, 0.6], "kb"),
+        make_trial(None, "kf", state=optuna.trial.TrialState.FAIL),
+    ]:
+        study.add_trial(trial)
+    return view_of(make_config(), study, "sqlite:///unused.db")
+
+
+# ------------------------------------------- a hand-built SQLite study over the tiny pool: export
+
+
+def write_study_config(folder: Path, name: str, zoo, **extra) -> Path:
+    data = {
+        "name": name,
+        "storage": f"sqlite:///{folder / 'studies.db'}",
+        "checkpoints": [str(p) for p in zoo.checkpoints],
+        "base_model": str(zoo.base),
+        "merge": {"method": "linear", "weights": {"low": 0.0, "high": 1.0, "normalize": True}},
+        "objectives": [
+            {"name": "instruct", "tasks": [{"task": "demo_instruct", "metric": "exact_match"}]},
+            {"name": "code", "tasks": [{"task": "demo_code", "metric": "exact_match"}]},
+        ],
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"n_trials": 4},
+        "seed_trials": ["uniform"],
+        "device": "cpu",
+        "dtype": "float32",
+        **extra,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exportable(tiny_zoo, tmp_path_factory):
+    """A study created by the study service with four real plans and chosen scores."""
+    from search.study.config import load_config
+    from search.engine.pool import CheckpointPool
+    from search.study.space import SearchSpace
+    from search.study.storage import create_or_resume, open_storage
+
+    folder = tmp_path_factory.mktemp("exportable")
+    path = write_study_config(folder, "exportable", tiny_zoo, seed_trials=[])
+    cfg = load_config(path)
+    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
+    space = SearchSpace.build(cfg, pool.names)
+    study, created = create_or_resume(cfg, open_storage(cfg, create=True), space, pool.fingerprint(), path)
+    assert created
+    for weights, values in [([1, 1, 1], [0.3, 0.3]), ([1, 0, 0], [0.8, 0.1]),
+                            ([0, 1, 1], [0.2, 0.7]), ([2, 1, 0], [0.6, 0.5])]:
+        plan = space.plan(dict(zip([r[0] for r in space.weight_params()], weights)))
+        study.add_trial(optuna.trial.create_trial(values=values, user_attrs={
+            "plan": plan.to_dict(), "plan_key": plan.key,
+            "coefficients": {n: [w / sum(weights)] for n, w in zip(pool.names, weights)},
+            "task_scores": {"demo_instruct/exact_match": values[0], "demo_code/exact_match": values[1]},
+        }))
+    return path, study
+
+
+
+
+PICK = [("ab+c=", ["abc", "cab", "bca"], 0), ("1+2=", ["3", "4", "5"], 0), ("dog:", ["god", "odg", "dgo"], 0),
+        ("x*y=", ["xy", "yx", "xx"], 1), ("red.", ["der", "erd", "red"], 2), ("9-4=", ["5", "6", "4"], 0)]
+PICK_HELDOUT = [("sun!", ["nus", "uns", "sun"], 0), ("(a)", ["a", "b", "c"], 0), ("go,", ["og", "go", "oo"], 1),
+                ("7/7=", ["1", "7", "0"], 0), ("b+a=", ["ab", "ba", "aa"], 1), ("cat.", ["tac", "act", "cta"], 0)]
+
+
+def write_choice_task(folder: Path, name: str, items) -> None:
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps({"q": q, "choices": c, "answer": a}) + "\n" for q, c, a in items))
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump({
+        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{q}}",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc"}],
+    }))
+
+
+@pytest.fixture(scope="module")
+def launched(tiny_zoo, tmp_path_factory):
+    """A study run by `merge-search launch`: accuracy on a choice task vs perplexity on a text."""
+    folder = tmp_path_factory.mktemp("launched")
+    tasks = folder / "tasks"
+    tasks.mkdir()
+    write_choice_task(tasks, "c2_pick", PICK)
+    write_choice_task(tasks, "c2_pick_heldout", PICK_HELDOUT)
+    (tasks / "text.txt").write_text("the cat sat on the mat.\nreverse: stone? enots\na=4;print(a)? 4\n")
+    config = write_study_config(
+        folder, "launched", tiny_zoo,
+        objectives=[
+            {"name": "pick", "tasks": [{"task": "c2_pick", "metric": "acc"}]},
+            {"name": "ppl", "direction": "minimize", "evaluator": "perplexity", "data": str(tasks / "text.txt")},
+        ],
+        tasks_path=str(tasks),
+        eval={"batch_size": 8, "heldout": {"c2_pick": "c2_pick_heldout"}},
+        budget={"n_trials": 5},
+        seed_trials=["uniform"],  # the inputs alone are scored by `pareto` itself
+    )
+    assert main(["launch", str(config)]) == 0
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,374 @@
+"""The study config: every bad field is one clear line, exit code 2, and nothing is written."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from search.cli import main
+from search.study.config import load_config
+from search.errors import UserError
+
+
+def good_config() -> dict[str, Any]:
+    return {
+        "name": "cfgtest",
+        "checkpoints": ["pool/a", "pool/b"],
+        "base_model": "pool/base",
+        "merge": {
+            "method": "ties",
+            "layer_groups": 2,
+            "weights": {"low": 0.0, "high": 1.0, "normalize": True},
+            "params": {"density": {"low": 0.2, "high": 0.9}, "lambda": 1.0},
+        },
+        "objectives": [
+            {"name": "instr", "tasks": [{"task": "demo_instruct", "metric": "exact_match"}]},
+            {"name": "code", "tasks": [{"task": "demo_code", "metric": "exact_match"}]},
+        ],
+        "constraints": [{"objective": "code", "min": 0.1}],
+        "tasks_path": "tasks",
+        "eval": {
+            "limit": 4,
+            "heldout": {"demo_instruct": "demo_instruct_h", "demo_code": "demo_code_h"},
+        },
+        "sampler": {"name": "nsga2", "seed": 0, "options": {"population_size": 8}},
+        "budget": {"n_trials": 10},
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the folders the config names (contents do not matter here)."""
+    for sub in ("pool/a", "pool/b", "pool/base", "tasks"):
+        (tmp_path / sub).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(workdir: Path, data: Any, name: str = "study.yaml") -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_good_config_loads_with_defaults(workdir: Path) -> None:
+    cfg = load_config(write(workdir, good_config()))
+    assert cfg.storage == "sqlite:///studies/cfgtest.db"
+    assert cfg.directions == ["maximize", "maximize"]
+    assert cfg.seed_trials == ("uniform", "singles")
+    assert cfg.merge.params["density"].low == 0.2
+    held = cfg.heldout_objectives()
+    assert [t.task for o in held for t in o.tasks] == ["demo_instruct_h", "demo_code_h"]
+    assert cfg.constraint_values({"instr": 0.5, "code": 0.3}) == pytest.approx([0.1 - 0.3])
+    assert cfg.eval_spec().limit == 4 and cfg.eval_spec().tasks_path == Path("tasks")
+
+
+def test_overrides_replace_budget_and_storage(workdir: Path) -> None:
+    cfg = load_config(write(workdir, good_config()), n_trials=3, storage="postgresql://u@h:5432/db")
+    assert cfg.budget.n_trials == 3 and cfg.storage == "postgresql://u@h:5432/db"
+
+
+Mutate = Callable[[dict], Any]
+
+BAD: list[tuple[str, Mutate, str]] = [
+    (
+        "unknown-top",
+        lambda d: d.update(nam="x"),
+        "nam: unknown field; expected one of: name, storage",
+    ),
+    ("name", lambda d: d.update(name="a b"), "name: expected letters, digits"),
+    ("name-missing", lambda d: d.pop("name"), "name: required field is missing"),
+    (
+        "checkpoints-empty",
+        lambda d: d.update(checkpoints=[]),
+        "checkpoints: expected at least 1 entry",
+    ),
+    ("checkpoints-str", lambda d: d.update(checkpoints="pool/a"), "checkpoints: expected a list"),
+    (
+        "checkpoint-missing",
+        lambda d: d["checkpoints"].append("pool/zz"),
+        "checkpoints[2]: folder pool/zz does not exist",
+    ),
+    (
+        "base-missing",
+        lambda d: d.update(base_model="nowhere"),
+        "base_model: folder nowhere does not exist",
+    ),
+    (
+        "tasks-path",
+        lambda d: d.update(tasks_path="no/tasks"),
+        "tasks_path: folder no/tasks does not exist",
+    ),
+    (
+        "method",
+        lambda d: d["merge"].update(method="soup"),
+        "merge.method: unknown method 'soup'; expected one of: linear,",
+    ),
+    (
+        "layer-groups",
+        lambda d: d["merge"].update(layer_groups=0),
+        "merge.layer_groups: Input should be greater than or equal to 1",
+    ),
+    (
+        "weights-order",
+        lambda d: d["merge"].update(weights={"low": 1, "high": 0}),
+        "merge.weights: expected low < high",
+    ),
+    (
+        "weights-field",
+        lambda d: d["merge"].update(weights={"lo": 0}),
+        "merge.weights.lo: unknown field; expected one of: low, high, normalize",
+    ),
+    (
+        "normalize-unsupported",
+        lambda d: d["merge"].update(method="task_arithmetic", params={}),
+        "merge.weights.normalize: method 'task_arithmetic' has no 'normalize' parameter",
+    ),
+    (
+        "param-unknown",
+        lambda d: d["merge"].update(params={"densty": 0.3}),
+        (
+            "merge.params.densty: method 'ties' has no parameter 'densty'; "
+            "expected one of: density, lambda"
+        ),
+    ),
+    (
+        "param-range-outside",
+        lambda d: d["merge"].update(params={"density": {"low": 0.0, "high": 2.0}}),
+        "merge.params.density: range [0.0, 2.0] must lie inside the method's range [0.01, 1.0]",
+    ),
+    (
+        "param-fixed-outside",
+        lambda d: d["merge"].update(params={"lambda": 5}),
+        "merge.params.lambda: expected a value in [0.0, 2.0]",
+    ),
+    (
+        "param-type",
+        lambda d: d["merge"].update(params={"density": "abc"}),
+        "merge.params.density: expected a number",
+    ),
+    (
+        "param-range-half",
+        lambda d: d["merge"].update(params={"density": {"low": 0.5}}),
+        "merge.params.density: high: required",
+    ),
+    (
+        "param-normalize",
+        lambda d: d["merge"].update(params={"normalize": False}),
+        "merge.params.normalize: set it as merge.weights.normalize",
+    ),
+    ("needs-base", lambda d: d.pop("base_model"), "base_model: method 'ties' needs a base model"),
+    (
+        "slerp-count",
+        lambda d: (
+            d["merge"].update(method="slerp", weights={}, params={"t": {"low": 0, "high": 1}}),
+            d.update(checkpoints=["pool/a", "pool/b", "pool/base"]),
+        ),
+        "checkpoints: method 'slerp' merges exactly 2 checkpoints (got 3)",
+    ),
+    (
+        "slerp-nothing",
+        lambda d: d["merge"].update(method="slerp", weights={}, params={}),
+        "merge.params: method 'slerp' ignores the weights; give a {low, high} range for one of: t",
+    ),
+    (
+        "objectives-empty",
+        lambda d: d.update(objectives=[]),
+        "objectives: expected at least 1 entry",
+    ),
+    (
+        "objective-dup",
+        lambda d: d["objectives"][1].update(name="instr"),
+        "objectives[1].name: 'instr' is used twice",
+    ),
+    (
+        "objective-direction",
+        lambda d: d["objectives"][0].update(direction="up"),
+        "objectives[0].direction: Input should be 'maximize' or 'minimize'",
+    ),
+    (
+        "objective-tasks",
+        lambda d: d["objectives"][0].update(tasks=[]),
+        "objectives[0]: objective 'instr': lm_eval objectives need",
+    ),
+    (
+        "task-field",
+        lambda d: d["objectives"][0]["tasks"][0].update(metrc="x"),
+        (
+            "objectives[0].tasks[0].metrc: unknown field; "
+            "expected one of: task, metric, weight, num_fewshot, limit"
+        ),
+    ),
+    (
+        "perplexity-file",
+        lambda d: (
+            d["objectives"][0].update(evaluator="perplexity", tasks=[], data="none.txt"),
+            d["eval"].update(heldout={}),
+        ),
+        "objectives[0].data: file none.txt does not exist",
+    ),
+    (
+        "constraint-objective",
+        lambda d: d.update(constraints=[{"objective": "nope", "min": 1}]),
+        "constraints[0].objective: unknown objective 'nope'; expected one of: instr, code",
+    ),
+    (
+        "constraint-bounds",
+        lambda d: d.update(constraints=[{"objective": "code"}]),
+        "constraints[0]: expected 'min', 'max' or both",
+    ),
+    (
+        "eval-limit",
+        lambda d: d["eval"].update(limit=0),
+        "eval.limit: Input should be greater than or equal to 1",
+    ),
+    (
+        "heldout-key",
+        lambda d: d["eval"]["heldout"].update(nope="x"),
+        "eval.heldout.nope: not a task of any objective",
+    ),
+    (
+        "heldout-partial",
+        lambda d: d["eval"]["heldout"].pop("demo_code"),
+        "eval.heldout: no held-out task for 'demo_code'",
+    ),
+    (
+        "sampler-name",
+        lambda d: d["sampler"].update(name="bayes"),
+        (
+            "sampler.name: unknown sampler 'bayes'; "
+            "expected one of: tpe, nsga2, nsga3, gp, cmaes, random, qmc"
+        ),
+    ),
+    (
+        "cmaes-multi",
+        lambda d: (d["sampler"].update(name="cmaes", options={}), d.update(constraints=[])),
+        "sampler.name: cmaes optimizes one objective but the config has 2",
+    ),
+    (
+        "sampler-option",
+        lambda d: d["sampler"].update(options={"popsize": 3}),
+        "sampler.options.popsize: unknown option for nsga2",
+    ),
+    (
+        "sampler-option-value",
+        lambda d: d["sampler"].update(options={"population_size": 1}),
+        "sampler.options: nsga2 refused them: `population_size` must be greater than or equal to 2",
+    ),
+    (
+        "sampler-seed-option",
+        lambda d: d["sampler"].update(options={"seed": 1}),
+        "sampler.options.seed: set by merge-search",
+    ),
+    (
+        "constraints-unsupported",
+        lambda d: d["sampler"].update(name="random", options={}),
+        "sampler.name: random ignores constraints",
+    ),
+    (
+        "n-trials",
+        lambda d: d["budget"].update(n_trials=0),
+        "budget.n_trials: Input should be greater than or equal to 1",
+    ),
+    (
+        "timeout",
+        lambda d: d["budget"].update(timeout_s=-1),
+        "budget.timeout_s: Input should be greater than 0",
+    ),
+    (
+        "heartbeat",
+        lambda d: d.update(workers={"heartbeat_s": 0}),
+        "workers.heartbeat_s: Input should be greater than or equal to 1",
+    ),
+    (
+        "threads",
+        lambda d: d.update(workers={"threads": 0}),
+        "workers.threads: Input should be greater than or equal to 1",
+    ),
+    (
+        "seed-trials",
+        lambda d: d.update(seed_trials=["best"]),
+        "seed_trials[0]: Input should be 'uniform' or 'singles'",
+    ),
+    (
+        "device",
+        lambda d: d.update(device="tpu"),
+        "device: expected auto, cpu, cuda or cuda:N (got 'tpu')",
+    ),
+    (
+        "dtype",
+        lambda d: d.update(dtype="int8"),
+        "dtype: Input should be 'float32', 'bfloat16' or 'float16'",
+    ),
+    (
+        "storage",
+        lambda d: d.update(storage="redis://localhost"),
+        "storage: expected sqlite:///FILE.db or postgresql://",
+    ),
+    (
+        "storage-memory",
+        lambda d: d.update(storage="sqlite:///:memory:"),
+        "storage: expected sqlite:///FILE.db",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [pytest.param(m, e, id=i) for i, m, e in BAD])
+def test_bad_field_is_one_line_exit_2_nothing_written(
+    workdir: Path, capsys: pytest.CaptureFixture[str], mutate: Mutate, expected: str
+) -> None:
+    data = copy.deepcopy(good_config())
+    mutate(data)
+    path = write(workdir, data)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+
+    assert main(["launch", str(path)]) == 2
+
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"merge-search: error: {path}: ")
+    assert expected in lines[0]
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: [unclosed\n", "not valid YAML: line 2"),
+        ("- just\n- a list\n", "expected a mapping of config fields"),
+    ],
+    ids=["yaml-syntax", "not-a-mapping"],
+)
+def test_bad_file_is_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = write(workdir, text)
+    assert main(["launch", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err
+    assert not (workdir / "studies").exists()
+
+
+def test_missing_file_and_bad_flags(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["launch", "nope.yaml"]) == 2
+    assert "nope.yaml: config file not found" in capsys.readouterr().err
+    path = write(workdir, good_config())
+    assert main(["launch", str(path), "--storage", "mysql://x"]) == 2
+    assert "storage: expected sqlite:///FILE.db" in capsys.readouterr().err
+    assert main(["launch", str(path), "--workers", "0"]) == 2
+    assert "--workers: expected at least 1" in capsys.readouterr().err
+    assert not (workdir / "studies").exists()
+
+
+def test_error_names_the_config_file(workdir: Path) -> None:
+    data = good_config()
+    data["merge"]["method"] = "nope"
+    path = write(workdir, data, "other.yml")
+    with pytest.raises(UserError, match=r"^.*other\.yml: merge\.method: unknown method 'nope'"):
+        load_config(path)
