@@ -3,7 +3,8 @@
     python bench/eval_overhead.py [--zoo studies/zoo] [--trials 12] [--limit 100] [--scores]
 
 Each trial draws linear-merge weights (Dirichlet, seeded), materializes the merge into the
-resident model (``search.engine.materialize``) and scores both demo search tasks with the evaluator a
+resident model (``search.engine.materialize``) and scores both demo search tasks with the
+evaluator a
 study uses (``evaluators.build_evaluator``). Forward time is measured with forward hooks on the
 model (every call of the model's ``forward``, prefill and decode steps alike). "Everything else"
 is the rest of the evaluation: lm-eval's request building, tokenization, batching and metric
@@ -73,13 +74,16 @@ def objectives(split: str = ""):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo", default=str(REPO / "studies" / "zoo"),
-                        help="demo pool folder (built if missing)")
-    parser.add_argument("--size", default="full", choices=["full", "tiny"],
-                        help="pool size (tiny: a smoke run)")
+    parser.add_argument(
+        "--zoo", default=str(REPO / "studies" / "zoo"), help="demo pool folder (built if missing)"
+    )
+    parser.add_argument(
+        "--size", default="full", choices=["full", "tiny"], help="pool size (tiny: a smoke run)"
+    )
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--limit", type=int, default=100,
-                        help="examples per task (the demo study's)")
+    parser.add_argument(
+        "--limit", type=int, default=100, help="examples per task (the demo study's)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo worker's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -127,17 +131,25 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = statistics.mean(r[3] for r in rows)
     trial_s = merge + evaluate
     other = evaluate - forward
-    print(f"\nper trial over {len(rows)} trials "
-          f"(limit {args.limit} x 2 tasks, batch {args.batch_size}):")
+    print(
+        f"\nper trial over {len(rows)} trials "
+        f"(limit {args.limit} x 2 tasks, batch {args.batch_size}):"
+    )
     print(f"  trial               {trial_s:7.3f} s  100.0 %")
     print(f"  merge               {merge:7.3f} s  {100 * merge / trial_s:5.1f} %")
-    print(f"  model forward       {forward:7.3f} s  {100 * forward / trial_s:5.1f} %  "
-          f"({clock.calls} calls)")
+    print(
+        f"  model forward       {forward:7.3f} s  {100 * forward / trial_s:5.1f} %  "
+        f"({clock.calls} calls)"
+    )
     print(f"  everything else     {other:7.3f} s  {100 * other / trial_s:5.1f} %")
-    print(f"    of it, HF generate loop outside forward {gen_loop:.3f} s "
-          f"({100 * gen_loop / trial_s:.1f} %),")
-    print(f"    lm-eval harness (requests, tokenization, metrics) {other - gen_loop:.3f} s "
-          f"({100 * (other - gen_loop) / trial_s:.1f} %)")
+    print(
+        f"    of it, HF generate loop outside forward {gen_loop:.3f} s "
+        f"({100 * gen_loop / trial_s:.1f} %),"
+    )
+    print(
+        f"    lm-eval harness (requests, tokenization, metrics) {other - gen_loop:.3f} s "
+        f"({100 * (other - gen_loop) / trial_s:.1f} %)"
+    )
     if args.scores:
         print_scores(pool, model, tokenizer, spec)
     return 0
@@ -157,10 +169,18 @@ def print_scores(pool, model, tokenizer, spec) -> None:
     weightings["uniform"] = [1.0] * len(names)
     picks = {
         "specialists": {"code_specialist": 1, "instruct_specialist": 1},
-        "specialists + mixed": {"code_specialist": 1, "instruct_specialist": 1,
-                                "mixed_code_heavy": 1, "mixed_instruct_heavy": 1},
-        "specialists x2 + mixed": {"code_specialist": 2, "instruct_specialist": 2,
-                                   "mixed_code_heavy": 1, "mixed_instruct_heavy": 1},
+        "specialists + mixed": {
+            "code_specialist": 1,
+            "instruct_specialist": 1,
+            "mixed_code_heavy": 1,
+            "mixed_instruct_heavy": 1,
+        },
+        "specialists x2 + mixed": {
+            "code_specialist": 2,
+            "instruct_specialist": 2,
+            "mixed_code_heavy": 1,
+            "mixed_instruct_heavy": 1,
+        },
         "all but weak/overtrained": {n: 1 for n in names if n not in ("weak", "code_overtrained")},
     }
     for label, chosen in picks.items():
@@ -178,13 +198,17 @@ def print_scores(pool, model, tokenizer, spec) -> None:
         print(f"{label:<30}{_row(s)}   {'':9}{_row(h)}")
     single = max(names, key=lambda n: means[n][0])
     merge = max((m for m in means if m not in names), key=lambda m: means[m][0])
-    print(f"\nbest single checkpoint on the search mean: {single} "
-          f"(search {means[single][0]:.3f}, held-out {means[single][1]:.3f}); best single on "
-          f"held-out: {max(means[n][1] for n in names):.3f}")
-    print(f"best merge above on the search mean: {merge} (search {means[merge][0]:.3f}, "
-          f"held-out {means[merge][1]:.3f}); ratio to the best single: "
-          f"search {means[merge][0] / means[single][0]:.3f}, held-out "
-          f"{means[merge][1] / max(means[n][1] for n in names):.3f}")
+    print(
+        f"\nbest single checkpoint on the search mean: {single} "
+        f"(search {means[single][0]:.3f}, held-out {means[single][1]:.3f}); best single on "
+        f"held-out: {max(means[n][1] for n in names):.3f}"
+    )
+    print(
+        f"best merge above on the search mean: {merge} (search {means[merge][0]:.3f}, "
+        f"held-out {means[merge][1]:.3f}); ratio to the best single: "
+        f"search {means[merge][0] / means[single][0]:.3f}, held-out "
+        f"{means[merge][1] / max(means[n][1] for n in names):.3f}"
+    )
 
 
 def _mean(scores: dict[str, float]) -> float:

@@ -5,7 +5,8 @@ On the demo pool (``--zoo``: an existing pool is used as it is, a missing one is
 it exists), every sampler in ``--samplers`` runs ``--trials`` trials for each of ``--seeds``
 seeds, each run a fresh study in its own SQLite file in a temp folder, driven by the study service
 (``search.study.storage.create_or_resume``, ``search.study.samplers.build_sampler``,
-``search.study.worker.run_worker``). One resident model and evaluator (``search.study.worker.Runtime``)
+``search.study.worker.run_worker``). One resident model and evaluator
+(``search.study.worker.Runtime``)
 score every run, so model loading is paid once.
 
 Reported per sampler (mean over seeds):
@@ -51,25 +52,42 @@ from search.report.pareto import dominates, hypervolume, pareto_front  # noqa: E
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/demo.yaml",
-                   help="study settings to use (objectives, merge, eval); its pool is replaced by --zoo")
+    p.add_argument(
+        "--config",
+        default="configs/demo.yaml",
+        help="study settings to use (objectives, merge, eval); its pool is replaced by --zoo",
+    )
     p.add_argument("--zoo", default="studies/zoo", help="demo pool folder (built when missing)")
-    p.add_argument("--zoo-size", default="full", choices=("full", "tiny"),
-                   help="tiny: a seconds-to-build pool for a smoke run (its scores mean nothing)")
+    p.add_argument(
+        "--zoo-size",
+        default="full",
+        choices=("full", "tiny"),
+        help="tiny: a seconds-to-build pool for a smoke run (its scores mean nothing)",
+    )
     p.add_argument("--samplers", default="nsga2,tpe,gp,random")
     p.add_argument("--trials", type=int, default=40, help="trials per run (the equal budget)")
     p.add_argument("--seeds", type=int, default=3, help="runs per sampler (seeds 0..N-1)")
-    p.add_argument("--population", type=int, default=None,
-                   help="NSGA-II population size (default: max(4, trials // 5))")
-    p.add_argument("--limit", type=int, default=None, help="override eval.limit (examples per task)")
-    p.add_argument("--grid-max", type=int, default=300, help="most merges in the reference grid (0: none)")
-    p.add_argument("--workdir", default=None, help="where the SQLite files go (default: a temp folder)")
+    p.add_argument(
+        "--population",
+        type=int,
+        default=None,
+        help="NSGA-II population size (default: max(4, trials // 5))",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="override eval.limit (examples per task)"
+    )
+    p.add_argument(
+        "--grid-max", type=int, default=300, help="most merges in the reference grid (0: none)"
+    )
+    p.add_argument(
+        "--workdir", default=None, help="where the SQLite files go (default: a temp folder)"
+    )
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)
 
 
 def simplex_grid(n: int, k: int) -> list[list[float]]:
-    """Every weight vector of ``n`` entries in ``{0, 1/k, ..., 1}`` summing to 1 (stars and bars)."""
+    """Every weight vector of ``n`` entries in ``{0, 1/k, ..., 1}`` summing to 1 (stars, bars)."""
     out = []
     for bars in combinations(range(k + n - 1), n - 1):
         edges = (-1, *bars, k + n - 1)
@@ -86,17 +104,34 @@ def grid_size(n: int, k: int) -> int:
 def grid_applies(space: Any) -> bool:
     """The grid covers the space: one normalized weight per checkpoint, nothing else searched."""
     fixed = dict(space.fixed)
-    return (space.uses_weights and space.n_groups == 1 and not space.searched
-            and fixed.get("normalize") is True and space.weight_low <= 0.0 and space.weight_high > 0.0)
+    return (
+        space.uses_weights
+        and space.n_groups == 1
+        and not space.searched
+        and fixed.get("normalize") is True
+        and space.weight_low <= 0.0
+        and space.weight_high > 0.0
+    )
 
 
 # Used when --config does not exist: the demo study's objectives (README, issue 4).
 DEFAULT_STUDY: dict[str, Any] = {
-    "merge": {"method": "linear", "layer_groups": 1, "weights": {"low": 0.0, "high": 1.0, "normalize": True}},
+    "merge": {
+        "method": "linear",
+        "layer_groups": 1,
+        "weights": {"low": 0.0, "high": 1.0, "normalize": True},
+    },
     "objectives": [
-        {"name": "instruction_following", "direction": "maximize",
-         "tasks": [{"task": "demo_instruct", "metric": "exact_match"}]},
-        {"name": "code", "direction": "maximize", "tasks": [{"task": "demo_code", "metric": "exact_match"}]},
+        {
+            "name": "instruction_following",
+            "direction": "maximize",
+            "tasks": [{"task": "demo_instruct", "metric": "exact_match"}],
+        },
+        {
+            "name": "code",
+            "direction": "maximize",
+            "tasks": [{"task": "demo_code", "metric": "exact_match"}],
+        },
     ],
     "eval": {"limit": 100, "batch_size": 32},
     "device": "auto",
@@ -105,7 +140,7 @@ DEFAULT_STUDY: dict[str, Any] = {
 
 
 def load_base(args: argparse.Namespace) -> dict[str, Any]:
-    """The study settings (from --config, else the demo's) over the pool of --zoo (built if missing)."""
+    """The study settings (--config, else the demo's) over the pool of --zoo (built if missing)."""
     from search.zoo.build import MANIFEST, ZooManifest, build_zoo
 
     found = Path(args.zoo) / MANIFEST
@@ -116,21 +151,32 @@ def load_base(args: argparse.Namespace) -> dict[str, Any]:
     print(f"pool {args.zoo}: zoo recipe key {manifest.key} ({manifest.size})", file=sys.stderr)
     config = Path(args.config)
     data = yaml.safe_load(config.read_text()) if config.is_file() else dict(DEFAULT_STUDY)
-    data.update(checkpoints=[str(p) for p in manifest.checkpoints], base_model=str(manifest.base),
-                tasks_path=str(manifest.tasks_path), seed_trials=[], constraints=[])
+    data.update(
+        checkpoints=[str(p) for p in manifest.checkpoints],
+        base_model=str(manifest.base),
+        tasks_path=str(manifest.tasks_path),
+        seed_trials=[],
+        constraints=[],
+    )
     if args.limit is not None:
         data["eval"] = {**(data.get("eval") or {}), "limit": args.limit}
     return data
 
 
-def run_config(base: dict[str, Any], workdir: Path, sampler: str, seed: int, args: argparse.Namespace) -> Path:
+def run_config(
+    base: dict[str, Any], workdir: Path, sampler: str, seed: int, args: argparse.Namespace
+) -> Path:
     options: dict[str, Any] = {}
     if sampler == "nsga2":
         options["population_size"] = args.population or max(4, args.trials // 5)
     name = f"bench-{sampler}-s{seed}"
-    data = {**base, "name": name, "storage": f"sqlite:///{workdir / name}.db",
-            "sampler": {"name": sampler, "seed": seed, "options": options},
-            "budget": {"n_trials": args.trials, "timeout_s": None}}
+    data = {
+        **base,
+        "name": name,
+        "storage": f"sqlite:///{workdir / name}.db",
+        "sampler": {"name": sampler, "seed": seed, "options": options},
+        "budget": {"n_trials": args.trials, "timeout_s": None},
+    }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -153,7 +199,9 @@ def run_study(config_path: Path, runtime: Any) -> tuple[list[list[float]], float
     study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), config_path)
     study.sampler = build_sampler(cfg.sampler, constrained=False)
     run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials)
-    values = [list(t.values) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values = [
+        list(t.values) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
     return values, time.perf_counter() - start
 
 
@@ -173,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     base = load_base(args)
-    tmp = tempfile.TemporaryDirectory(prefix="merge-search-bench-") if args.workdir is None else None
+    tmp = (
+        tempfile.TemporaryDirectory(prefix="merge-search-bench-") if args.workdir is None else None
+    )
     workdir = Path(args.workdir or tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -182,13 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runtime = Runtime.create(cfg)
     space = SearchSpace.build(cfg, runtime.pool.names)
-    print(f"pool: {len(space.names)} checkpoints ({', '.join(space.names)}); method {space.method}; "
-          f"objectives {', '.join(cfg.objective_names)}; eval.limit {cfg.eval.limit}; "
-          f"runtime ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    print(
+        f"pool: {len(space.names)} checkpoints ({', '.join(space.names)}); method {space.method}; "
+        f"objectives {', '.join(cfg.objective_names)}; eval.limit {cfg.eval.limit}; "
+        f"runtime ready in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
 
     # baselines: the inputs alone and the uniform average, as the study's seed trials define them
-    baselines = {label: score_values(runtime, cfg, space.plan(params))
-                 for label, params in space.seed_trials(["uniform", "singles"])}
+    baselines = {
+        label: score_values(runtime, cfg, space.plan(params))
+        for label, params in space.seed_trials(["uniform", "singles"])
+    }
 
     grid_values: list[list[float]] = []
     grid_k = 0
@@ -201,44 +257,74 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         points = simplex_grid(len(names), grid_k)
         for i, w in enumerate(points):
-            grid_values.append(score_values(runtime, cfg, space.plan(dict(zip(names, w)))))
+            plan = space.plan(dict(zip(names, w, strict=True)))
+            grid_values.append(score_values(runtime, cfg, plan))
             if (i + 1) % 25 == 0:
                 print(f"grid {i + 1}/{len(points)}", file=sys.stderr, flush=True)
-        print(f"grid k={grid_k}: {len(points)} merges in {time.perf_counter() - t1:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"grid k={grid_k}: {len(points)} merges in {time.perf_counter() - t1:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     runs: list[dict[str, Any]] = []
     for sampler in samplers:
         for seed in range(args.seeds):
             values, seconds = run_study(run_config(base, workdir, sampler, seed, args), runtime)
             runs.append({"sampler": sampler, "seed": seed, "values": values, "seconds": seconds})
-            print(f"{sampler} seed {seed}: {len(values)} trials in {seconds:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"{sampler} seed {seed}: {len(values)} trials in {seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     everything = grid_values + [v for r in runs for v in r["values"]] + list(baselines.values())
     signs = [1.0 if d == "maximize" else -1.0 for d in directions]
-    ref = [max(v[i] for v in everything) if s < 0 else min(v[i] for v in everything)
-           for i, s in enumerate(signs)]
+    ref = [
+        max(v[i] for v in everything) if s < 0 else min(v[i] for v in everything)
+        for i, s in enumerate(signs)
+    ]
     pool_points = grid_values + [v for r in runs for v in r["values"]]
     reference_front = [pool_points[i] for i in pareto_front(pool_points, directions)]
     hv_ref = hypervolume(reference_front, directions, ref)
 
     best_baseline = max(mean_obj(v, directions) for v in baselines.values())
     for r in runs:
-        front = [list(v) for v in dict.fromkeys(tuple(r["values"][i]) for i in pareto_front(r["values"], directions))]
+        front = [
+            list(v)
+            for v in dict.fromkeys(
+                tuple(r["values"][i]) for i in pareto_front(r["values"], directions)
+            )
+        ]
         r["front"] = front
         r["hv_ratio"] = hypervolume(front, directions, ref) / hv_ref if hv_ref > 0 else float("nan")
         r["best_mean"] = max(mean_obj(v, directions) for v in front)
         r["beats_on_mean"] = r["best_mean"] > best_baseline
-        r["dominates_all"] = all(any(dominates(f, b, directions) for f in front) for b in baselines.values())
+        r["dominates_all"] = all(
+            any(dominates(f, b, directions) for f in front) for b in baselines.values()
+        )
 
-    print_table(args, cfg, baselines, grid_k, len(grid_values), reference_front, ref, hv_ref, runs, samplers)
+    print_table(
+        args, cfg, baselines, grid_k, len(grid_values), reference_front, ref, hv_ref, runs, samplers
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "args": vars(args), "objectives": cfg.objective_names, "directions": directions,
-            "baselines": baselines, "grid_k": grid_k, "grid_values": grid_values,
-            "reference_point": ref, "reference_front": reference_front, "reference_hv": hv_ref,
-            "runs": runs,
-        }, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "objectives": cfg.objective_names,
+                    "directions": directions,
+                    "baselines": baselines,
+                    "grid_k": grid_k,
+                    "grid_values": grid_values,
+                    "reference_point": ref,
+                    "reference_front": reference_front,
+                    "reference_hv": hv_ref,
+                    "runs": runs,
+                },
+                indent=1,
+            )
+        )
     if tmp is not None:
         tmp.cleanup()
     return 0
@@ -246,35 +332,58 @@ def main(argv: list[str] | None = None) -> int:
 
 def mean_obj(values: list[float], directions: list[str]) -> float:
     """Mean of the objectives, minimized ones negated (higher is better)."""
-    return statistics.fmean(x if d == "maximize" else -x for x, d in zip(values, directions))
+    return statistics.fmean(
+        x if d == "maximize" else -x for x, d in zip(values, directions, strict=True)
+    )
 
 
-def print_table(args, cfg, baselines, grid_k, n_grid, reference_front, ref, hv_ref, runs, samplers) -> None:
+def print_table(
+    args, cfg, baselines, grid_k, n_grid, reference_front, ref, hv_ref, runs, samplers
+) -> None:
     names = cfg.objective_names
-    print(f"\nsearch quality: {args.trials} trials per run, {args.seeds} seed(s) per sampler, "
-          f"eval.limit {cfg.eval.limit}")
-    source = (f"grid k={grid_k} ({n_grid} merges) + all runs" if grid_k else "union of all runs")
-    print(f"reference front: {len(reference_front)} points from {source}; reference point "
-          + ", ".join(f"{n}={v:.3f}" for n, v in zip(names, ref)) + f"; reference HV {hv_ref:.4f}")
-    print("baselines (mean of objectives): " + ", ".join(
-        f"{label} {mean_obj(v, cfg.directions):.3f}" for label, v in baselines.items()))
-    head = ["sampler", "HV ratio (mean)", "min..max", "front size", "best mean obj.",
-            "beats on mean", "dominates all", "s/run"]
+    print(
+        f"\nsearch quality: {args.trials} trials per run, {args.seeds} seed(s) per sampler, "
+        f"eval.limit {cfg.eval.limit}"
+    )
+    source = f"grid k={grid_k} ({n_grid} merges) + all runs" if grid_k else "union of all runs"
+    print(
+        f"reference front: {len(reference_front)} points from {source}; reference point "
+        + ", ".join(f"{n}={v:.3f}" for n, v in zip(names, ref, strict=False))
+        + f"; reference HV {hv_ref:.4f}"
+    )
+    print(
+        "baselines (mean of objectives): "
+        + ", ".join(f"{label} {mean_obj(v, cfg.directions):.3f}" for label, v in baselines.items())
+    )
+    head = [
+        "sampler",
+        "HV ratio (mean)",
+        "min..max",
+        "front size",
+        "best mean obj.",
+        "beats on mean",
+        "dominates all",
+        "s/run",
+    ]
     rows = [head]
     for s in samplers:
         rs = [r for r in runs if r["sampler"] == s]
         hv = [r["hv_ratio"] for r in rs]
-        rows.append([
-            s, f"{statistics.fmean(hv):.3f}", f"{min(hv):.3f}..{max(hv):.3f}",
-            f"{statistics.fmean(len(r['front']) for r in rs):.1f}",
-            f"{statistics.fmean(r['best_mean'] for r in rs):.3f}",
-            f"{sum(r['beats_on_mean'] for r in rs)}/{len(rs)}",
-            f"{sum(r['dominates_all'] for r in rs)}/{len(rs)}",
-            f"{statistics.fmean(r['seconds'] for r in rs):.0f}",
-        ])
+        rows.append(
+            [
+                s,
+                f"{statistics.fmean(hv):.3f}",
+                f"{min(hv):.3f}..{max(hv):.3f}",
+                f"{statistics.fmean(len(r['front']) for r in rs):.1f}",
+                f"{statistics.fmean(r['best_mean'] for r in rs):.3f}",
+                f"{sum(r['beats_on_mean'] for r in rs)}/{len(rs)}",
+                f"{sum(r['dominates_all'] for r in rs)}/{len(rs)}",
+                f"{statistics.fmean(r['seconds'] for r in rs):.0f}",
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))
 
 
 if __name__ == "__main__":

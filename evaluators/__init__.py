@@ -6,11 +6,10 @@ Dependencies: lm-eval, transformers, torch; within merge-search only the foundat
 
 from __future__ import annotations
 
-from search import _offline as _offline  # noqa: F401  (sets HF offline variables first)
-
 from evaluators.base import Evaluator, Scores
 from evaluators.builder import EVALUATORS, CompositeEvaluator, build_evaluator
 from evaluators.spec import EvalSpec, ObjectiveSpec, TaskRef
+from search import _offline as _offline  # noqa: F401  (sets HF offline variables first)
 
 __all__ = [
     "EVALUATORS",

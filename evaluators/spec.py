@@ -41,9 +41,14 @@ class ObjectiveSpec(_Strict):
     @model_validator(mode="after")
     def _check_kind(self) -> ObjectiveSpec:
         if self.evaluator == "lm_eval" and not self.tasks:
-            raise ValueError(f"objective {self.name!r}: lm_eval objectives need a non-empty 'tasks' list")
+            raise ValueError(
+                f"objective {self.name!r}: lm_eval objectives need a non-empty 'tasks' list"
+            )
         if self.evaluator == "perplexity" and self.data is None:
-            raise ValueError(f"objective {self.name!r}: perplexity objectives need 'data' (a .txt or .jsonl file)")
+            raise ValueError(
+                f"objective {self.name!r}: perplexity objectives need 'data' "
+                "(a .txt or .jsonl file)"
+            )
         return self
 
 

@@ -13,8 +13,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     pick.add_argument("--trial", type=int, help="trial number")
     pick.add_argument("--best", metavar="OBJECTIVE", help="best trial on one objective")
     pick.add_argument("--knee", action="store_true", help="knee point of the Pareto front")
-    pick.add_argument("--prefer", metavar="A=0.7,B=0.3",
-                      help="best trial by a weighted sum of normalized objectives")
+    pick.add_argument(
+        "--prefer",
+        metavar="A=0.7,B=0.3",
+        help="best trial by a weighted sum of normalized objectives",
+    )
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--storage", default=None)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
@@ -25,8 +28,14 @@ def run(args: argparse.Namespace) -> int:
     from search.report.choose import export_chosen
 
     row, how, path, view = export_chosen(
-        args.config, args.out, storage=args.storage, trial=args.trial, best=args.best,
-        knee=args.knee, prefer=args.prefer, force=args.force,
+        args.config,
+        args.out,
+        storage=args.storage,
+        trial=args.trial,
+        best=args.best,
+        knee=args.knee,
+        prefer=args.prefer,
+        force=args.force,
     )
     values = ", ".join(f"{n}={v:.4f}" for n, v in zip(view.names, row.values, strict=True))
     print(f"exported trial {row.number} ({how}; {values}) to {path}")

@@ -8,11 +8,16 @@ import argparse
 def add(sub: argparse._SubParsersAction) -> None:
     text = "Merge checkpoints from a mergekit-style YAML and export a Hugging Face folder."
     p = sub.add_parser("merge", help=text, description=text)
-    p.add_argument("config", help="mergekit YAML (merge_method, base_model, models, parameters, dtype)")
+    p.add_argument(
+        "config", help="mergekit YAML (merge_method, base_model, models, parameters, dtype)"
+    )
     p.add_argument("out_dir", help="folder to write; refused if it exists unless --force")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    p.add_argument("--dtype", default=None,
-                   help="compute/storage dtype: float32, bfloat16, float16 (default: the YAML's dtype)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="compute/storage dtype: float32, bfloat16, float16 (default: the YAML's dtype)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     p.set_defaults(run=run)
 

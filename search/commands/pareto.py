@@ -7,7 +7,9 @@ import json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    text = "Print the Pareto front (knee marked) beside the input checkpoints and the uniform merge."
+    text = (
+        "Print the Pareto front (knee marked) beside the input checkpoints and the uniform merge."
+    )
     p = sub.add_parser("pareto", help=text, description=text)
     p.add_argument("config", help="study config YAML")
     p.add_argument("--storage", default=None)

@@ -11,7 +11,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     text = "Build the demo pool (base model + fine-tuned checkpoints) locally, deterministically."
     p = zoo_sub.add_parser("build", help=text, description=text)
     p.add_argument("out_dir", help="where the pool goes (e.g. studies/zoo)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, init and training (default: 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for data, init and training (default: 0)"
+    )
     p.set_defaults(run=run)
 
 

@@ -23,6 +23,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def set_cpu_threads(device: str | torch.device, threads: int | None) -> None:
-    """Torch intra-op threads for work on ``device`` when it is the CPU (``None``/0: torch's own)."""
+    """Torch intra-op threads for work on ``device`` if it is the CPU (``None``/0: torch's own)."""
     if threads and resolve_device(device).type == "cpu":
         torch.set_num_threads(threads)

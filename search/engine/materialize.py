@@ -1,10 +1,11 @@
-"""Turn a :class:`~search.engine.plan.MergePlan` into weights: in place in a resident model, or per tensor.
+"""Turn a :class:`~search.engine.plan.MergePlan` into weights: in place in a resident model.
 
 ``materialize(plan, pool, model)`` overwrites the model's parameters tensor by tensor under
 ``torch.no_grad()``: each merged tensor is computed with float32 accumulation and copied into the
 parameter's own storage, so no second copy of the model exists. Linear-form methods (``linear``,
 ``task_arithmetic``) run as one fused weighted sum per tensor that reads each input once and
-writes straight into the parameter (:mod:`search.engine.kernels`); the other methods compute a float32
+writes straight into the parameter (:mod:`search.engine.kernels`); the other methods compute a
+float32
 result per tensor and copy it in.
 
 Stochastic methods (DARE) draw from a ``torch.Generator`` seeded from ``plan.seed`` and the tensor
@@ -21,10 +22,10 @@ from typing import Any
 
 import torch
 
-from search.errors import UserError
-from search.engine.registry import MergeMethod, ParamValue, get_method
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
+from search.engine.registry import MergeMethod, ParamValue, get_method
+from search.errors import UserError
 
 
 @dataclass(frozen=True)

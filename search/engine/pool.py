@@ -258,7 +258,8 @@ class CheckpointPool:
         """One resident ``AutoModelForCausalLM`` (the reference's weights) and its tokenizer.
 
         The model is on ``device`` in ``dtype``, in eval mode;
-        :func:`search.engine.materialize.materialize` overwrites its weights in place for every trial.
+        :func:`search.engine.materialize.materialize` overwrites its weights in place for every
+        trial.
         The tokenizer comes from :meth:`tokenizer_path`; ``tokenizer=False`` skips it (``None``).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer

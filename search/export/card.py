@@ -6,8 +6,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from search.engine.registry import MergeMethod
 from search.engine.plan import MergePlan
+from search.engine.registry import MergeMethod
 
 
 def model_card(

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from search.errors import UserError
 from search.engine.plan import MergePlan
 from search.engine.pool import TOKENIZER_FILES, CheckpointPool
+from search.errors import UserError
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 
@@ -48,10 +48,10 @@ def export_merge(
         max_shard_size: bytes per safetensors shard before splitting.
         dtype: dtype of the written weights (default: the pool's).
     """
-    from search.export.card import model_card
     from search.engine.materialize import effective_weights, resolve
-    from search.export.mergekit_yaml import plan_to_yaml
     from search.engine.pool import resolve_dtype
+    from search.export.card import model_card
+    from search.export.mergekit_yaml import plan_to_yaml
 
     resolved = resolve(plan, pool)
     out_dtype = resolve_dtype(dtype) if dtype is not None else pool.dtype
@@ -225,7 +225,9 @@ def merge_from_yaml(
     if out.exists() and not force:
         raise UserError(f"{out}: already exists; pass --force to replace it")
     pool = CheckpointPool.open(
-        request.checkpoints, request.base_model, device=device,
+        request.checkpoints,
+        request.base_model,
+        device=device,
         dtype=dtype or request.dtype or "float32",
     )
     block = {name: pool.group_of(name, max(pool.n_layers, 1)) for name in pool.tensor_names}
@@ -235,6 +237,8 @@ def merge_from_yaml(
         pool,
         out,
         force=force,
-        card_extra={"Source config": f"Merged from `{Path(config).name}` with `merge-search merge`."},
+        card_extra={
+            "Source config": f"Merged from `{Path(config).name}` with `merge-search merge`."
+        },
     )
     return path, plan, pool

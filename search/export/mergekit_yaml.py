@@ -25,9 +25,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from search.errors import UserError
-from search.engine.registry import METHODS, MergeMethod
 from search.engine.plan import MergePlan
+from search.engine.registry import METHODS, MergeMethod
+from search.errors import UserError
+
 
 class _Conditional(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from search.engine.plan import MergePlan
@@ -16,8 +16,12 @@ from search.report.view import Row, StudyView, open_view
 
 
 def pick_row(
-    view: StudyView, *, trial: int | None = None, best: str | None = None,
-    knee: bool = False, prefer: str | None = None,
+    view: StudyView,
+    *,
+    trial: int | None = None,
+    best: str | None = None,
+    knee: bool = False,
+    prefer: str | None = None,
 ) -> tuple[Row, str]:
     """The chosen completed trial and a phrase saying how it was chosen (``UserError`` if none)."""
     if trial is not None:
@@ -54,7 +58,8 @@ def pick_row(
 
 def _no_feasible(view: StudyView) -> list[Row]:
     raise UserError(
-        f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the constraints"
+        f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the "
+        "constraints"
     )
 
 
@@ -130,7 +135,9 @@ def export_chosen(
     cfg = view.cfg
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
     check_fingerprint(
-        view.study, pool.fingerprint(), config,
+        view.study,
+        pool.fingerprint(),
+        config,
         f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
     )
     path = export_merge(

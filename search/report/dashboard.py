@@ -20,7 +20,9 @@ def dashboard_target(target: str) -> tuple[str, str | None]:
     db = sqlite_path(url)
     if db is not None:
         if not db.is_file():
-            raise UserError(f"{target}: storage {url}: no such file; run `merge-search launch` first")
+            raise UserError(
+                f"{target}: storage {url}: no such file; run `merge-search launch` first"
+            )
     return url, name
 
 

@@ -35,7 +35,11 @@ def build_report(
             f"constraints; nothing to report"
         )
     knee = view.knee(front)
-    front.sort(key=lambda r: [-v if d == "maximize" else v for v, d in zip(r.values, directions)])
+    front.sort(
+        key=lambda r: [
+            -v if d == "maximize" else v for v, d in zip(r.values, directions, strict=True)
+        ]
+    )
     baselines = find_baselines(view, runtime_factory)
 
     heldout_scores: dict[str, dict] = {}
@@ -45,8 +49,11 @@ def build_report(
     elif not heldout_configured(view.cfg):
         heldout_note = "no held-out tasks in the config (eval.heldout)"
     else:
-        plans = {r.plan_key: MergePlan.from_dict(r.user_attrs["plan"])
-                 for r in front if "plan" in r.user_attrs}
+        plans = {
+            r.plan_key: MergePlan.from_dict(r.user_attrs["plan"])
+            for r in front
+            if "plan" in r.user_attrs
+        }
         plans.update({b["plan_key"]: b["plan"] for b in baselines if b["plan"] is not None})
         heldout_scores = score_heldout(view, plans, runtime_factory)
 
@@ -54,16 +61,19 @@ def build_report(
         scores = heldout_scores.get(key)
         return {n: float(scores["objectives"][n]) for n in names} if scores else None
 
-    front_rows = [{
-        "trial": r.number,
-        "values": dict(zip(names, r.values, strict=True)),
-        "heldout": held(r.plan_key),
-        "knee": r is knee,
-        "plan_key": r.plan_key,
-        "coefficients": r.user_attrs.get("coefficients"),
-        "params": r.user_attrs.get("params"),
-        "task_scores": r.user_attrs.get("task_scores"),
-    } for r in front]
+    front_rows = [
+        {
+            "trial": r.number,
+            "values": dict(zip(names, r.values, strict=True)),
+            "heldout": held(r.plan_key),
+            "knee": r is knee,
+            "plan_key": r.plan_key,
+            "coefficients": r.user_attrs.get("coefficients"),
+            "params": r.user_attrs.get("params"),
+            "task_scores": r.user_attrs.get("task_scores"),
+        }
+        for r in front
+    ]
     for b in baselines:
         b["heldout"] = held(b["plan_key"])
         point = [b["values"][n] for n in names]
@@ -82,9 +92,15 @@ def build_report(
         "front": front_rows,
         "baselines": baselines,
         "heldout_note": heldout_note,
-        "trials": [{"trial": r.number, "values": dict(zip(names, r.values, strict=True)),
-                    "feasible": r.feasible, "duplicate_of": r.user_attrs.get("duplicate_of")}
-                   for r in view.rows],
+        "trials": [
+            {
+                "trial": r.number,
+                "values": dict(zip(names, r.values, strict=True)),
+                "feasible": r.feasible,
+                "duplicate_of": r.user_attrs.get("duplicate_of"),
+            }
+            for r in view.rows
+        ],
         "hypervolume": None,
     }
     if len(names) > 1:
@@ -94,7 +110,10 @@ def build_report(
         report["hypervolume"] = {
             "reference": dict(zip(names, (float(x) for x in ref), strict=True)),
             "value": hypervolume([r.values for r in front], directions, ref),
-            "history": [{"trial": r.number, "hypervolume": h} for r, h in zip(distinct, history)],
+            "history": [
+                {"trial": r.number, "hypervolume": h}
+                for r, h in zip(distinct, history, strict=True)
+            ],
         }
     return report
 
@@ -105,7 +124,9 @@ def _save_to_dashboard(view: StudyView, report: Mapping[str, Any]) -> None:
 
     from search.report.plots import hypervolume_figure
 
-    save_plotly_graph_object(view.study, hypervolume_figure(report), graph_object_id=DASHBOARD_GRAPH_ID)
+    save_plotly_graph_object(
+        view.study, hypervolume_figure(report), graph_object_id=DASHBOARD_GRAPH_ID
+    )
 
 
 def pareto(

@@ -79,7 +79,9 @@ def knee_point(values: Sequence[Sequence[float]], directions: Directions) -> int
         raise ValueError("knee_point: no rows")
     util = normalized_utilities(values, directions)
     distance = np.linalg.norm(1.0 - util, axis=1)
-    order = sorted(range(len(util)), key=lambda i: (round(float(distance[i]), 12), -util[i].sum(), i))
+    order = sorted(
+        range(len(util)), key=lambda i: (round(float(distance[i]), 12), -util[i].sum(), i)
+    )
     return order[0]
 
 
@@ -174,7 +176,8 @@ def parse_prefer(text: str, names: Sequence[str]) -> list[float]:
         name = name.strip()
         if not sep or name not in names:
             raise ValueError(
-                f"--prefer: {piece!r}: expected OBJECTIVE=WEIGHT with OBJECTIVE one of {', '.join(names)}"
+                f"--prefer: {piece!r}: expected OBJECTIVE=WEIGHT with OBJECTIVE one of "
+                f"{', '.join(names)}"
             )
         try:
             weight = float(raw)

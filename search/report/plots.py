@@ -81,8 +81,12 @@ def matplotlib_figure(report: Mapping[str, Any]) -> Any:
         fig = Figure(figsize=(12, 5), layout="constrained")
         ax, ax_hv = fig.subplots(1, 2)
         _mpl_front(ax, s)
-        ax_hv.step([h["trial"] for h in s["history"]], [h["hypervolume"] for h in s["history"]],
-                   where="post", color="tab:blue")
+        ax_hv.step(
+            [h["trial"] for h in s["history"]],
+            [h["hypervolume"] for h in s["history"]],
+            where="post",
+            color="tab:blue",
+        )
         ax_hv.set_xlabel("trial")
         ax_hv.set_ylabel("hypervolume of the front")
         ax_hv.set_title("hypervolume history")
@@ -93,26 +97,66 @@ def matplotlib_figure(report: Mapping[str, Any]) -> Any:
 
 def _mpl_front(ax: Any, s: Mapping[str, Any]) -> None:
     x, y = s["names"][0], s["names"][1]
-    ax.scatter([t["values"][x] for t in s["trials"]], [t["values"][y] for t in s["trials"]],
-               s=14, color="0.7", label="trials")
+    ax.scatter(
+        [t["values"][x] for t in s["trials"]],
+        [t["values"][y] for t in s["trials"]],
+        s=14,
+        color="0.7",
+        label="trials",
+    )
     if s["infeasible"]:
-        ax.scatter([t["values"][x] for t in s["infeasible"]],
-                   [t["values"][y] for t in s["infeasible"]],
-                   s=14, marker="x", color="0.5", label="infeasible")
-    ax.plot([t["values"][x] for t in s["front"]], [t["values"][y] for t in s["front"]],
-            "o-", color="tab:red", label="Pareto front")
+        ax.scatter(
+            [t["values"][x] for t in s["infeasible"]],
+            [t["values"][y] for t in s["infeasible"]],
+            s=14,
+            marker="x",
+            color="0.5",
+            label="infeasible",
+        )
+    ax.plot(
+        [t["values"][x] for t in s["front"]],
+        [t["values"][y] for t in s["front"]],
+        "o-",
+        color="tab:red",
+        label="Pareto front",
+    )
     for t in s["front"]:
-        ax.annotate(str(t["trial"]), (t["values"][x], t["values"][y]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points", color="tab:red")
+        ax.annotate(
+            str(t["trial"]),
+            (t["values"][x], t["values"][y]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+            color="tab:red",
+        )
     if s["knee"]:
-        ax.scatter([s["knee"]["values"][x]], [s["knee"]["values"][y]], marker="*", s=260,
-                   color="gold", edgecolors="black", zorder=5, label=f"knee (trial {s['knee']['trial']})")
+        ax.scatter(
+            [s["knee"]["values"][x]],
+            [s["knee"]["values"][y]],
+            marker="*",
+            s=260,
+            color="gold",
+            edgecolors="black",
+            zorder=5,
+            label=f"knee (trial {s['knee']['trial']})",
+        )
     for b in s["baselines"]:
         uniform = b["kind"] == "uniform"
-        ax.scatter([b["values"][x]], [b["values"][y]], marker="s" if uniform else "^", s=60,
-                   color="black" if uniform else "tab:green", zorder=4)
-        ax.annotate(b["label"], (b["values"][x], b["values"][y]), fontsize=8,
-                    xytext=(4, -10), textcoords="offset points")
+        ax.scatter(
+            [b["values"][x]],
+            [b["values"][y]],
+            marker="s" if uniform else "^",
+            s=60,
+            color="black" if uniform else "tab:green",
+            zorder=4,
+        )
+        ax.annotate(
+            b["label"],
+            (b["values"][x], b["values"][y]),
+            fontsize=8,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
     ax.scatter([], [], marker="^", color="tab:green", label="input checkpoints")
     ax.scatter([], [], marker="s", color="black", label="uniform merge")
     ax.set_xlabel(_axis_label(s, 0))
@@ -125,15 +169,29 @@ def _mpl_front(ax: Any, s: Mapping[str, Any]) -> None:
 def _mpl_single(ax: Any, s: Mapping[str, Any]) -> None:
     name = s["names"][0]
     trials = sorted(s["trials"], key=lambda t: t["trial"])
-    ax.scatter([t["trial"] for t in trials], [t["values"][name] for t in trials], s=14,
-               color="0.6", label="trials")
+    ax.scatter(
+        [t["trial"] for t in trials],
+        [t["values"][name] for t in trials],
+        s=14,
+        color="0.6",
+        label="trials",
+    )
     best = _best_so_far(trials, name, s)
     ax.step([t["trial"] for t in trials], best, where="post", color="tab:red", label="best so far")
     for b in s["baselines"]:
-        ax.axhline(b["values"][name], ls="--", lw=1,
-                   color="black" if b["kind"] == "uniform" else "tab:green")
-        ax.annotate(b["label"], (0, b["values"][name]), fontsize=8, xytext=(2, 2),
-                    textcoords="offset points")
+        ax.axhline(
+            b["values"][name],
+            ls="--",
+            lw=1,
+            color="black" if b["kind"] == "uniform" else "tab:green",
+        )
+        ax.annotate(
+            b["label"],
+            (0, b["values"][name]),
+            fontsize=8,
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
     ax.set_xlabel("trial")
     ax.set_ylabel(_axis_label(s, 0))
     ax.grid(alpha=0.3)
@@ -151,40 +209,97 @@ def plotly_figure(report: Mapping[str, Any]) -> Any:
         fig = go.Figure()
         name = names[0]
         trials = sorted(s["trials"], key=lambda t: t["trial"])
-        fig.add_scatter(x=[t["trial"] for t in trials], y=[t["values"][name] for t in trials],
-                        mode="markers", name="trials", marker={"color": "grey"})
-        fig.add_scatter(x=[t["trial"] for t in trials], y=_best_so_far(trials, name, s),
-                        mode="lines", line_shape="hv", name="best so far", line={"color": "red"})
+        fig.add_scatter(
+            x=[t["trial"] for t in trials],
+            y=[t["values"][name] for t in trials],
+            mode="markers",
+            name="trials",
+            marker={"color": "grey"},
+        )
+        fig.add_scatter(
+            x=[t["trial"] for t in trials],
+            y=_best_so_far(trials, name, s),
+            mode="lines",
+            line_shape="hv",
+            name="best so far",
+            line={"color": "red"},
+        )
         for b in s["baselines"]:
             fig.add_hline(y=b["values"][name], line_dash="dash", annotation_text=b["label"])
         fig.update_xaxes(title_text="trial")
         fig.update_yaxes(title_text=_axis_label(s, 0))
     else:
         x, y = names[0], names[1]
-        fig = make_subplots(rows=1, cols=2, subplot_titles=(
-            "front" if len(names) == 2 else "front (first two objectives)", "hypervolume history"))
-        fig.add_scatter(x=[t["values"][x] for t in s["trials"]], y=[t["values"][y] for t in s["trials"]],
-                        mode="markers", name="trials", marker={"color": "lightgrey"},
-                        text=[f"trial {t['trial']}" for t in s["trials"]], row=1, col=1)
-        fig.add_scatter(x=[t["values"][x] for t in s["front"]], y=[t["values"][y] for t in s["front"]],
-                        mode="lines+markers+text", name="Pareto front", line={"color": "red"},
-                        text=[str(t["trial"]) for t in s["front"]], textposition="top right",
-                        row=1, col=1)
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            subplot_titles=(
+                "front" if len(names) == 2 else "front (first two objectives)",
+                "hypervolume history",
+            ),
+        )
+        fig.add_scatter(
+            x=[t["values"][x] for t in s["trials"]],
+            y=[t["values"][y] for t in s["trials"]],
+            mode="markers",
+            name="trials",
+            marker={"color": "lightgrey"},
+            text=[f"trial {t['trial']}" for t in s["trials"]],
+            row=1,
+            col=1,
+        )
+        fig.add_scatter(
+            x=[t["values"][x] for t in s["front"]],
+            y=[t["values"][y] for t in s["front"]],
+            mode="lines+markers+text",
+            name="Pareto front",
+            line={"color": "red"},
+            text=[str(t["trial"]) for t in s["front"]],
+            textposition="top right",
+            row=1,
+            col=1,
+        )
         if s["knee"]:
-            fig.add_scatter(x=[s["knee"]["values"][x]], y=[s["knee"]["values"][y]], mode="markers",
-                            name=f"knee (trial {s['knee']['trial']})",
-                            marker={"symbol": "star", "size": 16, "color": "gold",
-                                    "line": {"color": "black", "width": 1}}, row=1, col=1)
-        for kind, symbol, color, label in (("single", "triangle-up", "green", "input checkpoints"),
-                                           ("uniform", "square", "black", "uniform merge")):
+            fig.add_scatter(
+                x=[s["knee"]["values"][x]],
+                y=[s["knee"]["values"][y]],
+                mode="markers",
+                name=f"knee (trial {s['knee']['trial']})",
+                marker={
+                    "symbol": "star",
+                    "size": 16,
+                    "color": "gold",
+                    "line": {"color": "black", "width": 1},
+                },
+                row=1,
+                col=1,
+            )
+        for kind, symbol, color, label in (
+            ("single", "triangle-up", "green", "input checkpoints"),
+            ("uniform", "square", "black", "uniform merge"),
+        ):
             group = [b for b in s["baselines"] if b["kind"] == kind]
             if group:
-                fig.add_scatter(x=[b["values"][x] for b in group], y=[b["values"][y] for b in group],
-                                mode="markers+text", name=label, text=[b["label"] for b in group],
-                                textposition="bottom right",
-                                marker={"symbol": symbol, "size": 11, "color": color}, row=1, col=1)
-        fig.add_scatter(x=[h["trial"] for h in s["history"]], y=[h["hypervolume"] for h in s["history"]],
-                        mode="lines", line_shape="hv", name="hypervolume", row=1, col=2)
+                fig.add_scatter(
+                    x=[b["values"][x] for b in group],
+                    y=[b["values"][y] for b in group],
+                    mode="markers+text",
+                    name=label,
+                    text=[b["label"] for b in group],
+                    textposition="bottom right",
+                    marker={"symbol": symbol, "size": 11, "color": color},
+                    row=1,
+                    col=1,
+                )
+        fig.add_scatter(
+            x=[h["trial"] for h in s["history"]],
+            y=[h["hypervolume"] for h in s["history"]],
+            mode="lines",
+            line_shape="hv",
+            name="hypervolume",
+            row=1,
+            col=2,
+        )
         fig.update_xaxes(title_text=_axis_label(s, 0), row=1, col=1)
         fig.update_yaxes(title_text=_axis_label(s, 1), row=1, col=1)
         fig.update_xaxes(title_text="trial", row=1, col=2)
@@ -199,18 +314,28 @@ def hypervolume_figure(report: Mapping[str, Any]) -> Any:
 
     s = _series(report)
     fig = go.Figure()
-    fig.add_scatter(x=[h["trial"] for h in s["history"]], y=[h["hypervolume"] for h in s["history"]],
-                    mode="lines+markers", line_shape="hv", name="hypervolume")
-    fig.update_layout(title_text="Hypervolume of the Pareto front (merge-search pareto)",
-                      xaxis_title="trial", yaxis_title="hypervolume", template="plotly_white")
+    fig.add_scatter(
+        x=[h["trial"] for h in s["history"]],
+        y=[h["hypervolume"] for h in s["history"]],
+        mode="lines+markers",
+        line_shape="hv",
+        name="hypervolume",
+    )
+    fig.update_layout(
+        title_text="Hypervolume of the Pareto front (merge-search pareto)",
+        xaxis_title="trial",
+        yaxis_title="hypervolume",
+        template="plotly_white",
+    )
     return fig
 
 
 def format_report(report: Mapping[str, Any]) -> str:
     """The report as a plain-text table."""
     names = [o["name"] for o in report["objectives"]]
-    arrows = ", ".join(f"{o['name']} {'↑' if o['direction'] == 'maximize' else '↓'}"
-                       for o in report["objectives"])
+    arrows = ", ".join(
+        f"{o['name']} {'↑' if o['direction'] == 'maximize' else '↓'}" for o in report["objectives"]
+    )
     has_heldout = any(r["heldout"] for r in report["front"])
     head = ["", "trial", *names]
     if has_heldout:
@@ -239,7 +364,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"Pareto front: {len(report['front'])} trial(s); * = knee (closest to the ideal point "
         f"after normalizing each objective over the front)",
     ]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
     n_dom = sum(bool(b["dominated_by"]) for b in report["baselines"])
     lines.append(f"the front dominates {n_dom} of {len(report['baselines'])} baselines")
     if report["heldout_note"]:

@@ -41,8 +41,10 @@ def _scores_dict(scores: Any) -> dict[str, dict[str, float]]:
 
 def _heldout_spec_key(cfg: Any) -> str:
     payload = json.dumps(
-        {"objectives": [o.model_dump(mode="json") for o in cfg.heldout_objectives()],
-         "eval": cfg.eval_spec(heldout=True).model_dump(mode="json")},
+        {
+            "objectives": [o.model_dump(mode="json") for o in cfg.heldout_objectives()],
+            "eval": cfg.eval_spec(heldout=True).model_dump(mode="json"),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -61,16 +63,20 @@ def cached_heldout(view: StudyView) -> dict[str, dict]:
 
 
 def score_heldout(
-    view: StudyView, plans: Mapping[str, MergePlan], runtime_factory: Callable[..., Any] | None = None
+    view: StudyView,
+    plans: Mapping[str, MergePlan],
+    runtime_factory: Callable[..., Any] | None = None,
 ) -> dict[str, dict]:
-    """Held-out scores for ``{plan_key: plan}``: cached ones, the rest scored and cached one by one."""
+    """Held-out scores for ``{plan_key: plan}``: cached ones, the rest scored and cached in turn."""
     cache = cached_heldout(view)
     missing = {k: p for k, p in plans.items() if k not in cache}
     if missing:
         runtime = _runtime(view.cfg, True, runtime_factory)
         spec = _heldout_spec_key(view.cfg)
         for i, (key, plan) in enumerate(missing.items(), 1):
-            print(f"held-out re-scoring {i}/{len(missing)} (plan {key})", file=sys.stderr, flush=True)
+            print(
+                f"held-out re-scoring {i}/{len(missing)} (plan {key})", file=sys.stderr, flush=True
+            )
             scores, _, _ = runtime.score(plan)
             cache[key] = _scores_dict(scores)
             view.study.set_user_attr(HELDOUT_ATTR, {"spec": spec, "scores": cache})
@@ -88,15 +94,25 @@ def find_baselines(
             continue
         kind, _, name = tag.partition(":")
         label = name if kind == "single" else "uniform"
-        found.setdefault(label, {
-            "label": label, "kind": kind, "trial": row.number, "plan_key": row.plan_key,
-            "plan": MergePlan.from_dict(row.user_attrs["plan"]) if "plan" in row.user_attrs else None,
-            "values": dict(zip(view.names, row.values, strict=True)),
-        })
+        found.setdefault(
+            label,
+            {
+                "label": label,
+                "kind": kind,
+                "trial": row.number,
+                "plan_key": row.plan_key,
+                "plan": MergePlan.from_dict(row.user_attrs["plan"])
+                if "plan" in row.user_attrs
+                else None,
+                "values": dict(zip(view.names, row.values, strict=True)),
+            },
+        )
     pool_names = _pool_names(view)
     missing = []
     if any(label not in found for label in ("uniform", *pool_names)):  # (imports torch)
-        missing = [(lb, kind, plan) for lb, kind, plan in baseline_plans(pool_names) if lb not in found]
+        missing = [
+            (lb, kind, plan) for lb, kind, plan in baseline_plans(pool_names) if lb not in found
+        ]
     if missing:
         cache = dict(view.study.user_attrs.get(BASELINE_ATTR) or {})
         runtime = None
@@ -108,10 +124,18 @@ def find_baselines(
                 cache[plan.key] = _scores_dict(scores)
                 view.study.set_user_attr(BASELINE_ATTR, cache)
             objectives = cache[plan.key]["objectives"]
-            found[label] = {"label": label, "kind": kind, "trial": None, "plan_key": plan.key,
-                            "plan": plan, "values": {n: float(objectives[n]) for n in view.names}}
+            found[label] = {
+                "label": label,
+                "kind": kind,
+                "trial": None,
+                "plan_key": plan.key,
+                "plan": plan,
+                "values": {n: float(objectives[n]) for n in view.names},
+            }
     order = ["uniform", *pool_names]
-    return sorted(found.values(), key=lambda b: order.index(b["label"]) if b["label"] in order else 99)
+    return sorted(
+        found.values(), key=lambda b: order.index(b["label"]) if b["label"] in order else 99
+    )
 
 
 def _pool_names(view: StudyView) -> list[str]:

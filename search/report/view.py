@@ -58,7 +58,7 @@ class StudyView:
         return [rows[i] for i in pareto_front([r.values for r in rows], self.directions)]
 
     def knee(self, front: Sequence[Row]) -> Row:
-        """The knee of ``front`` (:func:`search.report.pareto.knee_point`; ties go to the lower trial number)."""
+        """The knee of ``front`` (:func:`~search.report.pareto.knee_point`; ties: lower trial)."""
         front = sorted(front, key=lambda r: r.number)
         return front[knee_point([r.values for r in front], self.directions)]
 
@@ -87,13 +87,13 @@ def view_of(cfg: Any, study: Any, url: str) -> StudyView:
         if t.state != TrialState.COMPLETE:
             continue
         constraints = t.system_attrs.get("constraints") or t.user_attrs.get("constraints") or ()
-        rows.append(Row(
-            number=t.number,
-            values=tuple(float(v) for v in t.values),
-            plan_key=str(t.user_attrs.get("plan_key", f"trial-{t.number}")),
-            feasible=all(c <= 0 for c in constraints),
-            user_attrs=t.user_attrs,
-        ))
-    return StudyView(
-        cfg, study, redact(url), names, directions, tuple(rows), count_states(trials)
-    )
+        rows.append(
+            Row(
+                number=t.number,
+                values=tuple(float(v) for v in t.values),
+                plan_key=str(t.user_attrs.get("plan_key", f"trial-{t.number}")),
+                feasible=all(c <= 0 for c in constraints),
+                user_attrs=t.user_attrs,
+            )
+        )
+    return StudyView(cfg, study, redact(url), names, directions, tuple(rows), count_states(trials))

@@ -147,8 +147,10 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
     started = time.time()
     prepared = prepare(cfg, config_path)
     if prepared.budget_spent():
-        say(f"study {cfg.name!r} already has its {cfg.budget.n_trials} trials; "
-            "raise --n-trials to run more")
+        say(
+            f"study {cfg.name!r} already has its {cfg.budget.n_trials} trials; "
+            "raise --n-trials to run more"
+        )
         return 0
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n_workers)
@@ -161,8 +163,10 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
             study, created = create_or_resume(
                 cfg, storage, prepared.space, prepared.pool.fingerprint(), config_path
             )
-            say(f"study {cfg.name!r} {'created' if created else 'resumed'} in "
-                f"{redact(cfg.storage)}: {n_workers} worker(s), budget {cfg.budget.n_trials} trials")
+            say(
+                f"study {cfg.name!r} {'created' if created else 'resumed'} in "
+                f"{redact(cfg.storage)}: {n_workers} worker(s), budget {cfg.budget.n_trials} trials"
+            )
             group.go()
             with progress_bar(cfg, study) as progress:
                 while group.alive():
@@ -175,14 +179,19 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
                 progress.refresh()
     except KeyboardInterrupt:
         if study is not None:
-            say(f"study {cfg.name!r}: stopped at {finished(trial_counts(study))}/"
-                f"{cfg.budget.n_trials} finished trials; run the same command to continue")
+            say(
+                f"study {cfg.name!r}: stopped at {finished(trial_counts(study))}/"
+                f"{cfg.budget.n_trials} finished trials; run the same command to continue"
+            )
         raise
     return summary(cfg, study, group, config_path, time.time() - started)
 
 
 def summary(
-    cfg: StudyConfig, study: optuna.Study, group: WorkerGroup, config_path: str | Path,
+    cfg: StudyConfig,
+    study: optuna.Study,
+    group: WorkerGroup,
+    config_path: str | Path,
     seconds: float,
 ) -> int:
     """Print what the launch did; the exit status (a worker's bad input re-raised)."""
@@ -218,8 +227,12 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
     storage = open_storage(cfg)
     study = load_study(cfg, storage)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
-    check_resume(study, cfg, signature(cfg, SearchSpace.build(cfg, pool.names),
-                                       pool.fingerprint()), config_path)
+    check_resume(
+        study,
+        cfg,
+        signature(cfg, SearchSpace.build(cfg, pool.names), pool.fingerprint()),
+        config_path,
+    )
     quiet_libraries()
     runtime = Runtime.create(cfg)
     study.sampler = build_sampler(
@@ -231,11 +244,18 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     with progress_bar(cfg, study) as progress:
         result = run_worker(
-            cfg, study, storage, runtime, n_trials=cfg.budget.n_trials, deadline=deadline,
+            cfg,
+            study,
+            storage,
+            runtime,
+            n_trials=cfg.budget.n_trials,
+            deadline=deadline,
             on_trial=lambda _t: progress.refresh(),
         )
-    say(f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored "
-        f"plan); stopped on {result.stopped}")
+    say(
+        f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored "
+        f"plan); stopped on {result.stopped}"
+    )
     return 0
 
 

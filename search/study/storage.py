@@ -261,7 +261,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
                 )
         return path
     if isinstance(old, list | tuple) and isinstance(new, list | tuple) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=False)):
             if a != b:
                 name = a.get("name") if isinstance(a, Mapping) else None
                 return _first_difference(a, b, f"{path}[{name or i}]")

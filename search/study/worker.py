@@ -1,7 +1,8 @@
 """A worker: one resident model and one evaluator, scoring trials until the budget is spent.
 
-The loop, top to bottom: claim a trial under the budget lock (:func:`search.study.storage.claim_trial`),
-turn its suggestions into a :class:`~search.engine.plan.MergePlan`, reuse the scores if the same plan
+The loop, top to bottom: claim a trial under the budget lock
+(:func:`search.study.storage.claim_trial`), turn its suggestions into a
+:class:`~search.engine.plan.MergePlan`, reuse the scores if the same plan
 was already scored in the study, else materialize the merge in place and evaluate it, record
 what the trial did (user attrs below), tell Optuna the objective values. A heartbeat runs while
 the trial does, so a worker that dies leaves a trial that goes stale and is retried.

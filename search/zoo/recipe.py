@@ -85,20 +85,33 @@ class Recipe:
 # that merging averages out.
 _FULL_RUNS = (
     Run("code_specialist", 1.0, 400, 1e-3, anneal=True, note="code only, finished run"),
-    Run("instruct_specialist", 0.0, 400, 1e-3, anneal=True,
-        note="instructions only, finished run"),
+    Run("instruct_specialist", 0.0, 400, 1e-3, anneal=True, note="instructions only, finished run"),
     Run("mixed_code_heavy", 0.7, 300, 2e-3, note="70% code, mid-run at a high rate"),
     Run("mixed_instruct_heavy", 0.3, 300, 2e-3, note="70% instructions, mid-run at a high rate"),
     Run("mixed_short", 0.5, 100, 1e-3, note="balanced, a short run"),
     Run("weak", 0.5, 50, 4e-3, note="a short run at a too-high learning rate"),
-    Run("code_overtrained", 1.0, 150, 3e-3, anneal=True, fixed_examples=512,
-        note="512 code examples for ~9 epochs, finished run"),
+    Run(
+        "code_overtrained",
+        1.0,
+        150,
+        3e-3,
+        anneal=True,
+        fixed_examples=512,
+        note="512 code examples for ~9 epochs, finished run",
+    ),
 )
 
 RECIPES: dict[str, Recipe] = {
     "full": Recipe(
-        hidden=128, layers=4, heads=4, intermediate=384, batch_size=32,
-        base_steps=800, base_lr=2e-3, runs=_FULL_RUNS, eval_limit=100,
+        hidden=128,
+        layers=4,
+        heads=4,
+        intermediate=384,
+        batch_size=32,
+        base_steps=800,
+        base_lr=2e-3,
+        runs=_FULL_RUNS,
+        eval_limit=100,
         base_anneal=False,
         base_threads=2,  # 1.4x faster than one thread on these 2 cores; nothing else runs then
         threads=1,  # one thread per run: two runs fill the 2 cores, no slowdown when busy
@@ -106,12 +119,26 @@ RECIPES: dict[str, Recipe] = {
     ),
     # Same recipe, far smaller: builds in seconds for tests (scores are not meaningful).
     "tiny": Recipe(
-        hidden=32, layers=2, heads=2, intermediate=64, batch_size=8,
-        base_steps=12, base_lr=3e-3, eval_limit=8, base_anneal=False,
+        hidden=32,
+        layers=2,
+        heads=2,
+        intermediate=64,
+        batch_size=8,
+        base_steps=12,
+        base_lr=3e-3,
+        eval_limit=8,
+        base_anneal=False,
         threads=1,  # tensors this small gain nothing from a second thread, and lose a lot when busy
         runs=tuple(
-            Run(r.name, r.code_share, max(2, r.steps // 50), r.lr, r.anneal,
-                r.fixed_examples and 16, r.note)
+            Run(
+                r.name,
+                r.code_share,
+                max(2, r.steps // 50),
+                r.lr,
+                r.anneal,
+                r.fixed_examples and 16,
+                r.note,
+            )
             for r in _FULL_RUNS
         ),
     ),

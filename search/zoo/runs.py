@@ -38,14 +38,19 @@ def train_base(recipe: Recipe, seed: int, folder: Path, on_step: Progress) -> No
     )
     texts = mixture_texts(recipe.base_code_share, seed, eval_prompts())
     data = batches(texts, recipe.batch_size)
-    train(model, data, recipe.base_steps, recipe.base_lr, warmup=0.1, anneal=recipe.base_anneal,
-          on_step=lambda loss: on_step(1, "base"))
+    train(
+        model,
+        data,
+        recipe.base_steps,
+        recipe.base_lr,
+        warmup=0.1,
+        anneal=recipe.base_anneal,
+        on_step=lambda loss: on_step(1, "base"),
+    )
     save(model, folder, {"name": "base", "steps": recipe.base_steps, "lr": recipe.base_lr})
 
 
-def fine_tune(
-    size: str, index: int, seed: int, base: Path, out: Path, progress: Any = None
-) -> str:
+def fine_tune(size: str, index: int, seed: int, base: Path, out: Path, progress: Any = None) -> str:
     """Train run ``index`` of ``RECIPES[size]`` from the base folder; save it to ``out / name``.
 
     Runs in a worker process as well as in the caller's: ``progress`` is a queue receiving
@@ -70,7 +75,9 @@ def fine_tune(
 
     def step(loss: float) -> None:
         count["done"] += 1
-        if progress is not None and (count["done"] % _REPORT_EVERY == 0 or count["done"] == run.steps):
+        if progress is not None and (
+            count["done"] % _REPORT_EVERY == 0 or count["done"] == run.steps
+        ):
             progress.put((count["done"] - count["sent"], run.name))
             count["sent"] = count["done"]
 
@@ -109,15 +116,15 @@ def fine_tune_all(
                 on_step(*messages.get())
 
 
-def save(
-    model: Any, folder: Path, run: dict[str, Any], tokenizer_from: Path | None = None
-) -> None:
+def save(model: Any, folder: Path, run: dict[str, Any], tokenizer_from: Path | None = None) -> None:
     """A Hugging Face folder: safetensors, config, generation config, tokenizer, zoo_run.json."""
     from transformers import AutoTokenizer
 
     from search.zoo.model import char_tokenizer
 
     model.save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from) if tokenizer_from else char_tokenizer()
+    tokenizer = (
+        AutoTokenizer.from_pretrained(tokenizer_from) if tokenizer_from else char_tokenizer()
+    )
     tokenizer.save_pretrained(folder)
     (folder / "zoo_run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")

@@ -54,7 +54,7 @@ def batches(texts: Iterator[str], batch_size: int) -> Iterator[tuple[Any, Any]]:
         width = max(map(len, ids))
         x = torch.zeros(len(ids), width, dtype=torch.long)
         y = torch.full((len(ids), width), IGNORE, dtype=torch.long)
-        for row, (text, seq) in enumerate(zip(chunk, ids)):
+        for row, (text, seq) in enumerate(zip(chunk, ids, strict=False)):
             x[row, : len(seq)] = torch.tensor(seq)
             start = text.index("?") + 2  # <s> shifts positions by one; the answer follows "?"
             y[row, start : len(seq)] = x[row, start : len(seq)]

@@ -48,8 +48,10 @@ def make_trial(values, key, seed=None, constraints=None, state=optuna.trial.Tria
         attrs["seed_trial"] = seed
     system = {"constraints": constraints} if constraints is not None else {}
     return optuna.trial.create_trial(
-        state=state, values=values if state == optuna.trial.TrialState.COMPLETE else None,
-        user_attrs=attrs, system_attrs=system,
+        state=state,
+        values=values if state == optuna.trial.TrialState.COMPLETE else None,
+        user_attrs=attrs,
+        system_attrs=system,
     )
 
 
@@ -58,7 +60,9 @@ def handmade():
     """t0..t5 completed (t4 infeasible, t5 a duplicate of t1's plan), t6 failed."""
     study = optuna.create_study(directions=MAX2)
     study.set_metric_names(["instruct", "code"])
-    study.set_user_attr("fingerprint", {"checkpoints": [{"name": "a"}, {"name": "b"}], "base": None})
+    study.set_user_attr(
+        "fingerprint", {"checkpoints": [{"name": "a"}, {"name": "b"}], "base": None}
+    )
     for trial in [
         make_trial([0.9, 0.1], "ka", seed="single:a"),
         make_trial([0.6, 0.6], "kb"),
@@ -101,8 +105,8 @@ def write_study_config(folder: Path, name: str, zoo, **extra) -> Path:
 @pytest.fixture(scope="module")
 def exportable(tiny_zoo, tmp_path_factory):
     """A study created by the study service with four real plans and chosen scores."""
-    from search.study.config import load_config
     from search.engine.pool import CheckpointPool
+    from search.study.config import load_config
     from search.study.space import SearchSpace
     from search.study.storage import create_or_resume, open_storage
 
@@ -111,35 +115,74 @@ def exportable(tiny_zoo, tmp_path_factory):
     cfg = load_config(path)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
     space = SearchSpace.build(cfg, pool.names)
-    study, created = create_or_resume(cfg, open_storage(cfg, create=True), space, pool.fingerprint(), path)
+    study, created = create_or_resume(
+        cfg, open_storage(cfg, create=True), space, pool.fingerprint(), path
+    )
     assert created
-    for weights, values in [([1, 1, 1], [0.3, 0.3]), ([1, 0, 0], [0.8, 0.1]),
-                            ([0, 1, 1], [0.2, 0.7]), ([2, 1, 0], [0.6, 0.5])]:
-        plan = space.plan(dict(zip([r[0] for r in space.weight_params()], weights)))
-        study.add_trial(optuna.trial.create_trial(values=values, user_attrs={
-            "plan": plan.to_dict(), "plan_key": plan.key,
-            "coefficients": {n: [w / sum(weights)] for n, w in zip(pool.names, weights)},
-            "task_scores": {"demo_instruct/exact_match": values[0], "demo_code/exact_match": values[1]},
-        }))
+    for weights, values in [
+        ([1, 1, 1], [0.3, 0.3]),
+        ([1, 0, 0], [0.8, 0.1]),
+        ([0, 1, 1], [0.2, 0.7]),
+        ([2, 1, 0], [0.6, 0.5]),
+    ]:
+        plan = space.plan(dict(zip([r[0] for r in space.weight_params()], weights, strict=False)))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=values,
+                user_attrs={
+                    "plan": plan.to_dict(),
+                    "plan_key": plan.key,
+                    "coefficients": {
+                        n: [w / sum(weights)] for n, w in zip(pool.names, weights, strict=True)
+                    },
+                    "task_scores": {
+                        "demo_instruct/exact_match": values[0],
+                        "demo_code/exact_match": values[1],
+                    },
+                },
+            )
+        )
     return path, study
 
 
-
-
-PICK = [("ab+c=", ["abc", "cab", "bca"], 0), ("1+2=", ["3", "4", "5"], 0), ("dog:", ["god", "odg", "dgo"], 0),
-        ("x*y=", ["xy", "yx", "xx"], 1), ("red.", ["der", "erd", "red"], 2), ("9-4=", ["5", "6", "4"], 0)]
-PICK_HELDOUT = [("sun!", ["nus", "uns", "sun"], 0), ("(a)", ["a", "b", "c"], 0), ("go,", ["og", "go", "oo"], 1),
-                ("7/7=", ["1", "7", "0"], 0), ("b+a=", ["ab", "ba", "aa"], 1), ("cat.", ["tac", "act", "cta"], 0)]
+PICK = [
+    ("ab+c=", ["abc", "cab", "bca"], 0),
+    ("1+2=", ["3", "4", "5"], 0),
+    ("dog:", ["god", "odg", "dgo"], 0),
+    ("x*y=", ["xy", "yx", "xx"], 1),
+    ("red.", ["der", "erd", "red"], 2),
+    ("9-4=", ["5", "6", "4"], 0),
+]
+PICK_HELDOUT = [
+    ("sun!", ["nus", "uns", "sun"], 0),
+    ("(a)", ["a", "b", "c"], 0),
+    ("go,", ["og", "go", "oo"], 1),
+    ("7/7=", ["1", "7", "0"], 0),
+    ("b+a=", ["ab", "ba", "aa"], 1),
+    ("cat.", ["tac", "act", "cta"], 0),
+]
 
 
 def write_choice_task(folder: Path, name: str, items) -> None:
     data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps({"q": q, "choices": c, "answer": a}) + "\n" for q, c, a in items))
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump({
-        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{q}}",
-        "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc"}],
-    }))
+    data.write_text(
+        "".join(json.dumps({"q": q, "choices": c, "answer": a}) + "\n" for q, c, a in items)
+    )
+    (folder / f"{name}.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": name,
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(data)}},
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "doc_to_text": "{{q}}",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "{{answer}}",
+                "metric_list": [{"metric": "acc"}],
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +193,21 @@ def launched(tiny_zoo, tmp_path_factory):
     tasks.mkdir()
     write_choice_task(tasks, "c2_pick", PICK)
     write_choice_task(tasks, "c2_pick_heldout", PICK_HELDOUT)
-    (tasks / "text.txt").write_text("the cat sat on the mat.\nreverse: stone? enots\na=4;print(a)? 4\n")
+    (tasks / "text.txt").write_text(
+        "the cat sat on the mat.\nreverse: stone? enots\na=4;print(a)? 4\n"
+    )
     config = write_study_config(
-        folder, "launched", tiny_zoo,
+        folder,
+        "launched",
+        tiny_zoo,
         objectives=[
             {"name": "pick", "tasks": [{"task": "c2_pick", "metric": "acc"}]},
-            {"name": "ppl", "direction": "minimize", "evaluator": "perplexity", "data": str(tasks / "text.txt")},
+            {
+                "name": "ppl",
+                "direction": "minimize",
+                "evaluator": "perplexity",
+                "data": str(tasks / "text.txt"),
+            },
         ],
         tasks_path=str(tasks),
         eval={"batch_size": 8, "heldout": {"c2_pick": "c2_pick_heldout"}},

@@ -133,9 +133,7 @@ def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
         return []
     try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(
-            deepcopy=False
-        )
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     except KeyError:
         return []
 

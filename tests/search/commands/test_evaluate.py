@@ -8,10 +8,21 @@ from search.cli import main
 
 
 def test_json_scores_of_a_saved_model(demo_zoo, demo_tasks_path, capsys):
-    rc = main([
-        "eval", str(demo_zoo.checkpoints[0]), "--tasks-path", str(demo_tasks_path),
-        "--tasks", "demo_code,demo_instruct", "--limit", "3", "--device", "cpu", "--json",
-    ])
+    rc = main(
+        [
+            "eval",
+            str(demo_zoo.checkpoints[0]),
+            "--tasks-path",
+            str(demo_tasks_path),
+            "--tasks",
+            "demo_code,demo_instruct",
+            "--limit",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["limit"] == 3
@@ -20,8 +31,18 @@ def test_json_scores_of_a_saved_model(demo_zoo, demo_tasks_path, capsys):
 
 
 def test_table_output(demo_zoo, demo_tasks_path, capsys):
-    rc = main(["eval", str(demo_zoo.base), "--tasks-path", str(demo_tasks_path),
-               "--tasks", "demo_code", "--limit", "2"])
+    rc = main(
+        [
+            "eval",
+            str(demo_zoo.base),
+            "--tasks-path",
+            str(demo_tasks_path),
+            "--tasks",
+            "demo_code",
+            "--limit",
+            "2",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["task/metric", "score"]
@@ -29,8 +50,9 @@ def test_table_output(demo_zoo, demo_tasks_path, capsys):
 
 
 def test_unknown_task_exits_2_naming_it(demo_zoo, demo_tasks_path, capsys):
-    rc = main(["eval", str(demo_zoo.base), "--tasks-path", str(demo_tasks_path),
-               "--tasks", "demo_kode"])
+    rc = main(
+        ["eval", str(demo_zoo.base), "--tasks-path", str(demo_tasks_path), "--tasks", "demo_kode"]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "unknown lm-eval task 'demo_kode'" in err and "demo_code" in err

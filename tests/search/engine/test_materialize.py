@@ -8,10 +8,10 @@ import re
 import pytest
 import torch
 
-from search.errors import UserError
 from search.engine.materialize import materialize, merged_tensors
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
+from search.errors import UserError
 
 
 def _group(name: str, n_groups: int, n_layers: int) -> int:

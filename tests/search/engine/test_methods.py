@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from search.errors import UserError
 from search.engine.materialize import effective_weights, merged_tensors, tensor_seed
 from search.engine.methods import SLERP_DOT_THRESHOLD
-from search.engine.registry import METHODS, get_method
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
+from search.engine.registry import METHODS, get_method
+from search.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # Float64 references: written from the definitions (NOTES.md), one checkpoint at a time.

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from search.errors import UserError
 from search.engine.pool import CheckpointPool
+from search.errors import UserError
 
 
 def _read_all(folder) -> dict[str, torch.Tensor]:

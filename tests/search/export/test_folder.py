@@ -9,12 +9,12 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from search.errors import UserError
-from search.export.folder import export_merge
 from search.engine.materialize import materialize, merged_tensors
-from search.engine.registry import METHODS
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
+from search.engine.registry import METHODS
+from search.errors import UserError
+from search.export.folder import export_merge
 
 IDS = torch.tensor([[1, 4, 5, 6, 7, 8, 2]])
 

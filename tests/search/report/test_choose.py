@@ -6,12 +6,12 @@ import json
 
 import optuna
 import pytest
+from report_fixtures import MAX2, make_config, make_trial, write_study_config
 
 from search.cli import main
 from search.errors import UserError
 from search.report.choose import pick_row
 from search.report.view import view_of
-from report_fixtures import MAX2, make_config, make_trial, write_study_config
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,9 @@ def test_pick_row_without_completed_or_feasible_trials():
         (["--prefer", "instruct=1"], 1, "preferred by instruct=1"),
     ],
 )
-def test_export_writes_a_loadable_model_with_scores_and_provenance(exportable, tmp_path, capsys, flags, trial, how):
+def test_export_writes_a_loadable_model_with_scores_and_provenance(
+    exportable, tmp_path, capsys, flags, trial, how
+):
     config, study = exportable
     out = tmp_path / "merged"
     assert main(["export", str(config), *flags, "--out", str(out)]) == 0
@@ -94,7 +96,9 @@ def test_export_refuses_an_existing_folder_unless_forced(exportable, tmp_path, c
     (out / "keep.txt").write_text("user data")
     assert main(["export", str(config), "--knee", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("merge-search: error: --out") and "--force" in err and err.count("\n") == 1
+    assert (
+        err.startswith("merge-search: error: --out") and "--force" in err and err.count("\n") == 1
+    )
     assert (out / "keep.txt").read_text() == "user data"
     assert main(["export", str(config), "--knee", "--out", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
@@ -103,8 +107,11 @@ def test_export_refuses_an_existing_folder_unless_forced(exportable, tmp_path, c
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
-        (["--trial", "7"], "--trial 7: no completed trial with that number in study 'exportable'; "
-                           "completed trials: 0-3"),
+        (
+            ["--trial", "7"],
+            "--trial 7: no completed trial with that number in study 'exportable'; "
+            "completed trials: 0-3",
+        ),
         (["--best", "math"], "--best math: unknown objective; objectives: instruct, code"),
         (["--prefer", "math=1"], "expected OBJECTIVE=WEIGHT with OBJECTIVE one of instruct, code"),
     ],
@@ -127,8 +134,13 @@ def test_export_and_pareto_of_a_study_without_trials(tiny_zoo, tmp_path, capsys)
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "studies.db").exists()
     cfg = load_config(config)
-    optuna.create_study(study_name="empty", storage=open_storage(cfg, create=True), directions=["maximize"] * 2)
-    for command in (["pareto", str(config)], ["export", str(config), "--knee", "--out", str(tmp_path / "o")]):
+    optuna.create_study(
+        study_name="empty", storage=open_storage(cfg, create=True), directions=["maximize"] * 2
+    )
+    for command in (
+        ["pareto", str(config)],
+        ["export", str(config), "--knee", "--out", str(tmp_path / "o")],
+    ):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "study 'empty'" in err and "no completed trials yet" in err and err.count("\n") == 1

@@ -10,9 +10,9 @@ import time
 import urllib.request
 
 import pytest
+from report_fixtures import free_port
 
 from search.cli import main
-from report_fixtures import free_port
 
 
 @pytest.mark.parametrize("by", ["config", "url"])
@@ -22,14 +22,18 @@ def test_dashboard_serves_the_study_on_localhost(exportable, by):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "search.cli", "dashboard", target, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         answer = None
         deadline = time.monotonic() + 60
         while answer is None and time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as resp:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/studies", timeout=5
+                ) as resp:
                     answer = json.load(resp)
             except OSError:
                 time.sleep(0.3)

@@ -6,13 +6,13 @@ import json
 
 import optuna
 import pytest
+from report_fixtures import make_config, make_trial
 
 from search.cli import main
 from search.report.front import build_report
 from search.report.plots import format_report, write_plot
 from search.report.scores import baseline_plans
 from search.report.view import view_of
-from report_fixtures import make_config, make_trial
 
 
 def test_report_of_the_handmade_study(handmade, tmp_path):
@@ -54,18 +54,22 @@ def test_single_objective_report_and_plot(tmp_path):
     study.set_metric_names(["code"])
     for v, key in [(0.2, "a"), (0.7, "b"), (0.7, "c"), (0.5, "d")]:
         study.add_trial(make_trial([v], key, seed="uniform" if key == "a" else None))
-    cfg = make_config(objectives=[{"name": "code", "tasks": [{"task": "demo_code"}]}],
-                  seed_trials=["uniform"])
+    cfg = make_config(
+        objectives=[{"name": "code", "tasks": [{"task": "demo_code"}]}], seed_trials=["uniform"]
+    )
     view = view_of(cfg, study, "sqlite:///x.db")
     assert [r.number for r in view.front()] == [1, 2]  # both reach the best value
 
     def scored_here(cfg, heldout=False):
         raise AssertionError("not reached: the singles are found in the study's cache")
 
-    study.set_user_attr("baseline_scores", {
-        p.key: {"objectives": {"code": 0.1 * i}, "tasks": {}}
-        for i, (_, _, p) in enumerate(baseline_plans(["a", "b"]))
-    })
+    study.set_user_attr(
+        "baseline_scores",
+        {
+            p.key: {"objectives": {"code": 0.1 * i}, "tasks": {}}
+            for i, (_, _, p) in enumerate(baseline_plans(["a", "b"]))
+        },
+    )
     report = build_report(view, heldout=False, runtime_factory=scored_here)
     assert report["hypervolume"] is None
     labels = {b["label"]: b for b in report["baselines"]}
@@ -85,17 +89,24 @@ def test_pareto_json_after_launch(launched, capsys):
     values = {t["trial"]: (t["values"]["pick"], t["values"]["ppl"]) for t in report["trials"]}
     front = [r["trial"] for r in report["front"]]
     for n in front:  # nothing beats a front trial on both objectives
-        assert not any(v[0] >= values[n][0] and v[1] <= values[n][1] and v != values[n] for v in values.values())
+        assert not any(
+            v[0] >= values[n][0] and v[1] <= values[n][1] and v != values[n]
+            for v in values.values()
+        )
     assert report["knee_trial"] in front
     assert sum(r["knee"] for r in report["front"]) == 1
     for r in report["front"]:
         assert 0.0 <= r["heldout"]["pick"] <= 1.0
-        assert r["heldout"]["ppl"] == pytest.approx(r["values"]["ppl"])  # perplexity has no held-out split
+        assert r["heldout"]["ppl"] == pytest.approx(
+            r["values"]["ppl"]
+        )  # perplexity has no held-out split
         assert set(r["coefficients"]) == {"ft_a", "ft_b", "ft_c"}
     baselines = {b["label"]: b for b in report["baselines"]}
     assert list(baselines) == ["uniform", "ft_a", "ft_b", "ft_c"]
     assert baselines["uniform"]["trial"] == 0  # the seed trial
-    assert all(baselines[n]["trial"] is None and baselines[n]["heldout"] for n in ("ft_a", "ft_b", "ft_c"))
+    assert all(
+        baselines[n]["trial"] is None and baselines[n]["heldout"] for n in ("ft_a", "ft_b", "ft_c")
+    )
     hv = report["hypervolume"]
     assert hv["value"] >= 0
     assert len(hv["history"]) == len([t for t in report["trials"] if t["duplicate_of"] is None])
@@ -108,13 +119,15 @@ def test_pareto_json_after_launch(launched, capsys):
     again = build_report(open_view(launched), runtime_factory=no_runtime)
     assert json.loads(json.dumps(again)) == report
     study = open_view(launched).study
-    assert set(study.user_attrs["heldout_scores"]["scores"]) >= {r["plan_key"] for r in report["front"]}
+    assert set(study.user_attrs["heldout_scores"]["scores"]) >= {
+        r["plan_key"] for r in report["front"]
+    }
     assert len(study.user_attrs["baseline_scores"]) == 3
-    # the hypervolume history is saved for optuna-dashboard (its plot data: chunked study system attrs)
+    # the hypervolume history is saved for optuna-dashboard (plot data: chunked study system attrs)
     storage = study._storage
     attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("launched"))
     prefix = "dashboard:plot_data:merge-search-hypervolume:"
-    chunks = sorted((int(k[len(prefix):]), v) for k, v in attrs.items() if k.startswith(prefix))
+    chunks = sorted((int(k[len(prefix) :]), v) for k, v in attrs.items() if k.startswith(prefix))
     figure = json.loads("".join(v for _, v in chunks))
     assert "hypervolume" in figure["layout"]["title"]["text"].lower()
 
@@ -134,14 +147,25 @@ def test_pareto_table_and_plots_after_launch(launched, tmp_path, capsys):
 def test_three_objective_report_and_plot(tmp_path):
     study = optuna.create_study(directions=["maximize", "maximize", "minimize"])
     study.set_metric_names(["instruct", "code", "ppl"])
-    for values, key in [([0.5, 0.5, 2.0], "u"), ([1.0, 0.0, 3.0], "a"), ([0.0, 1.0, 3.0], "b"),
-                        ([0.4, 0.4, 2.5], "d")]:
+    for values, key in [
+        ([0.5, 0.5, 2.0], "u"),
+        ([1.0, 0.0, 3.0], "a"),
+        ([0.0, 1.0, 3.0], "b"),
+        ([0.4, 0.4, 2.5], "d"),
+    ]:
         study.add_trial(make_trial(values, key, seed="uniform" if key == "u" else None))
-    cfg = make_config(objectives=[{"name": n, "tasks": [{"task": "demo_code"}]} for n in ("instruct", "code", "ppl")])
-    study.set_user_attr("baseline_scores", {
-        p.key: {"objectives": {"instruct": 0.1, "code": 0.1, "ppl": 9.0}, "tasks": {}}
-        for _, _, p in baseline_plans(["a", "b"])
-    })
+    cfg = make_config(
+        objectives=[
+            {"name": n, "tasks": [{"task": "demo_code"}]} for n in ("instruct", "code", "ppl")
+        ]
+    )
+    study.set_user_attr(
+        "baseline_scores",
+        {
+            p.key: {"objectives": {"instruct": 0.1, "code": 0.1, "ppl": 9.0}, "tasks": {}}
+            for _, _, p in baseline_plans(["a", "b"])
+        },
+    )
     report = build_report(view_of(cfg, study, "sqlite:///x.db"), heldout=False)
     assert [r["trial"] for r in report["front"]] == [1, 0, 2]  # (0.4, 0.4, 2.5) is dominated
     assert report["knee_trial"] == 0

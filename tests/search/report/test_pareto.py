@@ -12,8 +12,8 @@ from search.report.pareto import (
     hypervolume_history,
     knee_point,
     normalized_utilities,
-    parse_prefer,
     pareto_front,
+    parse_prefer,
     prefer_point,
     reference_point,
 )

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.study.config import load_config
 from search.errors import UserError
+from search.study.config import load_config
 
 
 def good_config() -> dict[str, Any]:

@@ -7,9 +7,9 @@ from typing import Any
 import optuna
 import pytest
 
-from search.study.config import StudyConfig
 from search.engine.materialize import effective_weights
 from search.engine.registry import METHODS
+from search.study.config import StudyConfig
 from search.study.space import SearchSpace
 
 NAMES = ("a", "b", "c")

@@ -33,7 +33,6 @@ ROLES = ("postgres", "root")
 def _postgres_url() -> str | None:
     import sqlalchemy
 
-
     for role in ROLES:
         url = f"postgresql://{role}@127.0.0.1:5432/test"
         try:
@@ -81,8 +80,8 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(
     pool_paths: dict[str, Any], postgres: str
 ) -> None:
     """A `worker` joined from another shell dies by SIGKILL mid-trial; its trial is retried."""
-    from search.study.config import load_config
     from search.engine.pool import CheckpointPool
+    from search.study.config import load_config
     from search.study.space import SearchSpace
     from search.study.storage import create_or_resume, open_storage
 
