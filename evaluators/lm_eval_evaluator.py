@@ -19,7 +19,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+from lm_eval.evaluator import evaluate
+
 from evaluators.base import Evaluator, Scores
+from evaluators.lm_tasks import load_tasks
+from evaluators.resident_lm import ResidentHFLM
 from evaluators.spec import EvalSpec, ObjectiveSpec
 from search.errors import UserError
 
@@ -84,8 +90,6 @@ class LmEvalEvaluator(Evaluator):
     def __init__(
         self, objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any
     ) -> None:
-        from evaluators.lm_tasks import load_tasks
-        from evaluators.resident_lm import ResidentHFLM
 
         self._objectives = tuple(objectives)
         self._spec = spec
@@ -149,9 +153,6 @@ class LmEvalEvaluator(Evaluator):
 
     def run_tasks(self) -> dict[str, dict[str, Any]]:
         """One harness pass over every task: lm-eval's ``results`` dict (task -> metrics)."""
-        import numpy as np
-        import torch
-        from lm_eval.evaluator import evaluate
 
         seed = self._spec.seed
         random.seed(seed)

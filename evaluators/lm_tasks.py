@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lm_eval.tasks import TaskManager
 
 from search.errors import UserError
 
@@ -75,7 +76,6 @@ def load_tasks(
     Raises:
         UserError: a missing tasks folder, an unknown name, a group or tag name.
     """
-    from lm_eval.tasks import TaskManager
 
     where = where or {}
     # lm-eval warns on every HFLM built from a model object and logs each task it loads.

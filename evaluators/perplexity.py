@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from evaluators.base import Evaluator, Scores
 from evaluators.spec import EvalSpec, ObjectiveSpec
 from search.errors import UserError
@@ -70,7 +73,6 @@ class PerplexityEvaluator(Evaluator):
     def __init__(
         self, objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any
     ) -> None:
-        import torch
 
         self._batches: dict[str, list[tuple[Any, Any]]] = {}
         self._keys: dict[str, str] = {}
@@ -110,8 +112,6 @@ class PerplexityEvaluator(Evaluator):
 
 def perplexity(model: Any, batches: Sequence[tuple[Any, Any]]) -> float:
     """``exp`` of the mean next-token negative log-likelihood over all unpadded positions."""
-    import torch
-    import torch.nn.functional as F
 
     nll, count = 0.0, 0
     with torch.no_grad():

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from evaluators.base import Scores
 from evaluators.builder import build_evaluator
 from evaluators.spec import EvalSpec, ObjectiveSpec
@@ -26,7 +28,6 @@ def score_saved_model(
 
 def load_model(model_dir: Path, device: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a folder, on ``device`` (a resolved torch device), eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (model_dir / "config.json").is_file():
         raise UserError(

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from search.engine.device import resolve_device
+from search.engine.kernels import KERNELS, choose_kernel
 from search.errors import UserError
 
 SINGLE_FILE = "model.safetensors"
@@ -116,7 +119,6 @@ class CheckpointPool:
         dtype: torch.dtype,
         kernel: str = "auto",
     ) -> None:
-        from search.engine.kernels import choose_kernel
 
         self._checkpoints = tuple(checkpoints)
         self._base = base
@@ -163,7 +165,6 @@ class CheckpointPool:
             raise UserError("checkpoint pool: expected at least one checkpoint folder")
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype)
-        from search.engine.kernels import KERNELS
 
         if kernel not in KERNELS:
             raise UserError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
@@ -262,7 +263,6 @@ class CheckpointPool:
         trial.
         The tokenizer comes from :meth:`tokenizer_path`; ``tokenizer=False`` skips it (``None``).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = None
         if tokenizer:
@@ -322,7 +322,6 @@ def _read_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
     The file is opened per tensor: ``safe_open`` maps the whole file and the pages read stay
     resident until it is closed, so this bounds the transient memory to one tensor.
     """
-    from safetensors import safe_open
 
     for name, info in ckpt.tensors.items():
         with safe_open(str(info.file), framework="pt", device="cpu") as f:

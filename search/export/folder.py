@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
+from search.engine.materialize import effective_weights, merge_tensor_into, resolve
 from search.engine.plan import MergePlan
-from search.engine.pool import TOKENIZER_FILES, CheckpointPool
+from search.engine.pool import _LAYER_RE, TOKENIZER_FILES, CheckpointPool, resolve_dtype
 from search.errors import UserError
+from search.export.card import model_card
+from search.export.mergekit_yaml import plan_to_yaml, read_config
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 
@@ -48,10 +52,6 @@ def export_merge(
         max_shard_size: bytes per safetensors shard before splitting.
         dtype: dtype of the written weights (default: the pool's).
     """
-    from search.engine.materialize import effective_weights, resolve
-    from search.engine.pool import resolve_dtype
-    from search.export.card import model_card
-    from search.export.mergekit_yaml import plan_to_yaml
 
     resolved = resolve(plan, pool)
     out_dtype = resolve_dtype(dtype) if dtype is not None else pool.dtype
@@ -106,9 +106,6 @@ def export_merge(
 def _write_weights(
     resolved, pool: CheckpointPool, folder: Path, dtype: torch.dtype, max_shard: int
 ) -> None:
-    from safetensors.torch import save_file
-
-    from search.engine.materialize import merge_tensor_into
 
     size = torch.tensor([], dtype=dtype).element_size()
     shards: list[list[str]] = [[]]
@@ -177,7 +174,6 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 def _layer_filters(pool: CheckpointPool, n_groups: int) -> list[list[str]]:
     """mergekit filters per layer group: block prefixes (``model.layers.3.``), embedding names."""
-    from search.engine.pool import _LAYER_RE
 
     groups: list[list[str]] = [[] for _ in range(n_groups)]
     for name in pool.tensor_names:
@@ -218,7 +214,6 @@ def merge_from_yaml(
     Returns:
         ``(folder written, the plan, the opened pool)``.
     """
-    from search.export.mergekit_yaml import read_config
 
     request = read_config(config)
     out = Path(out_dir)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.engine.plan import MergePlan
@@ -99,7 +100,6 @@ def read_config(path: str | Path) -> MergeRequest:
     Relative model paths resolve against the current directory (as in mergekit), not against
     the YAML's folder.
     """
-    import yaml
 
     file = Path(path)
     try:
@@ -262,7 +262,6 @@ def plan_to_yaml(
             order (e.g. ``[["embed_tokens", "layers.0.", "layers.1."], ["layers.2.", ...]]``);
             the last group is written as the unfiltered fallback (final norm, lm_head).
     """
-    import yaml
 
     method = METHODS[plan.method]
     form = method.mergekit

@@ -13,6 +13,7 @@ from search.export.folder import export_merge
 from search.report.pareto import best_point, parse_prefer, prefer_point
 from search.report.scores import cached_heldout
 from search.report.view import Row, StudyView, open_view
+from search.study.storage import check_fingerprint
 
 
 def pick_row(
@@ -118,7 +119,6 @@ def export_chosen(
         UserError: ``out`` exists without ``force``, no such trial, or the checkpoints changed
             since the study scored them; all before anything is written.
     """
-    from search.study.storage import check_fingerprint
 
     out = Path(out)
     if out.exists() and not force:

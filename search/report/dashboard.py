@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+from optuna_dashboard import run_server
+
 from search.errors import UserError
 from search.study.config import load_config
-from search.study.storage import sqlite_path
+from search.study.storage import connect, redact, sqlite_path
 
 
 def dashboard_target(target: str) -> tuple[str, str | None]:
@@ -32,9 +34,6 @@ def serve(target: str, port: int, announce: Callable[[str], None] = print) -> No
     ``target`` is a study config or a storage URL. The port and the storage are checked first
     (``UserError``); ``announce`` receives the URL line before the server blocks.
     """
-    from optuna_dashboard import run_server
-
-    from search.study.storage import connect, redact
 
     url, name = dashboard_target(target)
     host = "127.0.0.1"

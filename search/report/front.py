@@ -13,9 +13,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from optuna_dashboard import save_plotly_graph_object
+
 from search.engine.plan import MergePlan
 from search.errors import UserError
 from search.report.pareto import dominates, hypervolume, hypervolume_history, reference_point
+from search.report.plots import check_plot_path, hypervolume_figure, write_plot
 from search.report.scores import find_baselines, heldout_configured, score_heldout
 from search.report.view import StudyView, open_view
 
@@ -120,9 +123,6 @@ def build_report(
 
 def _save_to_dashboard(view: StudyView, report: Mapping[str, Any]) -> None:
     """Store the hypervolume history as a plotly figure shown by optuna-dashboard."""
-    from optuna_dashboard import save_plotly_graph_object
-
-    from search.report.plots import hypervolume_figure
 
     save_plotly_graph_object(
         view.study, hypervolume_figure(report), graph_object_id=DASHBOARD_GRAPH_ID
@@ -141,7 +141,6 @@ def pareto(
 
     The plot path is checked before any work (``UserError``).
     """
-    from search.report.plots import check_plot_path, write_plot
 
     plot_path = check_plot_path(plot) if plot else None
     view = open_view(config, storage)

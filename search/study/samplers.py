@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import optuna
+
 from search.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,7 +53,6 @@ class SamplerEntry:
     doc: str = ""
 
     def optuna_type(self) -> type:
-        import optuna
 
         return getattr(optuna.samplers, self.optuna_class)
 
@@ -199,6 +201,5 @@ def build_sampler(
 def _seed(seed: int | None, worker: int, salt: int, shared: bool) -> int | None:
     if seed is None or shared or (worker == 0 and salt == 0):
         return seed
-    import numpy as np
 
     return int(np.random.SeedSequence([seed, worker, salt]).generate_state(1)[0])

@@ -13,6 +13,7 @@ trials that are finished or running, so concurrent workers never start more than
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import threading
@@ -20,6 +21,12 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import optuna
+import sqlalchemy
+import sqlalchemy.exc
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from search.errors import UserError
 
@@ -56,7 +63,6 @@ def sqlite_path(url: str) -> Path | None:
 
 def redact(url: str) -> str:
     """The URL with any password hidden, for messages."""
-    from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -88,8 +94,6 @@ def connect(
     trial of a worker that died (at most ``workers.max_retry`` times); without, it is a plain
     reader (the dashboard). A missing SQLite file is a ``UserError`` unless ``create``.
     """
-    import optuna
-    import sqlalchemy.exc
 
     db = sqlite_path(url)
     engine_kwargs: dict[str, Any] = {}
@@ -125,7 +129,6 @@ def connect(
 
 def study_exists(cfg: StudyConfig, url: str | None = None) -> bool:
     """Whether the storage holds a study of this name (a missing SQLite file is not created)."""
-    import optuna
 
     url = url or cfg.storage
     db = sqlite_path(url)
@@ -140,7 +143,6 @@ def load_study(
     sampler: optuna.samplers.BaseSampler | None = None,
 ) -> optuna.Study:
     """The existing study named ``cfg.name`` (``UserError`` naming the storage if missing)."""
-    import optuna
 
     try:
         return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
@@ -231,7 +233,6 @@ def create_or_resume(
     Returns:
         ``(study, created)``.
     """
-    import optuna
 
     sig = signature(cfg, space, fingerprint)
     try:
@@ -283,8 +284,6 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
     """
     db = sqlite_path(storage.url)
     if db is not None:
-        import fcntl
-
         with open(f"{db}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -296,7 +295,6 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
         raise UserError(
             f"storage: {storage.engine.dialect.name} is not supported; use SQLite or PostgreSQL"
         )
-    import sqlalchemy
 
     key = int.from_bytes(
         hashlib.sha256(f"merge-search:{study_name}".encode()).digest()[:8], "big", signed=True
@@ -315,8 +313,6 @@ def claim_trial(
     waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
     a worker that dies right after the claim still leaves a trial that goes stale.
     """
-    import optuna
-    from optuna.trial import TrialState
 
     with budget_lock(storage, study.study_name), quiet_experimental():
         optuna.storages.fail_stale_trials(study)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import optuna
 import pytest
 from safetensors.torch import load_file, save_file
 from study_fixtures import (
+    TEXT,
     build_pool_and_tasks,
     cli,
     complete,
@@ -22,10 +24,8 @@ from study_fixtures import (
 from search.cli import main
 from search.engine.plan import MergePlan
 
-# Enough trials that the study is usually still running when the interrupt lands. A trial of
-# this tiny pool takes tens of milliseconds and one poll of the storage can take longer than
-# all of them: when the launch had already finished its budget, the interrupt test skips.
 N_TRIALS = 30
+SLOW_TEXTS = 1500  # lines of the slow study's perplexity file: a trial takes seconds, not ms
 
 
 @pytest.fixture(scope="module")
@@ -45,52 +45,102 @@ def workdir(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 @pytest.fixture(scope="module")
 def finished(workdir: dict[str, Any]) -> dict[str, Any]:
-    """Launch, interrupt it (Ctrl-C) after a first finished trial, resume it to the budget."""
-    root, storage, config = workdir["root"], workdir["storage"], workdir["config"]
+    """The study launched to its budget; the tests below only read it."""
+    assert main(["launch", str(workdir["config"])]) == 0
+    return {"trials": trials("e2e", workdir["storage"])}
+
+
+@pytest.fixture()
+def own_study(tiny_zoo: Any, tmp_path: Path) -> dict[str, Any]:
+    """A small study of its own (own pool copy, own storage), for a test that changes things."""
+    paths = build_pool_and_tasks(tmp_path, tiny_zoo)
+    storage = f"sqlite:///{tmp_path / 'studies' / 'own.db'}"
+    data = study_config(paths, "own", storage, budget={"n_trials": 3}, seed_trials=["uniform"])
+    config = write_config(tmp_path / "own.yaml", data)
+    assert main(["launch", str(config)]) == 0
+    return {"root": tmp_path, "paths": paths, "storage": storage, "data": data, "config": config}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Ctrl-C while a trial runs, then the same command again.
+
+    Trials of this study take seconds (a long perplexity file scored one text at a time), and
+    the interrupt is sent as soon as the first trial is seen RUNNING, so it lands inside it and
+    the launch cannot have finished its budget first.
+    """
+    root = tmp_path_factory.mktemp("interrupt")
+    paths = build_pool_and_tasks(root, tiny_zoo)
+    slow = root / "tasks" / "slow.txt"
+    slow.write_text("\n".join(TEXT[i % len(TEXT)] for i in range(SLOW_TEXTS)) + "\n")
+    paths["text"] = str(slow)
+    storage = f"sqlite:///{root / 'studies' / 'slow.db'}"
+    data = study_config(
+        paths,
+        "slow",
+        storage,
+        budget={"n_trials": 2},
+        eval={"limit": None, "batch_size": 1},
+        seed_trials=["uniform"],
+    )
+    config = write_config(root / "slow.yaml", data)
     proc = cli("launch", str(config), cwd=root)
-    wait_for(lambda: len(complete(trials("e2e", storage))) >= 1, "a first finished trial", proc)
+
+    def running() -> Any:
+        return next(
+            (t for t in trials("slow", storage) if t.state == optuna.trial.TrialState.RUNNING),
+            None,
+        )
+
+    target = wait_for(running, "a running trial", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
-    before = {t.number: t for t in complete(trials("e2e", storage))}
-    interrupted = {
+    before = trials("slow", storage)
+    resumed = main(["launch", str(config)])
+    return {
         "returncode": proc.returncode,
         "stderr": err,
-        "complete": before,
-        "all": trials("e2e", storage),
+        "target": target,
+        "before": before,
+        "resumed": resumed,
+        "after": trials("slow", storage),
     }
-    assert main(["launch", str(config)]) == 0  # resume: same command
-    return {"interrupted": interrupted, "trials": trials("e2e", storage)}
 
 
-def test_interrupted_launch_stops_cleanly(finished: dict[str, Any]) -> None:
-    interrupted = finished["interrupted"]
-    if interrupted["returncode"] == 0 and len(interrupted["complete"]) == N_TRIALS:
-        pytest.skip("the launch finished its whole budget before the interrupt was sent")
+def test_interrupted_launch_stops_cleanly(interrupted: dict[str, Any]) -> None:
     assert interrupted["returncode"] == 130
-    assert "run the same command to continue" in interrupted["stderr"]
-    assert 1 <= len(interrupted["complete"]) < N_TRIALS
-    # the trial that was running was failed and queued again, not lost
-    failed = [t for t in interrupted["all"] if t.state == optuna.trial.TrialState.FAIL]
-    requeued = {
-        t.system_attrs.get("failed_trial")
-        for t in interrupted["all"]
-        if t.state == optuna.trial.TrialState.WAITING
-    }
-    assert {t.number for t in failed} <= requeued
+    assert (
+        "stopped at 0/2 finished trials; run the same command to continue"
+        in (interrupted["stderr"])
+    )
+    by_number = {t.number: t for t in interrupted["before"]}
+    target = by_number[interrupted["target"].number]
+    # the trial that was running was failed and queued again with the same parameters
+    assert target.state == optuna.trial.TrialState.FAIL
+    retries = [
+        t for t in interrupted["before"] if t.system_attrs.get("failed_trial") == target.number
+    ]
+    assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.WAITING
+    assert target.params.items() <= retries[0].params.items()
+    assert not complete(interrupted["before"])
 
 
-def test_resumed_study_continues_its_count_to_exactly_n_trials(finished: dict[str, Any]) -> None:
-    done = complete(finished["trials"])
-    assert len(done) == N_TRIALS
+def test_resumed_study_continues_its_count_to_exactly_n_trials(
+    interrupted: dict[str, Any],
+) -> None:
+    assert interrupted["resumed"] == 0
+    after = interrupted["after"]
+    assert len(complete(after)) == 2
     assert not [
         t
-        for t in finished["trials"]
+        for t in after
         if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     ]
-    assert len({t.number for t in finished["trials"]}) == len(finished["trials"])
-    for number, before in finished["interrupted"]["complete"].items():  # kept as they were
-        after = next(t for t in done if t.number == number)
-        assert after.values == before.values and after.params == before.params
+    assert len({t.number for t in after}) == len(after)
+    target = interrupted["target"].number
+    retry = next(t for t in after if t.system_attrs.get("failed_trial") == target)
+    assert retry.state == optuna.trial.TrialState.COMPLETE  # the retry ran, with its parameters
+    assert next(t for t in after if t.number == target).params.items() <= retry.params.items()
 
 
 def test_each_trial_records_what_it_did(finished: dict[str, Any], workdir: dict[str, Any]) -> None:
@@ -128,21 +178,20 @@ def test_study_records_config_fingerprint_and_objective_names(
     ]
 
 
-def test_a_plan_already_scored_is_reused(finished: dict[str, Any], workdir: dict[str, Any]) -> None:
+def test_a_plan_already_scored_is_reused(own_study: dict[str, Any]) -> None:
     """Raising the budget on a study whose seed trials are queued again: same plans, no new eval."""
-    study = optuna.load_study(study_name="e2e", storage=workdir["storage"])
+    storage = own_study["storage"]
+    study = optuna.load_study(study_name="own", storage=storage)
     uniform = next(t for t in complete(study.trials) if t.user_attrs.get("seed_trial") == "uniform")
     study.enqueue_trial(uniform.params, user_attrs={"seed_trial": "uniform-again"})
-    assert main(["launch", str(workdir["config"]), "--n-trials", str(N_TRIALS + 1)]) == 0
+    assert main(["launch", str(own_study["config"]), "--n-trials", "4"]) == 0
     again = next(
-        t
-        for t in trials("e2e", workdir["storage"])
-        if t.user_attrs.get("seed_trial") == "uniform-again"
+        t for t in trials("own", storage) if t.user_attrs.get("seed_trial") == "uniform-again"
     )
     assert again.state == optuna.trial.TrialState.COMPLETE
     assert again.user_attrs["duplicate_of"] == uniform.number
     assert again.values == uniform.values and again.user_attrs["eval_s"] == 0.0
-    assert len(complete(trials("e2e", workdir["storage"]))) == N_TRIALS + 1
+    assert len(complete(trials("own", storage))) == 4
 
 
 def test_no_trial_starts_after_the_timeout(
@@ -172,21 +221,53 @@ def test_resume_refused_when_the_search_space_changed(
 
 
 def test_resume_refused_after_a_checkpoint_changed(
-    finished: dict[str, Any], workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    own_study: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ckpt = Path(workdir["paths"]["checkpoints"][0])
+    ckpt = Path(own_study["paths"]["checkpoints"][0])
     weights = ckpt / "model.safetensors"
     save_file(load_file(weights), weights, metadata={"format": "pt", "retrained": "yes"})
-    count = len(trials("e2e", workdir["storage"]))
+    count = len(trials("own", own_study["storage"]))
+    capsys.readouterr()
     for command in ("launch", "worker"):
-        assert main([command, str(workdir["config"])]) == 2
+        assert main([command, str(own_study["config"])]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1
         assert (
             f"checkpoints: the files changed since the study was created (checkpoints[{ckpt.name}]"
             in err
         )
-    assert len(trials("e2e", workdir["storage"])) == count
+    assert len(trials("own", own_study["storage"])) == count
+
+
+def test_constraints_reach_a_real_worker_and_the_sampler(
+    workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bounds from the config: every trial stores its values, NSGA-II reads them, pareto obeys."""
+    storage = f"sqlite:///{workdir['root'] / 'studies' / 'bounded.db'}"
+    data = study_config(
+        workdir["paths"],
+        "bounded",
+        storage,
+        budget={"n_trials": 10},
+        constraints=[{"objective": "ppl", "max": 1e9}, {"objective": "pick", "min": 0.3}],
+    )
+    config = write_config(workdir["root"] / "bounded.yaml", data)
+    assert main(["launch", str(config)]) == 0
+    done = complete(trials("bounded", storage))
+    assert len(done) == 10
+    for t in done:
+        pick, ppl = t.values
+        expected = [ppl - 1e9, 0.3 - pick]  # Optuna's convention: <= 0 is feasible
+        assert t.user_attrs["constraints"] == pytest.approx(expected)
+        assert t.system_attrs["constraints"] == pytest.approx(expected)  # what the sampler saw
+    feasible = {t.number for t in done if t.values[0] >= 0.3}
+    infeasible = {t.number for t in done} - feasible
+    assert feasible and infeasible, "the bound should split the merges of the tiny pool"
+    capsys.readouterr()
+    assert main(["pareto", str(config), "--json", "--no-heldout"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["trial"] for r in report["front"]} <= feasible
+    assert {t["trial"] for t in report["trials"] if not t["feasible"]} == infeasible
 
 
 def test_worker_needs_an_existing_study(

@@ -1,6 +1,9 @@
-"""Several workers on PostgreSQL: an exact budget, and a killed worker's trial retried.
+"""Several workers: an exact budget on SQLite and PostgreSQL, and a killed worker's trial retried.
 
-Needs PostgreSQL at 127.0.0.1:5432 (database ``test``); skipped with the reason when unreachable.
+The PostgreSQL cases need PostgreSQL at 127.0.0.1:5432 (database ``test``; CI starts it); they
+skip with the reason when it is unreachable. Trials here score a longer perplexity file one
+text at a time, so a trial takes long enough for two workers to share the budget and for a
+kill to land inside a trial.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import optuna
 import pytest
 from study_fixtures import (
+    TEXT,
     build_pool_and_tasks,
     cli,
     complete,
@@ -24,8 +28,6 @@ from study_fixtures import (
 )
 
 from search.cli import main
-
-pytestmark = pytest.mark.postgres
 
 ROLES = ("postgres", "root")
 
@@ -46,6 +48,9 @@ def _postgres_url() -> str | None:
     return None
 
 
+SLOW_TEXTS = 600  # lines of perplexity text per trial, scored one at a time
+
+
 @pytest.fixture(scope="module")
 def postgres() -> str:
     url = _postgres_url()
@@ -57,25 +62,39 @@ def postgres() -> str:
 @pytest.fixture(scope="module")
 def pool_paths(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("workers")
-    return {"root": root, **build_pool_and_tasks(root, tiny_zoo)}
+    paths = {"root": root, **build_pool_and_tasks(root, tiny_zoo)}
+    slow = root / "tasks" / "slow.txt"
+    slow.write_text("\n".join(TEXT[i % len(TEXT)] for i in range(SLOW_TEXTS)) + "\n")
+    paths["text"] = str(slow)
+    return paths
 
 
-def _fresh(pool_paths: dict[str, Any], postgres: str, **extra: Any) -> tuple[str, Any]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest, pool_paths: dict[str, Any]) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres")
+    return f"sqlite:///{pool_paths['root'] / 'studies' / f'{uuid.uuid4().hex[:12]}.db'}"
+
+
+def _fresh(pool_paths: dict[str, Any], storage: str, **extra: Any) -> tuple[str, Any]:
     name = f"c1_{uuid.uuid4().hex[:12]}"
-    data = study_config(pool_paths, name, postgres, **extra)
+    extra.setdefault("eval", {"limit": None, "batch_size": 1})
+    data = study_config(pool_paths, name, storage, **extra)
     return name, write_config(pool_paths["root"] / f"{name}.yaml", data)
 
 
-def test_two_workers_finish_exactly_n_trials(pool_paths: dict[str, Any], postgres: str) -> None:
-    name, config = _fresh(pool_paths, postgres, budget={"n_trials": 8}, seed_trials=["uniform"])
+def test_two_workers_finish_exactly_n_trials(pool_paths: dict[str, Any], storage_url: str) -> None:
+    """The `make demo` case (`--workers 2`): the budget is exact whatever the storage."""
+    name, config = _fresh(pool_paths, storage_url, budget={"n_trials": 8}, seed_trials=["uniform"])
     assert main(["launch", str(config), "--workers", "2"]) == 0
-    ts = trials(name, postgres)
+    ts = trials(name, storage_url)
     assert len(ts) == 8  # no extra trial was ever created
     assert len(complete(ts)) == 8
     assert sorted(t.number for t in ts) == list(range(8))
     assert len({t.user_attrs["worker"] for t in ts}) == 2  # both workers took part
 
 
+@pytest.mark.postgres
 def test_a_killed_worker_trial_is_retried_and_the_study_completes(
     pool_paths: dict[str, Any], postgres: str
 ) -> None:

@@ -1,0 +1,81 @@
+"""The study's storage as every Optuna tool opens it: plain URLs, and the fingerprint check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from report_fixtures import free_port
+from test_workers import _postgres_url
+
+from search.errors import UserError
+from search.study.storage import check_fingerprint, connect, sqlite_path
+
+
+@pytest.fixture(scope="module")
+def postgres() -> str:
+    url = _postgres_url()
+    if url is None:
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432/test")
+    return url
+
+
+def _dashboard_studies(url: str) -> list[str]:
+    """Start the optuna-dashboard command of this venv on ``url``; the study names it serves."""
+    port = free_port()
+    command = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen(
+        [str(command), url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60  # a guard against hanging, not a timed assertion
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    return [s["study_name"] for s in json.load(r)["study_summaries"]]
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"optuna-dashboard did not answer: {proc.communicate()[0][-500:]}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.postgres
+def test_a_plain_postgresql_url_works_with_optuna_and_optuna_dashboard(postgres: str) -> None:
+    """What a user types in a notebook or a shell, with the project's dependencies only."""
+    assert postgres.startswith("postgresql://")
+    name = f"plain_{uuid.uuid4().hex[:12]}"
+    study = optuna.create_study(study_name=name, storage=postgres)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name=name, storage=postgres).trials) == 2
+    assert len(optuna.load_study(study_name=name, storage=connect(postgres)).trials) == 2
+    assert name in _dashboard_studies(postgres)
+
+
+def test_sqlite_urls_name_their_file() -> None:
+    assert sqlite_path("sqlite:///studies/demo.db") == Path("studies/demo.db")
+    assert sqlite_path("postgresql://u@h:5432/db") is None
+
+
+def test_the_fingerprint_check_names_what_changed() -> None:
+    study = optuna.create_study()
+    recorded = {"checkpoints": [{"name": "a", "bytes": 10}], "base": None}
+    check_fingerprint(study, recorded, "cfg.yaml", "nothing")  # none recorded: passes
+    with pytest.raises(UserError, match="a study that recorded none"):
+        check_fingerprint(study, recorded, "cfg.yaml", "a study that recorded none", required=True)
+    study.set_user_attr("fingerprint", recorded)
+    check_fingerprint(study, json.loads(json.dumps(recorded)), "cfg.yaml", "same files")
+    changed = {"checkpoints": [{"name": "a", "bytes": 11}], "base": None}
+    with pytest.raises(UserError, match=r"^cfg\.yaml: checkpoints: .*checkpoints\[a\]\.bytes"):
+        check_fingerprint(study, changed, "cfg.yaml", "use a new study name")
