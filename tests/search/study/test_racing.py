@@ -1,0 +1,82 @@
+"""Racing's statistics: the fixed example order, rungs, the paired test and its level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search.study.racing import (
+    MIN_EXAMPLES,
+    Objective,
+    Term,
+    dominated_with_confidence,
+    example_order,
+    paired_difference,
+    rung_sizes,
+    z_value,
+)
+
+TWO = (
+    Objective("code", True, (Term("code/acc", 1.0),)),
+    Objective("instr", True, (Term("instr/acc", 1.0),)),
+)
+
+
+def test_the_example_order_is_fixed_per_study_and_task() -> None:
+    a = example_order(200, "demo_code", seed=0)
+    assert sorted(a.tolist()) == list(range(200))
+    assert np.array_equal(a, example_order(200, "demo_code", seed=0))  # any worker, any trial
+    assert not np.array_equal(a, example_order(200, "demo_instruct", seed=0))
+    assert not np.array_equal(a, example_order(200, "demo_code", seed=1))
+
+
+def test_rung_sizes_grow_to_all_examples() -> None:
+    assert rung_sizes(200, [0.125, 0.25, 0.5, 1.0]) == [25, 50, 100, 200]
+    assert rung_sizes(1000, [0.1, 1.0]) == [100, 1000]
+    assert rung_sizes(40, [0.125, 0.25, 0.5, 1.0]) == [MIN_EXAMPLES, 40]  # small tasks: fewer rungs
+    assert rung_sizes(10, [0.5]) == [10]
+
+
+def test_paired_difference_is_the_weighted_mean_of_task_differences() -> None:
+    objective = Objective("mix", True, (Term("a", 3.0), Term("b", 1.0)))
+    member = {"a": np.array([1, 1, 0, 1.0]), "b": np.array([1, 0, 0.0])}
+    cand = {"a": np.array([0, 1, 0, 0.0]), "b": np.array([0, 0, 1.0])}
+    d, se = paired_difference(objective, member, cand)
+    da, db = np.array([1, 0, 0, 1.0]), np.array([1, 0, -1.0])
+    assert d == pytest.approx(0.75 * da.mean() + 0.25 * db.mean())
+    expected = (0.75**2 * da.var(ddof=1) / 4 + 0.25**2 * db.var(ddof=1) / 3) ** 0.5
+    assert se == pytest.approx(expected)
+    lower = Objective("ppl", False, (Term("a", 1.0),))
+    assert paired_difference(lower, member, cand)[0] == pytest.approx(-da.mean())
+
+
+def test_a_clearly_worse_merge_is_stopped_and_a_front_merge_never() -> None:
+    rng = np.random.default_rng(0)
+    n = 25
+    strong = {"code/acc": (rng.random(n) < 0.9) * 1.0, "instr/acc": (rng.random(n) < 0.9) * 1.0}
+    weak = {"code/acc": strong["code/acc"] * (rng.random(n) < 0.2), "instr/acc": np.zeros(n)}
+    z = z_value(0.95, n_members=3, n_looks=3)
+    assert dominated_with_confidence(TWO, weak, {7: strong}, z) == 7
+    # a member is never better than itself, and a trade-off (better on one objective) survives
+    assert dominated_with_confidence(TWO, strong, {7: strong}, z) is None
+    tradeoff = {"code/acc": np.ones(n), "instr/acc": np.zeros(n)}
+    assert dominated_with_confidence(TWO, tradeoff, {7: strong}, z) is None
+
+
+def test_the_level_holds_when_nothing_dominates() -> None:
+    """Null case: the candidate equals the member in distribution; stops stay below alpha."""
+    rng = np.random.default_rng(1)
+    confidence, members, looks, n = 0.95, 4, 3, 25
+    z = z_value(confidence, members, looks)
+    stops = 0
+    sims = 2000
+    for _ in range(sims):
+        cand = {k: (rng.random(n) < 0.5) * 1.0 for k in ("code/acc", "instr/acc")}
+        front = {
+            i: {k: (rng.random(n) < 0.5) * 1.0 for k in ("code/acc", "instr/acc")}
+            for i in range(members)
+        }
+        stops += dominated_with_confidence(TWO, cand, front, z) is not None
+    # per look the level is <= (1 - confidence) / looks; binomial slack of 4 SE on 2000 draws
+    alpha = (1 - confidence) / looks
+    assert stops / sims <= alpha + 4 * (alpha * (1 - alpha) / sims) ** 0.5
