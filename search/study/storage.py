@@ -313,7 +313,9 @@ def claim_trial(
 
     Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
     waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
-    a worker that dies right after the claim still leaves a trial that goes stale.
+    a worker that dies right after the claim still leaves a trial that goes stale. A worker
+    stopped *during* the claim (SIGTERM inside ``ask``) would leave a running trial without a
+    heartbeat, which never goes stale: it is failed and queued again before the exit goes on.
     """
     import optuna
     from optuna.trial import TrialState
@@ -325,11 +327,32 @@ def claim_trial(
         )
         if len(taken) >= n_trials:
             return None
+        running = {t.number for t in taken if t.state == TrialState.RUNNING}
         # we run our own loop (exact budget, our heartbeat thread); Optuna assumes Study.optimize
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-        trial = study.ask()
-        storage.record_heartbeat(trial._trial_id)
+        try:
+            trial = study.ask()
+            storage.record_heartbeat(trial._trial_id)
+        except BaseException:
+            _undo_claim(study, storage, running)
+            raise
         return trial
+
+
+def _undo_claim(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, running_before: set[int]
+) -> None:
+    """Fail (and queue again) the trial a broken claim started: under the budget lock, a running
+    trial that was not running before the claim is the claim's own."""
+    from optuna.trial import TrialState
+
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in running_before:
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        if retry is not None:
+            retry(study, storage.get_trial(t._trial_id))
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
