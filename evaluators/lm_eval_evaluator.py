@@ -286,9 +286,10 @@ def _check_chat_template(lm: Any, tokenizer: Any, template: bool | str) -> None:
     """The tokenizer has the chat template asked for; one line naming its checkpoint if not."""
     source = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
     named = getattr(tokenizer, "chat_template", None)
+    shown = "true" if template is True else repr(template)
     if not named:
         raise UserError(
-            f"{source}: eval.apply_chat_template is {template!r} but this tokenizer has no chat "
+            f"{source}: eval.apply_chat_template is {shown} but this tokenizer has no chat "
             "template (tokenizer_config.json 'chat_template' or chat_template.jinja); set "
             "eval.apply_chat_template: false or use a checkpoint whose tokenizer has one"
         )

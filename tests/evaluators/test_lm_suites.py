@@ -296,3 +296,68 @@ def test_max_length_sets_the_harness_context(model_tok, suite):
         model, tok
     )
     assert short != pytest.approx(full.tasks["like_c/perplexity"])  # contexts were cut
+
+
+# ------------------------------------------------------------------- Hugging Face datasets
+
+
+def _cache_as_hub_dataset(cache, repo, rows):
+    """Put ``rows`` into a datasets cache as if ``repo`` had been downloaded once (offline)."""
+    import glob
+    import json
+    import os
+    import shutil
+
+    import datasets
+
+    source = cache / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.load_dataset("json", data_files={"test": str(source)}, cache_dir=str(cache))
+    built = glob.glob(str(cache / "json" / "*" / "*" / "*"))[0]
+    version, digest = built.split(os.sep)[-2:]
+    org, name = repo.split("/")
+    target = cache / f"{org}___{name}" / "default" / version / digest
+    target.parent.mkdir(parents=True)
+    shutil.move(built, target)
+    for f in target.glob("json-*.arrow"):
+        f.rename(target / f"{name}-{f.name[len('json-') :]}")
+
+
+def test_a_hub_dataset_is_used_from_the_local_cache_and_refused_when_absent(
+    model_tok, tmp_path, monkeypatch
+):
+    import datasets
+    import yaml
+
+    model, tok = model_tok
+    cache = tmp_path / "hf-datasets"
+    cache.mkdir()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for repo in ("merge-search/cached_picks", "merge-search/absent_picks"):
+        name = repo.split("/")[1]
+        task = {
+            "task": name,
+            "dataset_path": repo,
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": "{{question}}",
+            "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{answer}}",
+            "metric_list": [{"metric": "acc"}],
+        }
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    rows = [{"question": "ab+c=", "choices": ["abc", "cab"], "answer": 0}] * 3
+    _cache_as_hub_dataset(cache, "merge-search/cached_picks", rows)
+    spec = EvalSpec(tasks_path=tasks, batch_size=4)
+    ok = build_evaluator([_objective("c", "cached_picks")], spec, model, tok)
+    assert ok.examples_per_task() == {"cached_picks": 3}
+    assert len(ok.evaluate(model, tok).examples["cached_picks/acc"]) == 3
+    message = (
+        r"objective 'a': task 'absent_picks' needs the Hugging Face dataset "
+        r"'merge-search/absent_picks', which is not in the local datasets cache"
+    )
+    with pytest.raises(UserError, match=message):
+        build_evaluator([_objective("a", "absent_picks")], spec, model, tok)
