@@ -160,16 +160,30 @@ def signature(
 ) -> dict[str, Any]:
     """What a resumed study must keep: the checkpoints, the search space, how trials are scored."""
     scoring = {
-        "objectives": [o.model_dump(mode="json") for o in cfg.objectives],
+        "objectives": [_objective_signature(o) for o in cfg.objectives],
         "limit": cfg.eval.limit,
         "num_fewshot": cfg.eval.num_fewshot,
         "seed": cfg.eval.seed,
     }
+    # Settings added later join only when set, so that studies created before them resume.
+    for name in ("apply_chat_template", "system_instruction", "fewshot_as_multiturn", "max_length"):
+        value = getattr(cfg.eval, name)
+        if value != type(cfg.eval).model_fields[name].default:
+            scoring[name] = value
     return {
         FINGERPRINT_ATTR: dict(fingerprint),
         SPACE_ATTR: space.describe(),
         SCORING_ATTR: scoring,
     }
+
+
+def _objective_signature(objective: Any) -> dict[str, Any]:
+    """An objective as the signature keeps it; a task's ``gen_kwargs`` only when set."""
+    data = objective.model_dump(mode="json")
+    for task in data.get("tasks", []):
+        if task.get("gen_kwargs") is None:
+            task.pop("gen_kwargs", None)
+    return data
 
 
 def check_resume(

@@ -228,6 +228,26 @@ BAD: list[tuple[str, Mutate, str]] = [
         "eval.limit: Input should be greater than or equal to 1",
     ),
     (
+        "eval-multiturn",
+        lambda d: d["eval"].update(fewshot_as_multiturn=True),
+        "eval.fewshot_as_multiturn: true needs eval.apply_chat_template",
+    ),
+    (
+        "eval-chat-name",
+        lambda d: d["eval"].update(apply_chat_template=" "),
+        "eval.apply_chat_template: expected true, false or a chat template name",
+    ),
+    (
+        "eval-max-length",
+        lambda d: d["eval"].update(max_length=1),
+        "eval.max_length: Input should be greater than or equal to 2",
+    ),
+    (
+        "task-gen-kwargs",
+        lambda d: d["objectives"][0]["tasks"][0].update(gen_kwargs={"max_length": 5}),
+        "objectives[0].tasks[0].gen_kwargs: gen_kwargs.max_length: use max_gen_toks",
+    ),
+    (
         "heldout-key",
         lambda d: d["eval"]["heldout"].update(nope="x"),
         "eval.heldout.nope: not a task of any objective",
