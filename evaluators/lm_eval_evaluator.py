@@ -282,8 +282,17 @@ def _chat_template_args(tokenizer: Any, template: bool | str) -> dict[str, Any] 
     return None
 
 
-def _check_chat_template(lm: Any, tokenizer: Any, template: bool | str) -> None:
-    """The tokenizer has the chat template asked for; one line naming its checkpoint if not."""
+def check_chat_template(tokenizer: Any, template: bool | str) -> None:
+    """The tokenizer has the chat template asked for; one line naming its checkpoint if not.
+
+    lm-eval's rules (``LM.chat_template``): ``true`` takes the tokenizer's template (its
+    ``default`` when it has several, named); a name picks one of several named templates.
+    Stricter than lm-eval in one case: a name given for a tokenizer with one unnamed template is
+    refused (lm-eval would warn and use that template).
+
+    Raises:
+        UserError: ``"<checkpoint folder>: eval.apply_chat_template ..."``.
+    """
     source = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
     named = getattr(tokenizer, "chat_template", None)
     shown = "true" if template is True else repr(template)
@@ -293,14 +302,27 @@ def _check_chat_template(lm: Any, tokenizer: Any, template: bool | str) -> None:
             "template (tokenizer_config.json 'chat_template' or chat_template.jinja); set "
             "eval.apply_chat_template: false or use a checkpoint whose tokenizer has one"
         )
-    if isinstance(template, str) and not isinstance(named, dict):
+    if isinstance(named, dict):
+        wanted = "default" if template is True else template
+        if wanted not in named:
+            raise UserError(
+                f"{source}: eval.apply_chat_template {shown}: the tokenizer has no chat template "
+                f"{wanted!r}; its templates: {', '.join(sorted(named))}"
+            )
+    elif isinstance(template, str):
         raise UserError(
-            f"{source}: eval.apply_chat_template {template!r}: this tokenizer has one unnamed "
+            f"{source}: eval.apply_chat_template {shown}: this tokenizer has one unnamed "
             "chat template; use apply_chat_template: true"
         )
+
+
+def _check_chat_template(lm: Any, tokenizer: Any, template: bool | str) -> None:
+    """:func:`check_chat_template`, then lm-eval's own check of the choice."""
+    check_chat_template(tokenizer, template)
     try:
-        lm.chat_template(template)  # lm-eval's own check of the name
+        lm.chat_template(template)
     except ValueError as exc:
+        source = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
         raise UserError(f"{source}: eval.apply_chat_template {template!r}: {exc}") from None
 
 
