@@ -202,23 +202,19 @@ def resolve_tasks(
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if tasks_path is not None and not Path(tasks_path).is_dir():
         raise UserError(f"tasks_path {str(tasks_path)!r}: expected a folder of lm-eval task YAMLs")
-    manager = None
+    manager, built_in = None, True
     if tasks_path is not None:
         manager = TaskManager(include_path=str(tasks_path), include_defaults=False)
     local = set(manager.all_tasks) if manager else set()
     if manager is None or any(n not in local for n in names):
         manager = TaskManager(include_path=str(tasks_path) if tasks_path else None)
-    catalog = Catalog(manager)
-    registry = manager.task_index
-    for name in names:
-        asker = where.get(name, "tasks")
-        if name not in registry:
-            raise UserError(_unknown(name, asker, tasks_path, local, manager))
-        found: dict[str, dict[str, Any]] = {}
-        _walk(name, registry, asker, found, trail=())
-        catalog.kinds[name] = _KINDS.get(registry[name].kind.name, "task")
-        catalog.leaves[name] = tuple(found)
-        catalog.configs.update(found)
+    else:
+        built_in = False
+    try:
+        catalog = _catalog(manager, names, where, tasks_path, local, final=built_in)
+    except _UnknownMember:  # a local group lists a built-in task: look again with lm-eval's own
+        manager = TaskManager(include_path=str(tasks_path))
+        catalog = _catalog(manager, names, where, tasks_path, local, final=True)
     checked: set[tuple[str, str | None]] = set()
     for leaf, cfg in catalog.configs.items():
         asker = next((where.get(n, "tasks") for n in names if leaf in catalog.leaves[n]), "tasks")
@@ -228,11 +224,44 @@ def resolve_tasks(
                 "YAML); set eval.confirm_run_unsafe_code: true (--confirm-run-unsafe-code on "
                 "merge-search eval) to run it"
             )
-        _check_data(leaf, cfg, registry.get(leaf), asker, checked)
+        _check_data(leaf, cfg, catalog.manager.task_index.get(leaf), asker, checked)
     return catalog
 
 
 _KINDS = {"GROUP": "group", "TAG": "tag", "TASK": "task", "PY_TASK": "task"}
+
+
+class _UnknownMember(UserError):
+    """A group lists a name the index does not have (maybe a built-in one: look again)."""
+
+
+def _catalog(
+    manager: Any,
+    names: Sequence[str],
+    where: Mapping[str, str],
+    tasks_path: Path | None,
+    local: set[str],
+    *,
+    final: bool = False,
+) -> Catalog:
+    """Every name and its leaf tasks, from the index alone; ``final``: refuse unknown members."""
+    catalog = Catalog(manager)
+    registry = manager.task_index
+    for name in names:
+        asker = where.get(name, "tasks")
+        if name not in registry:
+            raise UserError(_unknown(name, asker, tasks_path, local, manager))
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            _walk(name, registry, asker, found, trail=())
+        except _UnknownMember as exc:
+            if final:
+                raise UserError(str(exc)) from None
+            raise
+        catalog.kinds[name] = _KINDS.get(registry[name].kind.name, "task")
+        catalog.leaves[name] = tuple(found)
+        catalog.configs.update(found)
+    return catalog
 
 
 def _walk(
@@ -297,7 +326,7 @@ def _walk_members(
         else:
             close = difflib.get_close_matches(str(base), list(registry), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(
+            raise _UnknownMember(
                 f"{asker}: group {group!r}{origin} lists unknown lm-eval task {base!r}{hint}"
             )
 

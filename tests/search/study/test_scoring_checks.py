@@ -38,6 +38,8 @@ def workdir(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     (tasks / "run_code.yaml").write_text(yaml.safe_dump(code_task))
     group = {"group": "bad_group", "task": ["c1_pick", "c1_pik"]}
     (tasks / "bad_group.yaml").write_text(yaml.safe_dump(group))
+    mixed = {"group": "mixed_group", "task": ["c1_pick", "arc_easy"]}  # a built-in member
+    (tasks / "mixed_group.yaml").write_text(yaml.safe_dump(mixed))
     return {"root": root, "paths": paths}
 
 
@@ -89,3 +91,12 @@ def test_chat_template_on_a_tokenizer_without_one_names_the_checkpoint(
     assert (
         f"{base}: eval.apply_chat_template is true but this tokenizer has no chat template" in err
     )
+
+
+def test_local_group_with_a_built_in_task_is_checked_like_one(
+    workdir: dict[str, Any], capsys: Any
+) -> None:
+    rc, err = _launch(workdir, "mixedgroup", capsys, tasks=[{"task": "mixed_group"}])
+    assert rc == 2
+    assert "unknown" not in err  # found among lm-eval's own tasks, then its data is checked
+    assert "task 'arc_easy' needs the Hugging Face dataset 'allenai/ai2_arc'" in err
