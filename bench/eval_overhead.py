@@ -11,6 +11,13 @@ is the rest of the evaluation: lm-eval's request building, tokenization, batchin
 bookkeeping plus Hugging Face's generation loop between forward calls (reported separately by
 timing ``model.generate``). Target: everything else < 10 % of the trial.
 
+Per-example results: every trial also runs the mean-only path once (lm-eval without sample
+logging, ``LmEvalEvaluator.run_tasks(log_samples=False)``), in alternating order with the full
+path (``evaluate``: logged samples, per-example values, standard errors, plus packing them for
+the study, ``search.study.records.encode_examples``). The overhead of per-example logging is
+their difference as a share of the full trial (merge + full evaluation), with its standard
+error over the trials. Target: <= 3 % of a trial.
+
 ``--scores`` also prints the score table: every checkpoint, the uniform average and a few
 hand-picked weightings, on the search and the held-out splits.
 """
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.engine.materialize import materialize
     from search.engine.plan import MergePlan
     from search.engine.pool import CheckpointPool
+    from search.study.records import encode_examples
     from search.zoo import build_zoo
 
     zoo = build_zoo(args.zoo, seed=args.seed, size=args.size, progress=True)
@@ -113,18 +121,28 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = random.Random(args.seed)
     rows = []
+    overhead = []  # per trial: (full evaluate + packing) - mean-only, and the full trial
     for trial in range(args.trials + 1):  # trial 0 warms up (first merge reads the files)
         weights = [rng.gammavariate(1.0, 1.0) for _ in pool.names]
         plan = MergePlan.create("linear", weights, seed=trial)
         t0 = time.perf_counter()
         materialize(plan, pool, model)
         t1 = time.perf_counter()
+        if trial % 2:
+            mean_only = _time(lambda: evaluator.run_tasks(log_samples=False))
         clock.reset()
+        t_eval = time.perf_counter()
         scores = evaluator.evaluate(model, tokenizer)
+        encode_examples(scores.examples)
         t2 = time.perf_counter()
+        forward_s, generate_s, calls = clock.forward_s, clock.generate_s, clock.calls
+        if not trial % 2:
+            mean_only = _time(lambda: evaluator.run_tasks(log_samples=False))
         if trial:
-            gen_loop = clock.generate_s - clock.forward_s
-            rows.append((t1 - t0, clock.forward_s, gen_loop, t2 - t1, scores))
+            gen_loop = generate_s - forward_s
+            rows.append((t1 - t0, forward_s, gen_loop, t2 - t_eval, scores))
+            overhead.append(((t2 - t_eval) - mean_only, (t1 - t0) + (t2 - t_eval)))
+    clock.calls = calls
     merge = statistics.mean(r[0] for r in rows)
     forward = statistics.mean(r[1] for r in rows)
     gen_loop = statistics.mean(r[2] for r in rows)
@@ -150,9 +168,33 @@ def main(argv: list[str] | None = None) -> int:
         f"    lm-eval harness (requests, tokenization, metrics) {other - gen_loop:.3f} s "
         f"({100 * (other - gen_loop) / trial_s:.1f} %)"
     )
+    shares = [extra / trial_s for extra, trial_s in overhead]
+    share = statistics.mean(shares)
+    share_se = statistics.stdev(shares) / len(shares) ** 0.5 if len(shares) > 1 else float("nan")
+    extra = statistics.mean(e for e, _ in overhead)
+    print(
+        f"  per-example logging (samples, per-example values, standard errors, packing): "
+        f"{extra * 1000:.1f} ms a trial = {100 * share:.2f} % ± {100 * share_se:.2f} % "
+        f"of the trial (target <= 3 %; {len(shares)} trials, each against the mean-only path)"
+    )
+    last = rows[-1][4]
+    print(
+        "  last trial: "
+        + ", ".join(
+            f"{name} {last.objectives[name]:.3f} ± {last.stderr[name]:.3f}"
+            for name in last.objectives
+        )
+        + f" (n = {', '.join(f'{k} {len(v)}' for k, v in last.examples.items())})"
+    )
     if args.scores:
         print_scores(pool, model, tokenizer, spec)
     return 0
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def print_scores(pool, model, tokenizer, spec) -> None:
@@ -190,12 +232,19 @@ def print_scores(pool, model, tokenizer, spec) -> None:
     head = f"{'code':>7}{'instr':>7}{'mean':>7}"
     print(f"{'merge':<30}{head}   held-out:{head}")
     means = {}
+    largest_se = 0.0
     for label, w in weightings.items():
         materialize(MergePlan.create("linear", w), pool, model)
-        s = search_ev.evaluate(model, tokenizer).objectives
-        h = held_ev.evaluate(model, tokenizer).objectives
+        search = search_ev.evaluate(model, tokenizer)
+        held = held_ev.evaluate(model, tokenizer)
+        s, h = search.objectives, held.objectives
+        largest_se = max(largest_se, *search.stderr.values(), *held.stderr.values())
         means[label] = (_mean(s), _mean(h))
         print(f"{label:<30}{_row(s)}   {'':9}{_row(h)}")
+    print(
+        f"(each skill score over 200 examples; standard errors at most {largest_se:.3f}, "
+        f"the mean of two skills' at most {largest_se / 2**0.5:.3f})"
+    )
     single = max(names, key=lambda n: means[n][0])
     merge = max((m for m in means if m not in names), key=lambda m: means[m][0])
     print(

@@ -7,11 +7,18 @@ Dependencies: lm-eval, transformers, torch; within merge-search only the foundat
 from __future__ import annotations
 
 from evaluators.base import Evaluator, Scores
-from evaluators.builder import EVALUATORS, CompositeEvaluator, build_evaluator
+from evaluators.builder import (
+    CHECKS,
+    EVALUATORS,
+    CompositeEvaluator,
+    build_evaluator,
+    check_objectives,
+)
 from evaluators.spec import EvalSpec, ObjectiveSpec, TaskRef
 from search import _offline as _offline  # noqa: F401  (sets HF offline variables first)
 
 __all__ = [
+    "CHECKS",
     "EVALUATORS",
     "CompositeEvaluator",
     "EvalSpec",
@@ -20,4 +27,5 @@ __all__ = [
     "Scores",
     "TaskRef",
     "build_evaluator",
+    "check_objectives",
 ]

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Per-task scores (``"task/metric" -> value``) and objective values (``name -> value``)."""
+    """What one evaluation measured.
+
+    Attributes:
+        tasks: ``"task/metric" -> value`` (groups and their subtasks each have a key).
+        objectives: objective name -> value.
+        examples: per ``tasks`` key, the per-example values in ascending document order
+            (lm-eval's per-sample metric values; see :mod:`evaluators.stats`). A group's values
+            are its leaf tasks' values concatenated in the group's task order. Empty for a
+            metric lm-eval can only compute over the whole corpus (f1, bleu, ...).
+        stderr: objective name -> standard error of its value (NaN where not available).
+        task_stderr: per ``tasks`` key, the standard error of that score.
+    """
 
     tasks: dict[str, float] = field(default_factory=dict)
     objectives: dict[str, float] = field(default_factory=dict)
+    examples: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    task_stderr: dict[str, float] = field(default_factory=dict)
 
 
 class Evaluator(ABC):
@@ -23,9 +38,29 @@ class Evaluator(ABC):
       the first call, and reused; nothing is cached between calls that depends on the weights;
     - ``evaluate`` returns a finite value for every objective it owns, or raises ``UserError``
       naming the task and what exists (unknown task, missing metric, NaN score);
+    - it returns per-example values for every score key and a standard error per objective;
+    - ``docs`` restricts a call to some documents of some tasks; the values then cover those
+      documents only (``examples`` in ascending document order);
     - results are deterministic for fixed weights (fixed seeds, greedy generation).
     """
 
     @abstractmethod
-    def evaluate(self, model: Any, tokenizer: Any) -> Scores:
-        """Score the model as its weights are now."""
+    def evaluate(
+        self, model: Any, tokenizer: Any, docs: Mapping[str, Sequence[int]] | None = None
+    ) -> Scores:
+        """Score the model as its weights are now.
+
+        Args:
+            model: the resident model.
+            tokenizer: its tokenizer.
+            docs: leaf task name -> indices of the documents to score (lm-eval's ``samples``);
+                tasks not named, or ``None``: every example (as limited by ``limit``).
+
+        Raises:
+            ValueError: ``docs`` names a task this evaluator does not score, or an index
+                outside the task's documents.
+        """
+
+    @abstractmethod
+    def examples_per_task(self) -> dict[str, int]:
+        """Leaf task name -> how many examples one call without ``docs`` scores."""

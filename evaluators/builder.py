@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from evaluators.base import Evaluator, Scores
@@ -10,6 +10,8 @@ from evaluators.spec import EvalSpec, ObjectiveSpec
 from search.errors import UserError
 
 EvaluatorFactory = Callable[[Sequence[ObjectiveSpec], EvalSpec, Any, Any], Evaluator]
+# What can be checked before a model is loaded (the launcher runs it before any worker starts).
+EvaluatorCheck = Callable[[Sequence[ObjectiveSpec], EvalSpec], None]
 
 
 def _lm_eval(
@@ -28,10 +30,22 @@ def _perplexity(
     return PerplexityEvaluator(objectives, spec, model, tokenizer)
 
 
+def _check_lm_eval(objectives: Sequence[ObjectiveSpec], spec: EvalSpec) -> None:
+    from evaluators.lm_tasks import check_tasks  # lazy: imports lm_eval
+
+    names = list(dict.fromkeys(r.task for o in objectives for r in o.tasks))
+    where = {r.task: f"objective {o.name!r}" for o in objectives for r in o.tasks}
+    check_tasks(names, spec.tasks_path, where, confirm_run_unsafe_code=spec.confirm_run_unsafe_code)
+
+
 # ObjectiveSpec.evaluator -> factory building one evaluator for all objectives of that kind.
 EVALUATORS: dict[str, EvaluatorFactory] = {
     "lm_eval": _lm_eval,
     "perplexity": _perplexity,
+}
+# ObjectiveSpec.evaluator -> its checks without a model (kinds without checks are absent).
+CHECKS: dict[str, EvaluatorCheck] = {
+    "lm_eval": _check_lm_eval,
 }
 
 
@@ -41,14 +55,30 @@ class CompositeEvaluator(Evaluator):
     def __init__(self, parts: Sequence[Evaluator]) -> None:
         self.parts = tuple(parts)
 
-    def evaluate(self, model: Any, tokenizer: Any) -> Scores:
-        tasks: dict[str, float] = {}
-        objectives: dict[str, float] = {}
+    def evaluate(
+        self, model: Any, tokenizer: Any, docs: Mapping[str, Sequence[int]] | None = None
+    ) -> Scores:
+        if docs is not None:
+            known = {name for part in self.parts for name in part.examples_per_task()}
+            unknown = sorted(set(docs) - known)
+            if unknown:
+                raise ValueError(f"docs: {', '.join(unknown)} not scored here")
+        merged = Scores()
         for part in self.parts:
-            scores = part.evaluate(model, tokenizer)
-            tasks.update(scores.tasks)
-            objectives.update(scores.objectives)
-        return Scores(tasks=tasks, objectives=objectives)
+            mine = None
+            if docs is not None:
+                names = part.examples_per_task()
+                mine = {k: v for k, v in docs.items() if k in names}
+            scores = part.evaluate(model, tokenizer, mine)
+            for name in ("tasks", "objectives", "examples", "stderr", "task_stderr"):
+                getattr(merged, name).update(getattr(scores, name))
+        return merged
+
+    def examples_per_task(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for part in self.parts:
+            counts.update(part.examples_per_task())
+        return counts
 
 
 def build_evaluator(
@@ -73,3 +103,17 @@ def build_evaluator(
         kinds.setdefault(obj.evaluator, []).append(obj)
     parts = [EVALUATORS[kind](group, spec, model, tokenizer) for kind, group in kinds.items()]
     return parts[0] if len(parts) == 1 else CompositeEvaluator(parts)
+
+
+def check_objectives(objectives: Sequence[ObjectiveSpec], spec: EvalSpec) -> None:
+    """What can be checked without a model: task names, group members, data, consent.
+
+    Raises:
+        UserError: one line naming the objective, the task and what is wrong.
+    """
+    kinds: dict[str, list[ObjectiveSpec]] = {}
+    for obj in objectives:
+        kinds.setdefault(obj.evaluator, []).append(obj)
+    for kind, group in kinds.items():
+        if kind in CHECKS:
+            CHECKS[kind](group, spec)

@@ -3,15 +3,16 @@
 Lower is better.
 
 The file is a ``.txt`` (one text per non-empty line) or a ``.jsonl`` (a ``text`` field per
-line). Texts are tokenized once, cut into windows of the model's context length and batched
-once; each call runs the forward passes only. ``EvalSpec.limit`` caps the number of texts.
+line). Texts are tokenized once, cut into windows of the model's context length
+(``EvalSpec.max_length`` when set) and batched once; each call runs the forward passes only.
+``EvalSpec.limit`` caps the number of texts.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from evaluators.base import Evaluator, Scores
 from evaluators.spec import EvalSpec, ObjectiveSpec
+from evaluators.stats import ratio_stderr
 from search.errors import UserError
 
 
@@ -65,61 +67,124 @@ def context_length(model: Any, default: int = 2048) -> int:
 
 
 class PerplexityEvaluator(Evaluator):
-    """Token-level perplexity, ``exp(mean negative log-likelihood)``, one value per objective.
+    """Token-level perplexity, ``exp(total negative log-likelihood / tokens)``, per objective.
 
-    Scores keys: ``"<file name>/perplexity"``.
+    Scores keys: ``"<file name>/perplexity"``; the file name is also the task name ``docs``
+    and :meth:`examples_per_task` use (documents = texts, in file order).
+
+    Per-example values: each text's own perplexity, ``exp(its NLL / its tokens)`` (the
+    objective's reduction applied to that text alone, lower is better). Standard error: the
+    objective is a ratio over texts, ``R = Σ NLL_i / Σ tokens_i``, so its SE is the ratio
+    estimator's (:func:`evaluators.stats.ratio_stderr`), carried through ``exp`` by the delta
+    method: ``SE = exp(R) · SE(R)``.
     """
 
     def __init__(
         self, objectives: Sequence[ObjectiveSpec], spec: EvalSpec, model: Any, tokenizer: Any
     ) -> None:
-
-        self._batches: dict[str, list[tuple[Any, Any]]] = {}
+        self._windows: dict[str, list[tuple[int, list[int]]]] = {}
+        self._batches: dict[str, list[Batch]] = {}
         self._keys: dict[str, str] = {}
-        window = context_length(model)
-        device = next(model.parameters()).device
+        self._texts: dict[str, int] = {}
+        self._batch_size = spec.batch_size
+        self._device = next(model.parameters()).device
+        window = spec.max_length or context_length(model)
         for obj in objectives:
             if obj.data is None:
                 raise UserError(f"objective {obj.name!r}: perplexity objectives need 'data'")
             texts = read_texts(Path(obj.data), f"objective {obj.name!r}")[: spec.limit]
-            windows = [w for t in texts for w in token_windows(tokenizer(t)["input_ids"], window)]
+            windows = [
+                (i, w)
+                for i, t in enumerate(texts)
+                for w in token_windows(tokenizer(t)["input_ids"], window)
+            ]
             if not windows:
                 raise UserError(f"objective {obj.name!r}: {obj.data} has no text of 2+ tokens")
-            windows.sort(key=len)
-            batches = []
-            for i in range(0, len(windows), spec.batch_size):
-                chunk = windows[i : i + spec.batch_size]
-                width = max(map(len, chunk))
-                ids = torch.zeros(len(chunk), width, dtype=torch.long)
-                mask = torch.zeros(len(chunk), width, dtype=torch.long)
-                for row, w in enumerate(chunk):
-                    ids[row, : len(w)] = torch.tensor(w)
-                    mask[row, : len(w)] = 1
-                batches.append((ids.to(device), mask.to(device)))
-            self._batches[obj.name] = batches
+            self._windows[obj.name] = windows
+            self._batches[obj.name] = self._batch(windows)
             self._keys[obj.name] = f"{Path(obj.data).name}/perplexity"
+            self._texts[obj.name] = len(texts)
 
-    def evaluate(self, model: Any, tokenizer: Any) -> Scores:
-        tasks: dict[str, float] = {}
-        objectives: dict[str, float] = {}
+    def _batch(self, windows: Sequence[tuple[int, list[int]]]) -> list[Batch]:
+        """Windows sorted by length, padded into batches of ``batch_size`` (built once)."""
+        ordered = sorted(windows, key=lambda iw: len(iw[1]))
+        batches = []
+        for i in range(0, len(ordered), self._batch_size):
+            chunk = ordered[i : i + self._batch_size]
+            width = max(len(w) for _, w in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, (_, w) in enumerate(chunk):
+                ids[row, : len(w)] = torch.tensor(w)
+                mask[row, : len(w)] = 1
+            texts = tuple(t for t, _ in chunk)
+            batches.append((ids.to(self._device), mask.to(self._device), texts))
+        return batches
+
+    def examples_per_task(self) -> dict[str, int]:
+        """File name -> number of texts scored."""
+        return {self._keys[name].split("/")[0]: n for name, n in self._texts.items()}
+
+    def evaluate(
+        self, model: Any, tokenizer: Any, docs: Mapping[str, Sequence[int]] | None = None
+    ) -> Scores:
+        counts = self.examples_per_task()
+        unknown = sorted(set(docs or {}) - set(counts))
+        if unknown:
+            raise ValueError(f"docs: {', '.join(unknown)} not scored here")
+        scores = Scores()  # filled in below
         for name, batches in self._batches.items():
-            value = perplexity(model, batches)
+            key = self._keys[name]
+            task = key.split("/")[0]
+            texts = list(range(self._texts[name]))
+            if docs is not None and task in docs:
+                texts = sorted(set(docs[task]))
+                if not texts or texts[0] < 0 or texts[-1] >= counts[task]:
+                    raise ValueError(
+                        f"docs[{task!r}]: expected indices in [0, {counts[task] - 1}], at least one"
+                    )
+                chosen = set(texts)
+                batches = self._batch([(i, w) for i, w in self._windows[name] if i in chosen])
+            nll, tokens = text_nll(model, batches, self._texts[name])
+            pairs = [(nll[i], tokens[i]) for i in texts if tokens[i]]
+            value = _exp(sum(a for a, _ in pairs) / sum(b for _, b in pairs))
             if math.isnan(value):
-                raise UserError(f"objective {name!r}: perplexity of {self._keys[name]!r} is NaN")
-            tasks[self._keys[name]] = objectives[name] = value
-        return Scores(tasks=tasks, objectives=objectives)
+                raise UserError(f"objective {name!r}: perplexity of {key!r} is NaN")
+            scores.tasks[key] = scores.objectives[name] = value
+            scores.examples[key] = tuple(_exp(a / b) for a, b in pairs)
+            se = value * ratio_stderr([a for a, _ in pairs], [b for _, b in pairs])
+            scores.task_stderr[key] = scores.stderr[name] = se
+        return scores
 
 
-def perplexity(model: Any, batches: Sequence[tuple[Any, Any]]) -> float:
-    """``exp`` of the mean next-token negative log-likelihood over all unpadded positions."""
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0))  # capped: exp overflows a float past ~709
 
-    nll, count = 0.0, 0
+
+# (token ids, attention mask, the text each row comes from)
+Batch = tuple[Any, Any, tuple[int, ...]]
+
+
+def text_nll(model: Any, batches: Sequence[Batch], n_texts: int) -> tuple[list[float], list[int]]:
+    """Per text: the summed next-token negative log-likelihood and the number of tokens scored."""
+    nll, count = [0.0] * n_texts, [0] * n_texts
     with torch.no_grad():
-        for ids, mask in batches:
+        for ids, mask, texts in batches:
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            nll += float(F.cross_entropy(logits.transpose(1, 2), target, reduction="sum"))
-            count += int(mask[:, 1:].sum())
-    if not count:
+            losses = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+            for text, loss, n in zip(
+                texts, losses.tolist(), mask[:, 1:].sum(1).tolist(), strict=True
+            ):
+                nll[text] += loss
+                count[text] += int(n)
+    return nll, count
+
+
+def perplexity(model: Any, batches: Sequence[Batch]) -> float:
+    """``exp`` of the mean next-token negative log-likelihood over all unpadded positions."""
+    n_texts = 1 + max((t for _, _, texts in batches for t in texts), default=-1)
+    nll, count = text_nll(model, batches, n_texts)
+    if not sum(count):
         return float("nan")
-    return math.exp(min(nll / count, 700.0))  # capped: exp overflows a float past ~709
+    return _exp(sum(nll) / sum(count))

@@ -22,12 +22,15 @@ def score_saved_model(
     Raises:
         UserError: not a model folder, or it cannot be loaded; any evaluator's own check.
     """
-    model, tokenizer = load_model(Path(model_dir), device)
+    model, tokenizer = load_model(Path(model_dir), device, spec)
     return build_evaluator(objectives, spec, model, tokenizer).evaluate(model, tokenizer)
 
 
-def load_model(model_dir: Path, device: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a folder, on ``device`` (a resolved torch device), eval mode."""
+def load_model(model_dir: Path, device: str, spec: EvalSpec | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a folder, on ``device`` (a resolved torch device), eval mode.
+
+    With ``spec``, the tokenizer's chat template is checked before the model is loaded.
+    """
 
     if not (model_dir / "config.json").is_file():
         raise UserError(
@@ -35,6 +38,10 @@ def load_model(model_dir: Path, device: str) -> tuple[Any, Any]:
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if spec is not None and spec.apply_chat_template:
+            from evaluators.lm_eval_evaluator import check_chat_template
+
+            check_chat_template(tokenizer, spec.apply_chat_template)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -8,7 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A generation setting's value, as lm-eval's ``generation_kwargs`` take them.
+GenValue = str | int | float | bool | list[str]
 
 
 class _Strict(BaseModel):
@@ -16,13 +19,30 @@ class _Strict(BaseModel):
 
 
 class TaskRef(_Strict):
-    """One lm-eval task inside an objective."""
+    """One lm-eval task, group or tag inside an objective.
+
+    A group scores as lm-eval aggregates it (its ``aggregate_metric_list``); a tag stands for
+    its tasks, each a term of the objective with this weight. ``limit``, ``num_fewshot`` and
+    ``gen_kwargs`` apply to every task of a group or tag.
+    """
 
     task: str = Field(min_length=1)
-    metric: str | None = None  # None: the task's first metric
+    metric: str | None = None  # None: the task's (group's) first metric
     weight: float = Field(default=1.0, gt=0)
     num_fewshot: int | None = Field(default=None, ge=0)
     limit: int | None = Field(default=None, ge=1)  # None: EvalSpec.limit
+    # generate_until tasks: updates the task's generation_kwargs (max_gen_toks, until, ...)
+    gen_kwargs: dict[str, GenValue] | None = None
+
+    @field_validator("gen_kwargs")
+    @classmethod
+    def _check_gen_kwargs(cls, value: dict[str, GenValue] | None) -> dict[str, GenValue] | None:
+        if value is not None and "max_length" in value:
+            raise ValueError(
+                "gen_kwargs.max_length: use max_gen_toks for the generated tokens "
+                "(eval.max_length sets the model's context)"
+            )
+        return value
 
 
 class ObjectiveSpec(_Strict):
@@ -62,3 +82,39 @@ class EvalSpec(_Strict):
     seed: int = 0
     # search task -> held-out task, used to re-score the Pareto front on data the search never saw
     heldout: dict[str, str] = Field(default_factory=dict)
+    # lm-eval's chat settings: false, true (the tokenizer's template) or a template name
+    apply_chat_template: bool | str = False
+    system_instruction: str | None = None
+    # None: lm-eval's default, true exactly when a chat template is applied
+    fewshot_as_multiturn: bool | None = None
+    max_length: int | None = Field(default=None, ge=2)  # the model's context; None: its config's
+    confirm_run_unsafe_code: bool = False  # run tasks marked unsafe_code (they execute output)
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> EvalSpec:
+        check_chat_settings(self.apply_chat_template, self.fewshot_as_multiturn, "")
+        return self
+
+    @property
+    def multiturn(self) -> bool:
+        """``fewshot_as_multiturn`` as lm-eval uses it (its default resolved)."""
+        if self.fewshot_as_multiturn is None:
+            return bool(self.apply_chat_template)
+        return self.fewshot_as_multiturn
+
+
+def check_chat_settings(template: bool | str, multiturn: bool | None, prefix: str) -> None:
+    """lm-eval's rules: a template name is not empty; multi-turn few-shot needs a template.
+
+    Raises:
+        ValueError: naming the field (``prefix`` + name).
+    """
+    if isinstance(template, str) and not template.strip():
+        raise ValueError(
+            f"{prefix}apply_chat_template: expected true, false or a chat template name"
+        )
+    if multiturn and not template:
+        raise ValueError(
+            f"{prefix}fewshot_as_multiturn: true needs {prefix}apply_chat_template "
+            "(few-shot examples become chat turns)"
+        )

@@ -80,9 +80,15 @@ def model_card_extra(view: StudyView, row: Row, how: str, config: str | Path) ->
     scores = dict(zip(view.names, row.values, strict=True))
     scores.update(row.user_attrs.get("task_scores") or {})
     extra: dict[str, Any] = {"Search scores": scores}
+    errors = {**(row.user_attrs.get("stderr") or {}), **(row.user_attrs.get("task_stderr") or {})}
+    if errors:
+        extra["Search standard errors"] = errors
     heldout = cached_heldout(view).get(row.plan_key)
     if heldout:
         extra["Held-out scores"] = {**heldout["objectives"], **heldout["tasks"]}
+        held_errors = {**(heldout.get("stderr") or {}), **(heldout.get("task_stderr") or {})}
+        if held_errors:
+            extra["Held-out standard errors"] = held_errors
     sampler = view.cfg.sampler
     extra["Provenance"] = {
         "study": view.cfg.name,

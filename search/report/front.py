@@ -2,9 +2,11 @@
 
 :func:`build_report` builds one report dict from the study's trials: the front (feasible
 trials only, one row per distinct plan), its knee, held-out re-scores, the input checkpoints'
-and the uniform merge's scores, and the hypervolume history. The table, the ``--json`` output
-and the plots are all drawn from that dict; :func:`pareto` also stores the hypervolume history
-in optuna-dashboard and writes the plot.
+and the uniform merge's scores, and the hypervolume history. Every value comes with its standard
+error (``"stderr"`` beside ``"values"``, ``"heldout_stderr"`` beside ``"heldout"``; ``None`` for
+trials recorded without one) and ``"examples"`` says how many examples each task score rests
+on. The table, the ``--json`` output and the plots are all drawn from that dict;
+:func:`pareto` also stores the hypervolume history in optuna-dashboard and writes the plot.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from search.engine.plan import MergePlan
 from search.errors import UserError
 from search.report.pareto import dominates, hypervolume, hypervolume_history, reference_point
 from search.report.plots import check_plot_path, hypervolume_figure, write_plot
-from search.report.scores import find_baselines, heldout_configured, score_heldout
+from search.report.scores import find_baselines, heldout_configured, score_heldout, stderr_of
 from search.report.view import StudyView, open_view
+from search.study.records import EXAMPLES_ATTR
 
 DASHBOARD_GRAPH_ID = "merge-search-hypervolume"
 
@@ -64,11 +67,17 @@ def build_report(
         scores = heldout_scores.get(key)
         return {n: float(scores["objectives"][n]) for n in names} if scores else None
 
+    def held_stderr(key: str) -> dict[str, float | None] | None:
+        scores = heldout_scores.get(key)
+        return stderr_of(scores, names) if scores else None
+
     front_rows = [
         {
             "trial": r.number,
             "values": dict(zip(names, r.values, strict=True)),
+            "stderr": stderr_of(r.user_attrs, names),
             "heldout": held(r.plan_key),
+            "heldout_stderr": held_stderr(r.plan_key),
             "knee": r is knee,
             "plan_key": r.plan_key,
             "coefficients": r.user_attrs.get("coefficients"),
@@ -79,6 +88,7 @@ def build_report(
     ]
     for b in baselines:
         b["heldout"] = held(b["plan_key"])
+        b["heldout_stderr"] = held_stderr(b["plan_key"])
         point = [b["values"][n] for n in names]
         b["dominated_by"] = [r.number for r in front if dominates(r.values, point, directions)]
         b["dominates"] = [r.number for r in front if dominates(point, r.values, directions)]
@@ -92,6 +102,7 @@ def build_report(
         "objectives": [{"name": n, "direction": d} for n, d in zip(names, directions, strict=True)],
         "trial_counts": dict(view.counts),
         "knee_trial": knee.number,
+        "examples": _examples_per_task(front, heldout_scores),
         "front": front_rows,
         "baselines": baselines,
         "heldout_note": heldout_note,
@@ -99,6 +110,7 @@ def build_report(
             {
                 "trial": r.number,
                 "values": dict(zip(names, r.values, strict=True)),
+                "stderr": stderr_of(r.user_attrs, names),
                 "feasible": r.feasible,
                 "duplicate_of": r.user_attrs.get("duplicate_of"),
             }
@@ -119,6 +131,19 @@ def build_report(
             ],
         }
     return report
+
+
+def _examples_per_task(
+    front: list[Any], heldout_scores: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, int]]:
+    """How many examples each score of the report rests on: ``{"search": {"task/metric": n},
+    "heldout": {...}}`` (from the recorded per-example values; empty for older studies)."""
+    search = (front[0].user_attrs.get(EXAMPLES_ATTR) or {}) if front else {}
+    held = next(iter(heldout_scores.values()), {}).get("examples") or {}
+    return {
+        "search": {k: int(v["n"]) for k, v in search.items()},
+        "heldout": {k: int(v["n"]) for k, v in held.items()},
+    }
 
 
 def _save_to_dashboard(view: StudyView, report: Mapping[str, Any]) -> None:

@@ -343,18 +343,18 @@ def format_report(report: Mapping[str, Any]) -> str:
     head.append("largest coefficients")
     table = [head]
     for r in report["front"]:
-        line = ["*" if r["knee"] else "", str(r["trial"]), *(_num(r["values"][n]) for n in names)]
+        line = ["*" if r["knee"] else "", str(r["trial"]), *_cells(r, "values", "stderr", names)]
         if has_heldout:
-            line += [_num(r["heldout"][n]) if r["heldout"] else "-" for n in names]
+            line += _cells(r, "heldout", "heldout_stderr", names)
         line.append(_top_coefficients(r["coefficients"]))
         table.append(line)
     table.append([""] * len(head))
     table.append(["", "baseline", *([""] * (len(head) - 2))])
     for b in report["baselines"]:
         where = f"trial {b['trial']}" if b["trial"] is not None else "scored here"
-        line = ["", f"{b['label']} ({where})", *(_num(b["values"][n]) for n in names)]
+        line = ["", f"{b['label']} ({where})", *_cells(b, "values", "stderr", names)]
         if has_heldout:
-            line += [_num(b["heldout"][n]) if b["heldout"] else "-" for n in names]
+            line += _cells(b, "heldout", "heldout_stderr", names)
         line.append(_baseline_status(b))
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
@@ -367,6 +367,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines += [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
     ]
+    counts = _examples_text(report.get("examples") or {})
+    if counts:
+        lines.append(f"value ± standard error; {counts}")
     n_dom = sum(bool(b["dominated_by"]) for b in report["baselines"])
     lines.append(f"the front dominates {n_dom} of {len(report['baselines'])} baselines")
     if report["heldout_note"]:
@@ -398,6 +401,28 @@ def counts_text(counts: Mapping[str, int]) -> str:
 
 def _num(x: float) -> str:
     return f"{x:.4f}"
+
+
+def _cells(row: Mapping[str, Any], values: str, stderr: str, names: Sequence[str]) -> list[str]:
+    """``value ± SE`` per objective (the value alone where no SE was recorded; ``-``: none)."""
+    if not row.get(values):
+        return ["-" for _ in names]
+    errors = row.get(stderr) or {}
+    out = []
+    for n in names:
+        se = errors.get(n)
+        out.append(_num(row[values][n]) + (f" ± {se:.4f}" if se is not None else ""))
+    return out
+
+
+def _examples_text(examples: Mapping[str, Mapping[str, int]]) -> str:
+    """``examples per trial: demo_code/exact_match 200, ...`` (and the held-out tasks')."""
+    parts = []
+    for split, label in (("search", "examples per trial"), ("heldout", "held-out examples")):
+        counts = examples.get(split) or {}
+        if counts:
+            parts.append(f"{label}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    return "; ".join(parts)
 
 
 def _top_coefficients(coefficients: Mapping[str, Sequence[float]] | None) -> str:

@@ -3,7 +3,9 @@
 Scores computed here are cached in the study so a second run is instant. Optuna does not allow
 attributes to be added to finished trials, so the caches are study user attrs keyed by plan key:
 ``"heldout_scores"`` (``{"spec": <hash of the held-out tasks>, "scores": {plan_key: scores}}``)
-and ``"baseline_scores"`` (search-split scores of inputs that have no seed trial).
+and ``"baseline_scores"`` (search-split scores of inputs that have no seed trial). Each cached
+``scores`` is ``{"objectives", "tasks", "stderr", "task_stderr", "examples"}``, as a trial
+records them (per-example values packed by :mod:`search.study.records`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from search.engine.plan import MergePlan
 from search.engine.registry import METHODS
 from search.report.view import StudyView
+from search.study.records import encode_examples, json_stderr
 
 HELDOUT_ATTR = "heldout_scores"
 BASELINE_ATTR = "baseline_scores"
@@ -35,13 +38,20 @@ def baseline_plans(pool_names: Sequence[str]) -> list[tuple[str, str, MergePlan]
     return out
 
 
-def _scores_dict(scores: Any) -> dict[str, dict[str, float]]:
-    return {"objectives": dict(scores.objectives), "tasks": dict(scores.tasks)}
+def _scores_dict(scores: Any) -> dict[str, Any]:
+    return {
+        "objectives": dict(scores.objectives),
+        "tasks": dict(scores.tasks),
+        "stderr": json_stderr(scores.stderr),
+        "task_stderr": json_stderr(scores.task_stderr),
+        "examples": encode_examples(scores.examples),
+    }
 
 
 def _heldout_spec_key(cfg: Any) -> str:
     payload = json.dumps(
         {
+            "format": 2,  # 2: standard errors and per-example values cached too
             "objectives": [o.model_dump(mode="json") for o in cfg.heldout_objectives()],
             "eval": cfg.eval_spec(heldout=True).model_dump(mode="json"),
         },
@@ -105,6 +115,7 @@ def find_baselines(
                 if "plan" in row.user_attrs
                 else None,
                 "values": dict(zip(view.names, row.values, strict=True)),
+                "stderr": stderr_of(row.user_attrs, view.names),
             },
         )
     pool_names = _pool_names(view)
@@ -131,11 +142,19 @@ def find_baselines(
                 "plan_key": plan.key,
                 "plan": plan,
                 "values": {n: float(objectives[n]) for n in view.names},
+                "stderr": stderr_of(cache[plan.key], view.names),
             }
     order = ["uniform", *pool_names]
     return sorted(
         found.values(), key=lambda b: order.index(b["label"]) if b["label"] in order else 99
     )
+
+
+def stderr_of(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, float | None]:
+    """Each objective's standard error from a trial's user attrs or a cached score record
+    (``None`` where not recorded: trials of studies made before standard errors were kept)."""
+    stderr = record.get("stderr") or {}
+    return {n: stderr.get(n) for n in names}
 
 
 def _pool_names(view: StudyView) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evaluators.spec import EvalSpec, ObjectiveSpec
+from evaluators.spec import EvalSpec, ObjectiveSpec, check_chat_settings
 from search.engine.registry import METHODS
 from search.errors import UserError
 from search.study.samplers import check_sampler
@@ -112,6 +112,17 @@ class EvalConfig(_Strict):
     num_fewshot: int | None = Field(default=None, ge=0)
     seed: int = 0
     heldout: dict[str, str] = Field(default_factory=dict)  # search task -> held-out task
+    # lm-eval's chat settings: false, true (the tokenizer's template) or a template name
+    apply_chat_template: bool | str = False
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool | None = None  # None: true exactly when a chat template applies
+    max_length: int | None = Field(default=None, ge=2)  # model context; None: the model config's
+    confirm_run_unsafe_code: bool = False  # allow tasks marked unsafe_code (they run model output)
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> EvalConfig:
+        check_chat_settings(self.apply_chat_template, self.fewshot_as_multiturn, "eval.")
+        return self
 
 
 class SamplerConfig(_Strict):
@@ -275,6 +286,11 @@ class StudyConfig(_Strict):
             num_fewshot=self.eval.num_fewshot,
             seed=self.eval.seed,
             heldout=dict(self.eval.heldout),
+            apply_chat_template=self.eval.apply_chat_template,
+            system_instruction=self.eval.system_instruction,
+            fewshot_as_multiturn=self.eval.fewshot_as_multiturn,
+            max_length=self.eval.max_length,
+            confirm_run_unsafe_code=self.eval.confirm_run_unsafe_code,
         )
 
     def heldout_objectives(self) -> tuple[ObjectiveSpec, ...]:

@@ -2,7 +2,8 @@
 
 :func:`launch` reads top to bottom:
 
-1. **prepare** (:func:`prepare`): the config is already validated; read the checkpoints'
+1. **prepare** (:func:`prepare`): the config is already validated; check the tasks (names,
+   group members, data in the local caches, consent to run code), read the checkpoints'
    safetensors headers, build the search space and the study's signature, open the storage once
    (when the study can already exist) and, on resume, check that the checkpoints, the search
    space and the scoring are unchanged;
@@ -119,9 +120,10 @@ class Prepared:
 
 
 def prepare(cfg: StudyConfig, config_path: str | Path) -> Prepared:
-    """Sampler options → checkpoint headers → space → signature → storage (opened once) →
-    resume checks."""
+    """Sampler options → tasks → checkpoint headers → space → signature → storage (opened once)
+    → resume checks."""
     check_options(cfg.sampler, constrained=bool(cfg.constraints), where=config_path)
+    check_scoring(cfg, config_path)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
     space = SearchSpace.build(cfg, pool.names)
     sig = signature(cfg, space, pool.fingerprint())
@@ -132,6 +134,20 @@ def prepare(cfg: StudyConfig, config_path: str | Path) -> Prepared:
         study = load_study(cfg, storage)
         check_resume(study, cfg, sig, config_path)
     return Prepared(cfg, config_path, pool, space, sig, storage, study)
+
+
+def check_scoring(cfg: StudyConfig, config_path: str | Path) -> None:
+    """The objectives' and held-out tasks' checks that need no model (names, group members,
+    consent to run code, data in the local caches), before any worker starts."""
+    from evaluators import check_objectives
+
+    spec = cfg.eval_spec()
+    try:
+        check_objectives(cfg.objectives, spec)
+        if cfg.eval.heldout:
+            check_objectives(cfg.heldout_objectives(), spec)
+    except UserError as exc:
+        raise UserError(f"{config_path}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------- launch
@@ -224,6 +240,7 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_options(cfg.sampler, constrained=bool(cfg.constraints), where=config_path)
+    check_scoring(cfg, config_path)
     storage = open_storage(cfg)
     study = load_study(cfg, storage)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)

@@ -162,16 +162,30 @@ def signature(
 ) -> dict[str, Any]:
     """What a resumed study must keep: the checkpoints, the search space, how trials are scored."""
     scoring = {
-        "objectives": [o.model_dump(mode="json") for o in cfg.objectives],
+        "objectives": [_objective_signature(o) for o in cfg.objectives],
         "limit": cfg.eval.limit,
         "num_fewshot": cfg.eval.num_fewshot,
         "seed": cfg.eval.seed,
     }
+    # Settings added later join only when set, so that studies created before them resume.
+    for name in ("apply_chat_template", "system_instruction", "fewshot_as_multiturn", "max_length"):
+        value = getattr(cfg.eval, name)
+        if value != type(cfg.eval).model_fields[name].default:
+            scoring[name] = value
     return {
         FINGERPRINT_ATTR: dict(fingerprint),
         SPACE_ATTR: space.describe(),
         SCORING_ATTR: scoring,
     }
+
+
+def _objective_signature(objective: Any) -> dict[str, Any]:
+    """An objective as the signature keeps it; a task's ``gen_kwargs`` only when set."""
+    data = objective.model_dump(mode="json")
+    for task in data.get("tasks", []):
+        if task.get("gen_kwargs") is None:
+            task.pop("gen_kwargs", None)
+    return data
 
 
 def check_resume(
@@ -311,7 +325,9 @@ def claim_trial(
 
     Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
     waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
-    a worker that dies right after the claim still leaves a trial that goes stale.
+    a worker that dies right after the claim still leaves a trial that goes stale. A worker
+    stopped *during* the claim (SIGTERM inside ``ask``) would leave a running trial without a
+    heartbeat, which never goes stale: it is failed and queued again before the exit goes on.
     """
 
     with budget_lock(storage, study.study_name), quiet_experimental():
@@ -321,11 +337,32 @@ def claim_trial(
         )
         if len(taken) >= n_trials:
             return None
+        running = {t.number for t in taken if t.state == TrialState.RUNNING}
         # we run our own loop (exact budget, our heartbeat thread); Optuna assumes Study.optimize
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-        trial = study.ask()
-        storage.record_heartbeat(trial._trial_id)
+        try:
+            trial = study.ask()
+            storage.record_heartbeat(trial._trial_id)
+        except BaseException:
+            _undo_claim(study, storage, running)
+            raise
         return trial
+
+
+def _undo_claim(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, running_before: set[int]
+) -> None:
+    """Fail (and queue again) the trial a broken claim started: under the budget lock, a running
+    trial that was not running before the claim is the claim's own."""
+    from optuna.trial import TrialState
+
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in running_before:
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        if retry is not None:
+            retry(study, storage.get_trial(t._trial_id))
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

@@ -9,8 +9,11 @@ the trial does, so a worker that dies leaves a trial that goes stale and is retr
 
 Trial user attrs: ``plan`` (``MergePlan.to_dict()``), ``plan_key``, ``params`` (the method's
 parameters), ``coefficients`` ({checkpoint: [coefficient per layer group]} as applied),
-``task_scores`` ({"task/metric": value}), ``merge_s``, ``eval_s``, ``duplicate_of`` (trial
-number, only when the plan was already scored), ``constraints`` (one value per bound, <= 0
+``task_scores`` ({"task/metric": value}), ``stderr`` ({objective: standard error}),
+``task_stderr`` ({"task/metric": standard error}), ``examples`` ({"task/metric": per-example
+values, packed by :mod:`search.study.records`}), ``merge_s``, ``eval_s``, ``duplicate_of``
+(trial number, only when the plan was already scored: the scores, standard errors and
+per-example values are the earlier trial's), ``constraints`` (one value per bound, <= 0
 feasible; only with constraints), ``worker`` (host:pid), and ``seed_trial`` on seed trials.
 """
 
@@ -34,6 +37,13 @@ from search.engine.materialize import effective_weights, materialize
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
+from search.study.records import (
+    EXAMPLES_ATTR,
+    STDERR_ATTR,
+    TASK_STDERR_ATTR,
+    encode_examples,
+    json_stderr,
+)
 from search.study.space import SearchSpace
 from search.study.storage import Heartbeat, claim_trial, trial_counts
 
@@ -88,6 +98,48 @@ class Runtime:
         return scores, merged - start, time.perf_counter() - merged
 
 
+@dataclass(frozen=True)
+class Scored:
+    """What a trial recorded of its scores (reused by trials of the same plan)."""
+
+    number: int
+    values: list[float]
+    task_scores: dict[str, float]
+    stderr: dict[str, float | None]
+    task_stderr: dict[str, float | None]
+    examples: dict[str, dict[str, Any]]  # packed (search.study.records)
+
+    @classmethod
+    def of(cls, number: int, scores: Scores, names: list[str]) -> Scored:
+        return cls(
+            number=number,
+            values=[float(scores.objectives[name]) for name in names],
+            task_scores={k: float(v) for k, v in scores.tasks.items()},
+            stderr=json_stderr(scores.stderr),
+            task_stderr=json_stderr(scores.task_stderr),
+            examples=encode_examples(scores.examples),
+        )
+
+    @classmethod
+    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> Scored:
+        attrs = trial.user_attrs
+        return cls(
+            number=trial.number,
+            values=list(trial.values),
+            task_scores=dict(attrs.get("task_scores", {})),
+            stderr=dict(attrs.get(STDERR_ATTR, {})),
+            task_stderr=dict(attrs.get(TASK_STDERR_ATTR, {})),
+            examples=dict(attrs.get(EXAMPLES_ATTR, {})),
+        )
+
+    def record(self, trial: optuna.Trial) -> None:
+        """Set the score attrs on ``trial``."""
+        trial.set_user_attr("task_scores", self.task_scores)
+        trial.set_user_attr(STDERR_ATTR, self.stderr)
+        trial.set_user_attr(TASK_STDERR_ATTR, self.task_stderr)
+        trial.set_user_attr(EXAMPLES_ATTR, self.examples)
+
+
 @dataclass
 class TrialObjective:
     """The Optuna objective of one worker: plan -> (reused or fresh) scores -> objective values."""
@@ -96,7 +148,7 @@ class TrialObjective:
     runtime: Runtime
     space: SearchSpace
     study: optuna.Study
-    scored: dict[str, tuple[int, list[float], dict[str, float]]] = field(default_factory=dict)
+    scored: dict[str, Scored] = field(default_factory=dict)
     duplicates: int = 0
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -107,32 +159,30 @@ class TrialObjective:
         trial.set_user_attr("plan_key", plan.key)
         trial.set_user_attr("params", dict(plan.params))
         trial.set_user_attr("coefficients", dict(zip(self.space.names, coefficients, strict=True)))
-        prior = self.find_scored(plan.key)
-        if prior is not None:
-            number, values, task_scores = prior
-            trial.set_user_attr("duplicate_of", number)
+        scored = self.find_scored(plan.key)
+        if scored is not None:
+            trial.set_user_attr("duplicate_of", scored.number)
             merge_s = eval_s = 0.0
             self.duplicates += 1
         else:
             scores, merge_s, eval_s = self.runtime.score(plan)
-            values = [float(scores.objectives[name]) for name in self.cfg.objective_names]
-            task_scores = {k: float(v) for k, v in scores.tasks.items()}
-            self.scored[plan.key] = (trial.number, values, task_scores)
-        trial.set_user_attr("task_scores", task_scores)
+            scored = Scored.of(trial.number, scores, self.cfg.objective_names)
+            self.scored[plan.key] = scored
+        scored.record(trial)
         trial.set_user_attr("merge_s", round(merge_s, 4))
         trial.set_user_attr("eval_s", round(eval_s, 4))
         if self.cfg.constraints:
-            by_name = dict(zip(self.cfg.objective_names, values, strict=True))
+            by_name = dict(zip(self.cfg.objective_names, scored.values, strict=True))
             trial.set_user_attr("constraints", self.cfg.constraint_values(by_name))
-        return values
+        return list(scored.values)
 
-    def find_scored(self, key: str) -> tuple[int, list[float], dict[str, float]] | None:
-        """(trial number, values, task scores) of a completed trial with this plan, if any."""
+    def find_scored(self, key: str) -> Scored | None:
+        """What a completed trial with this plan recorded, if any."""
         if key in self.scored:
             return self.scored[key]
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("plan_key") == key and "duplicate_of" not in t.user_attrs:
-                found = (t.number, list(t.values), dict(t.user_attrs.get("task_scores", {})))
+                found = Scored.from_trial(t)
                 self.scored[key] = found
                 return found
         return None

@@ -6,13 +6,25 @@ from typing import Any
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3
 CHARACTERS = tuple(chr(c) for c in range(32, 127)) + ("\n",)  # printable ASCII and newline
+# A small chat template (Jinja, characters of the vocabulary only), so that lm-eval's
+# apply_chat_template path runs for real on the demo pool. It is used only when asked
+# (eval.apply_chat_template); the models never saw it in training.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] + '\\n' }}"
+    "{% elif m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\\n' }}"
+    "{% else %}{{ 'A: ' + m['content'] + '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'A: ' }}{% endif %}"
+)
 
 
 def char_tokenizer() -> Any:
     """A ``PreTrainedTokenizerFast``: one token per character, ``<s>`` prepended.
 
     Built with the ``tokenizers`` library (BPE without merges = characters, ``Fuse`` decoder),
-    so it saves with ``save_pretrained`` and reloads offline with ``AutoTokenizer``.
+    so it saves with ``save_pretrained`` and reloads offline with ``AutoTokenizer``. It carries
+    :data:`CHAT_TEMPLATE` (saved as ``chat_template.jinja``).
     """
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
@@ -30,6 +42,7 @@ def char_tokenizer() -> Any:
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
+        chat_template=CHAT_TEMPLATE,
     )
 
 

@@ -66,3 +66,137 @@ def copy_weights_in_place(model: Any, folder: Path) -> None:
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             tensor.copy_(state[name])
+
+
+# A small lm-eval suite of the kinds users bring: multiple-choice tasks of different sizes, a
+# group of them (size-weighted), a nested group, a tag, a log-likelihood task whose prompt a
+# chat template changes, a code task that runs the model's program (unsafe_code, local metric)
+# and a group that lists an unknown task. Data paths are absolute: lm-eval's own
+# simple_evaluate reads these YAMLs too.
+PICKS = [
+    ("ab+c=", ["abc", "cab", "bca"], 0),
+    ("1+2=", ["3", "4", "5"], 0),
+    ("dog:", ["god", "odg", "dgo"], 0),
+    ("x*y=", ["xy", "yx", "xx"], 1),
+    ("red.", ["der", "erd", "red"], 2),
+    ("9-4=", ["5", "6", "4"], 0),
+    ("sun!", ["nus", "uns", "sun"], 0),
+    ("(a)", ["a", "b", "c"], 0),
+    ("go,", ["og", "go", "oo"], 1),
+    ("7/7=", ["1", "7", "0"], 0),
+    ("cat;", ["tac", "act", "cta"], 0),
+    ("2*3=", ["6", "5", "9"], 0),
+]
+PROGRAMS = [  # the prompt ends a complete program in a comment: whatever follows runs as one
+    ("print(2+3) #", "5"),
+    ("print(4*4) #", "16"),
+    ("print(7-9) #", "-2"),
+    ("print(1+1", "2"),  # the model must close the call
+]
+RUN_PROGRAM = '''\
+"""Metric of the code task: run prompt + completion as a Python program, compare its output."""
+
+import subprocess
+import sys
+
+
+def run_program(doc, results):
+    program = doc["prompt"] + results[0]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        return {"pass": 0.0}
+    return {"pass": float(done.returncode == 0 and done.stdout.strip() == doc["answer"])}
+'''
+
+
+def _pick_task(name: str, data: Path, tag: str | None = None) -> dict[str, Any]:
+    task = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+        "metadata": {"version": 1.0},
+    }
+    if tag:
+        task["tag"] = tag
+    return task
+
+
+def write_suite_folder(root: Path) -> Path:
+    """``root``: the suite described above; returns ``root``."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+
+    def jsonl(name: str, rows: list[dict[str, Any]]) -> Path:
+        path = root / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    def dump(name: str, data: dict[str, Any]) -> None:
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    picks = [{"question": q, "choices": c, "answer": a} for q, c, a in PICKS]
+    dump("pick_a", _pick_task("pick_a", jsonl("pick_a", picks[:8]), tag="pick_tag"))
+    dump("pick_b", _pick_task("pick_b", jsonl("pick_b", picks[8:]), tag="pick_tag"))
+    dump("pick_c", _pick_task("pick_c", jsonl("pick_c", picks[2:7])))
+    agg = [{"metric": "acc", "aggregation": "mean", "weight_by_size": True}]
+    dump(
+        "pick_group",
+        {"group": "pick_group", "task": ["pick_a", "pick_b"], "aggregate_metric_list": agg},
+    )
+    dump(
+        "pick_nested",
+        {"group": "pick_nested", "task": ["pick_group", "pick_c"], "aggregate_metric_list": agg},
+    )
+    dump(
+        "bad_group",
+        {"group": "bad_group", "task": ["pick_a", "pick_zz"], "aggregate_metric_list": agg},
+    )
+    likes = [{"question": q, "answer": c[a]} for q, c, a in PICKS]
+    dump(
+        "like_c",
+        {
+            "task": "like_c",
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(jsonl("like_c", likes))}},
+            "test_split": "test",
+            "output_type": "loglikelihood",
+            "doc_to_text": "{{question}}",
+            "doc_to_target": " {{answer}}",
+            "metric_list": [{"metric": "perplexity"}, {"metric": "acc"}],
+            "metadata": {"version": 1.0},
+        },
+    )
+    (root / "utils.py").write_text(RUN_PROGRAM)
+    programs = [{"prompt": p, "answer": a} for p, a in PROGRAMS]
+    (root / "run_code.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "run_code",
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(jsonl("run_code", programs))}},
+                "test_split": "test",
+                "output_type": "generate_until",
+                "doc_to_text": "{{prompt}}",
+                "doc_to_target": "{{answer}}",
+                "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": 8},
+                "unsafe_code": True,
+                "metric_list": [
+                    {"metric": "pass", "aggregation": "mean", "higher_is_better": True}
+                ],
+                "metadata": {"version": 1.0},
+            },
+            sort_keys=False,
+        )
+        + "process_results: !function utils.run_program\n"
+    )
+    return root

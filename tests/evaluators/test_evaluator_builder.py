@@ -77,3 +77,37 @@ def test_duplicate_and_missing_objectives_are_refused(setting):
         build_evaluator([_objective("perplexity", setting)] * 2, EvalSpec(), model, tok)
     with pytest.raises(UserError, match="at least one objective"):
         build_evaluator([], EvalSpec(), model, tok)
+
+
+@pytest.mark.parametrize("kind", sorted(EVALUATORS))
+def test_contract_per_example_values_standard_errors_and_docs(kind, setting):
+    model, tok = setting["model"], setting["tok"]
+    spec = EvalSpec(tasks_path=setting["tasks"], limit=4, batch_size=4)
+    objective = _objective(kind, setting)
+    ev = EVALUATORS[kind]([objective], spec, model, tok)
+    counts = ev.examples_per_task()
+    scores = ev.evaluate(model, tok)
+    assert set(scores.examples) == set(scores.tasks) == set(scores.task_stderr)
+    assert set(scores.stderr) == {objective.name}
+    assert math.isfinite(scores.stderr[objective.name]) and scores.stderr[objective.name] >= 0
+    for key, values in scores.examples.items():
+        assert len(values) == counts[key.split("/")[0]] == 4
+    task = next(iter(counts))
+    part = ev.evaluate(model, tok, docs={task: [3, 0]})
+    for key, values in part.examples.items():
+        assert values == pytest.approx([scores.examples[key][0], scores.examples[key][3]])
+    with pytest.raises(ValueError, match="docs"):
+        ev.evaluate(model, tok, docs={"no-such-task": [0]})
+
+
+def test_composite_routes_docs_and_counts(setting):
+    model, tok = setting["model"], setting["tok"]
+    spec = EvalSpec(tasks_path=setting["tasks"], limit=4, batch_size=4)
+    ev = build_evaluator(
+        [_objective("lm_eval", setting), _objective("perplexity", setting)], spec, model, tok
+    )
+    assert ev.examples_per_task() == {"tiny_ppl": 4, "guard.txt": 4}
+    part = ev.evaluate(model, tok, docs={"guard.txt": [1]})
+    assert len(part.examples["guard.txt/perplexity"]) == 1
+    assert len(part.examples["tiny_ppl/bits_per_byte"]) == 4
+    assert set(part.stderr) == {"lm", "ppl"}

@@ -107,3 +107,47 @@ def test_nan_weights_are_a_user_error(demo_zoo, tmp_path):
         next(model.parameters()).fill_(math.nan)
     with pytest.raises(UserError, match="perplexity of 't.txt/perplexity' is NaN"):
         ev.evaluate(model, tok)
+
+
+def test_per_text_values_standard_error_and_docs(model_tok, tmp_path):
+    import torch
+
+    from evaluators.stats import ratio_stderr
+
+    model, tok = model_tok
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    ev = PerplexityEvaluator([_objective(tmp_path / "t.txt")], EvalSpec(batch_size=4), model, tok)
+    assert ev.examples_per_task() == {"t.txt": len(TEXTS)}
+    scores = ev.evaluate(model, tok)
+    nll, count = [], []
+    for text in TEXTS:  # each text alone, summed token losses
+        ids = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad():
+            loss = float(model(input_ids=ids, labels=ids).loss)
+        nll.append(loss * (ids.shape[1] - 1))
+        count.append(ids.shape[1] - 1)
+    assert scores.examples["t.txt/perplexity"] == pytest.approx(
+        [math.exp(a / b) for a, b in zip(nll, count, strict=True)], rel=1e-5
+    )
+    value = math.exp(sum(nll) / sum(count))
+    assert scores.objectives["ppl"] == pytest.approx(value, rel=1e-5)
+    assert scores.stderr["ppl"] == pytest.approx(value * ratio_stderr(nll, count), rel=1e-4)
+    part = ev.evaluate(model, tok, docs={"t.txt": [4, 1]})
+    assert part.examples["t.txt/perplexity"] == pytest.approx(
+        [scores.examples["t.txt/perplexity"][i] for i in (1, 4)], rel=1e-5
+    )
+    assert part.objectives["ppl"] == pytest.approx(
+        math.exp((nll[1] + nll[4]) / (count[1] + count[4])), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="docs"):
+        ev.evaluate(model, tok, docs={"other.txt": [0]})
+
+
+def test_max_length_cuts_the_windows(model_tok, tmp_path):
+    model, tok = model_tok
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    short = PerplexityEvaluator(
+        [_objective(tmp_path / "t.txt")], EvalSpec(max_length=4), model, tok
+    )
+    assert max(len(w) for _, w in short._windows["ppl"]) == 4
+    assert len(short.evaluate(model, tok).examples["t.txt/perplexity"]) == len(TEXTS)

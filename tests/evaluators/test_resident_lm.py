@@ -13,8 +13,7 @@ def task_dict(tmp_path_factory, demo_tasks_path):
     from evaluators.lm_tasks import load_tasks
 
     folder = write_task_folder(tmp_path_factory.mktemp("tasks") / "tasks", demo_tasks_path)
-    tasks = load_tasks(TASKS, folder)
-    return {"tasks": {n: t.task for n, t in tasks.items()}, "groups": {}, "group_map": {}}
+    return load_tasks(TASKS, folder).task_dict()
 
 
 def _responses(lm, task_dict) -> dict[str, list]:

@@ -160,5 +160,6 @@ def test_export_knee_after_launch(launched, tmp_path, capsys):
     card = (out / "README.md").read_text()
     assert f"| trial | {report['knee_trial']} |" in card and "## Held-out scores" in card
     assert "c2_pick_heldout/acc" in card
+    assert "## Search standard errors" in card and "## Held-out standard errors" in card
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 4

@@ -228,6 +228,26 @@ BAD: list[tuple[str, Mutate, str]] = [
         "eval.limit: Input should be greater than or equal to 1",
     ),
     (
+        "eval-multiturn",
+        lambda d: d["eval"].update(fewshot_as_multiturn=True),
+        "eval.fewshot_as_multiturn: true needs eval.apply_chat_template",
+    ),
+    (
+        "eval-chat-name",
+        lambda d: d["eval"].update(apply_chat_template=" "),
+        "eval.apply_chat_template: expected true, false or a chat template name",
+    ),
+    (
+        "eval-max-length",
+        lambda d: d["eval"].update(max_length=1),
+        "eval.max_length: Input should be greater than or equal to 2",
+    ),
+    (
+        "task-gen-kwargs",
+        lambda d: d["objectives"][0]["tasks"][0].update(gen_kwargs={"max_length": 5}),
+        "objectives[0].tasks[0].gen_kwargs: gen_kwargs.max_length: use max_gen_toks",
+    ),
+    (
         "heldout-key",
         lambda d: d["eval"]["heldout"].update(nope="x"),
         "eval.heldout.nope: not a task of any objective",
@@ -372,3 +392,34 @@ def test_error_names_the_config_file(workdir: Path) -> None:
     path = write(workdir, data, "other.yml")
     with pytest.raises(UserError, match=r"^.*other\.yml: merge\.method: unknown method 'nope'"):
         load_config(path)
+
+
+def test_scoring_settings_are_part_of_the_resume_signature_only_when_set(
+    workdir: Path, tmp_path: Path
+) -> None:
+    import optuna
+
+    from search.study.space import SearchSpace
+    from search.study.storage import check_resume, signature
+
+    def sig(data: dict[str, Any]) -> dict[str, Any]:
+        cfg = load_config(write(workdir, data))
+        return signature(cfg, SearchSpace.build(cfg, ["a", "b"]), {"checkpoints": []})
+
+    plain = sig(good_config())
+    # a study made before these settings existed keeps its signature, so it still resumes
+    assert set(plain["scoring"]) == {"objectives", "limit", "num_fewshot", "seed"}
+    assert "gen_kwargs" not in plain["scoring"]["objectives"][0]["tasks"][0]
+    chat = copy.deepcopy(good_config())
+    chat["eval"].update(apply_chat_template=True, system_instruction="Be brief.", max_length=64)
+    chat["objectives"][1]["tasks"][0]["gen_kwargs"] = {"max_gen_toks": 4}
+    changed = sig(chat)
+    assert changed["scoring"]["apply_chat_template"] is True
+    assert changed["scoring"]["max_length"] == 64
+    assert changed["scoring"]["objectives"][1]["tasks"][0]["gen_kwargs"] == {"max_gen_toks": 4}
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    for key, value in plain.items():
+        study.set_user_attr(key, value)
+    cfg = load_config(write(workdir, chat))
+    with pytest.raises(UserError, match=r"how trials are scored changed \(objectives"):
+        check_resume(study, cfg, changed, "study.yaml")

@@ -21,8 +21,10 @@ from study_fixtures import (
     write_config,
 )
 
+from evaluators.stats import mean_stderr
 from search.cli import main
 from search.engine.plan import MergePlan
+from search.study.records import decode_examples
 
 N_TRIALS = 30
 SLOW_TEXTS = 1500  # lines of the slow study's perplexity file: a trial takes seconds, not ms
@@ -158,6 +160,17 @@ def test_each_trial_records_what_it_did(finished: dict[str, Any], workdir: dict[
         assert set(attrs["task_scores"]) >= {"c1_pick/acc"}
         assert attrs["merge_s"] >= 0 and attrs["eval_s"] >= 0
         assert len(t.values) == 2 and 0.0 <= t.values[0] <= 1.0 and t.values[1] > 1.0
+        # per-example values (packed) and each objective's standard error
+        examples = decode_examples(attrs["examples"])
+        assert set(examples) == set(attrs["task_scores"])
+        picks = examples["c1_pick/acc"]
+        assert len(picks) == 6 and sum(picks) / 6 == pytest.approx(
+            attrs["task_scores"]["c1_pick/acc"]
+        )
+        assert "bits" in attrs["examples"]["c1_pick/acc"]
+        assert attrs["stderr"]["pick"] == pytest.approx(mean_stderr(picks))
+        assert attrs["stderr"]["ppl"] > 0 and len(examples["text.txt/perplexity"]) == 6
+        assert set(attrs["task_stderr"]) == set(attrs["task_scores"])
     single = next(t for t in done if t.user_attrs.get("seed_trial") == f"single:{names[1]}")
     assert single.user_attrs["coefficients"][names[1]] == [1.0]
     # two different merges are scored differently: the trials really evaluate the merged weights
@@ -191,6 +204,8 @@ def test_a_plan_already_scored_is_reused(own_study: dict[str, Any]) -> None:
     assert again.state == optuna.trial.TrialState.COMPLETE
     assert again.user_attrs["duplicate_of"] == uniform.number
     assert again.values == uniform.values and again.user_attrs["eval_s"] == 0.0
+    for attr in ("examples", "stderr", "task_stderr", "task_scores"):
+        assert again.user_attrs[attr] == uniform.user_attrs[attr]
     assert len(complete(trials("own", storage))) == 4
 
 

@@ -1,0 +1,54 @@
+"""Per-example values packed into trial user attrs: exact round trips, small attrs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from search.study.records import (
+    decode_examples,
+    decode_values,
+    encode_examples,
+    encode_values,
+    json_stderr,
+)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 2000])
+def test_zero_one_values_round_trip_as_bits(n):
+    values = tuple(float(v) for v in np.random.default_rng(n).integers(0, 2, n))
+    encoded = encode_values(values)
+    assert ("bits" in encoded) == (n > 0) and encoded["n"] == n
+    assert decode_values(json.loads(json.dumps(encoded))) == values
+
+
+def test_two_thousand_bits_take_about_340_characters():
+    encoded = encode_values([1.0, 0.0] * 1000)
+    assert len(encoded["bits"]) <= 340
+    assert len(json.dumps(encoded)) < 370
+
+
+def test_other_values_round_trip_as_float32():
+    values = (0.25, 3.5, -1.0, 1e-8, 12345.678, math.inf)
+    encoded = encode_values(values)
+    assert "f32" in encoded and encoded["n"] == len(values)
+    decoded = decode_values(json.loads(json.dumps(encoded)))
+    assert decoded == tuple(float(np.float32(v)) for v in values)
+    assert decoded[:3] == values[:3]  # exactly representable values come back exactly
+    nan = decode_values(encode_values([0.5, math.nan]))
+    assert nan[0] == 0.5 and math.isnan(nan[1])
+
+
+def test_a_truncated_record_is_refused():
+    encoded = encode_values([0.5, 0.25])
+    with pytest.raises(ValueError, match="expected 3 float32 values"):
+        decode_values({**encoded, "n": 3})
+
+
+def test_examples_of_several_tasks_and_standard_errors_as_json():
+    examples = {"a/acc": (1.0, 0.0, 1.0), "b/perplexity": (2.5, 3.0)}
+    assert decode_examples(encode_examples(examples)) == examples
+    assert json_stderr({"x": 0.1, "y": math.nan}) == {"x": 0.1, "y": None}
