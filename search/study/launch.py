@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 READY_TIMEOUT_S = 1800  # a worker loading a large model from a slow disk may take this long
 STOP_GRACE_S = 60  # after Ctrl-C, how long workers get to hand their trial back
+REDELIVER_S = 0.5  # a stop request a worker dropped (see _raise_system_exit) comes again
 JOIN_SEED_OFFSET = 1000  # a joining worker's sampler seed index, apart from launch's 0..N-1
 
 
@@ -395,6 +396,7 @@ def _worker_main(
     os.environ["TQDM_DISABLE"] = "1"  # before lm-eval / transformers import tqdm
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_system_exit)
+    signal.signal(signal.SIGALRM, _raise_system_exit)
     try:
         code = _worker_body(cfg, index, threads, deadline, events, go)
     except KeyboardInterrupt:
@@ -442,4 +444,14 @@ def _worker_body(
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    """Unwind the worker: the trial in progress is failed and queued again (``run_worker``).
+
+    Python runs a signal handler at the next bytecode, which may be inside a garbage-collector
+    weakref callback, where an exception is printed and dropped: the stop would be lost and
+    the worker killed mid-trial after ``STOP_GRACE_S``. So the stop is delivered again every
+    ``REDELIVER_S`` (SIGALRM) until ``run_worker`` acts on it and disarms the timer.
+    """
+    signal.setitimer(signal.ITIMER_REAL, REDELIVER_S)
+    if frame is not None and frame.f_code.co_filename.endswith("weakref.py"):
+        return  # raising here would be dropped (and printed): the timer delivers it again
+    raise SystemExit(128 + (signal.SIGTERM if signum == signal.SIGALRM else signum))

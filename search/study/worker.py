@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -237,9 +239,10 @@ def run_worker(
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
             except BaseException as exc:
-                _give_up(
-                    study, storage, trial, requeue=isinstance(exc, KeyboardInterrupt | SystemExit)
-                )
+                stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+                if stopped:
+                    stop_redelivery()
+                _give_up(study, storage, trial, requeue=stopped)
                 raise
             else:
                 frozen = study.tell(trial, values, skip_if_finished=True)
@@ -250,6 +253,13 @@ def run_worker(
             on_trial(frozen)
     result.n_duplicates = objective.duplicates
     return result
+
+
+def stop_redelivery() -> None:
+    """Disarm the launcher's repeated stop (``search.study.launch``): the stop is being handled."""
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
 def _give_up(

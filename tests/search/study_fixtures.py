@@ -101,7 +101,7 @@ def study_config(paths: dict[str, Any], name: str, storage: str, **extra: Any) -
         "eval": {"limit": 6, "batch_size": 8},
         "sampler": {"name": "nsga2", "seed": 0, "options": {"population_size": 4}},
         "budget": {"n_trials": 6},
-        "workers": {"heartbeat_s": 1, "grace_s": 3, "max_retry": 3},
+        "workers": {"heartbeat_s": 1, "grace_s": 3, "max_retry": 3, "threads": 1},
         "device": "cpu",
         "dtype": "float32",
     }

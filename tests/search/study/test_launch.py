@@ -27,7 +27,7 @@ from search.engine.plan import MergePlan
 from search.study.records import decode_examples
 
 N_TRIALS = 30
-SLOW_TEXTS = 1500  # lines of the slow study's perplexity file: a trial takes seconds, not ms
+SLOW_TEXTS = 600  # lines of the slow study's perplexity file: a trial takes seconds, not ms
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,7 @@ def interrupted(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict
         budget={"n_trials": 2},
         eval={"limit": None, "batch_size": 1},
         seed_trials=["uniform"],
+        workers={"threads": 1, "heartbeat_s": 1, "grace_s": 3},
     )
     config = write_config(root / "slow.yaml", data)
     proc = cli("launch", str(config), cwd=root)
