@@ -146,6 +146,7 @@ class ProxyLoss:
         self.params = model_parameters(pool, model)
         self.gradient_evaluations = 0
         self.backward_passes = 0
+        self.forward_evaluations = 0  # points whose losses were computed without gradients
         self._memo: dict[bytes, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def gradients(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,6 +175,7 @@ class ProxyLoss:
             materialize(self.plan_of(x), self.pool, self.model)
             values = [mean_token_nll(self.model, p, backward=False) for p in self.objectives]
             self._memo[key] = (np.asarray(values), None)
+            self.forward_evaluations += 1
         return self._memo[key][0]
 
 
@@ -193,7 +195,8 @@ class Proposals:
             f"Frank-Wolfe: {len(r['paths'])} path(s) x {r['steps']} steps on "
             f"{sum(n for per in r['examples'].values() for n in per.values())} proxy examples: "
             f"{r['gradient_evaluations']} gradient evaluations, {r['backward_passes']} backward "
-            f"passes in {r['seconds']:.1f} s; {len(self.seeds)} endpoint(s) enqueued as trials"
+            f"passes (+{r['forward_evaluations']} forward-only loss evaluations) in "
+            f"{r['seconds']:.1f} s; {len(self.seeds)} endpoint(s) enqueued as trials"
         )
 
 
@@ -258,6 +261,7 @@ def propose(
         "paths": paths,
         "gradient_evaluations": loss.gradient_evaluations,
         "backward_passes": loss.backward_passes,
+        "forward_evaluations": loss.forward_evaluations,  # losses reported at the endpoints
         "seconds": round(time.perf_counter() - started, 3),
     }
     return Proposals(tuple(seeds), record)
