@@ -227,6 +227,7 @@ def propose(
                 raise UserError(f"fw: objective {proxy.name!r}: {part.label} has no target tokens")
             parts.append((part.weight, batches(tokenized, cfg.eval.batch_size, pad, pool.device)))
         objectives.append(parts)
+    setup_s = time.perf_counter() - started
 
     def plan_of(x: np.ndarray) -> MergePlan:
         return space.plan(space.coefficient_params(x.tolist()))
@@ -263,6 +264,7 @@ def propose(
         "backward_passes": loss.backward_passes,
         "forward_evaluations": loss.forward_evaluations,  # losses reported at the endpoints
         "seconds": round(time.perf_counter() - started, 3),
+        "setup_seconds": round(setup_s, 3),  # of those: reading and tokenizing the proxy sets
     }
     return Proposals(tuple(seeds), record)
 
