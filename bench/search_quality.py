@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -110,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--workdir", default=None, help="where the SQLite files go (default: a temp folder)"
+    )
+    p.add_argument(
+        "--heldout",
+        action="store_true",
+        help="also re-score every run's front on the held-out tasks (eval.heldout)",
     )
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)
@@ -251,8 +257,8 @@ def run_study(
     study.sampler = build_sampler(cfg.sampler, constrained=False)
     run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    labels = [t.user_attrs.get("seed_trial", "") for t in done]
-    return [list(t.values) for t in done], time.perf_counter() - start, labels
+    info = [(t.user_attrs.get("seed_trial", ""), t.user_attrs["plan"]) for t in done]
+    return [list(t.values) for t in done], time.perf_counter() - start, info
 
 
 def score_values(runtime: Any, cfg: Any, plan: Any) -> list[float]:
@@ -279,10 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    cfg = load_config(run_config(base, workdir, "random", 0, args))
+    cfg_path = run_config(base, workdir, "random", 0, args)
+    fcfg_path = None
+    cfg = load_config(cfg_path)
     directions = cfg.directions
     t0 = time.perf_counter()
     runtime = Runtime.create(cfg)
+    counts = getattr(runtime.evaluator, "examples_per_task", dict)()
+    n_examples = min(counts.values()) if counts else 0
     space = SearchSpace.build(cfg, runtime.pool.names)
     print(
         f"pool: {len(space.names)} checkpoints ({', '.join(space.names)}); method {space.method}; "
@@ -340,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": seed,
                     "values": values,
                     "seconds": seconds,
-                    "labels": labels,
+                    "labels": [label for label, _ in labels],
+                    "plans": [plan for _, plan in labels],
                 }
             )
             print(
@@ -363,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                 },
             },
         }
-        fcfg = load_config(run_config(fisher_base, workdir, fisher_samplers[0], 0, args))
+        fcfg_path = run_config(fisher_base, workdir, fisher_samplers[0], 0, args)
+        fcfg = load_config(fcfg_path)
         t2 = time.perf_counter()
         del runtime  # one resident model at a time
         runtime = Runtime.create(fcfg)
@@ -394,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                         "seed": seed,
                         "values": values,
                         "seconds": seconds,
-                        "labels": labels,
+                        "labels": [label for label, _ in labels],
+                        "plans": [plan for _, plan in labels],
                     }
                 )
                 print(
@@ -445,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         args, cfg, baselines, grid_k, len(grid_values), reference_front, ref, hv_ref, runs, samplers
     )
     print_at_table(runs, samplers, at)
+    if args.heldout:
+        heldout_table(runs, samplers, load_config(fcfg_path or cfg_path), directions)
     trial_s = statistics.fmean(
         r["seconds"] / max(1, len(r["values"])) for r in runs if "fisher" not in r["sampler"]
     )
@@ -459,9 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         fw_runs = [r for r in runs if r["sampler"] == "fw"]
         for r in fw_runs[:1]:
+            print(f"  endpoints (exact match ± standard error, n={n_examples} per task):")
             for label, v in zip(r["labels"], r["values"], strict=True):
                 scores = ", ".join(
-                    f"{n}={x:.3f}" for n, x in zip(cfg.objective_names, v, strict=True)
+                    f"{n}={x:.3f}±{proportion_se(x, n_examples):.3f}"
+                    for n, x in zip(cfg.objective_names, v, strict=True)
                 )
                 print(f"  {label}: {scores}")
     if fisher_cost is not None:
@@ -549,6 +566,60 @@ def print_table(
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))
+
+
+def proportion_se(p: float, n: int) -> float:
+    """Standard error of a proportion (exact match, accuracy) measured on ``n`` examples."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def heldout_table(
+    runs: list[dict[str, Any]], samplers: list[str], cfg: Any, directions: list[str]
+) -> None:
+    """Every run's front re-scored on the held-out tasks: its hypervolume there.
+
+    One held-out runtime scores every distinct front merge once (built from ``cfg``: the fisher
+    config when fisher runs exist, whose pool holds the Fishers and merges linear plans too).
+    The reference point is the worst held-out value over everything re-scored.
+    """
+    from search.engine.plan import MergePlan
+    from search.study.worker import Runtime
+
+    if not cfg.eval.heldout:
+        print("\n(no eval.heldout in the config: no held-out re-scores)")
+        return
+    runtime = Runtime.create(cfg, heldout=True)
+    scored: dict[str, list[float]] = {}
+    for r in runs:
+        front = list(dict.fromkeys(pareto_front(r["values"], directions)))
+        r["heldout_front"] = []
+        for i in front:
+            plan = MergePlan.from_dict(r["plans"][i])
+            if plan.key not in scored:
+                scores, _, _ = runtime.score(plan)
+                scored[plan.key] = [float(scores.objectives[n]) for n in runtime.objective_names]
+            r["heldout_front"].append(scored[plan.key])
+    everything = list(scored.values())
+    ref = [
+        min(v[i] for v in everything) if d == "maximize" else max(v[i] for v in everything)
+        for i, d in enumerate(directions)
+    ]
+    for r in runs:
+        r["heldout_hv"] = hypervolume(r["heldout_front"], directions, ref)
+    counts = getattr(runtime.evaluator, "examples_per_task", dict)()
+    print(
+        f"\nfronts re-scored on the held-out tasks ({len(scored)} merges, "
+        f"{min(counts.values()) if counts else '?'} examples per task); reference point "
+        + ", ".join(f"{v:.3f}" for v in ref)
+    )
+    base = {
+        s: statistics.fmean(r["heldout_hv"] for r in runs if r["sampler"] == s) for s in samplers
+    }
+    for s in samplers:
+        hv = [r["heldout_hv"] for r in runs if r["sampler"] == s]
+        sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
+        ratio = f"{base[s] / base['nsga2']:.3f}" if base.get("nsga2") else "-"
+        print(f"  {s:<24} held-out HV {base[s]:.4f}±{sd:.4f}  / nsga2 {ratio}")
 
 
 def print_at_table(runs: list[dict[str, Any]], samplers: list[str], at: list[int]) -> None:
