@@ -8,7 +8,8 @@ writes straight into the parameter (:mod:`search.engine.kernels`); the other met
 float32
 result per tensor and copy it in.
 
-Methods that read Fishers (``fisher``) get the pool's ``[K, …]`` Fisher stack of each tensor.
+Methods that read Fishers (``fisher``) run the pool's Fisher kernel (:mod:`search.engine.kernels`)
+on the weights and the Fisher stack of each tensor, also straight into the parameter.
 :func:`model_parameters` maps the pool's tensor names to the model's parameters, for code that
 reads their gradients (:mod:`search.engine.fisher`).
 
@@ -133,13 +134,15 @@ def merge_tensor_into(
         pool.weighted_sum(out, stack, coeffs, pool.base_tensor(name) if with_base else None)
         return
     weights = resolved.group_weights[group]
+    if method.needs_fisher:  # one fused pass over the 2K inputs, straight into ``out``
+        pool.fisher_mean(out, stack, pool.fisher_stack(name), weights)
+        return
     base = pool.base_tensor(name) if method.needs_base else None
     generator = None
     if method.stochastic:
         generator = torch.Generator(device=pool.device)
         generator.manual_seed(tensor_seed(resolved.plan.seed, name))
-    extra = {"fisher": pool.fisher_stack(name)} if method.needs_fisher else {}
-    out.copy_(method.merge(stack, base, weights, resolved.params, generator, **extra))
+    out.copy_(method.merge(stack, base, weights, resolved.params, generator))
 
 
 def merged_tensors(

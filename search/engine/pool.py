@@ -120,7 +120,7 @@ class CheckpointPool:
         dtype: torch.dtype,
         kernel: str = "auto",
     ) -> None:
-        from search.engine.kernels import choose_kernel
+        from search.engine.kernels import choose_fisher_kernel, choose_kernel
 
         self._checkpoints = tuple(checkpoints)
         self._base = base
@@ -137,6 +137,7 @@ class CheckpointPool:
         layers = [int(m.group(1)) for n in self.tensor_names if (m := _LAYER_RE.search(n))]
         self.n_layers: int = max(layers) + 1 if layers else 0
         self.weighted_sum = choose_kernel(device, dtype, kernel)
+        self.fisher_mean = choose_fisher_kernel(device, dtype, kernel)  # methods with Fishers
         self._stacks: dict[str, torch.Tensor] | None = None
         self._base_tensors: dict[str, torch.Tensor] | None = None
         self._fishers: dict[str, torch.Tensor] | None = None

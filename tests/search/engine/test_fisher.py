@@ -11,6 +11,7 @@ from search.engine.materialize import materialize, merged_tensors, model_paramet
 from search.engine.methods import FISHER_CHUNK, FISHER_FLOOR, fisher_weighted_mean
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
+from search.engine.registry import METHODS
 from search.errors import UserError
 
 TEXTS = [
@@ -191,3 +192,36 @@ def test_coefficient_gradient_equals_central_finite_differences(pool64, model64)
     numeric = (4 * central(5e-3) - central(1e-2)) / 3
     torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-6)
     assert analytic.abs().min() > 1e-3  # every component is exercised
+
+
+def test_the_pure_fisher_function_is_what_materialize_writes(fisher_pool):
+    pool, _ = fisher_pool
+    weights = torch.tensor([0.5, 0.2, 0.9], dtype=torch.float64)
+    merged = dict(merged_tensors(MergePlan.create("fisher", weights.tolist()), pool))
+    method = METHODS["fisher"]
+    for name in pool.tensor_names:
+        pure = method.merge(pool.stack(name), None, weights, {}, fisher=pool.fisher_stack(name))
+        torch.testing.assert_close(pure, merged[name], rtol=1e-12, atol=1e-14, msg=name)
+
+
+@pytest.mark.parametrize("kernel", ["chunked", "compiled"])
+def test_half_precision_fisher_kernels_accumulate_in_float32(tiny_zoo, fisher_pool, kernel):
+    _, fishers = fisher_pool
+    pool = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base, dtype="bfloat16", kernel=kernel)
+    pool.load_fishers(fishers)
+    assert pool.fisher_mean.kind == kernel
+    model, _ = pool.load_model(tokenizer=False)
+    weights = [0.37, 0.21, 0.42]
+    materialize(MergePlan.create("fisher", weights), pool, model)
+    state = model.state_dict()
+    for name in pool.tensor_names:
+        xs = [pool.stack(name)[k].double() for k in range(3)]
+        fs = [pool.fisher_stack(name)[k].double().clamp_min(FISHER_FLOOR) for k in range(3)]
+        num = sum(w * f * x for w, f, x in zip(weights, fs, xs, strict=True))
+        exact = num / sum(w * f for w, f in zip(weights, fs, strict=True))
+        got = state[name]
+        assert got.dtype == torch.bfloat16
+        err = (got.double() - exact).abs()
+        ulp = exact.abs().clamp_min(1e-30) * 2.0**-7  # one bf16 rounding of a float32 result
+        assert (err <= ulp).all(), (name, float((err / ulp).max()))
+    assert pool.fisher_mean.kind == kernel  # no fallback happened
