@@ -189,3 +189,25 @@ def _keys(cache: Path, pool: CheckpointPool) -> list[str]:
         for entry in cache.iterdir()
     }
     return [by_name[name] for name in pool.names]
+
+
+def test_a_resume_with_other_calibration_data_is_refused(paths: dict[str, Any], tmp_path: Path):
+    from search.errors import UserError
+    from search.study.config import parse_config
+    from search.study.space import SearchSpace
+    from search.study.storage import create_or_resume, open_storage
+
+    data = study_config(paths, "calib-resume", f"sqlite:///{tmp_path / 'r.db'}")
+    data["merge"] = {"method": "fisher", "fisher": {"data": paths["text"], "examples": 4}}
+    cfg = parse_config(data)
+    pool = CheckpointPool.open(paths["checkpoints"], paths["base_model"])
+    space = SearchSpace.build(cfg, pool.names)
+    first = calibration_from_file(Path(paths["text"]), 4, "merge.fisher.data").describe()
+    storage = open_storage(cfg, create=True)
+    _, created = create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml", fisher=first)
+    assert created
+    _, created = create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml", fisher=first)
+    assert not created
+    other = calibration_from_file(Path(paths["text"]), 3, "merge.fisher.data").describe()
+    with pytest.raises(UserError, match=r"search space changed \(fisher\.examples: 4 -> 3\)"):
+        create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml", fisher=other)
