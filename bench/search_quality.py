@@ -22,12 +22,27 @@ Reported per sampler (mean over seeds):
 - ``dominates all``: in how many runs every input checkpoint and the uniform average is
   Pareto-dominated by a front merge.
 
+- ``HV ratio @ n``: the same for the first ``n`` trials of each run (``--at``, default 10, 20,
+  40), and the ratio of a variant's mean to ``nsga2``'s and ``random``'s at the same ``n``.
+
 Seed trials (inputs, uniform) are left out of the runs so the whole budget is the sampler's own.
+
+Data-informed variants (issue 13):
+
+- ``fw``: the ``fw`` sampler, i.e. only the Frank-Wolfe paths' endpoints (``fw.preferences``
+  trials; deterministic, so every seed gives the same); ``X+fw``: sampler ``X`` after the
+  endpoints enqueued as seed trials. The paths are computed once (they do not depend on the
+  sampler seed); their cost (gradient evaluations, backward passes, seconds) is printed beside
+  the mean seconds of one lm-eval trial.
+- ``--fisher-samplers nsga2``: the same sampler on a ``fisher`` merge (calibration
+  ``tasks: from_objectives``, ``--fisher-examples`` N), against the linear runs at equal trials;
+  the Fishers' cost is printed.
 
 Usage (from the repository root)::
 
     python bench/search_quality.py                        # 4 samplers x 3 seeds x 40 trials
                                                           # + a 210-merge grid: ~11 min, 2 cores
+    python bench/search_quality.py --samplers nsga2,random,fw,nsga2+fw --fisher-samplers nsga2
     python bench/search_quality.py --trials 16 --seeds 1 --grid-max 60 --limit 50
 """
 
@@ -35,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -64,7 +80,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("full", "tiny"),
         help="tiny: a seconds-to-build pool for a smoke run (its scores mean nothing)",
     )
-    p.add_argument("--samplers", default="nsga2,tpe,gp,random")
+    p.add_argument(
+        "--samplers",
+        default="nsga2,tpe,gp,random",
+        help="comma-separated: sampler names, 'fw' (Frank-Wolfe endpoints only), "
+        "'X+fw' (sampler X after the Frank-Wolfe endpoints)",
+    )
+    p.add_argument(
+        "--fisher-samplers",
+        default="",
+        help="samplers also run on a fisher merge (same objectives and budget), e.g. nsga2",
+    )
+    p.add_argument("--fisher-examples", type=int, default=256, help="N of the Fishers")
+    p.add_argument(
+        "--at", default="10,20,40", help="trial counts at which the HV ratio is also reported"
+    )
     p.add_argument("--trials", type=int, default=40, help="trials per run (the equal budget)")
     p.add_argument("--seeds", type=int, default=3, help="runs per sampler (seeds 0..N-1)")
     p.add_argument(
@@ -81,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--workdir", default=None, help="where the SQLite files go (default: a temp folder)"
+    )
+    p.add_argument(
+        "--heldout",
+        action="store_true",
+        help="also re-score every run's front on the held-out tasks (eval.heldout)",
     )
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)
@@ -163,27 +198,41 @@ def load_base(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+def parse_variant(variant: str) -> tuple[str, list[str]]:
+    """``"nsga2+fw"`` -> (``"nsga2"``, ``["fw"]``): the sampler and its seed trials."""
+    sampler, _, seeds = variant.partition("+")
+    return sampler, [seeds] if seeds else []
+
+
 def run_config(
-    base: dict[str, Any], workdir: Path, sampler: str, seed: int, args: argparse.Namespace
+    base: dict[str, Any], workdir: Path, variant: str, seed: int, args: argparse.Namespace
 ) -> Path:
+    sampler, seed_trials = parse_variant(variant)
     options: dict[str, Any] = {}
     if sampler == "nsga2":
         options["population_size"] = args.population or max(4, args.trials // 5)
-    name = f"bench-{sampler}-s{seed}"
+    name = f"bench-{variant.replace('+', '-')}-{base['merge']['method']}-s{seed}"
     data = {
         **base,
         "name": name,
         "storage": f"sqlite:///{workdir / name}.db",
         "sampler": {"name": sampler, "seed": seed, "options": options},
         "budget": {"n_trials": args.trials, "timeout_s": None},
+        "seed_trials": seed_trials,
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def run_study(config_path: Path, runtime: Any) -> tuple[list[list[float]], float]:
-    """One study to its budget through the study service; (values of completed trials, seconds)."""
+def run_study(
+    config_path: Path, runtime: Any, proposals: Any = None, fisher: Any = None
+) -> tuple[list[list[float]], float, list[str]]:
+    """One study to its budget through the study service.
+
+    Returns:
+        (values of completed trials in trial order, seconds, their seed_trial labels or "").
+    """
     from optuna.trial import TrialState
 
     from search.study.config import load_config
@@ -196,13 +245,20 @@ def run_study(config_path: Path, runtime: Any) -> tuple[list[list[float]], float
     start = time.perf_counter()
     storage = open_storage(cfg, create=True)
     space = SearchSpace.build(cfg, runtime.pool.names)
-    study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), config_path)
+    study, _ = create_or_resume(
+        cfg,
+        storage,
+        space,
+        runtime.pool.fingerprint(),
+        config_path,
+        fisher=fisher,
+        proposals=proposals if cfg.uses_frank_wolfe else None,
+    )
     study.sampler = build_sampler(cfg.sampler, constrained=False)
     run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials)
-    values = [
-        list(t.values) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    ]
-    return values, time.perf_counter() - start
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    info = [(t.user_attrs.get("seed_trial", ""), t.user_attrs["plan"]) for t in done]
+    return [list(t.values) for t in done], time.perf_counter() - start, info
 
 
 def score_values(runtime: Any, cfg: Any, plan: Any) -> list[float]:
@@ -220,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args = parse_args(argv)
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    fisher_samplers = [s.strip() for s in args.fisher_samplers.split(",") if s.strip()]
+    at = sorted({int(n) for n in args.at.split(",") if n.strip()} | {args.trials})
     base = load_base(args)
     tmp = (
         tempfile.TemporaryDirectory(prefix="merge-search-bench-") if args.workdir is None else None
@@ -227,10 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    cfg = load_config(run_config(base, workdir, samplers[0], 0, args))
+    cfg_path = run_config(base, workdir, "random", 0, args)
+    fcfg_path = None
+    cfg = load_config(cfg_path)
     directions = cfg.directions
     t0 = time.perf_counter()
     runtime = Runtime.create(cfg)
+    counts = getattr(runtime.evaluator, "examples_per_task", dict)()
+    n_examples = min(counts.values()) if counts else 0
     space = SearchSpace.build(cfg, runtime.pool.names)
     print(
         f"pool: {len(space.names)} checkpoints ({', '.join(space.names)}); method {space.method}; "
@@ -267,16 +329,93 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    proposals = None
+    if any("fw" in parse_variant(v)[1] or parse_variant(v)[0] == "fw" for v in samplers):
+        from search.study.fw import propose
+
+        fw_cfg = load_config(run_config(base, workdir, "nsga2+fw", 0, args))
+        proposals = propose(fw_cfg, space, runtime.pool, runtime.model, runtime.tokenizer)
+        print(proposals.summary(), file=sys.stderr, flush=True)
+
     runs: list[dict[str, Any]] = []
-    for sampler in samplers:
-        for seed in range(args.seeds):
-            values, seconds = run_study(run_config(base, workdir, sampler, seed, args), runtime)
-            runs.append({"sampler": sampler, "seed": seed, "values": values, "seconds": seconds})
+    for variant in samplers:
+        # the fw sampler is deterministic: one run stands for every seed
+        for seed in range(1 if variant == "fw" else args.seeds):
+            values, seconds, labels = run_study(
+                run_config(base, workdir, variant, seed, args), runtime, proposals
+            )
+            runs.append(
+                {
+                    "sampler": variant,
+                    "seed": seed,
+                    "values": values,
+                    "seconds": seconds,
+                    "labels": [label for label, _ in labels],
+                    "plans": [plan for _, plan in labels],
+                }
+            )
             print(
-                f"{sampler} seed {seed}: {len(values)} trials in {seconds:.0f} s",
+                f"{variant} seed {seed}: {len(values)} trials in {seconds:.0f} s",
                 file=sys.stderr,
                 flush=True,
             )
+
+    fisher_cost = None
+    if fisher_samplers:
+        fisher_base = {
+            **base,
+            "merge": {
+                "method": "fisher",
+                "weights": {"low": 0.0, "high": 1.0},
+                "fisher": {
+                    "tasks": "from_objectives",
+                    "examples": args.fisher_examples,
+                    "cache_dir": str(workdir / ".fisher"),
+                },
+            },
+        }
+        fcfg_path = run_config(fisher_base, workdir, fisher_samplers[0], 0, args)
+        fcfg = load_config(fcfg_path)
+        t2 = time.perf_counter()
+        del runtime  # one resident model at a time
+        runtime = Runtime.create(fcfg)
+        fisher_cost = {
+            "seconds": time.perf_counter() - t2,
+            "backward_passes": len(space.names) * runtime.pool.fisher_source["examples"],
+            "examples": runtime.pool.fisher_source["examples"],
+        }
+        print(
+            f"fisher runtime (Fishers of {len(space.names)} checkpoints x "
+            f"{fisher_cost['examples']} examples) ready in {fisher_cost['seconds']:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        from search.study.fisher_cache import calibration
+
+        described = calibration(fcfg).describe()
+        for variant in fisher_samplers:
+            for seed in range(args.seeds):
+                values, seconds, labels = run_study(
+                    run_config(fisher_base, workdir, variant, seed, args),
+                    runtime,
+                    fisher=described,
+                )
+                runs.append(
+                    {
+                        "sampler": f"{variant} (fisher)",
+                        "seed": seed,
+                        "values": values,
+                        "seconds": seconds,
+                        "labels": [label for label, _ in labels],
+                        "plans": [plan for _, plan in labels],
+                    }
+                )
+                print(
+                    f"{variant} (fisher) seed {seed}: {len(values)} trials in {seconds:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        samplers = [*samplers, *(f"{v} (fisher)" for v in fisher_samplers)]
 
     everything = grid_values + [v for r in runs for v in r["values"]] + list(baselines.values())
     signs = [1.0 if d == "maximize" else -1.0 for d in directions]
@@ -303,10 +442,51 @@ def main(argv: list[str] | None = None) -> int:
         r["dominates_all"] = all(
             any(dominates(f, b, directions) for f in front) for b in baselines.values()
         )
+        r["hv_at"] = {
+            n: hypervolume(
+                [r["values"][i] for i in pareto_front(r["values"][:n], directions)],
+                directions,
+                ref,
+            )
+            / hv_ref
+            if hv_ref > 0
+            else float("nan")
+            for n in at
+        }
 
     print_table(
         args, cfg, baselines, grid_k, len(grid_values), reference_front, ref, hv_ref, runs, samplers
     )
+    print_at_table(runs, samplers, at)
+    if args.heldout:
+        heldout_table(runs, samplers, load_config(fcfg_path or cfg_path), directions)
+    trial_s = statistics.fmean(
+        r["seconds"] / max(1, len(r["values"])) for r in runs if "fisher" not in r["sampler"]
+    )
+    if proposals is not None:
+        record = proposals.record
+        print(
+            f"\nFrank-Wolfe paths: {len(record['paths'])} x {record['steps']} steps, "
+            f"{record['gradient_evaluations']} gradient evaluations, "
+            f"{record['backward_passes']} backward passes, {record['seconds']:.1f} s "
+            f"= {record['seconds'] / trial_s:.1f} lm-eval trials' worth "
+            f"(one trial: {trial_s:.2f} s)"
+        )
+        fw_runs = [r for r in runs if r["sampler"] == "fw"]
+        for r in fw_runs[:1]:
+            print(f"  endpoints (exact match ± standard error, n={n_examples} per task):")
+            for label, v in zip(r["labels"], r["values"], strict=True):
+                scores = ", ".join(
+                    f"{n}={x:.3f}±{proportion_se(x, n_examples):.3f}"
+                    for n, x in zip(cfg.objective_names, v, strict=True)
+                )
+                print(f"  {label}: {scores}")
+    if fisher_cost is not None:
+        print(
+            f"\nFishers: {fisher_cost['backward_passes']} backward passes in "
+            f"{fisher_cost['seconds']:.1f} s (with loading the runtime) = "
+            f"{fisher_cost['seconds'] / trial_s:.1f} lm-eval trials' worth"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -321,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                     "reference_front": reference_front,
                     "reference_hv": hv_ref,
                     "runs": runs,
+                    "fw": proposals.record if proposals is not None else None,
+                    "fisher_cost": fisher_cost,
                 },
                 indent=1,
             )
@@ -381,6 +563,89 @@ def print_table(
                 f"{statistics.fmean(r['seconds'] for r in rs):.0f}",
             ]
         )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))
+
+
+def proportion_se(p: float, n: int) -> float:
+    """Standard error of a proportion (exact match, accuracy) measured on ``n`` examples."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def heldout_table(
+    runs: list[dict[str, Any]], samplers: list[str], cfg: Any, directions: list[str]
+) -> None:
+    """Every run's front re-scored on the held-out tasks: its hypervolume there.
+
+    One held-out runtime scores every distinct front merge once (built from ``cfg``: the fisher
+    config when fisher runs exist, whose pool holds the Fishers and merges linear plans too).
+    The reference point is the worst held-out value over everything re-scored.
+    """
+    from search.engine.plan import MergePlan
+    from search.study.worker import Runtime
+
+    if not cfg.eval.heldout:
+        print("\n(no eval.heldout in the config: no held-out re-scores)")
+        return
+    runtime = Runtime.create(cfg, heldout=True)
+    scored: dict[str, list[float]] = {}
+    for r in runs:
+        front = list(dict.fromkeys(pareto_front(r["values"], directions)))
+        r["heldout_front"] = []
+        for i in front:
+            plan = MergePlan.from_dict(r["plans"][i])
+            if plan.key not in scored:
+                scores, _, _ = runtime.score(plan)
+                scored[plan.key] = [float(scores.objectives[n]) for n in runtime.objective_names]
+            r["heldout_front"].append(scored[plan.key])
+    everything = list(scored.values())
+    ref = [
+        min(v[i] for v in everything) if d == "maximize" else max(v[i] for v in everything)
+        for i, d in enumerate(directions)
+    ]
+    for r in runs:
+        r["heldout_hv"] = hypervolume(r["heldout_front"], directions, ref)
+    counts = getattr(runtime.evaluator, "examples_per_task", dict)()
+    print(
+        f"\nfronts re-scored on the held-out tasks ({len(scored)} merges, "
+        f"{min(counts.values()) if counts else '?'} examples per task); reference point "
+        + ", ".join(f"{v:.3f}" for v in ref)
+    )
+    base = {
+        s: statistics.fmean(r["heldout_hv"] for r in runs if r["sampler"] == s) for s in samplers
+    }
+    for s in samplers:
+        hv = [r["heldout_hv"] for r in runs if r["sampler"] == s]
+        sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
+        ratio = f"{base[s] / base['nsga2']:.3f}" if base.get("nsga2") else "-"
+        print(f"  {s:<24} held-out HV {base[s]:.4f}±{sd:.4f}  / nsga2 {ratio}")
+
+
+def print_at_table(runs: list[dict[str, Any]], samplers: list[str], at: list[int]) -> None:
+    """HV ratio of the first n trials, mean ± sd over seeds, and against nsga2 / random."""
+    means = {
+        (s, n): statistics.fmean(r["hv_at"][n] for r in runs if r["sampler"] == s)
+        for s in samplers
+        for n in at
+    }
+    head = ["variant", *(f"HV@{n}" for n in at)]
+    for other in ("nsga2", "random"):
+        if other in samplers:
+            head += [f"/{other}@{n}" for n in at]
+    rows = [head]
+    for s in samplers:
+        rs = [r for r in runs if r["sampler"] == s]
+        row = [f"{s} ({len(rs)} run{'s' if len(rs) > 1 else ''})"]
+        for n in at:
+            values = [r["hv_at"][n] for r in rs]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            row.append(f"{means[(s, n)]:.3f}±{sd:.3f}")
+        for other in ("nsga2", "random"):
+            if other in samplers:
+                row += [f"{means[(s, n)] / means[(other, n)]:.3f}" for n in at]
+        rows.append(row)
+    print("\nHV ratio of the first n trials (mean±sd over seeds) and ratio of means:")
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))

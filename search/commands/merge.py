@@ -24,9 +24,15 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.export.folder import merge_from_yaml
+    from search.study.fisher_cache import fishers_from_file
 
     path, plan, pool = merge_from_yaml(
-        args.config, args.out_dir, device=args.device, dtype=args.dtype, force=args.force
+        args.config,
+        args.out_dir,
+        device=args.device,
+        dtype=args.dtype,
+        force=args.force,
+        load_fishers=fishers_from_file,
     )
     print(f"wrote {path} ({plan.method}, {len(pool.names)} checkpoints, {pool.dtype})")
     return 0

@@ -7,6 +7,8 @@
 - :mod:`~search.engine.pool` — :class:`CheckpointPool`: safetensors headers checked, stacks
   held resident;
 - :mod:`~search.engine.materialize` — a plan written into the resident model in place;
+- :mod:`~search.engine.fisher` — per-example diagonal Fishers and the proxy-loss gradient in the
+  merge coefficients (model + token batches in, tensors out);
 - :mod:`~search.engine.device` — ``device: auto`` and CPU threads.
 
 Dependencies: torch and safetensors (transformers only to build the resident model); within

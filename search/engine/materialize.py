@@ -8,6 +8,11 @@ writes straight into the parameter (:mod:`search.engine.kernels`); the other met
 float32
 result per tensor and copy it in.
 
+Methods that read Fishers (``fisher``) run the pool's Fisher kernel (:mod:`search.engine.kernels`)
+on the weights and the Fisher stack of each tensor, also straight into the parameter.
+:func:`model_parameters` maps the pool's tensor names to the model's parameters, for code that
+reads their gradients (:mod:`search.engine.fisher`).
+
 Stochastic methods (DARE) draw from a ``torch.Generator`` seeded from ``plan.seed`` and the tensor
 name, so a plan always gives the same weights whatever the tensor order or device count.
 """
@@ -58,6 +63,12 @@ def resolve(plan: MergePlan, pool: CheckpointPool) -> ResolvedPlan:
         raise UserError(
             f"method {method.name}: needs a base model (task vectors are θ_i − θ_base); none given"
         )
+    if method.needs_fisher and not pool.has_fishers:
+        raise UserError(
+            f"method {method.name}: needs each checkpoint's Fisher; none is loaded into the pool "
+            "(a study computes them from merge.fisher, `merge-search merge` from "
+            "parameters.fisher_data)"
+        )
     if plan.n_groups > 1 and plan.n_groups > max(pool.n_layers, 1):
         raise UserError(
             f"plan: {plan.n_groups} layer groups but the model has {pool.n_layers} "
@@ -67,6 +78,11 @@ def resolve(plan: MergePlan, pool: CheckpointPool) -> ResolvedPlan:
     for g, row in enumerate(rows):
         if not all(math.isfinite(w) for w in row):
             raise UserError(f"plan: layer group {g} has a non-finite weight {row}")
+        if method.min_weight is not None and min(row) < method.min_weight:
+            raise UserError(
+                f"plan: layer group {g} has a weight below {method.min_weight} ({row}); "
+                f"method {method.name} needs weights >= {method.min_weight}"
+            )
         if method.divides_by_weight_sum(params) and sum(row) == 0:
             raise UserError(
                 f"plan: weights of layer group {g} sum to 0 ({row}); method {method.name} with "
@@ -118,6 +134,9 @@ def merge_tensor_into(
         pool.weighted_sum(out, stack, coeffs, pool.base_tensor(name) if with_base else None)
         return
     weights = resolved.group_weights[group]
+    if method.needs_fisher:  # one fused pass over the 2K inputs, straight into ``out``
+        pool.fisher_mean(out, stack, pool.fisher_stack(name), weights)
+        return
     base = pool.base_tensor(name) if method.needs_base else None
     generator = None
     if method.stochastic:
@@ -152,7 +171,16 @@ def materialize(plan: MergePlan, pool: CheckpointPool, model: Any) -> None:
 
 
 def _targets(pool: CheckpointPool, model: Any) -> dict[str, torch.Tensor]:
-    """Map each pool tensor name to the model tensor it fills; check that all are covered."""
+    """Map each pool tensor name to the storage it fills in the model."""
+    return {name: param.data for name, param in model_parameters(pool, model).items()}
+
+
+def model_parameters(pool: CheckpointPool, model: Any) -> dict[str, torch.Tensor]:
+    """Each pool tensor name's parameter in ``model`` (the ``Parameter``, with its ``.grad``).
+
+    Checks that every tensor has a parameter of its shape on the pool's device, and that every
+    floating-point parameter of the model comes from the checkpoints (``UserError`` otherwise).
+    """
     state = model.state_dict(keep_vars=True)
     targets: dict[str, torch.Tensor] = {}
     for name in pool.tensor_names:
@@ -168,7 +196,7 @@ def _targets(pool: CheckpointPool, model: Any) -> dict[str, torch.Tensor]:
             target.device.type == pool.device.type == "cuda" and pool.device.index is None
         ):
             raise UserError(f"model is on {target.device} but the pool is on {pool.device}")
-        targets[name] = target.data
+        targets[name] = target
     written = {t.untyped_storage().data_ptr() for t in targets.values()}
     for key, tensor in state.items():
         if (

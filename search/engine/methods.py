@@ -17,6 +17,9 @@ Which function runs which method, with which settings, is declared in
 :mod:`search.engine.registry`: ``task_arithmetic``'s sparsified relatives (``ties``,
 ``dare_linear``, ``dare_ties``, ``breadcrumbs``) are :func:`task_vector_merge` with a different
 sparsification and sign election.
+
+``fisher`` (``needs_fisher`` in its declaration) also gets ``fisher=``: the ``[K, *shape]`` stack
+of the checkpoints' diagonal Fishers for this tensor, held by the pool beside the weights.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ import torch
 from search.engine.registry import ParamValue
 
 SLERP_DOT_THRESHOLD = 0.9995  # |cos| above this: the vectors are nearly parallel, go linear
+FISHER_FLOOR = 1e-6  # Matena & Raffel's floor: no entry's Fisher is below it
+# Columns per block of the Fisher kernel: K x 64 Ki float32 numerator terms stay in L2/L3.
+FISHER_CHUNK = 1 << 16
 
 
 def linear_merge(
@@ -202,3 +208,50 @@ def task_arithmetic_merge(
     if base is not None and base_coeff != 0.0:
         out = out + base_coeff * base.to(out.dtype)
     return out
+
+
+def fisher_merge(
+    inputs: torch.Tensor,
+    base: torch.Tensor | None,
+    weights: torch.Tensor,
+    params: Mapping[str, ParamValue],
+    generator: torch.Generator | None = None,
+    *,
+    fisher: torch.Tensor,
+) -> torch.Tensor:
+    """Fisher merging: θ = Σ w_i F_i θ_i / Σ w_i F_i per entry (Matena & Raffel).
+
+    ``fisher`` is the ``[K, *shape]`` stack of the checkpoints' diagonal Fishers (any float
+    dtype); entries below :data:`FISHER_FLOOR` count as the floor. With equal Fishers this is the
+    normalized linear soup. The weights must be >= 0 with a positive sum (the registry declares
+    ``min_weight`` and ``divides_by_weight_sum``), so every denominator is positive.
+    """
+    work = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    out = torch.empty(inputs.shape[1:], dtype=work, device=inputs.device)
+    fisher_weighted_mean(inputs, fisher, weights, out)
+    return out
+
+
+def fisher_weighted_mean(
+    stack: torch.Tensor, fisher: torch.Tensor, weights: torch.Tensor, out: torch.Tensor
+) -> None:
+    """``out = Σ_k w_k F_k X_k / Σ_k w_k F_k`` in one pass over the 2K inputs.
+
+    Written here rather than as torch ops on whole tensors: those would materialize ``[K, n]``
+    float32 products (a pool's worth of temporaries) and read every input several times. Column
+    blocks of :data:`FISHER_CHUNK` entries are up-cast to float32 (float64 for float64 inputs)
+    in cache, and the numerator and the denominator are both reduced from the same block, so
+    each input is read from memory once.
+    """
+    k = stack.shape[0]
+    work = torch.float64 if stack.dtype == torch.float64 else torch.float32
+    x = stack.reshape(k, -1)
+    f = fisher.reshape(k, -1)
+    flat = out.view(-1)
+    w = weights.to(device=stack.device, dtype=work).reshape(k, 1)
+    n = x.shape[1]
+    for start in range(0, n, FISHER_CHUNK):
+        stop = min(n, start + FISHER_CHUNK)
+        wf = f[:, start:stop].to(work).clamp_min(FISHER_FLOOR).mul_(w)  # a copy: F stays
+        numerator = (wf * x[:, start:stop].to(work)).sum(0)
+        flat[start:stop].copy_(numerator.div_(wf.sum(0)))

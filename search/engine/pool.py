@@ -11,6 +11,10 @@ pool's dtype on the pool's device, and the base's tensor separately (only when a
 With that layout a linear merge of one tensor is a single weighted sum that reads each input once
 (see :mod:`search.engine.kernels`). Memory: ``K`` models (``K + 1`` with a base method) in the pool
 dtype, plus the resident model that :meth:`load_model` builds.
+
+Methods that read Fishers (``fisher``) need one more pool's worth: :meth:`load_fishers` holds
+each checkpoint's diagonal Fisher in the same ``[K, *shape]`` per-tensor layout, on the pool's
+device, in the pool's dtype (bfloat16 for a float16 pool: squared gradients overflow float16).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from search.engine.device import resolve_device
-from search.engine.kernels import KERNELS, choose_kernel
+from search.engine.kernels import KERNELS, choose_fisher_kernel, choose_kernel
 from search.errors import UserError
 
 SINGLE_FILE = "model.safetensors"
@@ -135,8 +139,13 @@ class CheckpointPool:
         layers = [int(m.group(1)) for n in self.tensor_names if (m := _LAYER_RE.search(n))]
         self.n_layers: int = max(layers) + 1 if layers else 0
         self.weighted_sum = choose_kernel(device, dtype, kernel)
+        self.fisher_mean = choose_fisher_kernel(device, dtype, kernel)  # methods with Fishers
         self._stacks: dict[str, torch.Tensor] | None = None
         self._base_tensors: dict[str, torch.Tensor] | None = None
+        self._fishers: dict[str, torch.Tensor] | None = None
+        # where the Fishers came from (calibration data, N, cache keys): for the model card
+        self.fisher_source: dict[str, Any] | None = None
+        self.fisher_records: tuple[dict[str, str], ...] = ()
 
     # -- construction ------------------------------------------------------------------------
 
@@ -214,9 +223,64 @@ class CheckpointPool:
         return tensors[name]  # type: ignore[index]
 
     def resident_bytes(self) -> int:
-        """Bytes held by the resident stacks and base tensors."""
-        held = [*(self._stacks or {}).values(), *(self._base_tensors or {}).values()]
+        """Bytes held by the resident stacks, base tensors and Fishers."""
+        held = [
+            *(self._stacks or {}).values(),
+            *(self._base_tensors or {}).values(),
+            *(self._fishers or {}).values(),
+        ]
         return sum(t.numel() * t.element_size() for t in held)
+
+    # -- Fishers (methods with ``needs_fisher``) ----------------------------------------------
+
+    def load_fishers(
+        self,
+        fishers: Sequence[Mapping[str, torch.Tensor]],
+        source: Mapping[str, Any] | None = None,
+        records: Sequence[Mapping[str, str]] = (),
+    ) -> CheckpointPool:
+        """Hold each checkpoint's diagonal Fisher as a ``[K, *shape]`` stack per tensor.
+
+        Args:
+            fishers: one mapping per checkpoint, in pool order: tensor name -> its Fisher
+                (the tensor's shape, any float dtype, on any device).
+            source: JSON-able description of how they were computed (calibration data, N):
+                kept as :attr:`fisher_source` for the model card.
+            records: the calibration examples as JSON records, kept as
+                :attr:`fisher_records` (an export writes them beside the merge).
+        """
+        if len(fishers) != len(self.names):
+            raise UserError(
+                f"checkpoint pool: {len(fishers)} Fishers for {len(self.names)} checkpoints"
+            )
+        dtype = torch.bfloat16 if self.dtype == torch.float16 else self.dtype
+        stacks = {}
+        for name, shape in self.shapes.items():
+            stack = torch.empty((len(fishers), *shape), dtype=dtype, device=self.device)
+            for i, fisher in enumerate(fishers):
+                tensor = fisher.get(name)
+                if tensor is None or tuple(tensor.shape) != shape:
+                    got = "missing" if tensor is None else f"shape {list(tensor.shape)}"
+                    raise UserError(
+                        f"checkpoint pool: Fisher of {self.names[i]} for tensor {name} is {got} "
+                        f"(expected shape {list(shape)})"
+                    )
+                stack[i].copy_(tensor)
+            stacks[name] = stack
+        self._fishers = stacks
+        self.fisher_source = dict(source) if source is not None else None
+        self.fisher_records = tuple(dict(r) for r in records)
+        return self
+
+    @property
+    def has_fishers(self) -> bool:
+        return self._fishers is not None
+
+    def fisher_stack(self, name: str) -> torch.Tensor:
+        """The ``[K, *shape]`` stack of the checkpoints' Fishers of tensor ``name``."""
+        if self._fishers is None:
+            raise UserError("checkpoint pool: no Fishers loaded (see CheckpointPool.load_fishers)")
+        return self._fishers[name]
 
     def model_bytes(self) -> int:
         """Bytes of one model in the pool dtype."""

@@ -112,6 +112,14 @@ class MergeMethod:
             ``(weights[K], params) -> (coefficients[K], base coefficient)`` function in
             :mod:`search.engine.methods`; materialize then runs one fused weighted sum.
         stochastic: whether ``merge`` draws from its ``generator`` (DARE).
+        needs_fisher: whether it reads each checkpoint's diagonal Fisher: the pool holds them
+            (:meth:`~search.engine.pool.CheckpointPool.load_fishers`) and the tensor function
+            gets the ``[K, *shape]`` stack as ``fisher=``.
+        min_weight: weights below this are refused (``fisher``: its denominator Σ w_i F_i must
+            stay positive); ``None``: any finite weight.
+        frank_wolfe: with each layer group's weights on the simplex the merge is exactly
+            θ = Σ w_i θ_i, so the proxy loss's gradient in the weights is ⟨∂L/∂θ, θ_i⟩ and
+            Frank-Wolfe proposals (:mod:`search.study.fw`) apply.
         mergekit: how mergekit spells it; ``None`` when mergekit lacks the method.
         doc: one line for the README and model card.
     """
@@ -127,6 +135,9 @@ class MergeMethod:
     n_checkpoints: int | None = None
     linear_kernel: str | None = None
     stochastic: bool = False
+    needs_fisher: bool = False
+    min_weight: float | None = None
+    frank_wolfe: bool = False
     mergekit: MergekitForm | None = None
     doc: str = ""
     param_names: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -223,6 +234,7 @@ LINEAR = MergeMethod(
     coefficients=lambda w, p: _normalized(w) if p["normalize"] else list(w),
     divides_by_weight_sum=_normalizes,
     linear_kernel="linear_coefficients",
+    frank_wolfe=True,
     mergekit=MergekitForm("linear"),
     doc="θ = Σ w_i θ_i (÷ Σ w_i when normalize)",
 )
@@ -299,9 +311,31 @@ SLERP = MergeMethod(
     doc="spherical interpolation between two checkpoints (linear when nearly parallel)",
 )
 
+FISHER = MergeMethod(
+    name="fisher",
+    kernel="fisher_merge",
+    params=(),
+    needs_base=False,
+    # nominal: the coefficient of checkpoint i at one entry is w_i F_i / Σ_j w_j F_j
+    coefficients=lambda w, p: _normalized(w),
+    divides_by_weight_sum=lambda params: True,
+    needs_fisher=True,
+    min_weight=0.0,
+    mergekit=None,  # mergekit 0.1.5 has no Fisher merging; the exported YAML says so
+    doc="θ = Σ w_i F_i θ_i / Σ w_i F_i per entry, F_i checkpoint i's diagonal Fisher",
+)
+
 METHODS: dict[str, MergeMethod] = {
-    m.name: m for m in (LINEAR, TASK_ARITHMETIC, TIES, DARE_LINEAR, DARE_TIES, BREADCRUMBS, SLERP)
+    m.name: m
+    for m in (LINEAR, TASK_ARITHMETIC, TIES, DARE_LINEAR, DARE_TIES, BREADCRUMBS, SLERP, FISHER)
 }
+
+# What a YAML for ``merge-search merge`` says for a method mergekit lacks (it is ours, not
+# mergekit's: ``mergekit-yaml`` refuses it).
+NOT_IN_MERGEKIT = (
+    "mergekit 0.1.5 has no {name} method: this config is merge-search's own extension of "
+    "mergekit's format; reproduce it with `merge-search merge`, not `mergekit-yaml`."
+)
 
 
 def get_method(name: str) -> MergeMethod:

@@ -73,10 +73,17 @@ def model_card(
     for title_, content in (extra or {}).items():
         lines += [f"## {title_}", "", *_section(content), ""]
     if mergekit_yaml:
+        intro = "The same merge as a mergekit config (`mergekit_config.yml`):"
+        if method.mergekit is None:
+            intro = (
+                f"mergekit has no `{method.name}` method. `mergekit_config.yml` writes this merge "
+                "in mergekit's format with merge-search's own keys; `merge-search merge` "
+                "reproduces it, `mergekit-yaml` cannot:"
+            )
         lines += [
             "## mergekit",
             "",
-            "The same merge as a mergekit config (`mergekit_config.yml`):",
+            intro,
             "",
             "```yaml",
             mergekit_yaml.rstrip(),

@@ -2,10 +2,13 @@
 
 The folder holds the merged weights as safetensors (sharded with ``model.safetensors.index.json``
 above ``max_shard_size``), ``config.json``, ``generation_config.json``, the tokenizer files (from
-the base, else the first checkpoint), a ``README.md`` model card and, for methods mergekit also
-has, ``mergekit_config.yml``. Everything is written into a temporary folder beside the target and
-renamed into place at the end, so a failed export leaves nothing half-written; an existing target
-is replaced only with ``force``, and the old folder is removed only after the new one is in place.
+the base, else the first checkpoint), a ``README.md`` model card and ``mergekit_config.yml``
+(for a method mergekit lacks, the same format for ``merge-search merge``, saying so). A merge
+that read Fishers also holds its calibration examples, ``fisher_calibration.jsonl``, which that
+YAML names, and the card records the data and N. Everything is written into a temporary
+folder beside the target and renamed into place at the end, so a failed export leaves nothing
+half-written; an existing target is replaced only with ``force``, and the old folder is removed
+only after the new one is in place.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from search.export.card import model_card
 from search.export.mergekit_yaml import plan_to_yaml, read_config
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+CALIBRATION_FILE = "fisher_calibration.jsonl"
 
 
 def export_merge(
@@ -70,7 +74,20 @@ def export_merge(
 
     dtype_name = str(out_dtype).removeprefix("torch.")
     groups = _layer_filters(pool, plan.n_groups)
-    yaml_text = plan_to_yaml(plan, pool.paths, pool.base_path, dtype_name, groups)
+    extension: dict[str, Any] = {}
+    card_extra = dict(card_extra or {})
+    if resolved.method.needs_fisher:
+        source = pool.fisher_source or {}
+        extension = {"fisher_data": str(target / CALIBRATION_FILE)}
+        if "examples" in source:
+            extension["fisher_examples"] = source["examples"]
+        card_extra["Fisher calibration"] = {
+            **source,
+            "examples file": CALIBRATION_FILE,
+            "note": "each checkpoint's diagonal Fisher, (1/N) Σ_n (∂ log p(x_n)/∂θ)², one squared "
+            "gradient per example, floored at 1e-6",
+        }
+    yaml_text = plan_to_yaml(plan, pool.paths, pool.base_path, dtype_name, groups, extension)
     card = model_card(
         title=target.name,
         plan=plan,
@@ -94,8 +111,10 @@ def export_merge(
             if tok is not None and (tok / name).is_file():
                 shutil.copy2(tok / name, tmp / name)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        if yaml_text is not None:
-            (tmp / "mergekit_config.yml").write_text(yaml_text, encoding="utf-8")
+        (tmp / "mergekit_config.yml").write_text(yaml_text, encoding="utf-8")
+        if resolved.method.needs_fisher:
+            lines = [json.dumps(r, ensure_ascii=False) for r in pool.fisher_records]
+            (tmp / CALIBRATION_FILE).write_text("".join(f"{x}\n" for x in lines), "utf-8")
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -203,13 +222,20 @@ def merge_from_yaml(
     device: str = "cpu",
     dtype: str | None = None,
     force: bool = False,
+    load_fishers: Callable[[CheckpointPool, Path, int], None] | None = None,
 ) -> tuple[Path, MergePlan, CheckpointPool]:
     """Merge what a mergekit YAML describes and export the folder (``merge-search merge``).
 
     Reads the YAML (see :mod:`search.export.mergekit_yaml` for the keys), merges on ``device``
     in ``dtype`` (default: the YAML's ``dtype``, else float32; accumulation is float32 either
     way). Relative model paths in the YAML resolve against the current directory, as mergekit
-    does, not against the YAML's folder.
+    does, not against the YAML's folder; so does ``parameters.fisher_data``.
+
+    Args:
+        load_fishers: for methods that read Fishers, ``(pool, fisher_data, fisher_examples)``
+            loads them into the pool (the command passes
+            :func:`search.study.fisher_cache.fishers_from_file`: the export package reads no
+            data itself).
 
     Returns:
         ``(folder written, the plan, the opened pool)``.
@@ -225,6 +251,10 @@ def merge_from_yaml(
         device=device,
         dtype=dtype or request.dtype or "float32",
     )
+    if request.method.needs_fisher:
+        if load_fishers is None or request.fisher_data is None:
+            raise UserError(f"{config}: merge_method {request.method.name} needs its Fishers")
+        load_fishers(pool, request.fisher_data, request.fisher_examples)
     block = {name: pool.group_of(name, max(pool.n_layers, 1)) for name in pool.tensor_names}
     plan = request.plan(pool.tensor_names, block, pool.n_layers)
     path = export_merge(

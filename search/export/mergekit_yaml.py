@@ -11,6 +11,11 @@ The subset handled (mergekit 0.1.5 names)::
     parameters: {normalize: true, lambda: 1.0, t: 0.5, density: 0.5, gamma: 0.01}
     dtype: bfloat16
 
+Methods mergekit lacks (``fisher``) are read and written in the same format under their own name,
+with merge-search's extension keys: ``parameters: {fisher_data: FILE.txt|FILE.jsonl,
+fisher_examples: N}`` (the calibration data of the Fishers, N = 256 by default); such a YAML
+starts with a note that it is for ``merge-search merge``, not ``mergekit-yaml``.
+
 A weight may also be mergekit's list of conditional values (``[{filter: layers.0., value: 0.6},
 ..., {value: 0.2}]``, first match wins): that is how per-layer-group weights are written, and it
 is read back as long as the weight is constant within each transformer block.
@@ -27,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.engine.plan import MergePlan
-from search.engine.registry import METHODS, MergeMethod
+from search.engine.registry import METHODS, NOT_IN_MERGEKIT, MergekitForm, MergeMethod
 from search.errors import UserError
 
 
@@ -57,6 +62,13 @@ class _Parameters(BaseModel):
     t: float | None = None
     density: float | None = None
     gamma: float | None = None
+    # merge-search's extension (methods that read Fishers): the calibration data and N
+    fisher_data: str | None = None
+    fisher_examples: int | None = Field(default=None, ge=1)
+
+
+FISHER_KEYS = ("fisher_data", "fisher_examples")
+DEFAULT_FISHER_EXAMPLES = 256
 
 
 class MergekitConfig(BaseModel):
@@ -80,6 +92,8 @@ class MergeRequest:
     weights: tuple[Any, ...]  # per checkpoint: float, or a list of _Conditional
     params: dict[str, Any]
     dtype: str | None
+    fisher_data: Path | None = None  # calibration data of methods that read Fishers
+    fisher_examples: int = DEFAULT_FISHER_EXAMPLES
 
     def plan(
         self, tensor_names: Sequence[str], group_of_layer: Mapping[str, int], n_layers: int
@@ -119,6 +133,7 @@ def read_config(path: str | Path) -> MergeRequest:
 
 def _request(file: Path, config: MergekitConfig) -> MergeRequest:
     by_mergekit = {m.mergekit_name: m for m in METHODS.values() if m.mergekit_name}
+    by_mergekit.update({m.name: m for m in METHODS.values() if m.mergekit is None})
     method = by_mergekit.get(config.merge_method)
     if method is None:
         raise UserError(
@@ -127,7 +142,7 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
         )
     entries = list(config.models)
     base = Path(config.base_model).absolute() if config.base_model else None
-    if method.mergekit.endpoints:
+    if method.mergekit is not None and method.mergekit.endpoints:
         if (
             base is None
             or len(entries) != 2
@@ -150,6 +165,17 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
     given = (
         config.parameters.model_dump(by_alias=True, exclude_none=True) if config.parameters else {}
     )
+    fisher = {key: given.pop(key) for key in FISHER_KEYS if key in given}
+    if fisher and not method.needs_fisher:
+        raise UserError(
+            f"{file}: parameter {next(iter(fisher))} is not used by {method.name} "
+            "(only by methods that read Fishers)"
+        )
+    if method.needs_fisher and "fisher_data" not in fisher:
+        raise UserError(
+            f"{file}: parameters.fisher_data: required for merge_method {method.name} "
+            "(the Fishers' calibration data: a .txt or .jsonl file)"
+        )
     for key in ("density", "gamma"):
         per_model = {getattr(e.parameters, key) for e in entries if e.parameters} - {None}
         if len(per_model) > 1:
@@ -167,7 +193,7 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
         raise UserError(
             f"{file}: parameter {unknown[0]} is not used by {method.name}; supported: {supported}"
         )
-    for key, value in method.mergekit.defaults.items():
+    for key, value in (method.mergekit.defaults if method.mergekit else {}).items():
         given.setdefault(key, value)
     try:
         method.resolve_params(given)  # ranges checked now, before any file is opened
@@ -187,6 +213,8 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
         weights=tuple(weights),
         params=given,
         dtype=config.dtype,
+        fisher_data=Path(fisher["fisher_data"]) if "fisher_data" in fisher else None,
+        fisher_examples=int(fisher.get("fisher_examples", DEFAULT_FISHER_EXAMPLES)),
     )
 
 
@@ -254,19 +282,26 @@ def plan_to_yaml(
     base_model: Path | None,
     dtype: str,
     layer_filters: Sequence[Sequence[str]] = (),
-) -> str | None:
-    """The plan in mergekit's YAML, or ``None`` when mergekit lacks the method.
+    extension: Mapping[str, Any] | None = None,
+) -> str:
+    """The plan in mergekit's YAML.
+
+    For a method mergekit lacks, the same format under merge-search's method name, headed by
+    a note saying so (:data:`~search.engine.registry.NOT_IN_MERGEKIT`): ``merge-search merge``
+    reads it back, ``mergekit-yaml`` cannot.
 
     Args:
         layer_filters: for plans with layer groups, the mergekit filters of each group in
             order (e.g. ``[["embed_tokens", "layers.0.", "layers.1."], ["layers.2.", ...]]``);
             the last group is written as the unfiltered fallback (final norm, lm_head).
+        extension: merge-search's extension parameters (``fisher_data``, ``fisher_examples``),
+            written under ``parameters``.
     """
 
     method = METHODS[plan.method]
-    form = method.mergekit
-    if form is None:
-        return None
+    form = method.mergekit or MergekitForm(
+        method.name, note=NOT_IN_MERGEKIT.format(name=method.name)
+    )
     params = method.resolve_params(plan.params)
     doc: dict[str, Any] = {"merge_method": form.name}
     paths = [str(p) for p in checkpoints]
@@ -285,6 +320,7 @@ def plan_to_yaml(
             doc["models"].append({"model": path, "parameters": entry_params})
     shared = {k: v for k, v in params.items() if k not in ("density", "gamma")}
     shared.update(form.written)
+    shared.update(extension or {})
     if shared:
         doc["parameters"] = shared
     doc["dtype"] = dtype

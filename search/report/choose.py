@@ -8,6 +8,7 @@ from typing import Any
 
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
+from search.engine.registry import get_method
 from search.errors import UserError
 from search.export.folder import export_merge
 from search.report.pareto import best_point, parse_prefer, prefer_point
@@ -146,7 +147,26 @@ def export_chosen(
         config,
         f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
     )
+    if get_method(plan.method).needs_fisher:
+        _load_study_fishers(view, pool, config)
     path = export_merge(
         plan, pool, out, force=force, card_extra=model_card_extra(view, row, how, config)
     )
     return row, how, path, view
+
+
+def _load_study_fishers(view: StudyView, pool: CheckpointPool, config: str | Path) -> None:
+    """The Fishers the study merged with: from the cache (computed again if it was removed);
+    refused when the calibration data changed since the study."""
+    from search.study.fisher_cache import cache_dir, calibration, load_fishers
+    from search.study.storage import SPACE_ATTR
+
+    data = calibration(view.cfg)
+    recorded = (view.study.user_attrs.get(SPACE_ATTR) or {}).get("fisher")
+    if recorded is not None and recorded != data.describe():
+        raise UserError(
+            f"{config}: merge.fisher: the calibration data changed since study "
+            f"{view.cfg.name!r} (recorded {recorded}); the export would not be the merge "
+            "that was scored"
+        )
+    load_fishers(pool, data, cache_dir(view.cfg))

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from evaluators.spec import EvalSpec, ObjectiveSpec, check_chat_settings
 from search.engine.registry import METHODS
 from search.errors import UserError
-from search.study.samplers import check_sampler
+from search.study.samplers import FW_SAMPLER, check_sampler
 
 ParamValue = bool | int | float
 
@@ -58,6 +58,29 @@ class ParamRange(_Strict):
         return self
 
 
+class FisherConfig(_Strict):
+    """Calibration data of ``merge.method: fisher``: each checkpoint's Fisher is computed on it.
+
+    Exactly one of ``data`` (a local file) and ``tasks: from_objectives`` (the prompts and gold
+    targets of the objectives' search-split examples, the texts of perplexity objectives).
+    """
+
+    data: Path | None = None  # .txt (one text per line) or .jsonl (text, or prompt + target)
+    tasks: Literal["from_objectives"] | None = None
+    # N, the examples per Fisher (one backward pass each, per checkpoint): 256 as in FusionBench
+    examples: int = Field(default=256, ge=1)
+    # None: ".fisher" beside the SQLite file of the study, else studies/.fisher
+    cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FisherConfig:
+        if (self.data is None) == (self.tasks is None):
+            raise ValueError(
+                "expected exactly one of data: FILE.txt|FILE.jsonl and tasks: from_objectives"
+            )
+        return self
+
+
 class MergeConfig(_Strict):
     """What is merged and which knobs the study turns."""
 
@@ -66,6 +89,7 @@ class MergeConfig(_Strict):
     weights: WeightRange = WeightRange()
     # name -> fixed value, or {low, high} to search; unlisted parameters keep the method default
     params: dict[str, Any] = Field(default_factory=dict)
+    fisher: FisherConfig | None = None  # methods that read Fishers only
 
     @field_validator("params", mode="before")
     @classmethod
@@ -151,7 +175,16 @@ class WorkersConfig(_Strict):
     threads: int | None = Field(default=None, ge=1)
 
 
-SeedTrial = Literal["uniform", "singles"]
+class FrankWolfeConfig(_Strict):
+    """Frank-Wolfe proposals (``seed_trials: [..., fw]`` or ``sampler: {name: fw}``)."""
+
+    examples: int = Field(default=64, ge=1)  # proxy examples per task, from the search split
+    steps: int = Field(default=10, ge=1)  # Frank-Wolfe iterations per path (FW-Merging: 10)
+    # paths, one per preference vector over the objectives' proxy losses (1 with one objective)
+    preferences: int = Field(default=5, ge=1)
+
+
+SeedTrial = Literal["uniform", "singles", "fw"]
 _STORAGE = re.compile(r"^(sqlite:///.+|postgresql(\+\w+)?://.+)$")
 
 
@@ -171,6 +204,7 @@ class StudyConfig(_Strict):
     budget: BudgetConfig = BudgetConfig()
     workers: WorkersConfig = WorkersConfig()
     seed_trials: tuple[SeedTrial, ...] = ("uniform", "singles")
+    fw: FrankWolfeConfig = FrankWolfeConfig()
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -209,7 +243,48 @@ class StudyConfig(_Strict):
         check_sampler(
             self.sampler, n_objectives=len(self.objectives), constrained=bool(self.constraints)
         )
+        self._check_frank_wolfe()
         return self
+
+    @property
+    def uses_frank_wolfe(self) -> bool:
+        """Frank-Wolfe paths are computed: ``fw`` seed trials, or the ``fw`` sampler."""
+        return "fw" in self.seed_trials or self.sampler.name == FW_SAMPLER
+
+    @property
+    def fw_paths(self) -> int:
+        """Frank-Wolfe paths: one per preference vector, one with a single objective."""
+        return self.fw.preferences if len(self.objectives) > 1 else 1
+
+    def _check_frank_wolfe(self) -> None:
+        if not self.uses_frank_wolfe:
+            return
+        field = "sampler.name" if self.sampler.name == FW_SAMPLER else "seed_trials"
+        method = METHODS[self.merge.method]
+        if not method.frank_wolfe:
+            able = ", ".join(m.name for m in METHODS.values() if m.frank_wolfe)
+            raise ValueError(
+                f"{field}: Frank-Wolfe proposals need a merge that is Σ w_i θ_i on the simplex "
+                f"(method: {able}); method {method.name!r} is not"
+            )
+        weights = self.merge.weights
+        if weights.low > 0:
+            raise ValueError(
+                f"merge.weights.low: Frank-Wolfe points give checkpoints weight 0; expected "
+                f"low <= 0 with {field}: fw (got {weights.low})"
+            )
+        spec = {p.name: p for p in method.params}.get("normalize")
+        normalize = weights.normalize if weights.normalize is not None else spec and spec.default
+        if not normalize and weights.high < 1:
+            raise ValueError(
+                "merge.weights.high: Frank-Wolfe points give a checkpoint weight 1 when the "
+                f"weights are not normalized; expected high >= 1 (got {weights.high})"
+            )
+        if self.sampler.name == FW_SAMPLER and self.budget.n_trials > self.fw_paths:
+            # the fw sampler proposes nothing else: the study's trials are the paths' endpoints
+            object.__setattr__(
+                self, "budget", self.budget.model_copy(update={"n_trials": self.fw_paths})
+            )
 
     def _check_heldout(self) -> None:
         tasks = sorted({t.task for o in self.objectives for t in o.tasks})
@@ -262,6 +337,20 @@ class StudyConfig(_Strict):
                     f"expected one of: {known}"
                 )
             _check_param(field, specs[name], value)
+        if method.needs_fisher and merge.fisher is None:
+            raise ValueError(
+                f"merge.fisher: method {method.name!r} needs calibration data: "
+                "{data: FILE.txt|FILE.jsonl, examples: N} or {tasks: from_objectives}"
+            )
+        if merge.fisher is not None and not method.needs_fisher:
+            raise ValueError(
+                f"merge.fisher: method {method.name!r} reads no Fishers; remove merge.fisher"
+            )
+        if method.min_weight is not None and merge.weights.low < method.min_weight:
+            raise ValueError(
+                f"merge.weights.low: method {method.name!r} needs weights >= "
+                f"{method.min_weight} (got {merge.weights.low})"
+            )
         searched = [n for n, v in merge.params.items() if isinstance(v, ParamRange)]
         if not searched and not method.uses_weights:
             raise ValueError(
@@ -420,6 +509,8 @@ def check_paths(cfg: StudyConfig, path: str | Path = "<config>") -> None:
     ]
     items += [("base_model", cfg.base_model, True), ("tasks_path", cfg.tasks_path, True)]
     items += [(f"objectives[{i}].data", o.data, False) for i, o in enumerate(cfg.objectives)]
+    if cfg.merge.fisher is not None:
+        items.append(("merge.fisher.data", cfg.merge.fisher.data, False))
     for field, p, is_dir in items:
         if p is None:
             continue

@@ -4,13 +4,17 @@
 
 1. **prepare** (:func:`prepare`): the config is already validated; check the tasks (names,
    group members, data in the local caches, consent to run code), read the checkpoints'
-   safetensors headers, build the search space and the study's signature, open the storage once
-   (when the study can already exist) and, on resume, check that the checkpoints, the search
-   space and the scoring are unchanged;
-2. **run workers**: ``n_workers`` processes (``spawn``) each build ONE resident model and ONE
+   safetensors headers (and a Fisher method's calibration data), build the search space and
+   the study's signature, open the storage once (when the study can already exist) and, on
+   resume, check that the checkpoints, the search space and the scoring are unchanged;
+2. **precompute** (:func:`precompute`): what no worker should do on its own, in one scratch
+   runtime released before the workers start: the checkpoints' Fishers (cached on disk,
+   :mod:`~search.study.fisher_cache`) and, for a new study, the Frank-Wolfe paths
+   (:mod:`~search.study.fw`) whose endpoints become seed trials;
+3. **run workers**: ``n_workers`` processes (``spawn``) each build ONE resident model and ONE
    evaluator; the study is created only once the first worker is ready, so a bad task or model
    leaves nothing behind; the launcher then shows a progress bar fed by the storage;
-3. **summary**: trials finished, reused and retried, and what to run next.
+4. **summary**: trials finished, reused and retried, and what to run next.
 
 :func:`join` is ``merge-search worker``: one worker in the foreground on an existing study
 (another shell or host, same config and storage URL). Workers report to the launcher with the
@@ -19,6 +23,7 @@ named events below.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue
@@ -34,7 +39,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from search.engine.pool import CheckpointPool
+from search.engine.registry import METHODS
 from search.errors import UserError
+from search.study.fisher_cache import Calibration, calibration, load_fishers
+from search.study.fisher_cache import cache_dir as fisher_cache_dir
+from search.study.fw import Proposals, propose
 from search.study.progress import progress_bar
 from search.study.samplers import build_sampler, check_options
 from search.study.space import SearchSpace
@@ -111,6 +120,12 @@ class Prepared:
     signature: dict[str, Any]
     storage: optuna.storages.RDBStorage | None
     study: optuna.Study | None
+    calibration: Calibration | None = None  # methods that read Fishers
+
+    @property
+    def fisher(self) -> dict[str, Any] | None:
+        """The calibration description in the study's signature (``None`` without Fishers)."""
+        return self.calibration.describe() if self.calibration is not None else None
 
     def budget_spent(self) -> bool:
         """The existing study already has its finished trials and none is running."""
@@ -121,20 +136,52 @@ class Prepared:
 
 
 def prepare(cfg: StudyConfig, config_path: str | Path) -> Prepared:
-    """Sampler options → tasks → checkpoint headers → space → signature → storage (opened once)
-    → resume checks."""
+    """Sampler options → tasks → checkpoint headers → calibration data → space → signature →
+    storage (opened once) → resume checks."""
     check_options(cfg.sampler, constrained=bool(cfg.constraints), where=config_path)
     check_scoring(cfg, config_path)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+    data = calibration(cfg) if METHODS[cfg.merge.method].needs_fisher else None
     space = SearchSpace.build(cfg, pool.names)
-    sig = signature(cfg, space, pool.fingerprint())
+    sig = signature(cfg, space, pool.fingerprint(), data.describe() if data else None)
     db = sqlite_path(cfg.storage)
     storage = open_storage(cfg) if db is None or db.is_file() else None
     study = None
     if storage is not None and cfg.name in optuna.get_all_study_names(storage):
         study = load_study(cfg, storage)
         check_resume(study, cfg, sig, config_path)
-    return Prepared(cfg, config_path, pool, space, sig, storage, study)
+    return Prepared(cfg, config_path, pool, space, sig, storage, study, data)
+
+
+def precompute(prepared: Prepared) -> Proposals | None:
+    """Fill the Fisher cache and, for a new study, run the Frank-Wolfe paths.
+
+    Both need the pool's tensors, a model and backward passes: done once here in a scratch
+    pool and model, released before any worker starts (workers then read the Fishers from the
+    cache). Prints what it did. Returns the Frank-Wolfe proposals, or ``None``.
+    """
+    cfg = prepared.cfg
+    wants_fw = cfg.uses_frank_wolfe and prepared.study is None
+    if prepared.calibration is None and not wants_fw:
+        return None
+    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+    pool.load(base=METHODS[cfg.merge.method].needs_base)
+    model, tokenizer = pool.load_model()
+    proposals = None
+    if prepared.calibration is not None:
+        done = load_fishers(pool, prepared.calibration, fisher_cache_dir(cfg), model, tokenizer)
+        say(
+            f"Fishers of {len(pool.names)} checkpoints on {len(prepared.calibration.examples)} "
+            f"examples ({prepared.calibration.label}): {len(done.computed)} computed "
+            f"({done.backward_passes} backward passes), {len(pool.names) - len(done.computed)} "
+            f"from the cache {fisher_cache_dir(cfg)}, in {done.seconds:.1f} s"
+        )
+    if wants_fw:
+        proposals = propose(cfg, prepared.space, pool, model, tokenizer)
+        say(proposals.summary())
+    del model, tokenizer, pool
+    gc.collect()
+    return proposals
 
 
 def check_scoring(cfg: StudyConfig, config_path: str | Path) -> None:
@@ -169,6 +216,7 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
             "raise --n-trials to run more"
         )
         return 0
+    proposals = precompute(prepared)
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n_workers)
     say(f"starting {n_workers} worker(s): each loads the model and the evaluator once")
@@ -178,7 +226,13 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
             group.wait_first_ready()
             storage = prepared.storage or open_storage(cfg, create=True)
             study, created = create_or_resume(
-                cfg, storage, prepared.space, prepared.pool.fingerprint(), config_path
+                cfg,
+                storage,
+                prepared.space,
+                prepared.pool.fingerprint(),
+                config_path,
+                fisher=prepared.fisher,
+                proposals=proposals,
             )
             say(
                 f"study {cfg.name!r} {'created' if created else 'resumed'} in "
@@ -245,10 +299,16 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
     storage = open_storage(cfg)
     study = load_study(cfg, storage)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+    data = calibration(cfg) if METHODS[cfg.merge.method].needs_fisher else None
     check_resume(
         study,
         cfg,
-        signature(cfg, SearchSpace.build(cfg, pool.names), pool.fingerprint()),
+        signature(
+            cfg,
+            SearchSpace.build(cfg, pool.names),
+            pool.fingerprint(),
+            data.describe() if data else None,
+        ),
         config_path,
     )
     quiet_libraries()

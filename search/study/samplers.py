@@ -4,10 +4,18 @@ A study config names a sampler (``sampler.name``) and passes keyword options
 (``sampler.options``) straight to its Optuna class; ``seed`` is set from ``sampler.seed`` and,
 where the sampler handles constraints, ``constraints_func`` reads the values each trial
 stores in its ``constraints`` user attr (Optuna's convention: <= 0 is feasible).
+
+Every entry is an Optuna sampler class except ``fw``: Optuna has no sampler that uses gradients,
+and the Frank-Wolfe paths need the model, the pool and a backward pass, which a sampler called
+inside ``study.ask`` has none of. So the paths are computed once before the study is created
+(:mod:`search.study.fw`) and their endpoints enqueued; the ``fw`` sampler
+(:class:`search.study.fw.FrankWolfeSampler`) proposes nothing else, and the study's budget is
+the number of paths.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,6 +34,7 @@ if TYPE_CHECKING:
     from search.study.config import SamplerConfig
 
 CONSTRAINTS_ATTR = "constraints"  # the trial user attr the constraints function reads
+FW_SAMPLER = "fw"  # the registry name of the Frank-Wolfe "sampler" (enqueued endpoints only)
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class SamplerEntry:
 
     Attributes:
         name: registry name used in configs.
-        optuna_class: class name in ``optuna.samplers``.
+        optuna_class: class name in ``module`` (an ``optuna.samplers.BaseSampler``).
         multi_objective: handles several objectives (else refused when a study has several).
         constraints: accepts ``constraints_func`` (else refused when the config has constraints).
         shared_seed: every worker uses the same seed (the sampler coordinates through the
@@ -42,6 +51,7 @@ class SamplerEntry:
             parallel workers do not propose the same points.
         defaults: options set unless the config gives them (with a reason in a comment).
         doc: one line for the README.
+        module: where the class lives (Optuna's samplers, or ours).
     """
 
     name: str
@@ -51,10 +61,11 @@ class SamplerEntry:
     shared_seed: bool = False
     defaults: Mapping[str, Any] | None = None
     doc: str = ""
+    module: str = "optuna.samplers"
 
     def optuna_type(self) -> type:
 
-        return getattr(optuna.samplers, self.optuna_class)
+        return getattr(importlib.import_module(self.module), self.optuna_class)
 
     def option_names(self) -> list[str]:
         params = inspect.signature(self.optuna_type()).parameters
@@ -116,6 +127,14 @@ SAMPLERS: dict[str, SamplerEntry] = {
         shared_seed=True,
         doc="Quasi-Monte Carlo (Sobol) space filling; a baseline.",
     ),
+    FW_SAMPLER: SamplerEntry(
+        FW_SAMPLER,
+        "FrankWolfeSampler",
+        multi_objective=True,
+        constraints=False,
+        module="search.study.fw",
+        doc="Only the Frank-Wolfe paths' endpoints (one trial per path; linear merges).",
+    ),
 }
 
 
@@ -152,7 +171,7 @@ def check_sampler(cfg: SamplerConfig, *, n_objectives: int, constrained: bool) -
         if option not in known:
             raise ValueError(
                 f"sampler.options.{option}: unknown option for {cfg.name}; "
-                f"expected one of: {', '.join(known)}"
+                f"expected one of: {', '.join(known) or 'none (it takes no options)'}"
             )
 
 

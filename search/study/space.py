@@ -189,6 +189,27 @@ class SearchSpace:
                     out.append((f"single:{name}", {**self._weights_dict(w), **defaults}))
         return out
 
+    def coefficient_params(self, coefficients: Sequence[Sequence[float]]) -> dict[str, Any]:
+        """Trial parameters whose plan applies ``coefficients[i][g]`` (each group on the simplex).
+
+        Used to enqueue Frank-Wolfe endpoints. With independent weights these are the
+        coefficients themselves; a method that normalizes gives any positive multiple the same
+        coefficients, so a group whose largest coefficient exceeds ``high`` is scaled down to
+        fit. Searched method parameters take their defaults, as in :meth:`seed_trials`.
+        """
+        params: dict[str, Any] = {}
+        normalizes = bool(dict(self.fixed).get("normalize", False))
+        for g in range(self.n_groups):
+            column = [float(row[g]) for row in coefficients]
+            top = max(column)
+            scale = self.weight_high / top if normalizes and top > self.weight_high else 1.0
+            for i, c in enumerate(column):
+                params[self.weight_param(i, g)] = _clip(
+                    c * scale, self.weight_low, self.weight_high
+                )
+        params.update({p.name: _clip(p.default, p.low, p.high, p.kind) for p in self.searched})
+        return params
+
     def _weights_dict(self, per_checkpoint: Sequence[float]) -> dict[str, float]:
         return {n: per_checkpoint[i] for i, row in enumerate(self.weight_params()) for n in row}
 

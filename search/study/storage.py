@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.study.config import StudyConfig, WorkersConfig
+    from search.study.fw import Proposals
     from search.study.space import SearchSpace
 
 # Study user attrs (the contract with search.report.view) and the resume signature.
@@ -41,6 +42,7 @@ CONFIG_ATTR = "config"
 FINGERPRINT_ATTR = "fingerprint"
 SPACE_ATTR = "search_space"
 SCORING_ATTR = "scoring"
+FW_ATTR = "fw"  # the Frank-Wolfe paths and their cost (search.study.fw)
 
 
 # ------------------------------------------------------------------------------------ storage
@@ -158,9 +160,17 @@ def load_study(
 
 
 def signature(
-    cfg: StudyConfig, space: SearchSpace, fingerprint: Mapping[str, Any]
+    cfg: StudyConfig,
+    space: SearchSpace,
+    fingerprint: Mapping[str, Any],
+    fisher: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a resumed study must keep: the checkpoints, the search space, how trials are scored."""
+    """What a resumed study must keep: the checkpoints, the search space, how trials are scored.
+
+    ``fisher``: for methods that read Fishers, their calibration data
+    (:meth:`search.study.fisher_cache.Calibration.describe`: file or tasks, N, digest), kept
+    with the search space: other Fishers are another merge.
+    """
     scoring = {
         "objectives": [_objective_signature(o) for o in cfg.objectives],
         "limit": cfg.eval.limit,
@@ -172,9 +182,12 @@ def signature(
         value = getattr(cfg.eval, name)
         if value != type(cfg.eval).model_fields[name].default:
             scoring[name] = value
+    described = space.describe()
+    if fisher is not None:
+        described = {**described, "fisher": dict(fisher)}
     return {
         FINGERPRINT_ATTR: dict(fingerprint),
-        SPACE_ATTR: space.describe(),
+        SPACE_ATTR: described,
         SCORING_ATTR: scoring,
     }
 
@@ -241,14 +254,31 @@ def create_or_resume(
     space: SearchSpace,
     fingerprint: Mapping[str, Any],
     config_path: str | Path,
+    *,
+    fisher: Mapping[str, Any] | None = None,
+    proposals: Proposals | None = None,
 ) -> tuple[optuna.Study, bool]:
     """Create the study (with its seed trials) or resume it after the checks.
+
+    Seed trials are enqueued in the order of ``cfg.seed_trials``; ``fw`` takes the endpoints
+    of ``proposals`` (:func:`search.study.fw.propose`), and with the ``fw`` sampler they are
+    the only ones. The paths' record goes into the study's ``fw`` user attr.
+
+    Args:
+        fisher: the calibration description for methods that read Fishers (see
+            :func:`signature`).
+        proposals: the Frank-Wolfe endpoints, needed when the config asks for them.
 
     Returns:
         ``(study, created)``.
     """
 
-    sig = signature(cfg, space, fingerprint)
+    from search.study.samplers import FW_SAMPLER
+
+    sig = signature(cfg, space, fingerprint, fisher)
+    kinds = ("fw",) if cfg.sampler.name == FW_SAMPLER else tuple(dict.fromkeys(cfg.seed_trials))
+    if "fw" in kinds and proposals is None:
+        raise ValueError("create_or_resume: the config asks for Frank-Wolfe proposals; none given")
     try:
         study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions)
     except optuna.exceptions.DuplicatedStudyError:
@@ -261,8 +291,12 @@ def create_or_resume(
     study.set_user_attr(CONFIG_ATTR, cfg.to_json())
     with quiet_experimental():
         study.set_metric_names(cfg.objective_names)
-    for label, params in space.seed_trials(cfg.seed_trials):
-        study.enqueue_trial(params, user_attrs={"seed_trial": label})
+    for kind in kinds:
+        seeds = proposals.seeds if kind == "fw" and proposals else space.seed_trials([kind])
+        for label, params in seeds:
+            study.enqueue_trial(params, user_attrs={"seed_trial": label})
+    if proposals is not None:
+        study.set_user_attr(FW_ATTR, proposals.record)
     return study, True
 
 

@@ -39,6 +39,8 @@ from search.engine.materialize import effective_weights, materialize
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
+from search.study.fisher_cache import cache_dir as fisher_cache_dir
+from search.study.fisher_cache import calibration, load_fishers
 from search.study.records import (
     EXAMPLES_ATTR,
     STDERR_ATTR,
@@ -84,8 +86,11 @@ class Runtime:
         pool = CheckpointPool.open(
             cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype
         )
-        pool.load(base=METHODS[cfg.merge.method].needs_base)
+        method = METHODS[cfg.merge.method]
+        pool.load(base=method.needs_base)
         model, tokenizer = pool.load_model()
+        if method.needs_fisher:  # from the cache (the launcher filled it), else computed here
+            load_fishers(pool, calibration(cfg), fisher_cache_dir(cfg), model, tokenizer)
         evaluator = build_evaluator(objectives, cfg.eval_spec(heldout=heldout), model, tokenizer)
         return cls(cfg, pool, model, tokenizer, evaluator, tuple(o.name for o in objectives))
 

@@ -229,7 +229,15 @@ def test_unknown_method_lists_supported_names():
 
 @pytest.fixture(scope="module")
 def contract_pools(tiny_zoo):
-    return {n: CheckpointPool.open(tiny_zoo.checkpoints[:n], tiny_zoo.base) for n in (2, 3)}
+    """Pools of 2 and 3 checkpoints, with real Fishers (two texts) for methods that read them."""
+    from evaluators.proxy import ProxyExample
+    from search.study.fisher_cache import Calibration, load_fishers
+
+    data = Calibration.of("test", [ProxyExample("", "a+b=c."), ProxyExample("1+2", "=3")], "test")
+    pools = {n: CheckpointPool.open(tiny_zoo.checkpoints[:n], tiny_zoo.base) for n in (2, 3)}
+    for pool in pools.values():
+        load_fishers(pool, data, None, progress=False)
+    return pools
 
 
 def _plan(method, params, seed=0):

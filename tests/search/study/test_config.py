@@ -313,7 +313,7 @@ BAD: list[tuple[str, Mutate, str]] = [
     (
         "seed-trials",
         lambda d: d.update(seed_trials=["best"]),
-        "seed_trials[0]: Input should be 'uniform' or 'singles'",
+        "seed_trials[0]: Input should be 'uniform', 'singles' or 'fw'",  # fw: issue 13
     ),
     (
         "device",
@@ -334,6 +334,69 @@ BAD: list[tuple[str, Mutate, str]] = [
         "storage-memory",
         lambda d: d.update(storage="sqlite:///:memory:"),
         "storage: expected sqlite:///FILE.db",
+    ),
+    # issue 13: Fisher merging and Frank-Wolfe proposals
+    (
+        "fisher-without-calibration",
+        lambda d: d.update(merge={"method": "fisher"}),
+        "merge.fisher: method 'fisher' needs calibration data",
+    ),
+    (
+        "fisher-two-sources",
+        lambda d: d.update(
+            merge={"method": "fisher", "fisher": {"data": "x.txt", "tasks": "from_objectives"}}
+        ),
+        "merge.fisher: expected exactly one of data",
+    ),
+    (
+        "fisher-missing-file",
+        lambda d: d.update(merge={"method": "fisher", "fisher": {"data": "calib.jsonl"}}),
+        "merge.fisher.data: file calib.jsonl does not exist",
+    ),
+    (
+        "fisher-zero-examples",
+        lambda d: d.update(
+            merge={"method": "fisher", "fisher": {"tasks": "from_objectives", "examples": 0}}
+        ),
+        "merge.fisher.examples: Input should be greater than or equal to 1",
+    ),
+    (
+        "fisher-negative-weights",
+        lambda d: d.update(
+            merge={
+                "method": "fisher",
+                "fisher": {"tasks": "from_objectives"},
+                "weights": {"low": -1.0, "high": 1.0},
+            }
+        ),
+        "merge.weights.low: method 'fisher' needs weights >= 0.0",
+    ),
+    (
+        "fisher-data-on-linear",
+        lambda d: d.update(merge={"method": "linear", "fisher": {"tasks": "from_objectives"}}),
+        "merge.fisher: method 'linear' reads no Fishers",
+    ),
+    (
+        "fw-on-ties",
+        lambda d: d.update(seed_trials=["uniform", "fw"]),
+        "seed_trials: Frank-Wolfe proposals need a merge that is Σ w_i θ_i",
+    ),
+    (
+        "fw-weight-floor",
+        lambda d: d.update(
+            merge={"method": "linear", "weights": {"low": 0.1, "high": 1.0}}, seed_trials=["fw"]
+        ),
+        "merge.weights.low: Frank-Wolfe points give checkpoints weight 0",
+    ),
+    (
+        "fw-steps",
+        lambda d: d.update(fw={"steps": 0}),
+        "fw.steps: Input should be greater than or equal to 1",
+    ),
+    (
+        "fw-sampler-constraints",
+        lambda d: d.update(sampler={"name": "fw"}),
+        "sampler.name: fw ignores constraints",
     ),
 ]
 
@@ -384,6 +447,17 @@ def test_missing_file_and_bad_flags(workdir: Path, capsys: pytest.CaptureFixture
     assert main(["launch", str(path), "--workers", "0"]) == 2
     assert "--workers: expected at least 1" in capsys.readouterr().err
     assert not (workdir / "studies").exists()
+
+
+def test_the_fw_sampler_budget_is_its_paths(workdir: Path) -> None:
+    data = good_config()
+    data.update(merge={"method": "linear"}, sampler={"name": "fw"}, constraints=[])
+    data["fw"] = {"preferences": 4}
+    cfg = load_config(write(workdir, data))
+    assert cfg.budget.n_trials == 4 and cfg.uses_frank_wolfe and cfg.fw_paths == 4
+    data["objectives"] = data["objectives"][:1]
+    data["eval"]["heldout"] = {"demo_instruct": "demo_instruct_h"}
+    assert load_config(write(workdir, data)).budget.n_trials == 1  # one objective, one path
 
 
 def test_error_names_the_config_file(workdir: Path) -> None:

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from search.study.config import SamplerConfig
-from search.study.samplers import SAMPLERS, build_sampler, check_sampler
+from search.study.samplers import FW_SAMPLER, SAMPLERS, build_sampler, check_sampler
 
 
 def _objective(n_objectives: int):
@@ -24,8 +24,12 @@ def test_each_sampler_runs_a_study(name: str) -> None:
     n_obj = 2 if entry.multi_objective else 1
     options = {"population_size": 4} if name in ("nsga2", "nsga3") else {}
     sampler = build_sampler(SamplerConfig(name=name, seed=0, options=options), constrained=False)
-    assert isinstance(sampler, getattr(optuna.samplers, entry.optuna_class))
+    assert isinstance(sampler, entry.optuna_type())
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
     study = optuna.create_study(directions=["maximize"] * n_obj, sampler=sampler)
+    if name == FW_SAMPLER:  # runs only what was enqueued (the Frank-Wolfe endpoints)
+        for i in range(6):
+            study.enqueue_trial({"x": i / 5, "y": 1 - i / 5})
     study.optimize(_objective(n_obj), n_trials=6)
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 6
 

@@ -1,0 +1,245 @@
+"""Each checkpoint's diagonal Fisher: computed once on the calibration data, cached on disk.
+
+- :func:`calibration`: the examples of ``merge.fisher`` (a file, or the objectives' search-split
+  examples), at most N of them, and their digest; :func:`calibration_from_file` for a
+  ``merge-search merge`` YAML.
+- :func:`load_fishers`: every checkpoint's Fisher into the pool
+  (:meth:`~search.engine.pool.CheckpointPool.load_fishers`), read from the cache, the missing ones
+  computed with :func:`search.engine.fisher.diagonal_fisher` (one backward pass per example and
+  checkpoint, K × N in all, with a progress bar) and cached.
+
+The cache: one folder per checkpoint, ``<cache_dir>/<key>/`` with ``fisher.safetensors`` (float32,
+one tensor per pool tensor) and ``meta.json``. The key hashes the checkpoint's fingerprint
+(:meth:`~search.engine.pool.Checkpoint.fingerprint`), the data's digest, N and the dtype the model
+ran in, so a resumed study, another worker and an export find the Fishers, and a changed
+checkpoint gets a new key and is recomputed. A folder is written beside its final name and
+renamed into place, so a crash leaves no half-written entry. The default ``cache_dir`` is
+``.fisher`` beside the study's SQLite file (else ``studies/.fisher``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from evaluators.perplexity import context_length
+from evaluators.proxy import (
+    ProxyExample,
+    batches,
+    examples_sha256,
+    interleave,
+    objective_proxies,
+    read_examples,
+    tokenize,
+)
+from search.engine.fisher import diagonal_fisher
+from search.engine.materialize import model_parameters
+from search.engine.pool import CheckpointPool
+from search.errors import UserError
+from search.study.storage import sqlite_path
+
+if TYPE_CHECKING:
+    from search.study.config import StudyConfig
+
+CACHE_VERSION = 1  # bump when what is cached changes meaning
+FISHER_FILE = "fisher.safetensors"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration examples of the Fishers: where they came from, the examples, a digest."""
+
+    label: str
+    examples: tuple[ProxyExample, ...]
+    sha256: str
+
+    @classmethod
+    def of(cls, label: str, examples: Sequence[ProxyExample], where: str) -> Calibration:
+        if not examples:
+            raise UserError(f"{where}: no calibration examples (expected at least one)")
+        return cls(label, tuple(examples), examples_sha256(examples))
+
+    def describe(self) -> dict[str, Any]:
+        """What a study records (and a resume compares) and the model card shows."""
+        return {"data": self.label, "examples": len(self.examples), "data_sha256": self.sha256}
+
+
+def calibration(cfg: StudyConfig) -> Calibration:
+    """The ``merge.fisher`` examples of a study config (read now: bad data fails here).
+
+    Raises:
+        UserError: a missing or unreadable file, a record without a text field, no examples.
+    """
+    spec = cfg.merge.fisher
+    if spec is None:
+        raise UserError(f"merge.fisher: method {cfg.merge.method!r} needs calibration data")
+    if spec.data is not None:
+        return calibration_from_file(spec.data, spec.examples, "merge.fisher.data")
+    proxies = objective_proxies(cfg.objectives, cfg.eval_spec(), spec.examples, cfg.eval.seed)
+    sources = list(dict.fromkeys(p.label for o in proxies for p in o.parts))
+    label = f"tasks: from_objectives ({', '.join(sources)})"
+    return Calibration.of(label, interleave(proxies, spec.examples), "merge.fisher")
+
+
+def calibration_from_file(path: Path, n: int, where: str) -> Calibration:
+    """The first ``n`` examples of a ``.txt``/``.jsonl`` file (``UserError`` when bad)."""
+    if n < 1:
+        raise UserError(f"{where}: expected at least 1 example (got {n})")
+    return Calibration.of(str(path), read_examples(Path(path), where)[:n], where)
+
+
+def cache_dir(cfg: StudyConfig) -> Path:
+    """``merge.fisher.cache_dir``, else ``.fisher`` beside the study's SQLite file."""
+    spec = cfg.merge.fisher
+    if spec is not None and spec.cache_dir is not None:
+        return spec.cache_dir
+    db = sqlite_path(cfg.storage)
+    return (db.parent if db is not None else Path("studies")) / ".fisher"
+
+
+def cache_key(fingerprint: Mapping[str, Any], data: Calibration, dtype: torch.dtype) -> str:
+    """The cache folder name of one checkpoint's Fisher on ``data``."""
+    payload = {
+        "version": CACHE_VERSION,
+        "checkpoint": dict(fingerprint),
+        "data_sha256": data.sha256,
+        "examples": len(data.examples),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class FisherLoad:
+    """What :func:`load_fishers` did: the cache keys, how many were computed, seconds spent."""
+
+    keys: tuple[str, ...]
+    computed: tuple[str, ...]  # checkpoint names whose Fisher was computed now
+    seconds: float
+    backward_passes: int
+
+
+def load_fishers(
+    pool: CheckpointPool,
+    data: Calibration,
+    folder: Path | None,
+    model: Any = None,
+    tokenizer: Any = None,
+    *,
+    progress: bool = True,
+) -> FisherLoad:
+    """Load every checkpoint's Fisher into ``pool``; compute (and cache) the missing ones.
+
+    Args:
+        pool: the opened pool; its stacks are loaded when a Fisher must be computed.
+        data: the calibration examples.
+        folder: the cache folder (``None``: compute everything, cache nothing).
+        model, tokenizer: the resident model (:meth:`CheckpointPool.load_model`); built here
+            when ``None`` and something must be computed. Its weights are left at the last
+            checkpoint computed.
+        progress: show a progress bar over the K × N backward passes.
+    """
+    from safetensors.torch import load_file
+
+    start = time.perf_counter()
+    fingerprints = pool.fingerprint()["checkpoints"]
+    keys = [cache_key(fp, data, pool.dtype) for fp in fingerprints]
+    fishers: list[dict[str, torch.Tensor] | None] = []
+    for key in keys:
+        file = folder / key / FISHER_FILE if folder is not None else None
+        fishers.append(load_file(str(file)) if file is not None and file.is_file() else None)
+    missing = [i for i, f in enumerate(fishers) if f is None]
+    passes = 0
+    if missing:
+        if model is None:
+            model, tokenizer = pool.load_model()
+        examples = _one_example_batches(data, model, tokenizer, pool.device)
+        params = model_parameters(pool, model)
+        bar = _bar(len(missing) * len(examples), progress)
+        for i in missing:
+            bar.set_description(f"fisher {pool.names[i]}")
+            with torch.no_grad():  # the model becomes checkpoint i
+                for name, param in params.items():
+                    param.copy_(pool.stack(name)[i])
+            fisher = diagonal_fisher(model, params, examples, on_example=lambda: bar.update(1))
+            fishers[i] = {n: t.float().cpu() for n, t in fisher.items()}
+            passes += len(examples)
+            if folder is not None:
+                _write_entry(folder, keys[i], fishers[i], fingerprints[i], data, pool.dtype)
+        bar.close()
+    source = {**data.describe(), "cache": [str(folder / k) for k in keys] if folder else None}
+    records = tuple(e.to_json() for e in data.examples)
+    pool.load_fishers(fishers, source=source, records=records)  # type: ignore[arg-type]
+    return FisherLoad(
+        keys=tuple(keys),
+        computed=tuple(pool.names[i] for i in missing),
+        seconds=time.perf_counter() - start,
+        backward_passes=passes,
+    )
+
+
+def fishers_from_file(pool: CheckpointPool, path: Path, n: int) -> None:
+    """The Fishers of a ``merge-search merge`` YAML (``parameters.fisher_data``, N): computed,
+    not cached (there is no study to put a cache beside)."""
+    data = calibration_from_file(path, n, "parameters.fisher_data")
+    load_fishers(pool, data, None)
+
+
+def _one_example_batches(data: Calibration, model: Any, tokenizer: Any, device: Any) -> list:
+    """Each example as its own batch (a squared gradient per example)."""
+    if tokenizer is None:
+        raise UserError("merge.fisher: the checkpoints have no tokenizer to read the data with")
+    tokenized = tokenize(data.examples, tokenizer, context_length(model))
+    if not tokenized:
+        raise UserError(f"{data.label}: no calibration example has a token to score")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return [batches([pair], 1, pad, device)[0] for pair in tokenized]
+
+
+def _write_entry(
+    folder: Path,
+    key: str,
+    fisher: Mapping[str, torch.Tensor],
+    fingerprint: Mapping[str, Any],
+    data: Calibration,
+    dtype: torch.dtype,
+) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder))
+    try:
+        save_file({n: t.contiguous() for n, t in fisher.items()}, str(tmp / FISHER_FILE))
+        meta = {
+            "checkpoint": dict(fingerprint),
+            **data.describe(),
+            "dtype": str(dtype).removeprefix("torch."),
+            "version": CACHE_VERSION,
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            tmp.rename(folder / key)
+        except OSError:  # another worker wrote the same entry meanwhile: keep theirs
+            if not (folder / key / FISHER_FILE).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="example", disable=not enabled, leave=False)
