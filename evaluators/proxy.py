@@ -157,8 +157,17 @@ def objective_proxies(
 
     names = list(dict.fromkeys(t.task for o in objectives for t in o.tasks))
     where = {t.task: f"objective {o.name!r}" for o in objectives for t in o.tasks}
-    loaded = load_tasks(names, spec.tasks_path, where) if names else {}
-    examples = {name: tuple(task_examples(loaded[name].task, per_task, seed)) for name in names}
+    examples: dict[str, tuple[ProxyExample, ...]] = {}
+    if names:
+        loaded = load_tasks(
+            names, spec.tasks_path, where, confirm_run_unsafe_code=spec.confirm_run_unsafe_code
+        )
+        for name in names:  # a group or tag: its leaf tasks share the per-task count
+            leaves = loaded.members[name]
+            share = max(1, per_task // len(leaves))
+            examples[name] = tuple(
+                ex for leaf in leaves for ex in task_examples(loaded.tasks[leaf].task, share, seed)
+            )
     out = []
     for obj in objectives:
         if obj.evaluator == "perplexity":

@@ -55,7 +55,7 @@ def mc_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_multiple_choice_examples_are_lm_evals_gold_requests(mc_tasks: Path) -> None:
-    task = load_tasks(["pick3"], mc_tasks)["pick3"].task
+    task = load_tasks(["pick3"], mc_tasks).tasks["pick3"].task
     examples = task_examples(task, None, seed=0)
     assert len(examples) == len(CHOICES)
     requests = {}
@@ -73,7 +73,7 @@ def _instances(task):
 
 
 def test_generation_examples_are_the_prompt_and_the_gold_answer(demo_tasks_path: Path) -> None:
-    task = load_tasks(["demo_code"], demo_tasks_path)["demo_code"].task
+    task = load_tasks(["demo_code"], demo_tasks_path).tasks["demo_code"].task
     docs = list(task.eval_docs)
     picked = task_examples(task, 5, seed=3)
     assert len(picked) == 5
