@@ -108,7 +108,7 @@ def _write_weights(
 ) -> None:
     from safetensors.torch import save_file
 
-    from search.engine.materialize import merge_tensor_into
+    from search.engine.materialize import merge_into
 
     size = torch.tensor([], dtype=dtype).element_size()
     shards: list[list[str]] = [[]]
@@ -129,13 +129,16 @@ def _write_weights(
     total = 0
     with torch.no_grad():
         for file, names in zip(files, shards, strict=True):
-            tensors = {}
-            for name in names:
-                out = torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
-                merge_tensor_into(resolved, pool, name, out)
-                tensors[name] = out.cpu()
+            outs = {
+                name: torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
+                for name in names
+            }
+            merge_into(resolved, pool, outs)
+            tensors = {name: out.cpu() for name, out in outs.items()}
+            for name, out in outs.items():
                 weight_map[name] = file
                 total += out.numel() * size
+            del outs
             save_file(tensors, str(folder / file), metadata={"format": "pt"})
             del tensors
     if len(files) > 1:
