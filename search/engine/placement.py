@@ -477,17 +477,17 @@ def choose_placement(
     keep = 1 - MARGIN
     resident = sizes.stacks + sizes.model + sizes.work
     sizes_text = (
-        f"stacks {sizes.stacks / GB:.2f} GB + model {sizes.model / GB:.2f} GB + buffers "
-        f"{sizes.work / GB:.2f} GB per worker"
+        f"stacks {_size(sizes.stacks)} + model {_size(sizes.model)} + buffers "
+        f"{_size(sizes.work)} per worker"
     )
-    host_text = "unknown" if host_available is None else f"{host_available / GB:.1f} GB"
+    host_text = "unknown" if host_available is None else _size(host_available)
     if device_free is None:
         free_text = f"host memory available {host_text} for {per_host} worker(s)"
         fits_device = host_available is None or per_host * resident <= keep * host_available
         fits_host = fits_device
     else:
         free_text = (
-            f"device free {device_free / GB:.1f} GB for {per_device} worker(s), host available "
+            f"device free {_size(device_free)} for {per_device} worker(s), host available "
             f"{host_text} for {per_host}"
         )
         fits_device = per_device * resident <= keep * device_free
@@ -502,8 +502,15 @@ def choose_placement(
         choice = "host"
     else:
         choice = "disk"
-    how = "requested" if requested != "auto" else f"auto, margin {MARGIN:.0%}"
-    return PlacementChoice(choice, f"pool: {choice} ({how}): {sizes_text}; {free_text}")
+    if requested != "auto":
+        return PlacementChoice(choice, f"pool: {choice} (requested): {sizes_text}")
+    return PlacementChoice(
+        choice, f"pool: {choice} (auto, margin {MARGIN:.0%}): {sizes_text}; {free_text}"
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / GB:.2f} GB" if n >= GB / 10 else f"{n / 1e6:.1f} MB"
 
 
 def host_available_bytes() -> int | None:

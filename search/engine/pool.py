@@ -345,9 +345,10 @@ class CheckpointPool:
         """One worker's memory needs for a method that reads the base (``needs_base``) or not
         and is linear-form (``linear``: merged block by block) or not.
 
-        Working buffers (an estimate): two streamed blocks per store for linear-form methods;
-        for the others, the largest tensor's K (+ 1) slices as a buffer plus four float32
-        temporaries of that size (task vectors, masks, weighted terms).
+        Working buffers (an estimate): two streamed blocks per store for linear-form methods
+        (a block holds at most the largest tensor's slices); for the others, the largest
+        tensor's K (+ 1) slices as a buffer plus four float32 temporaries of that size (task
+        vectors, masks, weighted terms).
         """
         return _sizes(
             self.shapes, len(self.names), self.dtype, needs_base=needs_base, linear=linear
@@ -461,7 +462,11 @@ def _sizes(
     item = torch.tensor([], dtype=dtype).element_size()
     model = sum(_numel(s) for s in shapes.values()) * item
     largest = max((_numel(s) for s in shapes.values()), default=0)
-    work = 2 * BLOCK_BYTES * (1 + int(needs_base)) if linear else k * largest * (item + 4 * 4)
+    if linear:  # two block buffers per store, no larger than the largest tensor's slices
+        base = min(BLOCK_BYTES, largest * item) if needs_base else 0
+        work = 2 * (min(BLOCK_BYTES, n_checkpoints * largest * item) + base)
+    else:
+        work = k * largest * (item + 4 * 4)
     return PoolSizes(k * model, model, work)
 
 

@@ -210,13 +210,15 @@ def merge_from_yaml(
     device: str = "cpu",
     dtype: str | None = None,
     force: bool = False,
+    placement: str = "auto",
 ) -> tuple[Path, MergePlan, CheckpointPool]:
     """Merge what a mergekit YAML describes and export the folder (``merge-search merge``).
 
     Reads the YAML (see :mod:`search.export.mergekit_yaml` for the keys), merges on ``device``
     in ``dtype`` (default: the YAML's ``dtype``, else float32; accumulation is float32 either
-    way). Relative model paths in the YAML resolve against the current directory, as mergekit
-    does, not against the YAML's folder.
+    way), holding the checkpoints as ``placement`` says (:mod:`search.engine.placement`; the
+    merged bits are the same in every placement). Relative model paths in the YAML resolve
+    against the current directory, as mergekit does, not against the YAML's folder.
 
     Returns:
         ``(folder written, the plan, the opened pool)``.
@@ -232,6 +234,7 @@ def merge_from_yaml(
         request.base_model,
         device=device,
         dtype=dtype or request.dtype or "float32",
+        placement=placement,
     )
     block = {name: pool.group_of(name, max(pool.n_layers, 1)) for name in pool.tensor_names}
     plan = request.plan(pool.tensor_names, block, pool.n_layers)
