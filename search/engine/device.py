@@ -45,3 +45,12 @@ def worker_device(device: str, index: int, n_gpus: int) -> str:
 def local_gpu_count() -> int:
     """GPUs this process can use (0 without CUDA)."""
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def use_device(device: str | torch.device) -> None:
+    """Make a ``cuda:N`` device this process's current CUDA device (no-op otherwise), so that
+    libraries defaulting to the current device, and the CUDA context, land on this worker's GPU.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)

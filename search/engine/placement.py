@@ -50,6 +50,8 @@ host's available memory (CUDA only), else ``disk``.
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -160,6 +162,7 @@ class ResidentStore(TensorStore):
         self.on_device = placement == "device" or self.device.type == "cpu"
         self._stacks: dict[str, torch.Tensor] | None = None
         self._flat: torch.Tensor | None = None  # the one page-locked allocation (host on CUDA)
+        self._unlock: weakref.finalize | None = None  # unregisters it, at close or collection
 
     def load(self, executor: Executor | None = None) -> None:
         if self._stacks is not None:
@@ -204,7 +207,8 @@ class ResidentStore(TensorStore):
             offsets[name] = total
             total += -(-self.k * _numel(shape) // ALIGN) * ALIGN
         self._flat = flat = torch.empty(total, dtype=self.dtype)
-        _pin(flat)
+        if _pin(flat):  # the finalizer holds ``flat`` until it has been unregistered
+            self._unlock = weakref.finalize(self, _unpin, flat)
         return {
             n: flat[o : o + self.k * _numel(s)].view(self.k, *s)
             for (n, s), o in zip(self.shapes.items(), offsets.values(), strict=True)
@@ -246,32 +250,32 @@ class ResidentStore(TensorStore):
         return sum(t.numel() * t.element_size() for t in self._stacks.values())
 
     def close(self) -> None:
-        if self._flat is not None:
-            _unpin(self._flat)
+        if self._unlock is not None:
+            self._unlock()
         self._stacks = None
         self._flat = None
+        self._unlock = None
 
 
-def _pin(flat: torch.Tensor) -> None:
+def _pin(flat: torch.Tensor) -> bool:
     """Page-lock ``flat`` for asynchronous copies (CUDA's host register); warn if refused."""
     if not torch.cuda.is_available() or flat.numel() == 0:
-        return
+        return False
     nbytes = flat.numel() * flat.element_size()
     status = int(torch.cuda.cudart().cudaHostRegister(flat.data_ptr(), nbytes, 0))
     if status != 0:
-        import warnings
-
         warnings.warn(
             f"pool: could not page-lock {nbytes / GB:.2f} GB of host memory (cudaError {status}); "
             "host-to-device copies will be synchronous",
             RuntimeWarning,
             stacklevel=3,
         )
+        return False
+    return True
 
 
 def _unpin(flat: torch.Tensor) -> None:
-    if torch.cuda.is_available() and flat.numel() and flat.is_pinned():
-        torch.cuda.cudart().cudaHostUnregister(flat.data_ptr())
+    torch.cuda.cudart().cudaHostUnregister(flat.data_ptr())
 
 
 # ----------------------------------------------------------------------------------------- disk

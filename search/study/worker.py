@@ -30,7 +30,7 @@ import torch
 from optuna.trial import TrialState
 
 from evaluators import build_evaluator
-from search.engine.device import set_cpu_threads
+from search.engine.device import set_cpu_threads, use_device
 from search.engine.materialize import effective_weights, materialize
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
@@ -83,6 +83,7 @@ class Runtime:
                 this worker alone).
         """
         device = device or cfg.device
+        use_device(device)
         set_cpu_threads(device, threads or cfg.workers.threads)
         objectives = cfg.heldout_objectives() if heldout else cfg.objectives
         if not objectives:
