@@ -8,6 +8,7 @@
   their memory maps;
 - :mod:`~search.engine.placement` — where a pool's tensors live (``device``, ``host``,
   ``disk``: :class:`~search.engine.placement.TensorStore`) and the ``auto`` rule;
+- :mod:`~search.engine.checkpoint` — one checkpoint folder opened and checked;
 - :mod:`~search.engine.pool` — :class:`CheckpointPool`: folders checked, tensors placed;
 - :mod:`~search.engine.materialize` — a plan written into the resident model in place;
 - :mod:`~search.engine.device` — ``device: auto``, one GPU per worker, CPU threads.

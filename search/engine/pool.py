@@ -19,9 +19,7 @@ resident model that :meth:`load_model` builds.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -32,8 +30,16 @@ from typing import Any
 
 import torch
 
+from search.engine.checkpoint import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    Checkpoint,
+    check_compatible,
+    open_checkpoint,
+    unique_names,
+)
 from search.engine.device import resolve_device
-from search.engine.files import TensorInfo, read_header, read_table
+from search.engine.files import TensorInfo, read_header
 from search.engine.placement import (
     BLOCK_BYTES,
     PLACEMENTS,
@@ -48,10 +54,16 @@ from search.engine.placement import (
 )
 from search.errors import UserError
 
-__all__ = ["CheckpointPool", "Piece", "TensorInfo", "read_header", "resolve_dtype"]
+__all__ = [
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "CheckpointPool",
+    "Piece",
+    "TensorInfo",
+    "read_header",
+    "resolve_dtype",
+]
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -76,40 +88,9 @@ DTYPES = {
     "fp64": torch.float64,
 }
 LOAD_THREADS = 8  # files read at once by a resident load (at most the CPU count): SSDs gain
-_SAMPLE = 1 << 16  # bytes hashed from the start and the end of each file's data
 # Transformer blocks: "model.layers.3.", "transformer.h.3.", "blocks.3." ...
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 _EMBED_RE = re.compile(r"embed|(?:^|\.)(?:wte|wpe)\.")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One opened folder: its config, tensor table and header digest."""
-
-    name: str
-    path: Path
-    config: dict[str, Any]
-    tensors: dict[str, TensorInfo]
-    files: tuple[Path, ...]
-    n_bytes: int
-    header_sha256: str
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Name, bytes, header digest, and a digest of a data sample (retrained weights differ)."""
-        sample = hashlib.sha256()
-        for file in self.files:
-            with open(file, "rb") as f:
-                length = int.from_bytes(f.read(8), "little")
-                f.seek(8 + length)
-                sample.update(f.read(_SAMPLE))
-                f.seek(max(8 + length, file.stat().st_size - _SAMPLE))
-                sample.update(f.read(_SAMPLE))
-        return {
-            "name": self.name,
-            "bytes": self.n_bytes,
-            "header_sha256": self.header_sha256,
-            "data_sample_sha256": sample.hexdigest(),
-        }
 
 
 @dataclass(frozen=True)
@@ -228,12 +209,12 @@ class CheckpointPool:
             raise UserError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
         if placement not in PLACEMENTS:
             raise UserError(f"pool: expected one of {', '.join(PLACEMENTS)}, got {placement!r}")
-        names = _unique_names([Path(p) for p in checkpoints])
-        opened = [_open_checkpoint(Path(p), n) for p, n in zip(checkpoints, names, strict=True)]
-        base = _open_checkpoint(Path(base_model), Path(base_model).name) if base_model else None
+        names = unique_names([Path(p) for p in checkpoints])
+        opened = [open_checkpoint(Path(p), n) for p, n in zip(checkpoints, names, strict=True)]
+        base = open_checkpoint(Path(base_model), Path(base_model).name) if base_model else None
         reference = base or opened[0]
         for other in opened if base else opened[1:]:
-            _check_compatible(reference, other)
+            check_compatible(reference, other)
         shapes = {n: i.shape for n, i in reference.tensors.items()}
         sizes = _sizes(shapes, len(opened), torch_dtype, needs_base=base is not None, linear=False)
         choice = choose_placement(
@@ -440,16 +421,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[key]
 
 
-def _unique_names(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    names = []
-    for p in paths:
-        name = p.resolve().name or str(p)
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return names
-
-
 def _sizes(
     shapes: dict[str, tuple[int, ...]],
     n_checkpoints: int,
@@ -475,76 +446,3 @@ def _numel(shape: Sequence[int]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _open_checkpoint(path: Path, name: str) -> Checkpoint:
-    if not path.is_dir():
-        raise UserError(f"{path}: checkpoint folder not found")
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{config_file}: missing (every checkpoint needs its config.json)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{config_file}: unreadable ({exc})") from None
-    if (path / INDEX_FILE).is_file():
-        files = _index_files(path)
-    elif (path / SINGLE_FILE).is_file():
-        files = {path / SINGLE_FILE: None}
-    else:
-        raise UserError(
-            f"{path}: no {SINGLE_FILE} or {INDEX_FILE} (only safetensors folders are supported)"
-        )
-    tensors: dict[str, TensorInfo] = {}
-    digest = hashlib.sha256()
-    n_bytes = 0
-    for file, expected in files.items():
-        if not file.is_file():
-            raise UserError(f"{file}: missing (listed in {path / INDEX_FILE})")
-        table, raw = read_table(file)
-        digest.update(raw)
-        n_bytes += file.stat().st_size
-        tensors.update(table)
-        for n in expected or ():
-            if n not in table:
-                raise UserError(f"{file}: tensor {n} listed in {INDEX_FILE} but not in the file")
-    return Checkpoint(name, path, config, tensors, tuple(files), n_bytes, digest.hexdigest())
-
-
-def _index_files(path: Path) -> dict[Path, list[str]]:
-    index_file = path / INDEX_FILE
-    try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{index_file}: unreadable index ({exc})") from None
-    files: dict[Path, list[str]] = {}
-    for tensor, shard in weight_map.items():
-        files.setdefault(path / shard, []).append(tensor)
-    return dict(sorted(files.items()))
-
-
-def _check_compatible(ref: Checkpoint, other: Checkpoint) -> None:
-    for key in ("model_type", "architectures"):
-        if ref.config.get(key) != other.config.get(key):
-            raise UserError(
-                f"{other.path}: config.json {key} is {other.config.get(key)!r}, "
-                f"{ref.path} has {ref.config.get(key)!r}"
-            )
-    for name, info in ref.tensors.items():
-        mine = other.tensors.get(name)
-        if mine is None:
-            raise UserError(
-                f"{other.path}: tensor {name} missing (shape {list(info.shape)} in {ref.path})"
-            )
-        if mine.shape != info.shape:
-            raise UserError(
-                f"{other.path}: tensor {name} has shape {list(mine.shape)}, "
-                f"{ref.path} has {list(info.shape)}"
-            )
-    extra = sorted(set(other.tensors) - set(ref.tensors))
-    if extra:
-        raise UserError(
-            f"{other.path}: tensor {extra[0]} is not in {ref.path} ({len(extra)} extra tensors)"
-        )
