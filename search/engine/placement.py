@@ -41,7 +41,8 @@ Contract of every store (checked for each placement in ``tests/search/engine/tes
 - :meth:`TensorStore.stream` yields, for each request ``(name, start, stop)`` in order, the K
   slices of the flattened tensor's elements ``[start, stop)`` on the compute device: ``[K,
   *shape]`` when the request covers the whole tensor, else ``[K, stop - start]``; a yielded tensor
-  may be a reused buffer, valid until the next one is requested; the caller must not write it.
+  may be a reused buffer, valid until the next one is requested (or another stream of the same
+  store starts); the caller must not write it.
 
 :func:`choose_placement` is the ``auto`` rule: ``device`` when the stacks, the model and a trial's
 working buffers fit the device's free memory with a margin, else ``host`` when the stacks fit the
@@ -60,7 +61,7 @@ from typing import ClassVar
 
 import torch
 
-from search.engine.files import STORAGE_BYTES, MappedFiles, TensorInfo
+from search.engine.files import STORAGE_BYTES, MappedFiles, TensorInfo, copy_serial
 
 PLACEMENTS = ("auto", "device", "host", "disk")
 ALIGN = 64  # elements: block starts and stack offsets are multiples of this (>= 64-byte lines)
@@ -180,7 +181,11 @@ class ResidentStore(TensorStore):
             i, _ = job
             for name in jobs[job]:
                 info = self.members[i][name]
-                stacks[name][i].copy_(maps.view(info, name))
+                dst, src = stacks[name][i], maps.view(info, name)
+                if dst.device.type == "cpu":
+                    copy_serial(dst, src)
+                else:
+                    dst.copy_(src)
                 maps.release(info)
 
         try:
@@ -296,6 +301,7 @@ class DiskStore(TensorStore):
         super().__init__(*args, **kwargs)
         self.keep_open = keep_open
         self._maps = MappedFiles()
+        self._buffer: torch.Tensor | None = None  # the CPU block buffer, reused by each stream
 
     def load(self, executor: Executor | None = None) -> None:
         if self.keep_open:
@@ -309,7 +315,7 @@ class DiskStore(TensorStore):
         for r, table in enumerate(self.members):
             info = table[name]
             maps = self._maps if self.keep_open else MappedFiles()
-            dst[r].copy_(maps.view(info, name).view(-1)[start:stop])
+            copy_serial(dst[r], maps.view(info, name).view(-1)[start:stop])
             item = STORAGE_BYTES[info.dtype]
             maps.release(info, start * item, stop * item)
             if not self.keep_open:
@@ -333,7 +339,9 @@ class DiskStore(TensorStore):
             yield from _stream_to_cuda(self, requests, rows, staged=True)
             return
         width = max(stop - start for _, start, stop in requests)
-        buffer = torch.empty(self.k * width, dtype=self.dtype)
+        if self._buffer is None or self._buffer.numel() < self.k * width:
+            self._buffer = torch.empty(self.k * width, dtype=self.dtype)  # kept: no churn
+        buffer = self._buffer
         for request in requests:
             _, start, stop = request
             flat = buffer[: self.k * (stop - start)]
@@ -342,6 +350,7 @@ class DiskStore(TensorStore):
 
     def close(self) -> None:
         self._maps.close()
+        self._buffer = None
 
 
 # ------------------------------------------------------------------------ streaming to a GPU

@@ -261,17 +261,21 @@ class CheckpointPool:
         count); ``disk`` opens the maps."""
         if base and self.base_store is None:
             raise UserError("checkpoint pool: this merge method needs a base model; none given")
-        todo = [s for s, key in ((self.checkpoint_store, "checkpoints"),) if not self._loaded[key]]
-        if base and not self._loaded["base"]:
-            todo.append(self.base_store)  # type: ignore[arg-type]
+        todo = {
+            key: store
+            for key, store, wanted in (
+                ("checkpoints", self.checkpoint_store, True),
+                ("base", self.base_store, base),
+            )
+            if wanted and not self._loaded[key]
+        }
         if not todo:
             return self
         n = threads or min(LOAD_THREADS, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pool-load") as executor:
-            for store in todo:
-                store.load(executor if n > 1 else None)
-        self._loaded["checkpoints"] = True
-        self._loaded["base"] = self._loaded["base"] or base
+            for key, store in todo.items():
+                store.load(executor if n > 1 else None)  # type: ignore[union-attr]
+                self._loaded[key] = True
         return self
 
     def stack(self, name: str) -> torch.Tensor:
