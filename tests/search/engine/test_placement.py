@@ -122,13 +122,21 @@ def _tables(folders):
     return tables
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-def test_store_contract_get_and_stream(tiny_zoo, placement):
+STORE_CASES = [(p, {}) for p in PLACEMENTS] + [
+    ("disk", {"prefetch": False}),
+    ("disk", {"keep_open": False}),
+]
+
+
+@pytest.mark.parametrize(
+    ("placement", "options"), STORE_CASES, ids=["device", "host", "disk", "serial", "reopen"]
+)
+def test_store_contract_get_and_stream(tiny_zoo, placement, options):
     folders = tiny_zoo.checkpoints  # ft_b is sharded: members' files differ
     tables = _tables(folders)
     shapes = {n: i.shape for n, i in tables[0].items()}
     store = build_store(
-        placement, tables, shapes, torch.bfloat16, torch.device("cpu"), block_bytes=1536
+        placement, tables, shapes, torch.bfloat16, torch.device("cpu"), block_bytes=1536, **options
     )
     store.load()
     files = [_file_tensors(f) for f in folders]
