@@ -1,25 +1,38 @@
-"""Per-trial merge speed against the device's copy bandwidth and against mergekit's on-disk merge.
+"""Per-trial merge speed and memory per pool placement, against the bandwidth that bounds each.
 
-    python bench/merge_speed.py                       # CPU: K=8 Llama-shaped ~134M-parameter models
-    python bench/merge_speed.py --hidden 256 --layers 2 --vocab 4096   # a quick small run
-    python bench/merge_speed.py --device cuda         # GPU: ~1B-parameter models by default
+    python bench/merge_speed.py                          # CPU: K=8 ~134M-parameter bf16 models
+    python bench/merge_speed.py --pool disk --params 30e6 --k 4     # one placement, smaller
+    python bench/merge_speed.py --device cuda            # GPU: ~1B-parameter models by default
 
 In one run it
 1. writes K + 1 random Llama-shaped checkpoints (bf16 safetensors) into --workdir (kept and
-   reused by later runs with the same sizes),
-2. measures the copy bandwidth of the device (one large tensor copy: read + write),
-3. opens them as a CheckpointPool (bf16 storage), loads the resident model, and times
-   ``materialize`` of a linear merge (float32 accumulation) with fresh weights per trial,
-4. runs mergekit's ``run_merge`` (in a subprocess, to disk) for the same linear merge,
-and prints the fraction of copy bandwidth reached ((K+1) x bytes per model / time / bandwidth),
-the speed-up over mergekit, and peak memory against pool + one model + the largest tensor.
-Targets: >= 50 % of copy bandwidth on the CPU (>= 80 % on an H100), >= 50x mergekit,
-peak <= pool + one model + largest tensor.
+   reused by later runs with the same sizes);
+2. measures, in this process, the bandwidths that bound a trial: the device's copy bandwidth (one
+   large tensor copy: read + write), the warm page-cache read of the K files (through the same
+   memory maps the ``disk`` placement reads), and on CUDA the page-locked host→device copy;
+3. for each placement (``--pool``, default all three), in a child process of its own so that
+   peak memories do not mix: opens the pool, loads the resident model and the pool, times
+   ``materialize`` of a linear merge (fp32 accumulation) with fresh weights per trial, and reads
+   the peak RSS (VmHWM) and the peak CUDA memory of the trials;
+4. in another child, the resident load with one reading thread against several, from a warm and
+   from a cold page cache (``posix_fadvise(DONTNEED)`` evicts the files first), and the ``disk``
+   read with maps kept open against reopening the file per tensor;
+5. runs mergekit's ``run_merge`` (in a subprocess, to disk) for the same linear merge.
+
+Fractions of the bound (time the bound allows / measured time):
+- ``device``: (K + 1) x model bytes moved at the device's copy bandwidth;
+- ``host``: on the CPU the ``device`` placement itself (the same memory, the same code); on CUDA
+  the K slices over the host→device copy (or the device bound, if slower);
+- ``disk``: the K slices read from the warm page cache.
+Targets: ``device`` >= 0.5 of copy bandwidth on the CPU (>= 0.8 on a GPU); ``host`` within 1.5x
+of its bound on a GPU; ``disk`` trial within 3x of ``host`` and its peak memory <= 1.5 x one
+model on the CPU; >= 50x mergekit.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -36,12 +49,25 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 import torch  # noqa: E402
 
 GB = 1e9
+PLACEMENTS = ("device", "host", "disk")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--pool",
+        default="all",
+        choices=("all", *PLACEMENTS),
+        help="placement(s) to measure (default: all, each in its own child process)",
+    )
     p.add_argument("--k", type=int, default=8, help="checkpoints merged per trial (default: 8)")
+    p.add_argument(
+        "--params",
+        type=float,
+        default=None,
+        help="parameters per model (sets the number of blocks; e.g. 30e6)",
+    )
     p.add_argument("--hidden", type=int, default=None, help="hidden size (cpu 768, cuda 2048)")
     p.add_argument("--layers", type=int, default=None, help="transformer blocks (cpu 12, cuda 16)")
     p.add_argument("--intermediate", type=int, default=None, help="MLP size (cpu 2048, cuda 5632)")
@@ -57,12 +83,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="CPU threads for torch (default: torch's; use 1 on a busy machine)",
     )
     p.add_argument("--skip-mergekit", action="store_true")
+    p.add_argument("--skip-load", action="store_true", help="skip the load-time comparison")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     big = args.device.startswith("cuda")
     args.hidden = args.hidden or (2048 if big else 768)
-    args.layers = args.layers or (16 if big else 12)
     args.intermediate = args.intermediate or (5632 if big else 2048)
+    if args.params:
+        per_block = 4 * args.hidden**2 + 3 * args.hidden * args.intermediate + 2 * args.hidden
+        outside = 2 * args.vocab * args.hidden + args.hidden
+        args.layers = max(1, round((args.params - outside) / per_block))
+    args.layers = args.layers or (16 if big else 12)
     return args
+
+
+# ------------------------------------------------------------------------------ measurements
 
 
 def rss_bytes() -> int:
@@ -166,6 +202,48 @@ def copy_bandwidth(device: torch.device, n_bytes: int, repeats: int = 5) -> floa
     return 2 * n_bytes / best
 
 
+def h2d_bandwidth(device: torch.device, n_bytes: int, repeats: int = 5) -> float:
+    """Bytes per second of a page-locked host → device copy."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, pin_memory=True).uniform_()
+    dst = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return n_bytes / best
+
+
+def read_bandwidth(folders: list[Path], dtype: torch.dtype, keep_open: bool = True) -> float:
+    """Bytes per second of the ``disk`` placement's read path alone (warm page cache).
+
+    Every tensor of the K checkpoints goes through a DiskStore's memory maps into its block
+    buffer, as a trial reads it, with no merge; the best of three passes (the first warms up).
+    """
+    from search.engine.placement import build_store, split_ranges
+    from search.engine.pool import CheckpointPool
+
+    pool = CheckpointPool.open(folders, dtype=dtype, placement="disk")
+    tables = pool.checkpoint_store.members
+    store = build_store("disk", tables, pool.shapes, pool.dtype, pool.device, keep_open=keep_open)
+    store.load()
+    requests = [
+        (n, a, b)
+        for n, s in pool.shapes.items()
+        for a, b in split_ranges(torch.Size(s).numel(), store.block)
+    ]
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _block in store.stream(requests):
+            pass
+        best = min(best, time.perf_counter() - start)
+    store.close()
+    return len(folders) * pool.model_bytes() / best
+
+
 def warm_up_kernel(pool, k: int, device: torch.device) -> float:
     """Run the weighted-sum kernel once on small tensors (imports and compiles it).
 
@@ -182,12 +260,12 @@ def warm_up_kernel(pool, k: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_trials(pool, model, k: int, trials: int, device: torch.device) -> list[float]:
+def time_trials(pool, model, k: int, trials: int, device: torch.device):
     from search.engine.materialize import materialize
     from search.engine.plan import MergePlan
 
     rng = torch.Generator().manual_seed(1)
-    times = []
+    times, last = [], None
     for trial in range(trials + 1):  # the first one warms up (and compiles the kernel)
         weights = torch.rand(k, generator=rng).tolist()
         plan = MergePlan.create("linear", weights, {"normalize": True})
@@ -196,27 +274,130 @@ def time_trials(pool, model, k: int, trials: int, device: torch.device) -> list[
         materialize(plan, pool, model)
         sync(device)
         elapsed = time.perf_counter() - start
-        if trial == 0:
-            print(f"  warm-up trial (kernel {pool.weighted_sum.kind}): {elapsed:.2f} s", flush=True)
-            check_one_tensor(pool, model, weights)
-        else:
+        if trial:
             times.append(elapsed)
-    return times
+        last = weights
+    return times, last
 
 
 def check_one_tensor(pool, model, weights) -> None:
     """The timed merge is right: one tensor against a float64 reference."""
     name = "model.layers.0.self_attn.q_proj.weight"
     total = sum(weights)
-    part = slice(0, 4096)  # a slice: the check must not add to the peak memory measured
-    exact = sum(
-        w / total * pool.stack(name)[i].reshape(-1)[part].double() for i, w in enumerate(weights)
-    )
+    part = slice(0, 4096)
+    stack = pool.stack(name)
+    exact = sum(w / total * stack[i].reshape(-1)[part].double() for i, w in enumerate(weights))
     got = model.state_dict()[name].reshape(-1)[part].double()
     err = float(((got - exact).abs() / exact.abs().clamp_min(1e-6)).median())
     if err > 2**-8:
         raise SystemExit(f"merged tensor {name} is wrong (median relative error {err:.2e})")
 
+
+# ------------------------------------------------------------------------------------- children
+
+
+def run_placement(args, folders: list[Path]) -> dict:
+    """One placement, in this (child) process: load, time trials, read peak memories."""
+    from search.engine.pool import CheckpointPool
+
+    placement = args.child
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pool = CheckpointPool.open(
+        folders[1:], dtype=args.dtype, device=args.device, kernel=args.kernel, placement=placement
+    )
+    device = pool.device
+    warm_s = warm_up_kernel(pool, args.k, device)
+    gc.collect()
+    baseline = rss_bytes()  # process + libraries + the compiled kernel's code, no model data
+    start = time.perf_counter()
+    model, _ = pool.load_model(tokenizer=False)
+    model_s = time.perf_counter() - start
+    load_peak = peak_rss_bytes()
+    reset_peak_rss()  # the trials' peak from here (the model load maps its file transiently)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_base = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    pool.load()
+    load_s = time.perf_counter() - start
+    times, weights = time_trials(pool, model, args.k, args.trials, device)
+    peak = peak_rss_bytes()
+    cuda_peak = (
+        torch.cuda.max_memory_allocated(device) - cuda_base if device.type == "cuda" else None
+    )
+    check_one_tensor(pool, model, weights)
+    item = torch.tensor([], dtype=pool.dtype).element_size()
+    return {
+        "placement": placement,
+        "kernel": pool.weighted_sum.kind,
+        "warm_s": warm_s,
+        "model_s": model_s,
+        "load_s": load_s,
+        "times": times,
+        "baseline_rss": baseline,
+        "peak_rss": peak,
+        "load_peak_rss": load_peak,
+        "cuda_peak": cuda_peak,
+        "resident": pool.resident_bytes(),
+        "model_bytes": pool.model_bytes(),
+        "largest": max(torch.Size(s).numel() for s in pool.shapes.values()) * item,
+        "block_bytes": pool.checkpoint_store.block * args.k * item,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_load(args, folders: list[Path]) -> dict:
+    """Resident load with 1 thread vs several, warm and cold; disk read kept open vs reopened."""
+    from search.engine.pool import LOAD_THREADS, CheckpointPool
+
+    threads = min(LOAD_THREADS, os.cpu_count() or 1)
+    out: dict = {"threads": threads}
+    for cache in ("warm", "cold"):
+        for n in (1, threads):
+            if cache == "cold":
+                evict(folders)
+            pool = CheckpointPool.open(folders[1:], dtype=args.dtype, device=args.device)
+            start = time.perf_counter()
+            pool.load(threads=n)
+            sync(pool.device)
+            out[f"{cache}_{n}"] = time.perf_counter() - start
+            pool.close()
+            del pool
+            gc.collect()
+    dtype = getattr(torch, args.dtype)
+    read_bandwidth(folders[1:], dtype)  # warm the cache again
+    out["read_open"] = read_bandwidth(folders[1:], dtype, keep_open=True)
+    out["read_reopen"] = read_bandwidth(folders[1:], dtype, keep_open=False)
+    return out
+
+
+def evict(folders: list[Path]) -> None:
+    """Drop the files' pages from the page cache (clean pages; no root needed)."""
+    for folder in folders:
+        for file in folder.glob("*.safetensors"):
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def child(args, phase: str) -> dict:
+    """Run this script again as a child for one phase; its JSON result."""
+    argv = [a for a in args.argv if not a.startswith("--child")]
+    proc = subprocess.run(
+        [sys.executable, __file__, *argv, "--child", phase],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"child {phase} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ mergekit
 
 MERGEKIT_SCRIPT = """
 import json, sys, time, yaml
@@ -263,93 +444,127 @@ def time_mergekit(folders: list[Path], args, workdir: Path) -> float:
     return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
 
 
+# ----------------------------------------------------------------------------------------- main
+
+
+def report(r: dict, args, bw: dict, host_median: float | None) -> None:
+    """Print one placement's lines."""
+    k, model = args.k, r["model_bytes"]
+    median, best = statistics.median(r["times"]), min(r["times"])
+    cuda = args.device.startswith("cuda")
+    if r["placement"] == "device" or (r["placement"] == "host" and not cuda):
+        bound_s, what = (k + 1) * model / bw["copy"], "device copy bandwidth"
+        if r["placement"] == "host":
+            what += "; on the CPU host is the device placement"
+    elif r["placement"] == "host":
+        bound_s = max(k * model / bw["h2d"], (k + 1) * model / bw["copy"])
+        what = "host->device copy of the K slices"
+    else:
+        bound_s, what = k * model / bw["read"], "warm page-cache read of the K slices"
+    print(
+        f"{r['placement']}: materialize linear (fp32 accumulation, kernel {r['kernel']}): median "
+        f"{median * 1e3:.0f} ms, best {best * 1e3:.0f} ms over {len(r['times'])} trials; "
+        f"pool load {r['load_s']:.1f} s, model load {r['model_s']:.1f} s"
+    )
+    print(
+        f"  fraction of the bound ({what}, {bound_s * 1e3:.0f} ms): median "
+        f"{bound_s / median:.2f}, best {bound_s / best:.2f}"
+    )
+    if r["placement"] == "disk" and host_median is not None:
+        print(f"  disk / host trial time: {median / host_median:.2f}x (target <= 3)")
+    growth = r["peak_rss"] - r["baseline_rss"]
+    if r["placement"] == "disk":
+        allowed, label = model, "one model"
+        target = "target <= 1.5" if not cuda else "on CUDA the model is on the device"
+    else:
+        host_pool = r["resident"] if not cuda or r["placement"] == "host" else 0
+        allowed = host_pool + (0 if cuda else model) + r["largest"]
+        label, target = "resident pool + one model + largest tensor", "target <= 1"
+    print(
+        f"  peak RSS growth during trials {growth / GB:.3f} GB vs {label} "
+        f"{allowed / GB:.3f} GB -> {growth / max(allowed, 1):.2f} ({target}); the model load "
+        f"alone {(r['load_peak_rss'] - r['baseline_rss']) / GB:.3f} GB (its weights map the "
+        "file until first written)"
+    )
+    if r["cuda_peak"] is not None:
+        on_device = r["resident"] if r["placement"] == "device" else 2 * r["block_bytes"]
+        expected = on_device + model + r["largest"]
+        print(
+            f"  peak CUDA memory {r['cuda_peak'] / GB:.3f} GB vs "
+            f"{'pool' if r['placement'] == 'device' else 'two blocks'} + model + largest "
+            f"{expected / GB:.3f} GB -> {r['cuda_peak'] / expected:.2f}"
+        )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from search.engine.pool import CheckpointPool, resolve_device
+    workdir = Path(args.workdir)
+    if args.child:
+        folders = write_checkpoints(args, workdir)
+        result = run_load(args, folders) if args.child == "load" else run_placement(args, folders)
+        print(json.dumps(result))
+        return 0
+    from search.engine.device import resolve_device
+    from search.engine.pool import CheckpointPool
 
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir)
     print(
         f"checkpoints in {workdir} (K={args.k}, hidden {args.hidden}, {args.layers} layers)",
         flush=True,
     )
     folders = write_checkpoints(args, workdir)
-
-    pool = CheckpointPool.open(
-        folders[1:], dtype=args.dtype, device=str(device), kernel=args.kernel
-    )
-    model_bytes = pool.model_bytes()
-    item = torch.tensor([], dtype=pool.dtype).element_size()
-    largest = max(torch.Size(s).numel() for s in pool.shapes.values()) * item
-    n_params = model_bytes // item
-
-    bw_before = copy_bandwidth(device, max(model_bytes, 256 * 2**20))
-    warm_s = warm_up_kernel(pool, args.k, device)
-    baseline_rss = rss_bytes()  # process + libraries + the compiled kernel's code, no model data
-    if not reset_peak_rss():
-        print("  (cannot reset the peak-RSS mark: the peak below may come from earlier phases)")
+    model_bytes = CheckpointPool.open(folders[1:], dtype=args.dtype).model_bytes()
+    n_params = model_bytes // torch.tensor([], dtype=getattr(torch, args.dtype)).element_size()
+    size = max(model_bytes, 256 * 2**20)
+    bw = {"copy": copy_bandwidth(device, size)}
+    read_bandwidth(folders[1:], getattr(torch, args.dtype))  # warm the page cache
+    bw["read"] = read_bandwidth(folders[1:], getattr(torch, args.dtype))
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline_cuda = torch.cuda.memory_allocated(device)
-    start = time.perf_counter()
-    model, _ = pool.load_model(tokenizer=False)
-    pool.load()
-    load_s = time.perf_counter() - start
-    times = time_trials(pool, model, args.k, args.trials, device)
-    peak_rss = peak_rss_bytes()
-    bw_after = copy_bandwidth(device, max(model_bytes, 256 * 2**20))
-    bandwidth = (bw_before + bw_after) / 2
+        bw["h2d"] = h2d_bandwidth(device, size)
+    placements = PLACEMENTS if args.pool == "all" else (args.pool,)
+    results = {p: child(args, p) for p in placements}
+    bw["copy"] = (bw["copy"] + copy_bandwidth(device, size)) / 2
+    load = None if args.skip_load else child(args, "load")
+    threads = next(iter(results.values()))["threads"] if device.type == "cpu" else None
 
-    moved = (args.k + 1) * model_bytes
-    best, median = min(times), statistics.median(times)
-    allowed = pool.resident_bytes() + model_bytes + largest
-    threads = torch.get_num_threads() if device.type == "cpu" else None
     print()
     print(
-        f"model: {n_params / 1e6:.1f} M parameters, {pool.dtype}, "
-        f"{model_bytes / GB:.3f} GB per model; K = {args.k}; device {device}"
-        + (f" ({threads} threads)" if threads else "")
-        + f"; kernel {pool.weighted_sum.kind} (warm-up/compile {warm_s:.1f} s)"
-        + f"; pool load {load_s:.1f} s"
+        f"model: {n_params / 1e6:.1f} M parameters, {args.dtype}, {model_bytes / GB:.3f} GB per "
+        f"model; K = {args.k}; device {device}" + (f" ({threads} threads)" if threads else "")
     )
     print(
-        f"copy bandwidth: {bandwidth / GB:.2f} GB/s "
-        f"(before {bw_before / GB:.2f}, after {bw_after / GB:.2f})"
+        f"bandwidths: device copy {bw['copy'] / GB:.2f} GB/s (read + write), warm page-cache read "
+        f"through the maps {bw['read'] / GB:.2f} GB/s"
+        + (f", host->device {bw['h2d'] / GB:.2f} GB/s" if "h2d" in bw else "")
     )
-    print(
-        f"materialize linear, fp32 accumulation: median {median * 1e3:.1f} ms, "
-        f"best {best * 1e3:.1f} ms over {len(times)} trials"
-    )
-    target_bw = 0.8 if device.type == "cuda" else 0.5
-    print(
-        f"  fraction of copy bandwidth: median {moved / median / bandwidth:.2f}, "
-        f"best {moved / best / bandwidth:.2f} (target >= {target_bw:.2f})"
-    )
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - baseline_cuda
+    host = results.get("host") or (results.get("device") if device.type == "cpu" else None)
+    host_median = statistics.median(host["times"]) if host else None
+    for r in results.values():
+        report(r, args, bw, host_median)
+    if load is not None:
+        n = load["threads"]
         print(
-            f"peak CUDA memory: {peak / GB:.3f} GB; pool + one model + largest tensor "
-            f"{allowed / GB:.3f} GB -> ratio {peak / allowed:.3f} (target <= 1)"
+            f"resident load of the pool ({args.k} files): warm cache 1 thread "
+            f"{load['warm_1']:.2f} s, {n} threads {load[f'warm_{n}']:.2f} s -> "
+            f"{load['warm_1'] / load[f'warm_{n}']:.2f}x; cold cache 1 thread "
+            f"{load['cold_1']:.2f} s, {n} threads {load[f'cold_{n}']:.2f} s -> "
+            f"{load['cold_1'] / load[f'cold_{n}']:.2f}x"
         )
-    print(
-        f"peak RSS: {peak_rss / GB:.3f} GB; before loading any model data "
-        f"{baseline_rss / GB:.3f} GB (process, libraries, compiled kernel); "
-        f"growth {(peak_rss - baseline_rss) / GB:.3f} GB"
-    )
-    if device.type == "cpu":
         print(
-            f"  pool {pool.resident_bytes() / GB:.3f} + one model {model_bytes / GB:.3f} + largest "
-            f"tensor {largest / GB:.3f} = {allowed / GB:.3f} GB -> growth / that = "
-            f"{(peak_rss - baseline_rss) / allowed:.3f} (target <= 1)"
+            f"disk read path: maps kept open {load['read_open'] / GB:.2f} GB/s, reopened per "
+            f"tensor {load['read_reopen'] / GB:.2f} GB/s -> kept open "
+            f"{load['read_open'] / load['read_reopen']:.2f}x"
         )
-    if not args.skip_mergekit:
+    if not args.skip_mergekit and "device" in results:
         print("running mergekit run_merge (subprocess, to disk) ...", flush=True)
         mk = time_mergekit(folders, args, workdir)
+        median = statistics.median(results["device"]["times"])
+        best = min(results["device"]["times"])
         print(
-            f"mergekit run_merge: {mk:.2f} s -> speed-up per trial: median {mk / median:.0f}x, "
-            f"best {mk / best:.0f}x (target >= 50x)"
+            f"mergekit run_merge: {mk:.2f} s -> speed-up per trial (device): median "
+            f"{mk / median:.0f}x, best {mk / best:.0f}x (target >= 50x)"
         )
     return 0
 

@@ -18,6 +18,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="compute/storage dtype: float32, bfloat16, float16 (default: the YAML's dtype)",
     )
+    p.add_argument(
+        "--pool",
+        default="auto",
+        choices=("auto", "device", "host", "disk"),
+        help="where the checkpoints are held while merging: on the device, in host memory, or "
+        "read from their files (default: auto, by free memory)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     p.set_defaults(run=run)
 
@@ -33,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         force=args.force,
         load_fishers=fishers_from_file,
+        placement=args.pool,
     )
-    print(f"wrote {path} ({plan.method}, {len(pool.names)} checkpoints, {pool.dtype})")
+    print(
+        f"wrote {path} ({plan.method}, {len(pool.names)} checkpoints, {pool.dtype}, "
+        f"pool {pool.placement})"
+    )
     return 0

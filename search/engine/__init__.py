@@ -4,12 +4,16 @@
 - :mod:`~search.engine.registry` — the merge methods declared as data (no torch import);
 - :mod:`~search.engine.methods` — their pure tensor functions;
 - :mod:`~search.engine.kernels` — the fused weighted sum of linear merges;
-- :mod:`~search.engine.pool` — :class:`CheckpointPool`: safetensors headers checked, stacks
-  held resident;
+- :mod:`~search.engine.files` — safetensors headers checked against the files, reads through
+  their memory maps;
+- :mod:`~search.engine.placement` — where a pool's tensors live (``device``, ``host``,
+  ``disk``: :class:`~search.engine.placement.TensorStore`) and the ``auto`` rule;
+- :mod:`~search.engine.checkpoint` — one checkpoint folder opened and checked;
+- :mod:`~search.engine.pool` — :class:`CheckpointPool`: folders checked, tensors placed;
 - :mod:`~search.engine.materialize` — a plan written into the resident model in place;
 - :mod:`~search.engine.fisher` — per-example diagonal Fishers and the proxy-loss gradient in the
   merge coefficients (model + token batches in, tensors out);
-- :mod:`~search.engine.device` — ``device: auto`` and CPU threads.
+- :mod:`~search.engine.device` — ``device: auto``, one GPU per worker, CPU threads.
 
 Dependencies: torch and safetensors (transformers only to build the resident model); within
 merge-search only :mod:`search.errors`. Importing this package pulls in neither Optuna nor

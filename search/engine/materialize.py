@@ -5,8 +5,13 @@
 parameter's own storage, so no second copy of the model exists. Linear-form methods (``linear``,
 ``task_arithmetic``) run as one fused weighted sum per tensor that reads each input once and
 writes straight into the parameter (:mod:`search.engine.kernels`); the other methods compute a
-float32
-result per tensor and copy it in.
+float32 result per tensor and copy it in.
+
+:func:`merge_into` is the one merge loop (materialize, :func:`merged_tensors` and the export use
+it). It reads its inputs through :meth:`CheckpointPool.pieces`, whatever the pool's placement
+(:mod:`search.engine.placement`): resident stacks as they are, or blocks streamed from host
+memory or read from the files; a linear-form merge is elementwise, so it runs block by block on
+what a streaming placement hands over (the kernels give the same bits per element either way).
 
 Methods that read Fishers (``fisher``) run the pool's Fisher kernel (:mod:`search.engine.kernels`)
 on the weights and the Fisher stack of each tensor, also straight into the parameter.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,27 +127,44 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def merge_into(
+    resolved: ResolvedPlan, pool: CheckpointPool, targets: Mapping[str, torch.Tensor]
+) -> None:
+    """Write the merged tensor of every name in ``targets`` into it, in order.
+
+    Each target has the tensor's shape, any float dtype, and lives on the pool's device (a model
+    parameter, or a fresh tensor).
+    """
+    method = resolved.method
+    linear = bool(resolved.group_coeffs)
+    uses_base = (
+        any(with_base for _, with_base in resolved.group_coeffs) if linear else method.needs_base
+    )
+    split = linear and all(t.is_contiguous() for t in targets.values())
+    for piece in pool.pieces(list(targets), split=split, base=uses_base):
+        out = targets[piece.name]
+        group = pool.group_of(piece.name, resolved.plan.n_groups)
+        if linear:
+            coeffs, with_base = resolved.group_coeffs[group]
+            dst = out if piece.whole else out.view(-1)[piece.start : piece.stop]
+            pool.weighted_sum(dst, piece.stack, coeffs, piece.base if with_base else None)
+            continue
+        weights = resolved.group_weights[group]
+        if method.needs_fisher:  # one fused pass over the 2K inputs, straight into ``out``
+            pool.fisher_mean(out, piece.stack, pool.fisher_stack(piece.name), weights)
+            continue
+        generator = None
+        if method.stochastic:
+            generator = torch.Generator(device=pool.device)
+            generator.manual_seed(tensor_seed(resolved.plan.seed, piece.name))
+        out.copy_(method.merge(piece.stack, piece.base, weights, resolved.params, generator))
+
+
 def merge_tensor_into(
     resolved: ResolvedPlan, pool: CheckpointPool, name: str, out: torch.Tensor
 ) -> None:
     """Write the merged tensor ``name`` into ``out`` (same shape, any float dtype, pool device)."""
-    method = resolved.method
-    group = pool.group_of(name, resolved.plan.n_groups)
-    stack = pool.stack(name)
-    if resolved.group_coeffs:
-        coeffs, with_base = resolved.group_coeffs[group]
-        pool.weighted_sum(out, stack, coeffs, pool.base_tensor(name) if with_base else None)
-        return
-    weights = resolved.group_weights[group]
-    if method.needs_fisher:  # one fused pass over the 2K inputs, straight into ``out``
-        pool.fisher_mean(out, stack, pool.fisher_stack(name), weights)
-        return
-    base = pool.base_tensor(name) if method.needs_base else None
-    generator = None
-    if method.stochastic:
-        generator = torch.Generator(device=pool.device)
-        generator.manual_seed(tensor_seed(resolved.plan.seed, name))
-    out.copy_(method.merge(stack, base, weights, resolved.params, generator))
+    merge_into(resolved, pool, {name: out})
 
 
 def merged_tensors(
@@ -152,7 +174,7 @@ def merged_tensors(
     resolved = resolve(plan, pool)
     for name in pool.tensor_names:
         out = torch.empty(pool.shapes[name], dtype=dtype or pool.dtype, device=pool.device)
-        merge_tensor_into(resolved, pool, name, out)
+        merge_into(resolved, pool, {name: out})
         yield name, out
 
 
@@ -166,8 +188,7 @@ def materialize(plan: MergePlan, pool: CheckpointPool, model: Any) -> None:
     resolved = resolve(plan, pool)
     targets = _targets(pool, model)
     with torch.no_grad():
-        for name in pool.tensor_names:
-            merge_tensor_into(resolved, pool, name, targets[name])
+        merge_into(resolved, pool, targets)
 
 
 def _targets(pool: CheckpointPool, model: Any) -> dict[str, torch.Tensor]:

@@ -1,42 +1,76 @@
-"""The checkpoint pool: N Hugging Face folders (+ an optional base), checked, then held resident.
+"""The checkpoint pool: N Hugging Face folders (+ an optional base), checked, then placed.
 
 :meth:`CheckpointPool.open` reads only the ``config.json`` files and the safetensors headers, and
 checks before any tensor is read that all folders share the architecture, the tensor names and
-the shapes; a mismatch is one :class:`~search.errors.UserError` line naming the folder, the tensor
-and both shapes (or the missing file / unreadable header).
+the shapes, and that no file is cut short (:func:`search.engine.files.read_table`); a mismatch is
+one :class:`~search.errors.UserError` line naming the folder or file, the tensor and both shapes
+(or the missing file / unreadable header / truncated tensor).
 
-Tensors are read lazily, with ``safetensors.safe_open``, on the first merge (or :meth:`load`).
-Then the pool keeps, per tensor name, one ``[K, *shape]`` stack of the K checkpoints in the
-pool's dtype on the pool's device, and the base's tensor separately (only when a method needs it).
-With that layout a linear merge of one tensor is a single weighted sum that reads each input once
-(see :mod:`search.engine.kernels`). Memory: ``K`` models (``K + 1`` with a base method) in the pool
-dtype, plus the resident model that :meth:`load_model` builds.
+Where the tensors live is the pool's **placement** (:mod:`search.engine.placement`): ``device``
+keeps, per tensor name, one ``[K, *shape]`` stack of the K checkpoints in the pool's dtype on the
+pool's device (and the base's tensor separately, only when a method needs it); ``host`` keeps the
+stacks in host memory and streams them to the device each trial; ``disk`` keeps nothing and reads
+the files' memory maps each trial; ``auto`` picks by free memory. Resident stacks are read on the
+first merge (or :meth:`load`), several files at a time. The pool's ``device`` is where merges
+run and where the resident model lives, whatever the placement. Memory: ``K`` models (``K + 1``
+with a base method) in the pool dtype for ``device``/``host``, buffers for ``disk``, plus the
+resident model that :meth:`load_model` builds.
 
 Methods that read Fishers (``fisher``) need one more pool's worth: :meth:`load_fishers` holds
 each checkpoint's diagonal Fisher in the same ``[K, *shape]`` per-tensor layout, on the pool's
-device, in the pool's dtype (bfloat16 for a float16 pool: squared gradients overflow float16).
+device whatever the placement (they do not follow ``host``/``disk`` yet), in the pool's dtype
+(bfloat16 for a float16 pool: squared gradients overflow float16).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import itertools
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from search.engine.checkpoint import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    Checkpoint,
+    check_compatible,
+    open_checkpoint,
+    unique_names,
+)
 from search.engine.device import resolve_device
+from search.engine.files import TensorInfo, read_header
 from search.engine.kernels import KERNELS, choose_fisher_kernel, choose_kernel
+from search.engine.placement import (
+    BLOCK_BYTES,
+    PLACEMENTS,
+    PlacementChoice,
+    PoolSizes,
+    TensorStore,
+    build_store,
+    choose_placement,
+    device_free_bytes,
+    host_available_bytes,
+    split_ranges,
+)
 from search.errors import UserError
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+__all__ = [
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "CheckpointPool",
+    "Piece",
+    "TensorInfo",
+    "read_header",
+    "resolve_dtype",
+]
+
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -60,59 +94,38 @@ DTYPES = {
     "float64": torch.float64,
     "fp64": torch.float64,
 }
-_FLOAT_STORAGE = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
-_MAX_HEADER = 100 * 2**20  # larger "header lengths" mean the file is not safetensors
-_SAMPLE = 1 << 16  # bytes hashed from the start and the end of each file's data
+LOAD_THREADS = 8  # files read at once by a resident load (at most the CPU count): SSDs gain
 # Transformer blocks: "model.layers.3.", "transformer.h.3.", "blocks.3." ...
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 _EMBED_RE = re.compile(r"embed|(?:^|\.)(?:wte|wpe)\.")
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives and what it looks like, from the safetensors header."""
+class Piece:
+    """One tensor, or one block of its flattened elements, as a merge reads it.
 
-    file: Path
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One opened folder: its config, tensor table and header digest."""
+    ``stack``: the K checkpoints' slices, ``[K, *shape]`` when ``whole``, else ``[K, stop -
+    start]``; ``base``: the base's slice (``[*shape]`` or ``[stop - start]``) when asked for.
+    Both live on the pool's device and may be reused buffers: use them before the next piece.
+    """
 
     name: str
-    path: Path
-    config: dict[str, Any]
-    tensors: dict[str, TensorInfo]
-    files: tuple[Path, ...]
-    n_bytes: int
-    header_sha256: str
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Name, bytes, header digest, and a digest of a data sample (retrained weights differ)."""
-        sample = hashlib.sha256()
-        for file in self.files:
-            with open(file, "rb") as f:
-                length = int.from_bytes(f.read(8), "little")
-                f.seek(8 + length)
-                sample.update(f.read(_SAMPLE))
-                f.seek(max(8 + length, file.stat().st_size - _SAMPLE))
-                sample.update(f.read(_SAMPLE))
-        return {
-            "name": self.name,
-            "bytes": self.n_bytes,
-            "header_sha256": self.header_sha256,
-            "data_sample_sha256": sample.hexdigest(),
-        }
+    start: int
+    stop: int
+    whole: bool
+    stack: torch.Tensor
+    base: torch.Tensor | None
 
 
 class CheckpointPool:
-    """K checkpoints of one architecture (+ an optional base), resident on one device and dtype.
+    """K checkpoints of one architecture (+ an optional base), merged on one device and dtype.
 
     Build it with :meth:`open`. Attributes: ``names`` (folder basenames made unique), ``paths``,
-    ``base_path``, ``device``, ``dtype``, ``tensor_names`` (in file order), ``shapes``,
-    ``n_layers``, ``config`` (the reference's config.json: the base's, else the first checkpoint's).
+    ``base_path``, ``device`` (where merges run and the model lives), ``dtype``, ``placement``
+    (``device``, ``host`` or ``disk``), ``placement_choice`` (the placement and why),
+    ``tensor_names`` (in file order), ``shapes``, ``n_layers``, ``config`` (the reference's
+    config.json: the base's, else the first checkpoint's), ``checkpoint_store`` and
+    ``base_store`` (the :class:`~search.engine.placement.TensorStore` of each).
     """
 
     def __init__(
@@ -122,6 +135,10 @@ class CheckpointPool:
         device: torch.device,
         dtype: torch.dtype,
         kernel: str = "auto",
+        placement: str = "device",
+        *,
+        block_bytes: int = BLOCK_BYTES,
+        choice: PlacementChoice | None = None,
     ) -> None:
 
         self._checkpoints = tuple(checkpoints)
@@ -139,9 +156,25 @@ class CheckpointPool:
         layers = [int(m.group(1)) for n in self.tensor_names if (m := _LAYER_RE.search(n))]
         self.n_layers: int = max(layers) + 1 if layers else 0
         self.weighted_sum = choose_kernel(device, dtype, kernel)
+        self.placement = placement
+        self.placement_choice = choice or PlacementChoice(placement, f"pool: {placement}")
+        self.checkpoint_store: TensorStore = build_store(
+            placement,
+            [c.tensors for c in checkpoints],
+            self.shapes,
+            dtype,
+            device,
+            block_bytes=block_bytes,
+        )
+        self.base_store: TensorStore | None = (
+            build_store(
+                placement, [base.tensors], self.shapes, dtype, device, block_bytes=block_bytes
+            )
+            if base
+            else None
+        )
+        self._loaded = {"checkpoints": False, "base": False}
         self.fisher_mean = choose_fisher_kernel(device, dtype, kernel)  # methods with Fishers
-        self._stacks: dict[str, torch.Tensor] | None = None
-        self._base_tensors: dict[str, torch.Tensor] | None = None
         self._fishers: dict[str, torch.Tensor] | None = None
         # where the Fishers came from (calibration data, N, cache keys): for the model card
         self.fisher_source: dict[str, Any] | None = None
@@ -158,6 +191,8 @@ class CheckpointPool:
         dtype: str | torch.dtype = "float32",
         *,
         kernel: str = "auto",
+        placement: str = "device",
+        block_bytes: int = BLOCK_BYTES,
     ) -> CheckpointPool:
         """Open and check the folders; reads headers only (``UserError`` on any mismatch).
 
@@ -165,10 +200,15 @@ class CheckpointPool:
             checkpoints: the K model folders to merge.
             base_model: the shared base (needed by task-vector methods; also the source of the
                 config and tokenizer when given).
-            device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+            device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``: where merges run and the model
+                lives.
             dtype: storage and model dtype (``float32``, ``bfloat16``, ``float16``); merges
                 always accumulate in float32.
             kernel: weighted-sum kernel for linear merges, see :mod:`search.engine.kernels`.
+            placement: ``device``, ``host``, ``disk`` or ``auto`` (decided here by
+                :func:`~search.engine.placement.choose_placement` for one worker, counting the
+                base when one is given), see :mod:`search.engine.placement`.
+            block_bytes: bytes of one streamed block's K slices (``host`` on CUDA, ``disk``).
         """
         if not checkpoints:
             raise UserError("checkpoint pool: expected at least one checkpoint folder")
@@ -177,59 +217,120 @@ class CheckpointPool:
 
         if kernel not in KERNELS:
             raise UserError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
-        names = _unique_names([Path(p) for p in checkpoints])
-        opened = [_open_checkpoint(Path(p), n) for p, n in zip(checkpoints, names, strict=True)]
-        base = _open_checkpoint(Path(base_model), Path(base_model).name) if base_model else None
+        if placement not in PLACEMENTS:
+            raise UserError(f"pool: expected one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        names = unique_names([Path(p) for p in checkpoints])
+        opened = [open_checkpoint(Path(p), n) for p, n in zip(checkpoints, names, strict=True)]
+        base = open_checkpoint(Path(base_model), Path(base_model).name) if base_model else None
         reference = base or opened[0]
         for other in opened if base else opened[1:]:
-            _check_compatible(reference, other)
-        return cls(opened, base, torch_device, torch_dtype, kernel)
+            check_compatible(reference, other)
+        shapes = {n: i.shape for n, i in reference.tensors.items()}
+        sizes = _sizes(shapes, len(opened), torch_dtype, needs_base=base is not None, linear=False)
+        choice = choose_placement(
+            placement,
+            sizes,
+            device_free=device_free_bytes(torch_device) if placement == "auto" else None,
+            host_available=host_available_bytes() if placement == "auto" else None,
+        )
+        return cls(
+            opened,
+            base,
+            torch_device,
+            torch_dtype,
+            kernel,
+            choice.placement,
+            block_bytes=block_bytes,
+            choice=choice,
+        )
 
-    # -- resident tensors --------------------------------------------------------------------
+    def choose_placement(
+        self,
+        requested: str,
+        *,
+        needs_base: bool,
+        linear: bool,
+        per_device: int = 1,
+        per_host: int = 1,
+    ) -> PlacementChoice:
+        """The placement for ``requested`` (``auto``: by free memory now) and the line why."""
+        return choose_placement(
+            requested,
+            self.sizes(needs_base=needs_base, linear=linear),
+            device_free=device_free_bytes(self.device),
+            host_available=host_available_bytes(),
+            per_device=per_device,
+            per_host=per_host,
+        )
 
-    def load(self, *, base: bool = False) -> CheckpointPool:
-        """Read all checkpoint tensors into resident stacks now (with ``base``, the base's too)."""
-        if self._stacks is None:
-            k = len(self._checkpoints)
-            stacks = {
-                n: torch.empty((k, *s), dtype=self.dtype, device=self.device)
-                for n, s in self.shapes.items()
-            }
-            for i, ckpt in enumerate(self._checkpoints):
-                for name, tensor in _read_tensors(ckpt):
-                    stacks[name][i].copy_(tensor)
-            self._stacks = stacks
-        if base and self._base_tensors is None:
-            if self._base is None:
-                raise UserError("checkpoint pool: this merge method needs a base model; none given")
-            self._base_tensors = {
-                name: tensor.to(self.device, self.dtype)
-                for name, tensor in _read_tensors(self._base)
-            }
+    # -- tensors -----------------------------------------------------------------------------
+
+    def load(self, *, base: bool = False, threads: int | None = None) -> CheckpointPool:
+        """Get the checkpoints ready now (with ``base``, the base too): resident placements read
+        every file, ``threads`` files at a time (default: :data:`LOAD_THREADS`, at most the CPU
+        count); ``disk`` opens the maps."""
+        if base and self.base_store is None:
+            raise UserError("checkpoint pool: this merge method needs a base model; none given")
+        todo = {
+            key: store
+            for key, store, wanted in (
+                ("checkpoints", self.checkpoint_store, True),
+                ("base", self.base_store, base),
+            )
+            if wanted and not self._loaded[key]
+        }
+        if not todo:
+            return self
+        n = threads or min(LOAD_THREADS, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pool-load") as executor:
+            for key, store in todo.items():
+                store.load(executor if n > 1 else None)  # type: ignore[union-attr]
+                self._loaded[key] = True
         return self
 
     def stack(self, name: str) -> torch.Tensor:
-        """The ``[K, *shape]`` stack of tensor ``name`` (loads the pool on first use)."""
-        stacks = self._stacks if self._stacks is not None else self.load()._stacks
-        return stacks[name]  # type: ignore[index]
+        """The ``[K, *shape]`` stack of tensor ``name`` on the pool's device (do not write it).
+
+        Resident placements return the stack itself (loading the pool on first use); ``disk``
+        and ``host`` on CUDA a fresh copy.
+        """
+        return self.load().checkpoint_store.get(name)
 
     def base_tensor(self, name: str) -> torch.Tensor:
-        """The base model's tensor ``name`` (loads the base on first use)."""
-        tensors = (
-            self._base_tensors
-            if self._base_tensors is not None
-            else self.load(base=True)._base_tensors
+        """The base model's tensor ``name`` on the pool's device (loads the base on first use)."""
+        return self.load(base=True).base_store.get(name)[0]  # type: ignore[union-attr]
+
+    def pieces(self, names: Sequence[str], *, split: bool, base: bool) -> Iterator[Piece]:
+        """Each tensor of ``names`` as the merge reads it, in order (see :class:`Piece`).
+
+        Args:
+            split: the merge is elementwise, so streaming placements may hand it blocks.
+            base: also hand over the base's slices.
+        """
+        self.load(base=base)
+        block = self.checkpoint_store.block_elems() if split else None
+        requests = [
+            (name, start, stop)
+            for name in names
+            for start, stop in split_ranges(_numel(self.shapes[name]), block)
+        ]
+        stacks = self.checkpoint_store.stream(requests)
+        bases = (
+            self.base_store.stream(requests)  # type: ignore[union-attr]
+            if base
+            else itertools.repeat(None)
         )
-        return tensors[name]  # type: ignore[index]
+        for (name, start, stop), stack, base_slices in zip(requests, stacks, bases, strict=False):
+            whole = start == 0 and stop == _numel(self.shapes[name])
+            yield Piece(
+                name, start, stop, whole, stack, None if base_slices is None else base_slices[0]
+            )
 
     def resident_bytes(self) -> int:
-        """Bytes held by the resident stacks, base tensors and Fishers."""
-        held = [
-            *(self._stacks or {}).values(),
-            *(self._base_tensors or {}).values(),
-            *(self._fishers or {}).values(),
-        ]
-        return sum(t.numel() * t.element_size() for t in held)
+        """Bytes held between trials by the stacks, the base and the Fishers."""
+        stores = (self.checkpoint_store, self.base_store)
+        fishers = sum(t.numel() * t.element_size() for t in (self._fishers or {}).values())
+        return sum(s.resident_bytes() for s in stores if s is not None) + fishers
 
     # -- Fishers (methods with ``needs_fisher``) ----------------------------------------------
 
@@ -287,6 +388,25 @@ class CheckpointPool:
         size = torch.tensor([], dtype=self.dtype).element_size()
         return sum(_numel(s) for s in self.shapes.values()) * size
 
+    def sizes(self, *, needs_base: bool, linear: bool) -> PoolSizes:
+        """One worker's memory needs for a method that reads the base (``needs_base``) or not
+        and is linear-form (``linear``: merged block by block) or not.
+
+        Working buffers (an estimate): two streamed blocks per store for linear-form methods
+        (a block holds at most the largest tensor's slices); for the others, the largest
+        tensor's K (+ 1) slices as a buffer plus four float32 temporaries of that size (task
+        vectors, masks, weighted terms).
+        """
+        return _sizes(
+            self.shapes, len(self.names), self.dtype, needs_base=needs_base, linear=linear
+        )
+
+    def close(self) -> None:
+        """Release the stores' files, buffers and page locks (the pool is unusable after)."""
+        for store in (self.checkpoint_store, self.base_store):
+            if store is not None:
+                store.close()
+
     # -- layer groups --------------------------------------------------------------------------
 
     def group_of(self, name: str, n_groups: int) -> int:
@@ -342,7 +462,10 @@ class CheckpointPool:
 
     def __repr__(self) -> str:
         base = f", base={self.base_path.name}" if self.base_path else ""
-        return f"CheckpointPool({list(self.names)}{base}, device={self.device}, dtype={self.dtype})"
+        return (
+            f"CheckpointPool({list(self.names)}{base}, device={self.device}, dtype={self.dtype}, "
+            f"placement={self.placement})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,14 +486,24 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[key]
 
 
-def _unique_names(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    names = []
-    for p in paths:
-        name = p.resolve().name or str(p)
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return names
+def _sizes(
+    shapes: dict[str, tuple[int, ...]],
+    n_checkpoints: int,
+    dtype: torch.dtype,
+    *,
+    needs_base: bool,
+    linear: bool,
+) -> PoolSizes:
+    k = n_checkpoints + int(needs_base)
+    item = torch.tensor([], dtype=dtype).element_size()
+    model = sum(_numel(s) for s in shapes.values()) * item
+    largest = max((_numel(s) for s in shapes.values()), default=0)
+    if linear:  # two block buffers per store, no larger than the largest tensor's slices
+        base = min(BLOCK_BYTES, largest * item) if needs_base else 0
+        work = 2 * (min(BLOCK_BYTES, n_checkpoints * largest * item) + base)
+    else:
+        work = k * largest * (item + 4 * 4)
+    return PoolSizes(k * model, model, work)
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -378,115 +511,3 @@ def _numel(shape: Sequence[int]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _read_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each tensor of ``ckpt`` on the CPU, read with ``safe_open``.
-
-    The file is opened per tensor: ``safe_open`` maps the whole file and the pages read stay
-    resident until it is closed, so this bounds the transient memory to one tensor.
-    """
-
-    for name, info in ckpt.tensors.items():
-        with safe_open(str(info.file), framework="pt", device="cpu") as f:
-            tensor = f.get_tensor(name)
-        yield name, tensor
-
-
-def read_header(file: Path) -> tuple[dict[str, Any], bytes]:
-    """The parsed safetensors header of ``file`` and its raw bytes; ``UserError`` if unreadable."""
-    try:
-        with open(file, "rb") as f:
-            head = f.read(8)
-            size = file.stat().st_size
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if length <= 0 or length > _MAX_HEADER or length > size - 8:
-                raise ValueError(f"header length {length} does not fit a {size}-byte file")
-            raw = f.read(length)
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{file}: unreadable safetensors header ({exc})") from None
-    return header, raw
-
-
-def _open_checkpoint(path: Path, name: str) -> Checkpoint:
-    if not path.is_dir():
-        raise UserError(f"{path}: checkpoint folder not found")
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{config_file}: missing (every checkpoint needs its config.json)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{config_file}: unreadable ({exc})") from None
-    if (path / INDEX_FILE).is_file():
-        files = _index_files(path)
-    elif (path / SINGLE_FILE).is_file():
-        files = {path / SINGLE_FILE: None}
-    else:
-        raise UserError(
-            f"{path}: no {SINGLE_FILE} or {INDEX_FILE} (only safetensors folders are supported)"
-        )
-    tensors: dict[str, TensorInfo] = {}
-    digest = hashlib.sha256()
-    n_bytes = 0
-    for file, expected in files.items():
-        if not file.is_file():
-            raise UserError(f"{file}: missing (listed in {path / INDEX_FILE})")
-        header, raw = read_header(file)
-        digest.update(raw)
-        n_bytes += file.stat().st_size
-        names = [n for n in header if n != "__metadata__"]
-        for n in sorted(names, key=lambda n: header[n].get("data_offsets", [0])[0]):
-            entry = header[n]
-            if entry.get("dtype") not in _FLOAT_STORAGE:
-                raise UserError(
-                    f"{file}: tensor {n} has dtype {entry.get('dtype')}; only floating-point "
-                    "tensors can be merged"
-                )
-            tensors[n] = TensorInfo(file, tuple(entry["shape"]), entry["dtype"])
-        for n in expected or ():
-            if n not in header:
-                raise UserError(f"{file}: tensor {n} listed in {INDEX_FILE} but not in the file")
-    return Checkpoint(name, path, config, tensors, tuple(files), n_bytes, digest.hexdigest())
-
-
-def _index_files(path: Path) -> dict[Path, list[str]]:
-    index_file = path / INDEX_FILE
-    try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{index_file}: unreadable index ({exc})") from None
-    files: dict[Path, list[str]] = {}
-    for tensor, shard in weight_map.items():
-        files.setdefault(path / shard, []).append(tensor)
-    return dict(sorted(files.items()))
-
-
-def _check_compatible(ref: Checkpoint, other: Checkpoint) -> None:
-    for key in ("model_type", "architectures"):
-        if ref.config.get(key) != other.config.get(key):
-            raise UserError(
-                f"{other.path}: config.json {key} is {other.config.get(key)!r}, "
-                f"{ref.path} has {ref.config.get(key)!r}"
-            )
-    for name, info in ref.tensors.items():
-        mine = other.tensors.get(name)
-        if mine is None:
-            raise UserError(
-                f"{other.path}: tensor {name} missing (shape {list(info.shape)} in {ref.path})"
-            )
-        if mine.shape != info.shape:
-            raise UserError(
-                f"{other.path}: tensor {name} has shape {list(mine.shape)}, "
-                f"{ref.path} has {list(info.shape)}"
-            )
-    extra = sorted(set(other.tensors) - set(ref.tensors))
-    if extra:
-        raise UserError(
-            f"{other.path}: tensor {extra[0]} is not in {ref.path} ({len(extra)} extra tensors)"
-        )

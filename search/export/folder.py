@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from search.engine.materialize import effective_weights, merge_tensor_into, resolve
+from search.engine.materialize import effective_weights, merge_into, resolve
 from search.engine.plan import MergePlan
 from search.engine.pool import _LAYER_RE, TOKENIZER_FILES, CheckpointPool, resolve_dtype
 from search.errors import UserError
@@ -145,13 +145,16 @@ def _write_weights(
     total = 0
     with torch.no_grad():
         for file, names in zip(files, shards, strict=True):
-            tensors = {}
-            for name in names:
-                out = torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
-                merge_tensor_into(resolved, pool, name, out)
-                tensors[name] = out.cpu()
+            outs = {
+                name: torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
+                for name in names
+            }
+            merge_into(resolved, pool, outs)
+            tensors = {name: out.cpu() for name, out in outs.items()}
+            for name, out in outs.items():
                 weight_map[name] = file
                 total += out.numel() * size
+            del outs
             save_file(tensors, str(folder / file), metadata={"format": "pt"})
             del tensors
     if len(files) > 1:
@@ -223,13 +226,16 @@ def merge_from_yaml(
     dtype: str | None = None,
     force: bool = False,
     load_fishers: Callable[[CheckpointPool, Path, int], None] | None = None,
+    placement: str = "auto",
 ) -> tuple[Path, MergePlan, CheckpointPool]:
     """Merge what a mergekit YAML describes and export the folder (``merge-search merge``).
 
     Reads the YAML (see :mod:`search.export.mergekit_yaml` for the keys), merges on ``device``
     in ``dtype`` (default: the YAML's ``dtype``, else float32; accumulation is float32 either
-    way). Relative model paths in the YAML resolve against the current directory, as mergekit
-    does, not against the YAML's folder; so does ``parameters.fisher_data``.
+    way), holding the checkpoints as ``placement`` says (:mod:`search.engine.placement`; the
+    merged bits are the same in every placement). Relative model paths in the YAML resolve
+    against the current directory, as mergekit does, not against the YAML's folder; so does
+    ``parameters.fisher_data``.
 
     Args:
         load_fishers: for methods that read Fishers, ``(pool, fisher_data, fisher_examples)``
@@ -250,6 +256,7 @@ def merge_from_yaml(
         request.base_model,
         device=device,
         dtype=dtype or request.dtype or "float32",
+        placement=placement,
     )
     if request.method.needs_fisher:
         if load_fishers is None or request.fisher_data is None:

@@ -140,7 +140,9 @@ def export_chosen(
         )
     plan = MergePlan.from_dict(row.user_attrs["plan"])
     cfg = view.cfg
-    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
+    pool = CheckpointPool.open(
+        cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype, placement=cfg.pool
+    )
     check_fingerprint(
         view.study,
         pool.fingerprint(),

@@ -207,6 +207,8 @@ class StudyConfig(_Strict):
     fw: FrankWolfeConfig = FrankWolfeConfig()
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Where the checkpoints' stacks live (search.engine.placement); never changes a merge.
+    pool: Literal["auto", "device", "host", "disk"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

@@ -12,8 +12,11 @@
    :mod:`~search.study.fisher_cache`) and, for a new study, the Frank-Wolfe paths
    (:mod:`~search.study.fw`) whose endpoints become seed trials;
 3. **run workers**: ``n_workers`` processes (``spawn``) each build ONE resident model and ONE
-   evaluator; the study is created only once the first worker is ready, so a bad task or model
-   leaves nothing behind; the launcher then shows a progress bar fed by the storage;
+   evaluator, worker ``i`` on GPU ``i mod G`` with ``device: auto``/``cuda`` on a host with G GPUs
+   (:func:`search.engine.device.worker_device`), every worker with the same pool placement
+   (:func:`pool_placement`, decided here once); the study is created only once the first worker
+   is ready, so a bad task or model leaves nothing behind; the launcher says how long that took
+   (seconds to the first trial), then shows a progress bar fed by the storage;
 4. **summary**: trials finished, reused and retried, and what to run next.
 
 :func:`join` is ``merge-search worker``: one worker in the foreground on an existing study
@@ -31,13 +34,22 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import torch
 
+from search.engine.device import local_gpu_count, worker_device
+from search.engine.placement import (
+    PlacementChoice,
+    choose_placement,
+    device_free_bytes,
+    host_available_bytes,
+)
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
@@ -74,9 +86,14 @@ JOIN_SEED_OFFSET = 1000  # a joining worker's sampler seed index, apart from lau
 
 @dataclass(frozen=True)
 class Ready:
-    """A worker has its model and evaluator and waits for the go."""
+    """A worker has its model and evaluator and waits for the go; ``load_s``: seconds per part."""
 
     worker: int
+    load_s: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {s:.1f} s" for name, s in self.load_s.items())
+        return f"worker {self.worker} loaded in {sum(self.load_s.values()):.1f} s ({parts})"
 
 
 @dataclass(frozen=True)
@@ -219,11 +236,16 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
     proposals = precompute(prepared)
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n_workers)
-    say(f"starting {n_workers} worker(s): each loads the model and the evaluator once")
+    gpus = local_gpu_count()
+    devices = [worker_device(cfg.device, i, gpus) for i in range(n_workers)]
+    choice = pool_placement(cfg, prepared.pool, devices)
+    where = devices[0] if len(set(devices)) == 1 else ", ".join(devices)
+    say(f"starting {n_workers} worker(s) on {where}: each loads the model and the evaluator once")
+    say(choice.reason)
     study = None
     try:
-        with WorkerGroup(cfg, n_workers, threads, deadline) as group:
-            group.wait_first_ready()
+        with WorkerGroup(cfg, n_workers, threads, deadline, devices, choice.placement) as group:
+            first = group.wait_first_ready()
             storage = prepared.storage or open_storage(cfg, create=True)
             study, created = create_or_resume(
                 cfg,
@@ -239,6 +261,7 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
                 f"{redact(cfg.storage)}: {n_workers} worker(s), budget {cfg.budget.n_trials} trials"
             )
             group.go()
+            say(f"first trial {time.time() - started:.1f} s after the start; {first.describe()}")
             with progress_bar(cfg, study) as progress:
                 while group.alive():
                     for line in group.messages():
@@ -312,7 +335,14 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
         config_path,
     )
     quiet_libraries()
-    runtime = Runtime.create(cfg)
+    device = worker_device(cfg.device, 0, local_gpu_count())
+    choice = pool_placement(cfg, pool, [device])
+    say(f"worker on {device}; {choice.reason}")
+    runtime = Runtime.create(cfg, device=device, placement=choice.placement)
+    say(
+        f"first trial {time.time() - started:.1f} s after the start; "
+        f"{Ready(0, runtime.load_s).describe().removeprefix('worker 0 ')}"
+    )
     study.sampler = build_sampler(
         cfg.sampler,
         constrained=bool(cfg.constraints),
@@ -337,6 +367,34 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
     return 0
 
 
+def pool_placement(
+    cfg: StudyConfig, pool: CheckpointPool, devices: Sequence[str]
+) -> PlacementChoice:
+    """``cfg.pool`` for local workers on ``devices``, decided once so every worker agrees.
+
+    ``auto`` applies :func:`search.engine.placement.choose_placement` to the study's method (its
+    base, linear or not) with the free memory measured now: the least free of the GPUs used
+    (this opens a CUDA context on each) shared by the workers on one GPU, and the host's
+    available memory shared by all of them.
+    """
+    method = METHODS[cfg.merge.method]
+    sizes = pool.sizes(needs_base=method.needs_base, linear=method.linear_kernel is not None)
+    device_free = host = None
+    if cfg.pool == "auto":
+        gpus = sorted({d for d in devices if d.startswith("cuda")})
+        frees = [device_free_bytes(torch.device(d)) for d in gpus]
+        device_free = min(f for f in frees if f is not None) if gpus else None
+        host = host_available_bytes()
+    return choose_placement(
+        cfg.pool,
+        sizes,
+        device_free=device_free,
+        host_available=host,
+        per_device=max(Counter(devices).values()),
+        per_host=len(devices),
+    )
+
+
 def say(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -348,17 +406,24 @@ class WorkerGroup:
     """N spawned worker processes, the events they report, and a "go" event to them."""
 
     def __init__(
-        self, cfg: StudyConfig, n_workers: int, threads: int, deadline: float | None
+        self,
+        cfg: StudyConfig,
+        n_workers: int,
+        threads: int,
+        deadline: float | None,
+        devices: Sequence[str] | None = None,
+        placement: str | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._events: Any = ctx.Queue()
         self._go = ctx.Event()
+        devices = list(devices or [cfg.device] * n_workers)
         self._procs = [
             ctx.Process(
                 target=_worker_main,
                 name=f"merge-search-worker-{i}",
                 daemon=False,
-                args=(cfg, i, threads, deadline, self._events, self._go),
+                args=(cfg, i, threads, deadline, self._events, self._go, devices[i], placement),
             )
             for i in range(n_workers)
         ]
@@ -391,10 +456,12 @@ class WorkerGroup:
                 p.kill()
                 p.join()
 
-    def wait_first_ready(self) -> None:
-        """Block until one worker has its model and evaluator; raise its error if all fail first."""
+    def wait_first_ready(self) -> Ready:
+        """Block until one worker has its model and evaluator (its event); raise its error if all
+        fail first."""
         end = time.time() + READY_TIMEOUT_S
         failures: list[str] = []
+        first: Ready | None = None
         while self._ready == 0:
             try:
                 event = self._events.get(timeout=1.0)
@@ -406,15 +473,17 @@ class WorkerGroup:
                 continue
             if isinstance(event, Ready):
                 self._ready += 1
+                first = event
             elif isinstance(event, Failed):
                 if event.user_error:  # the same bad input stops every worker: report it now
                     raise UserError(event.message)
                 failures.append(event.message)
             if len(failures) == len(self._procs):
                 break
-        if self._ready == 0:
+        if first is None:
             detail = failures[0] if failures else "exited before reporting (see above)"
             raise RuntimeError(f"no worker could start: {detail}")
+        return first
 
     def go(self) -> None:
         self._go.set()
@@ -429,7 +498,9 @@ class WorkerGroup:
                 event = self._events.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(event, Failed) and event.user_error:
+            if isinstance(event, Ready):
+                yield event.describe()
+            elif isinstance(event, Failed) and event.user_error:
                 self.user_errors.append(event.message)
                 yield f"worker {event.worker}: error: {event.message}"
             elif isinstance(event, Failed):
@@ -446,7 +517,14 @@ class WorkerGroup:
 
 
 def _worker_main(
-    cfg: StudyConfig, index: int, threads: int, deadline: float | None, events: Any, go: Any
+    cfg: StudyConfig,
+    index: int,
+    threads: int,
+    deadline: float | None,
+    events: Any,
+    go: Any,
+    device: str,
+    placement: str | None,
 ) -> None:
     """Entry point of one spawned worker process.
 
@@ -458,25 +536,32 @@ def _worker_main(
     signal.signal(signal.SIGTERM, _raise_system_exit)
     signal.signal(signal.SIGALRM, _raise_system_exit)
     try:
-        code = _worker_body(cfg, index, threads, deadline, events, go)
+        code = _worker_body(cfg, index, threads, deadline, events, go, device, placement)
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
 
 
 def _worker_body(
-    cfg: StudyConfig, index: int, threads: int, deadline: float | None, events: Any, go: Any
+    cfg: StudyConfig,
+    index: int,
+    threads: int,
+    deadline: float | None,
+    events: Any,
+    go: Any,
+    device: str,
+    placement: str | None,
 ) -> int:
     quiet_libraries()
     try:
-        runtime = Runtime.create(cfg, threads=threads)
+        runtime = Runtime.create(cfg, threads=threads, device=device, placement=placement)
     except UserError as exc:
         events.put(Failed(index, str(exc), user_error=True))
         return 2
     except Exception:  # noqa: BLE001 - reported to the launcher, which prints it
         events.put(Failed(index, traceback.format_exc(), user_error=False))
         return 1
-    events.put(Ready(index))
+    events.put(Ready(index, runtime.load_s))
     parent = os.getppid()
     while not go.wait(1.0):
         if os.getppid() != parent:  # the launcher is gone

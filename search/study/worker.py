@@ -14,7 +14,8 @@ parameters), ``coefficients`` ({checkpoint: [coefficient per layer group]} as ap
 values, packed by :mod:`search.study.records`}), ``merge_s``, ``eval_s``, ``duplicate_of``
 (trial number, only when the plan was already scored: the scores, standard errors and
 per-example values are the earlier trial's), ``constraints`` (one value per bound, <= 0
-feasible; only with constraints), ``worker`` (host:pid), and ``seed_trial`` on seed trials.
+feasible; only with constraints), ``worker`` (``host:pid:device``, e.g.
+``node1:4242:cuda:1``), and ``seed_trial`` on seed trials.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from optuna.trial import TrialState
 
 from evaluators import build_evaluator
-from search.engine.device import set_cpu_threads
+from search.engine.device import set_cpu_threads, use_device
 from search.engine.materialize import effective_weights, materialize
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
@@ -61,7 +62,10 @@ POLL_S = 2.0  # how often an idle worker looks for retried trials while others s
 
 @dataclass
 class Runtime:
-    """What one worker holds: the pool, ONE resident model and tokenizer, ONE evaluator."""
+    """What one worker holds: the pool, ONE resident model and tokenizer, ONE evaluator.
+
+    ``load_s``: seconds spent building each (``pool``, ``model``, ``evaluator``).
+    """
 
     cfg: StudyConfig
     pool: CheckpointPool
@@ -69,30 +73,58 @@ class Runtime:
     tokenizer: Any
     evaluator: Evaluator
     objective_names: tuple[str, ...]
+    load_s: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, cfg: StudyConfig, heldout: bool = False, threads: int | None = None) -> Runtime:
+    def create(
+        cls,
+        cfg: StudyConfig,
+        heldout: bool = False,
+        threads: int | None = None,
+        *,
+        device: str | None = None,
+        placement: str | None = None,
+    ) -> Runtime:
         """Open the pool, read its tensors, build the model and the evaluator (the slow part, once).
 
         Args:
             cfg: the study config.
             heldout: score the held-out objectives (``cfg.heldout_objectives()``) instead.
             threads: torch's CPU threads for this worker (default: ``workers.threads``, when set).
+            device: this worker's device (default ``cfg.device``; the launcher gives each worker
+                its GPU, :func:`search.engine.device.worker_device`).
+            placement: the pool's placement (default ``cfg.pool``; ``auto`` is decided here, for
+                this worker alone).
         """
-        set_cpu_threads(cfg.device, threads or cfg.workers.threads)
+        device = device or cfg.device
+        use_device(device)
+        set_cpu_threads(device, threads or cfg.workers.threads)
         objectives = cfg.heldout_objectives() if heldout else cfg.objectives
         if not objectives:
             raise UserError("eval.heldout: no held-out tasks configured (map each objective task)")
+        start = time.perf_counter()
         pool = CheckpointPool.open(
-            cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype
+            cfg.checkpoints,
+            cfg.base_model,
+            device=device,
+            dtype=cfg.dtype,
+            placement=placement or cfg.pool,
         )
         method = METHODS[cfg.merge.method]
         pool.load(base=method.needs_base)
+        loaded = time.perf_counter()
         model, tokenizer = pool.load_model()
+        built = time.perf_counter()
         if method.needs_fisher:  # from the cache (the launcher filled it), else computed here
             load_fishers(pool, calibration(cfg), fisher_cache_dir(cfg), model, tokenizer)
         evaluator = build_evaluator(objectives, cfg.eval_spec(heldout=heldout), model, tokenizer)
-        return cls(cfg, pool, model, tokenizer, evaluator, tuple(o.name for o in objectives))
+        seconds = {
+            "pool": loaded - start,
+            "model": built - loaded,
+            "evaluator": time.perf_counter() - built,
+        }
+        names = tuple(o.name for o in objectives)
+        return cls(cfg, pool, model, tokenizer, evaluator, names, seconds)
 
     def score(self, plan: MergePlan) -> tuple[Scores, float, float]:
         """Materialize ``plan`` into the resident model, evaluate: (scores, merge_s, eval_s)."""
@@ -159,7 +191,9 @@ class TrialObjective:
     duplicates: int = 0
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(
+            "worker", f"{socket.gethostname()}:{os.getpid()}:{self.runtime.pool.device}"
+        )
         plan = self.space.suggest(trial)  # optuna.TrialPruned when a group cannot be normalized
         coefficients = effective_weights(plan)
         trial.set_user_attr("plan", plan.to_dict())

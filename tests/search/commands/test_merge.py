@@ -131,3 +131,35 @@ def test_missing_model_folder_is_named(tiny_zoo, tmp_path, capsys):
     )
     assert main(["merge", str(config), str(tmp_path / "out")]) == 2
     assert "gone: checkpoint folder not found" in capsys.readouterr().err
+
+
+def test_every_pool_placement_writes_the_same_files(tiny_zoo, tmp_path, capsys):
+    config = tmp_path / "ties.yml"
+    config.write_text(_yaml(tiny_zoo, *CONFIGS["ties"]))
+    written = {}
+    for pool in ("device", "host", "disk", "auto"):
+        out = tmp_path / pool
+        assert main(["merge", str(config), str(out), "--pool", pool]) == 0
+        line = capsys.readouterr().out
+        assert f"pool {'device' if pool == 'auto' else pool}" in line  # a tiny pool fits
+        written[pool] = (out / "model.safetensors").read_bytes()
+    assert len(set(written.values())) == 1
+
+
+def test_truncated_checkpoint_is_one_line_before_anything_is_written(tiny_zoo, tmp_path, capsys):
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_zoo.checkpoints[2], cut)
+    file = cut / "model.safetensors"
+    with open(file, "r+b") as f:
+        f.truncate(file.stat().st_size - 10)
+    config = tmp_path / "m.yml"
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {tiny_zoo.checkpoints[0]}\n"
+        f"    parameters: {{weight: 1}}\n  - model: {cut}\n    parameters: {{weight: 1}}\n"
+    )
+    assert main(["merge", str(config), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(file) in err and "truncated" in err
+    assert not (tmp_path / "out").exists()

@@ -192,3 +192,46 @@ def test_bad_device_or_dtype(tiny_zoo):
     assert "device" in _open_error(tiny_zoo.checkpoints, device="tpu")
     if not torch.cuda.is_available():
         assert "CUDA" in _open_error(tiny_zoo.checkpoints, device="cuda")
+
+
+def test_truncated_checkpoint_is_refused_at_open_naming_file_and_tensor(tiny_zoo, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_zoo.checkpoints[0], cut)
+    file = cut / "model.safetensors"
+    header_end = 8 + int.from_bytes(file.read_bytes()[:8], "little")
+    last = max(_read_offsets(file).items(), key=lambda kv: kv[1][1])[0]  # the tensor at the end
+    size = file.stat().st_size
+    with open(file, "r+b") as f:
+        f.truncate(size - 100)  # header intact, the last tensor's data cut short
+    assert file.stat().st_size > header_end
+    message = _open_error([tiny_zoo.checkpoints[1], cut])
+    assert str(file) in message and f"tensor {last} " in message and "truncated" in message
+    assert str(size - 100) in message
+
+
+def test_offsets_that_do_not_match_shape_and_dtype_are_refused(tiny_zoo, tmp_path):
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_zoo.checkpoints[0], odd)
+    file = odd / "model.safetensors"
+    data = file.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["model.norm.weight"]["shape"] = [16]  # 32 floats stored, 16 declared
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (length - len(raw))  # same header length: the data offsets stay valid
+    file.write_bytes(data[:8] + raw + data[8 + length :])
+    message = _open_error([tiny_zoo.checkpoints[1], odd])
+    assert str(file) in message and "model.norm.weight" in message
+    assert "128 bytes" in message and "[16]" in message and "needs 64" in message
+
+
+def _read_offsets(file) -> dict[str, tuple[int, int]]:
+    data = file.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    return {k: tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def test_bad_placement_is_a_user_error(tiny_zoo):
+    assert "pool: expected one of auto, device, host, disk" in _open_error(
+        tiny_zoo.checkpoints, placement="ram"
+    )

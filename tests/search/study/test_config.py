@@ -326,6 +326,11 @@ BAD: list[tuple[str, Mutate, str]] = [
         "dtype: Input should be 'float32', 'bfloat16' or 'float16'",
     ),
     (
+        "pool",
+        lambda d: d.update(pool="ram"),
+        "pool: Input should be 'auto', 'device', 'host' or 'disk'",
+    ),
+    (
         "storage",
         lambda d: d.update(storage="redis://localhost"),
         "storage: expected sqlite:///FILE.db or postgresql://",

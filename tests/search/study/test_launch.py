@@ -310,3 +310,33 @@ def test_a_task_the_evaluator_refuses_stops_launch_before_anything_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert "c1_pick" in err[-1] and "bleu" in err[-1] and err[-1].startswith("merge-search: error:")
     assert not Path(storage[len("sqlite:///") :]).exists()
+
+
+def test_launch_states_devices_pool_and_load_time_and_placement_may_change_on_resume(
+    workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study on a disk pool, resumed on a host pool: placement never changes a merge."""
+    import socket
+
+    storage = f"sqlite:///{workdir['root'] / 'studies' / 'placed.db'}"
+    data = study_config(workdir["paths"], "placed", storage, pool="disk", budget={"n_trials": 3})
+    config = write_config(workdir["root"] / "placed.yaml", data)
+    assert main(["launch", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "starting 1 worker(s) on cpu: each loads" in err
+    assert "pool: disk (requested): stacks " in err and " + model " in err
+    first = next(line for line in err.splitlines() if line.startswith("first trial "))
+    assert " s after the start; worker 0 loaded in " in first and "pool " in first
+    done = complete(trials("placed", storage))
+    assert len(done) == 3
+    host = socket.gethostname()
+    assert all(
+        t.user_attrs["worker"].startswith(f"{host}:") and t.user_attrs["worker"].endswith(":cpu")
+        for t in done
+    )
+
+    resumed = write_config(workdir["root"] / "placed-host.yaml", {**data, "pool": "auto"})
+    assert main(["launch", str(resumed), "--n-trials", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "pool: device (auto, margin 15%)" in err and "host memory available" in err
+    assert "resumed" in err and len(complete(trials("placed", storage))) == 4

@@ -119,7 +119,7 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(
     killed = None
     for _attempt in range(3):
         worker = cli("worker", str(config), cwd=pool_paths["root"])
-        tag = f"{socket.gethostname()}:{worker.pid}"
+        tag = f"{socket.gethostname()}:{worker.pid}:cpu"
 
         def running_here(tag: str = tag) -> Any:
             return next(

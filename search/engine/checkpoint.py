@@ -1,0 +1,140 @@
+"""One Hugging Face checkpoint folder, opened: its config, tensor table and fingerprint.
+
+:func:`open_checkpoint` reads ``config.json`` and the safetensors headers (one file, or the shards
+of ``model.safetensors.index.json``), each checked against its file
+(:func:`search.engine.files.read_table`); :func:`check_compatible` compares two folders'
+architecture, tensor names and shapes. Every problem is one :class:`~search.errors.UserError`
+line naming the folder or file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.engine.files import TensorInfo, read_table
+from search.errors import UserError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_SAMPLE = 1 << 16  # bytes hashed from the start and the end of each file's data
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One opened folder: its config, tensor table and header digest."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+    files: tuple[Path, ...]
+    n_bytes: int
+    header_sha256: str
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Name, bytes, header digest, and a digest of a data sample (retrained weights differ)."""
+        sample = hashlib.sha256()
+        for file in self.files:
+            with open(file, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                f.seek(8 + length)
+                sample.update(f.read(_SAMPLE))
+                f.seek(max(8 + length, file.stat().st_size - _SAMPLE))
+                sample.update(f.read(_SAMPLE))
+        return {
+            "name": self.name,
+            "bytes": self.n_bytes,
+            "header_sha256": self.header_sha256,
+            "data_sample_sha256": sample.hexdigest(),
+        }
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """Folder basenames, with ``-2``, ``-3`` … appended to repeats."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        name = p.resolve().name or str(p)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return names
+
+
+def open_checkpoint(path: Path, name: str) -> Checkpoint:
+    """Read and check one folder's ``config.json`` and safetensors headers (no tensor data)."""
+    if not path.is_dir():
+        raise UserError(f"{path}: checkpoint folder not found")
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"{config_file}: missing (every checkpoint needs its config.json)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{config_file}: unreadable ({exc})") from None
+    if (path / INDEX_FILE).is_file():
+        files = _index_files(path)
+    elif (path / SINGLE_FILE).is_file():
+        files = {path / SINGLE_FILE: None}
+    else:
+        raise UserError(
+            f"{path}: no {SINGLE_FILE} or {INDEX_FILE} (only safetensors folders are supported)"
+        )
+    tensors: dict[str, TensorInfo] = {}
+    digest = hashlib.sha256()
+    n_bytes = 0
+    for file, expected in files.items():
+        if not file.is_file():
+            raise UserError(f"{file}: missing (listed in {path / INDEX_FILE})")
+        table, raw = read_table(file)
+        digest.update(raw)
+        n_bytes += file.stat().st_size
+        tensors.update(table)
+        for n in expected or ():
+            if n not in table:
+                raise UserError(f"{file}: tensor {n} listed in {INDEX_FILE} but not in the file")
+    return Checkpoint(name, path, config, tensors, tuple(files), n_bytes, digest.hexdigest())
+
+
+def _index_files(path: Path) -> dict[Path, list[str]]:
+    index_file = path / INDEX_FILE
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{index_file}: unreadable index ({exc})") from None
+    files: dict[Path, list[str]] = {}
+    for tensor, shard in weight_map.items():
+        files.setdefault(path / shard, []).append(tensor)
+    return dict(sorted(files.items()))
+
+
+def check_compatible(ref: Checkpoint, other: Checkpoint) -> None:
+    """``UserError`` unless ``other`` has ``ref``'s architecture, tensor names and shapes."""
+    for key in ("model_type", "architectures"):
+        if ref.config.get(key) != other.config.get(key):
+            raise UserError(
+                f"{other.path}: config.json {key} is {other.config.get(key)!r}, "
+                f"{ref.path} has {ref.config.get(key)!r}"
+            )
+    for name, info in ref.tensors.items():
+        mine = other.tensors.get(name)
+        if mine is None:
+            raise UserError(
+                f"{other.path}: tensor {name} missing (shape {list(info.shape)} in {ref.path})"
+            )
+        if mine.shape != info.shape:
+            raise UserError(
+                f"{other.path}: tensor {name} has shape {list(mine.shape)}, "
+                f"{ref.path} has {list(info.shape)}"
+            )
+    extra = sorted(set(other.tensors) - set(ref.tensors))
+    if extra:
+        raise UserError(
+            f"{other.path}: tensor {extra[0]} is not in {ref.path} ({len(extra)} extra tensors)"
+        )
