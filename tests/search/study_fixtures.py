@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,13 +129,13 @@ def cli(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, or [] while the study does not exist yet."""
-
+    """The study's trials, or [] while the study does not exist yet (or is being created: two
+    processes opening a new SQLite file both create its tables, and one of them fails)."""
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
         return []
     try:
         return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except KeyError:
+    except (KeyError, sqlalchemy.exc.OperationalError):
         return []
 
 

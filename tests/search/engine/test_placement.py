@@ -41,12 +41,13 @@ def _plan(method: str) -> MergePlan:
         params["density"] = 0.4
     if "t" in params:
         params["t"] = 0.3
-    return MergePlan.create(method, [0.5, -0.2, 0.9][:n], params, seed=5)
+    weights = [0.5, -0.2, 0.9] if spec.min_weight is None else [0.5, 0.2, 0.9]
+    return MergePlan.create(method, weights[:n], params, seed=5)
 
 
 def _pool(zoo, method: str, dtype: str, placement: str, device: str = "cpu") -> CheckpointPool:
     n = METHODS[method].n_checkpoints or 3
-    return CheckpointPool.open(
+    pool = CheckpointPool.open(
         zoo.checkpoints[:n],
         zoo.base,
         device=device,
@@ -54,6 +55,14 @@ def _pool(zoo, method: str, dtype: str, placement: str, device: str = "cpu") -> 
         placement=placement,
         block_bytes=SMALL_BLOCKS,
     )
+    if METHODS[method].needs_fisher:  # the same seeded Fishers in every placement
+        gen = torch.Generator().manual_seed(0)
+        fishers = [
+            {k: torch.rand(shape, generator=gen) + 0.01 for k, shape in pool.shapes.items()}
+            for _ in range(n)
+        ]
+        pool.load_fishers(fishers)
+    return pool
 
 
 def _merged(zoo, method: str, dtype: str, placement: str, device: str = "cpu") -> dict:
