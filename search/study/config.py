@@ -27,13 +27,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Parametrization = Literal["simplex", "independent"]
+
+
 class WeightRange(_Strict):
-    """Range searched for every checkpoint's weight (per layer group)."""
+    """How every checkpoint's weight (per layer group) is searched.
+
+    ``independent``: one weight per checkpoint in ``[low, high]``. ``simplex`` (methods that
+    normalize the weights): the samplers search ``u`` in (0, 1] per checkpoint and the weight is
+    ``-log u``, so uniform ``u`` gives normalized weights uniform on the simplex; ``low`` and
+    ``high`` do not apply.
+    """
 
     low: float = 0.0
     high: float = 1.0
     # None: the method's own default. True: weights are divided by their sum per layer group.
     normalize: bool | None = None
+    # None: simplex for methods that normalize the weights, independent otherwise.
+    parametrization: Parametrization | None = None
 
     @model_validator(mode="after")
     def _check(self) -> WeightRange:
@@ -251,6 +262,7 @@ class StudyConfig(_Strict):
                     f"expected one of: {known}"
                 )
             _check_param(field, specs[name], value)
+        self._check_parametrization()
         searched = [n for n, v in merge.params.items() if isinstance(v, ParamRange)]
         if not searched and not method.uses_weights:
             raise ValueError(
@@ -258,6 +270,48 @@ class StudyConfig(_Strict):
                 "give a {low, high} range "
                 f"for one of: {', '.join(specs)}"
             )
+
+    def _check_parametrization(self) -> None:
+        weights = self.merge.weights
+        method = METHODS[self.merge.method]
+        if weights.parametrization == "simplex" and not method.scale_free(self.fixed_params()):
+            raise ValueError(
+                f"merge.weights.parametrization: simplex needs a method that normalizes the "
+                f"weights (linear or ties with normalize: true); method {method.name!r} "
+                f"{'with normalize: false ' if 'normalize' in method.param_names else ''}"
+                "does not: use independent"
+            )
+        bounded = {"low", "high"} & weights.model_fields_set
+        if (
+            self.weight_parametrization() == "simplex"
+            and bounded
+            and (weights.low, weights.high) != (0.0, 1.0)
+        ):
+            raise ValueError(
+                f"merge.weights.{sorted(bounded)[0]}: low/high bound independent weights only; "
+                "simplex weights are -log u with u in (0, 1]: remove low/high or set "
+                "merge.weights.parametrization: independent"
+            )
+
+    def fixed_params(self) -> dict[str, Any]:
+        """The merge method's parameters that the study holds fixed (defaults filled in)."""
+        method = METHODS[self.merge.method]
+        out: dict[str, Any] = {}
+        for spec in method.params:
+            value = self.merge.params.get(spec.name)
+            if spec.name == "normalize":
+                value = self.merge.weights.normalize
+            if not isinstance(value, ParamRange):
+                out[spec.name] = spec.default if value is None else value
+        return out
+
+    def weight_parametrization(self) -> Parametrization:
+        """``merge.weights.parametrization``, or its default: simplex when the method normalizes."""
+        given = self.merge.weights.parametrization
+        if given is not None:
+            return given
+        scale_free = METHODS[self.merge.method].scale_free(self.fixed_params())
+        return "simplex" if scale_free else "independent"
 
     # ----------------------------------------------------------------- views used by the workers
 
