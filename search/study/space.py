@@ -156,10 +156,10 @@ class SearchSpace:
         """JSON-able description; a study refuses to resume when it changes."""
         return {
             "method": self.method,
-            "parametrization": self.parametrization,
             "fixed": dict(self.fixed),
             "plan_seed": self.plan_seed,
             "distributions": {n: distribution_to_json(d) for n, d in self.distributions().items()},
+            "parametrization": self.parametrization,
         }
 
     # -------------------------------------------------------------------------------- plans

@@ -125,7 +125,7 @@ def exportable(tiny_zoo, tmp_path_factory):
         ([0, 1, 1], [0.2, 0.7]),
         ([2, 1, 0], [0.6, 0.5]),
     ]:
-        plan = space.plan(dict(zip([r[0] for r in space.weight_params()], weights, strict=False)))
+        plan = space.plan(space.weight_values(weights))
         study.add_trial(
             optuna.trial.create_trial(
                 values=values,
