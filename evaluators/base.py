@@ -29,3 +29,10 @@ class Evaluator(ABC):
     @abstractmethod
     def evaluate(self, model: Any, tokenizer: Any) -> Scores:
         """Score the model as its weights are now."""
+
+    def examples_per_task(self) -> dict[str, int]:
+        """How many examples of each task (or data file) one ``evaluate`` call scores.
+
+        A study's example budget and its full-evaluation equivalents are counted with these.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not count its examples")

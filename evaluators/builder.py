@@ -41,6 +41,12 @@ class CompositeEvaluator(Evaluator):
     def __init__(self, parts: Sequence[Evaluator]) -> None:
         self.parts = tuple(parts)
 
+    def examples_per_task(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for part in self.parts:
+            counts.update(part.examples_per_task())
+        return counts
+
     def evaluate(self, model: Any, tokenizer: Any) -> Scores:
         tasks: dict[str, float] = {}
         objectives: dict[str, float] = {}

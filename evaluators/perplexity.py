@@ -74,6 +74,7 @@ class PerplexityEvaluator(Evaluator):
 
         self._batches: dict[str, list[tuple[Any, Any]]] = {}
         self._keys: dict[str, str] = {}
+        self._texts: dict[str, int] = {}  # data file name -> texts scored
         window = context_length(model)
         device = next(model.parameters()).device
         for obj in objectives:
@@ -96,6 +97,11 @@ class PerplexityEvaluator(Evaluator):
                 batches.append((ids.to(device), mask.to(device)))
             self._batches[obj.name] = batches
             self._keys[obj.name] = f"{Path(obj.data).name}/perplexity"
+            self._texts[Path(obj.data).name] = len(texts)
+
+    def examples_per_task(self) -> dict[str, int]:
+        """Texts scored per data file (a text longer than the context is still one example)."""
+        return dict(self._texts)
 
     def evaluate(self, model: Any, tokenizer: Any) -> Scores:
         tasks: dict[str, float] = {}

@@ -123,6 +123,8 @@ class EvalConfig(_Strict):
     num_fewshot: int | None = Field(default=None, ge=0)
     seed: int = 0
     heldout: dict[str, str] = Field(default_factory=dict)  # search task -> held-out task
+    # search task -> test task: data neither the search nor the choice of a merge saw
+    test: dict[str, str] = Field(default_factory=dict)
 
 
 class SamplerConfig(_Strict):
@@ -134,9 +136,12 @@ class SamplerConfig(_Strict):
 
 
 class BudgetConfig(_Strict):
-    """When the study stops: after n_trials finished trials in all, or timeout_s per launch."""
+    """When the study stops: after n_trials finished trials in all, once examples (optional)
+    examples have been scored in all (no trial starts unless a full evaluation still fits),
+    or after timeout_s per launch; whichever comes first."""
 
     n_trials: int = Field(default=60, ge=1)
+    examples: int | None = Field(default=None, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
 
 
@@ -152,6 +157,7 @@ class WorkersConfig(_Strict):
 
 
 SeedTrial = Literal["uniform", "singles"]
+Split = Literal["search", "heldout", "test"]  # the data a merge is scored on
 _STORAGE = re.compile(r"^(sqlite:///.+|postgresql(\+\w+)?://.+)$")
 
 
@@ -213,19 +219,20 @@ class StudyConfig(_Strict):
 
     def _check_heldout(self) -> None:
         tasks = sorted({t.task for o in self.objectives for t in o.tasks})
-        heldout = self.eval.heldout
-        for task in heldout:
-            if task not in tasks:
+        for split, what in (("heldout", "held-out"), ("test", "test")):
+            mapping = getattr(self.eval, split)
+            for task in mapping:
+                if task not in tasks:
+                    raise ValueError(
+                        f"eval.{split}.{task}: not a task of any objective; "
+                        f"expected one of: {', '.join(tasks)}"
+                    )
+            missing = [t for t in tasks if t not in mapping]
+            if mapping and missing:
                 raise ValueError(
-                    f"eval.heldout.{task}: not a task of any objective; "
-                    f"expected one of: {', '.join(tasks)}"
+                    f"eval.{split}: no {what} task for {missing[0]!r}; "
+                    "map every objective task or none"
                 )
-        missing = [t for t in tasks if t not in heldout]
-        if heldout and missing:
-            raise ValueError(
-                f"eval.heldout: no held-out task for {missing[0]!r}; "
-                "map every objective task or none"
-            )
 
     def _check_merge(self) -> None:
         merge = self.merge
@@ -336,13 +343,22 @@ class StudyConfig(_Strict):
 
         Perplexity objectives have no task to map and are kept as they are.
         """
-        if not self.eval.heldout:
+        return self.split_objectives("heldout")
+
+    def split_objectives(self, split: Split) -> tuple[ObjectiveSpec, ...]:
+        """The objectives scored on ``split``: ``"search"`` (as configured), ``"heldout"``
+        (``eval.heldout``) or ``"test"`` (``eval.test``); () when that split has no mapping.
+
+        Perplexity objectives have no task to map and are kept as they are.
+        """
+        if split == "search":
+            return self.objectives
+        mapping = self.eval.heldout if split == "heldout" else self.eval.test
+        if not mapping:
             return ()
         mapped = []
         for obj in self.objectives:
-            tasks = tuple(
-                t.model_copy(update={"task": self.eval.heldout[t.task]}) for t in obj.tasks
-            )
+            tasks = tuple(t.model_copy(update={"task": mapping[t.task]}) for t in obj.tasks)
             mapped.append(obj.model_copy(update={"tasks": tasks}))
         return tuple(mapped)
 

@@ -9,9 +9,11 @@ the trial does, so a worker that dies leaves a trial that goes stale and is retr
 
 Trial user attrs: ``plan`` (``MergePlan.to_dict()``), ``plan_key``, ``params`` (the method's
 parameters), ``coefficients`` ({checkpoint: [coefficient per layer group]} as applied),
-``task_scores`` ({"task/metric": value}), ``merge_s``, ``eval_s``, ``duplicate_of`` (trial
+``task_scores`` ({"task/metric": value}), ``examples_scored`` (examples this trial scored, summed
+over tasks; 0 when it reused a scored plan), ``merge_s``, ``eval_s``, ``duplicate_of`` (trial
 number, only when the plan was already scored), ``constraints`` (one value per bound, <= 0
 feasible; only with constraints), ``worker`` (host:pid), and ``seed_trial`` on seed trials.
+The study's ``examples_per_evaluation`` user attr is what one full evaluation scores.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
 from search.study.space import SearchSpace
-from search.study.storage import Heartbeat, claim_trial, trial_counts
+from search.study.storage import (
+    EXAMPLES_ATTR,
+    EXAMPLES_SCORED,
+    Budget,
+    Heartbeat,
+    claim_trial,
+    trial_counts,
+)
 
 if TYPE_CHECKING:
     from evaluators.base import Evaluator, Scores
     from search.engine.plan import MergePlan
-    from search.study.config import StudyConfig
+    from search.study.config import Split, StudyConfig
 
 POLL_S = 2.0  # how often an idle worker looks for retried trials while others still run
 
@@ -57,24 +66,37 @@ class Runtime:
     objective_names: tuple[str, ...]
 
     @classmethod
-    def create(cls, cfg: StudyConfig, heldout: bool = False, threads: int | None = None) -> Runtime:
+    def create(
+        cls,
+        cfg: StudyConfig,
+        heldout: bool = False,
+        threads: int | None = None,
+        *,
+        split: Split | None = None,
+    ) -> Runtime:
         """Open the pool, read its tensors, build the model and the evaluator (the slow part, once).
 
         Args:
             cfg: the study config.
             heldout: score the held-out objectives (``cfg.heldout_objectives()``) instead.
             threads: torch's CPU threads for this worker (default: ``workers.threads``, when set).
+            split: which objectives to score (``cfg.split_objectives``): ``"search"``,
+                ``"heldout"`` or ``"test"``; overrides ``heldout``.
         """
         set_cpu_threads(cfg.device, threads or cfg.workers.threads)
-        objectives = cfg.heldout_objectives() if heldout else cfg.objectives
+        split = split or ("heldout" if heldout else "search")
+        objectives = cfg.split_objectives(split)
         if not objectives:
-            raise UserError("eval.heldout: no held-out tasks configured (map each objective task)")
+            what = "held-out" if split == "heldout" else split
+            raise UserError(f"eval.{split}: no {what} tasks configured (map each objective task)")
         pool = CheckpointPool.open(
             cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype
         )
         pool.load(base=METHODS[cfg.merge.method].needs_base)
         model, tokenizer = pool.load_model()
-        evaluator = build_evaluator(objectives, cfg.eval_spec(heldout=heldout), model, tokenizer)
+        evaluator = build_evaluator(
+            objectives, cfg.eval_spec(heldout=split == "heldout"), model, tokenizer
+        )
         return cls(cfg, pool, model, tokenizer, evaluator, tuple(o.name for o in objectives))
 
     def score(self, plan: MergePlan) -> tuple[Scores, float, float]:
@@ -86,6 +108,21 @@ class Runtime:
         merged = time.perf_counter()
         scores = self.evaluator.evaluate(self.model, self.tokenizer)
         return scores, merged - start, time.perf_counter() - merged
+
+    def examples_per_evaluation(self) -> int:
+        """Examples one full evaluation scores, summed over every task (and data file)."""
+        return sum(self.evaluator.examples_per_task().values())
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What scoring one plan gave: objective values, task scores, examples spent, seconds."""
+
+    values: list[float]
+    task_scores: dict[str, float]
+    examples: int
+    merge_s: float = 0.0
+    eval_s: float = 0.0
 
 
 @dataclass
@@ -111,20 +148,33 @@ class TrialObjective:
         if prior is not None:
             number, values, task_scores = prior
             trial.set_user_attr("duplicate_of", number)
-            merge_s = eval_s = 0.0
+            scored = Scored(values, task_scores, examples=0)
             self.duplicates += 1
         else:
-            scores, merge_s, eval_s = self.runtime.score(plan)
-            values = [float(scores.objectives[name]) for name in self.cfg.objective_names]
-            task_scores = {k: float(v) for k, v in scores.tasks.items()}
-            self.scored[plan.key] = (trial.number, values, task_scores)
-        trial.set_user_attr("task_scores", task_scores)
-        trial.set_user_attr("merge_s", round(merge_s, 4))
-        trial.set_user_attr("eval_s", round(eval_s, 4))
+            scored = self.score(plan)
+            self.scored[plan.key] = (trial.number, scored.values, scored.task_scores)
+        trial.set_user_attr("task_scores", scored.task_scores)
+        trial.set_user_attr(EXAMPLES_SCORED, scored.examples)
+        trial.set_user_attr("merge_s", round(scored.merge_s, 4))
+        trial.set_user_attr("eval_s", round(scored.eval_s, 4))
         if self.cfg.constraints:
-            by_name = dict(zip(self.cfg.objective_names, values, strict=True))
+            by_name = dict(zip(self.cfg.objective_names, scored.values, strict=True))
             trial.set_user_attr("constraints", self.cfg.constraint_values(by_name))
-        return values
+        return scored.values
+
+    def score(self, plan: MergePlan) -> Scored:
+        """Materialize and evaluate ``plan``: the one place a trial spends examples.
+
+        Today every trial pays one full evaluation (``Runtime.examples_per_evaluation``).
+        """
+        scores, merge_s, eval_s = self.runtime.score(plan)
+        return Scored(
+            values=[float(scores.objectives[name]) for name in self.cfg.objective_names],
+            task_scores={k: float(v) for k, v in scores.tasks.items()},
+            examples=self.runtime.examples_per_evaluation(),
+            merge_s=merge_s,
+            eval_s=eval_s,
+        )
 
     def find_scored(self, key: str) -> tuple[int, list[float], dict[str, float]] | None:
         """(trial number, values, task scores) of a completed trial with this plan, if any."""
@@ -153,12 +203,14 @@ def run_worker(
     storage: optuna.storages.RDBStorage,
     runtime: Runtime,
     *,
-    n_trials: int,
+    n_trials: int | None = None,
     deadline: float | None = None,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
 ) -> WorkerResult:
-    """Claim and run trials until the study has ``n_trials`` finished trials (or ``deadline``).
+    """Claim and run trials until the study's budget is spent (or ``deadline``).
 
+    The budget is ``n_trials`` (default ``budget.n_trials``) finished trials and, with
+    ``budget.examples``, that many examples scored (:class:`~search.study.storage.Budget`).
     While the budget is taken but other workers still run trials, the worker waits: if one of
     them dies, its trial goes stale, is re-queued, and this worker runs it.
 
@@ -168,12 +220,18 @@ def run_worker(
     """
     space = SearchSpace.build(cfg, runtime.pool.names)
     objective = TrialObjective(cfg, runtime, space, study)
+    per_trial = runtime.examples_per_evaluation()
+    if study.user_attrs.get(EXAMPLES_ATTR) != per_trial:
+        study.set_user_attr(EXAMPLES_ATTR, per_trial)
+    budget = Budget(
+        n_trials if n_trials is not None else cfg.budget.n_trials, cfg.budget.examples, per_trial
+    )
     result = WorkerResult()
     while True:
         if deadline is not None and time.time() >= deadline:
             result.stopped = "timeout"
             break
-        trial = claim_trial(study, storage, n_trials)
+        trial = claim_trial(study, storage, budget)
         if trial is None:
             if trial_counts(study).get("running", 0) == 0:
                 break

@@ -107,6 +107,8 @@ def test_each_trial_records_what_it_did(finished: dict[str, Any], workdir: dict[
         assert sum(c[0] for c in attrs["coefficients"].values()) == pytest.approx(1.0)
         assert set(attrs["task_scores"]) >= {"c1_pick/acc"}
         assert attrs["merge_s"] >= 0 and attrs["eval_s"] >= 0
+        # 6 c1_pick examples (eval.limit) + 6 texts; a reused plan scores none
+        assert attrs["examples_scored"] == (0 if "duplicate_of" in attrs else 12)
         assert len(t.values) == 2 and 0.0 <= t.values[0] <= 1.0 and t.values[1] > 1.0
     single = next(t for t in done if t.user_attrs.get("seed_trial") == f"single:{names[1]}")
     assert single.user_attrs["coefficients"][names[1]] == [1.0]
@@ -142,6 +144,7 @@ def test_a_plan_already_scored_is_reused(finished: dict[str, Any], workdir: dict
     assert again.state == optuna.trial.TrialState.COMPLETE
     assert again.user_attrs["duplicate_of"] == uniform.number
     assert again.values == uniform.values and again.user_attrs["eval_s"] == 0.0
+    assert again.user_attrs["examples_scored"] == 0 and uniform.user_attrs["examples_scored"] > 0
     assert len(complete(trials("e2e", workdir["storage"]))) == N_TRIALS + 1
 
 
@@ -159,7 +162,8 @@ def test_no_trial_starts_after_the_timeout(
 def test_resume_refused_when_the_search_space_changed(
     finished: dict[str, Any], workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = {**workdir["data"], "merge": {"method": "linear", "weights": {"low": 0.0, "high": 2.0}}}
+    weights = {"low": 0.0, "high": 2.0, "parametrization": "independent"}
+    data = {**workdir["data"], "merge": {"method": "linear", "weights": weights}}
     config = write_config(workdir["root"] / "e2e-space.yaml", data)
     count = len(trials("e2e", workdir["storage"]))
     assert main(["launch", str(config)]) == 2
