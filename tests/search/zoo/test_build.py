@@ -30,7 +30,7 @@ def test_layout_is_a_pool_of_hf_llama_folders(demo_zoo):
     from transformers import AutoConfig, AutoTokenizer
 
     names = [p.name for p in demo_zoo.checkpoints]
-    assert names == [r.name for r in RECIPES["tiny"].runs] and len(names) >= 6
+    assert names == RECIPES["tiny"].checkpoint_names() and len(names) >= 6
     for folder in (demo_zoo.base, *demo_zoo.checkpoints):
         assert AutoConfig.from_pretrained(folder).model_type == "llama"
         assert set(_tensors(folder)) == set(_tensors(demo_zoo.base))
