@@ -31,6 +31,8 @@ scores carry no per-example results yet.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -128,7 +130,10 @@ class SplitScorer:
 
         with torch.no_grad():
             self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        out = evaluate(lm=self.lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's progress bars
+            out = evaluate(
+                lm=self.lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True
+            )
         per: dict[str, list[float]] = {}
         for task in self.tasks:
             samples = sorted(out["samples"][task], key=lambda d: d["doc_id"])
