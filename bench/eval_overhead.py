@@ -197,6 +197,9 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
+RUNS = ("code_heavy", "instruct_heavy", "balanced")  # the demo pool's runs (search.zoo.recipe)
+
+
 def print_scores(pool, model, tokenizer, spec) -> None:
     """Singles, the uniform soup and hand-picked weightings on the search and held-out splits."""
     from evaluators import build_evaluator
@@ -204,31 +207,21 @@ def print_scores(pool, model, tokenizer, spec) -> None:
     from search.engine.plan import MergePlan
 
     names = list(pool.names)
-    full = spec.model_copy(update={"limit": None})  # all 200 examples of each split
+    full = spec.model_copy(update={"limit": None})  # all examples of each split
     search_ev = build_evaluator(objectives(), full, model, tokenizer)
     held_ev = build_evaluator(objectives("_heldout"), full, model, tokenizer)
     weightings = {name: [1.0 if n == name else 0.0 for n in names] for name in names}
     weightings["uniform"] = [1.0] * len(names)
-    picks = {
-        "specialists": {"code_specialist": 1, "instruct_specialist": 1},
-        "specialists + mixed": {
-            "code_specialist": 1,
-            "instruct_specialist": 1,
-            "mixed_code_heavy": 1,
-            "mixed_instruct_heavy": 1,
-        },
-        "specialists x2 + mixed": {
-            "code_specialist": 2,
-            "instruct_specialist": 2,
-            "mixed_code_heavy": 1,
-            "mixed_instruct_heavy": 1,
-        },
-        "all but weak/overtrained": {n: 1 for n in names if n not in ("weak", "code_overtrained")},
-    }
+    runs = {run: [n for n in names if n.startswith(f"{run}_")] for run in RUNS}
+    picks = {f"{run} run (its checkpoints)": dict.fromkeys(ns, 1) for run, ns in runs.items() if ns}
+    picks["instruct_heavy + balanced runs"] = dict.fromkeys(
+        runs["instruct_heavy"] + runs["balanced"], 1
+    )
+    picks["last checkpoint of each run"] = {ns[-1]: 1 for ns in runs.values() if ns}
     for label, chosen in picks.items():
         if all(n in names for n in chosen):
             weightings[label] = [float(chosen.get(n, 0)) for n in names]
-    print("\nlinear merges, exact match on all 200 examples of each split")
+    print("\nlinear merges, exact match on all examples of each split (200 search, 1,000 held-out)")
     head = f"{'code':>7}{'instr':>7}{'mean':>7}"
     print(f"{'merge':<30}{head}   held-out:{head}")
     means = {}

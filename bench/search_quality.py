@@ -144,8 +144,7 @@ def grid_applies(space: Any) -> bool:
         and space.n_groups == 1
         and not space.searched
         and fixed.get("normalize") is True
-        and space.weight_low <= 0.0
-        and space.weight_high > 0.0
+        and (space.simplex or (space.weight_low <= 0.0 and space.weight_high > 0.0))
     )
 
 
@@ -315,11 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         while grid_size(n, grid_k + 1) <= args.grid_max:
             grid_k += 1
     if grid_k:
-        names = [row[0] for row in space.weight_params()]
         t1 = time.perf_counter()
-        points = simplex_grid(len(names), grid_k)
+        points = simplex_grid(len(space.names), grid_k)
         for i, w in enumerate(points):
-            plan = space.plan(dict(zip(names, w, strict=True)))
+            plan = space.plan(space.weight_values(w))
             grid_values.append(score_values(runtime, cfg, plan))
             if (i + 1) % 25 == 0:
                 print(f"grid {i + 1}/{len(points)}", file=sys.stderr, flush=True)

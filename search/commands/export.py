@@ -26,8 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.report.choose import export_chosen
+    from search.report.scores import cached_heldout
 
-    row, how, path, view = export_chosen(
+    row, how, path, view, test = export_chosen(
         args.config,
         args.out,
         storage=args.storage,
@@ -38,5 +39,33 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     values = ", ".join(f"{n}={v:.4f}" for n, v in zip(view.names, row.values, strict=True))
+    heldout = cached_heldout(view).get(row.plan_key)
+    if heldout:
+        shown = ", ".join(f"{n}={heldout['objectives'][n]:.4f}" for n in view.names)
+        values = f"{values}; held-out {shown}"
     print(f"exported trial {row.number} ({how}; {values}) to {path}")
+    if test:
+        print(comparison_lines(test, view.names))
     return 0
+
+
+def comparison_lines(test: dict, names: tuple[str, ...]) -> str:
+    """The test split comparison: the chosen merge, then each input and its lead over it."""
+    from search.report.plots import lead_text
+
+    chosen = test["chosen"]
+    examples = ", ".join(f"{k} {v}" for k, v in chosen["examples"].items())
+    lines = [
+        "test split (eval.test, "
+        + (f"examples per task: {examples}" if examples else "no example counts")
+        + f"): chosen trial {chosen['trial']}: "
+        + ", ".join(f"{n}={chosen['objectives'][n]:.4f}" for n in names)
+        + f", mean={chosen['mean']:.4f}"
+    ]
+    for b in test["baselines"]:
+        lines.append(
+            f"  {b['label']}: mean={b['mean']:.4f} (chosen - it: {lead_text(b, 'mean')}; "
+            + ", ".join(f"{n} {lead_text(b, n)}" for n in names)
+            + ")"
+        )
+    return "\n".join(lines)

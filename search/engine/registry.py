@@ -107,6 +107,9 @@ class MergeMethod:
             checkpoint`` for reporting (normalized when the method normalizes); pure Python.
         divides_by_weight_sum: whether, with ``params``, it divides by the plain sum of weights
             (then a layer group whose weights sum to 0 is an error).
+        scale_free: whether, with ``params``, its result is unchanged when a layer group's
+            weights are all multiplied by one positive number (it normalizes them); a search
+            space then draws the weights on the simplex.
         n_checkpoints: exact number of checkpoints it merges, ``None`` for any number.
         linear_kernel: for methods whose result is ``Σ c_k θ_k + c_b θ_base``, the name of the
             ``(weights[K], params) -> (coefficients[K], base coefficient)`` function in
@@ -132,6 +135,7 @@ class MergeMethod:
     uses_weights: bool = True
     kernel_options: Mapping[str, Any] = field(default_factory=dict)
     divides_by_weight_sum: Callable[[Mapping[str, ParamValue]], bool] = lambda params: False
+    scale_free: Callable[[Mapping[str, ParamValue]], bool] = lambda params: False
     n_checkpoints: int | None = None
     linear_kernel: str | None = None
     stochastic: bool = False
@@ -233,6 +237,7 @@ LINEAR = MergeMethod(
     needs_base=False,
     coefficients=lambda w, p: _normalized(w) if p["normalize"] else list(w),
     divides_by_weight_sum=_normalizes,
+    scale_free=_normalizes,
     linear_kernel="linear_coefficients",
     frank_wolfe=True,
     mergekit=MergekitForm("linear"),
@@ -255,6 +260,7 @@ TIES = MergeMethod(
     params=(_DENSITY, _LAMBDA, _normalize_param(True)),
     needs_base=True,
     coefficients=_lambda_scaled,
+    scale_free=_normalizes,  # sign election and the agreeing weights' mean ignore the scale
     mergekit=MergekitForm("ties", defaults=_MERGEKIT_DENSITY),
     doc="trim each task vector to its top density, elect signs, disjoint (weighted) mean",
 )

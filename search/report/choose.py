@@ -1,8 +1,16 @@
-"""Choosing a trial of a study and exporting its merge with a model card of where it came from."""
+"""Choosing a trial of a study and exporting its merge with a model card of where it came from.
+
+``--knee`` and ``--prefer`` choose among the search split's Pareto front; when the study has
+held-out tasks (``eval.heldout``) they judge the front members on their held-out re-scores
+(:func:`heldout_values`: scored once, cached in the study as ``pareto`` does), so the choice is
+made on data the sampler did not maximize over: the search split's best values are partly
+lucky draws (selection noise), the held-out ones are not. With ``eval.test`` the chosen merge
+and the inputs are then compared on a third split that neither the search nor the choice saw.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +20,33 @@ from search.engine.registry import get_method
 from search.errors import UserError
 from search.export.folder import export_merge
 from search.report.pareto import best_point, parse_prefer, prefer_point
-from search.report.scores import cached_heldout
+from search.report.plots import lead_text
+from search.report.scores import (
+    cached_heldout,
+    compare_on_test,
+    heldout_configured,
+    score_heldout,
+)
 from search.report.view import Row, StudyView, open_view
 from search.study.storage import check_fingerprint
+
+ON_HELDOUT = "on held-out re-scores (eval.heldout)"
+
+
+def heldout_values(
+    view: StudyView, runtime_factory: Callable[..., Any] | None = None
+) -> dict[str, list[float]] | None:
+    """``{plan_key: held-out objective values}`` of every front member with a plan (scored and
+    cached when missing); ``None`` when the study has no held-out tasks."""
+    if not heldout_configured(view.cfg):
+        return None
+    plans = {
+        r.plan_key: MergePlan.from_dict(r.user_attrs["plan"])
+        for r in view.front()
+        if "plan" in r.user_attrs
+    }
+    scores = score_heldout(view, plans, runtime_factory)
+    return {k: [float(s["objectives"][n]) for n in view.names] for k, s in scores.items()}
 
 
 def pick_row(
@@ -24,8 +56,13 @@ def pick_row(
     best: str | None = None,
     knee: bool = False,
     prefer: str | None = None,
+    heldout: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[Row, str]:
-    """The chosen completed trial and a phrase saying how it was chosen (``UserError`` if none)."""
+    """The chosen completed trial and a phrase saying how it was chosen (``UserError`` if none).
+
+    ``heldout`` (``{plan_key: values}``, from :func:`heldout_values`): ``knee`` and ``prefer``
+    judge the front members on these values instead of their search scores.
+    """
     if trial is not None:
         by_number = {r.number: r for r in view.rows}
         if trial not in by_number:
@@ -50,9 +87,14 @@ def pick_row(
         return row, f"best on {best}"
     front = view.front() or _no_feasible(view)
     values = [r.values for r in front]
+    rescored = bool(heldout) and any(r.plan_key in heldout for r in front)
     if knee:
+        if rescored:
+            return view.knee_on(front, heldout), f"knee of the Pareto front {ON_HELDOUT}"
         return view.knee(front), "knee of the Pareto front"
     if weights is not None:
+        if rescored:
+            return view.prefer_on(front, heldout, weights), f"preferred by {prefer} {ON_HELDOUT}"
         row = front[prefer_point(values, view.directions, weights)]
         return row, f"preferred by {prefer}"
     raise UserError("export: give one of --trial N, --best OBJECTIVE, --knee, --prefer A=W,B=W")
@@ -76,8 +118,15 @@ def _ranges(numbers: Sequence[int]) -> str:
     return ", ".join(out)
 
 
-def model_card_extra(view: StudyView, row: Row, how: str, config: str | Path) -> dict[str, Any]:
-    """Sections added to the exported model card: scores, held-out scores, provenance."""
+def model_card_extra(
+    view: StudyView,
+    row: Row,
+    how: str,
+    config: str | Path,
+    test: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Sections added to the exported model card: scores, held-out scores, the test split
+    comparison (``test``: :func:`~search.report.scores.compare_on_test`), provenance."""
     scores = dict(zip(view.names, row.values, strict=True))
     scores.update(row.user_attrs.get("task_scores") or {})
     extra: dict[str, Any] = {"Search scores": scores}
@@ -90,6 +139,8 @@ def model_card_extra(view: StudyView, row: Row, how: str, config: str | Path) ->
         held_errors = {**(heldout.get("stderr") or {}), **(heldout.get("task_stderr") or {})}
         if held_errors:
             extra["Held-out standard errors"] = held_errors
+    if test:
+        extra["Test split: chosen merge vs inputs"] = comparison_table(test, view.names)
     sampler = view.cfg.sampler
     extra["Provenance"] = {
         "study": view.cfg.name,
@@ -106,6 +157,24 @@ def model_card_extra(view: StudyView, row: Row, how: str, config: str | Path) ->
     return extra
 
 
+def comparison_table(test: Mapping[str, Any], names: Sequence[str]) -> str:
+    """The test comparison as a markdown table: the chosen merge, then each baseline with the
+    chosen merge's lead over it (examples per task under the table)."""
+    chosen = test["chosen"]
+    head = ["", *names, "mean", *(f"chosen − it: {n}" for n in names), "chosen − it: mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = [f"chosen: trial {chosen['trial']}", *(f"{chosen['objectives'][n]:.4f}" for n in names)]
+    lines.append("| " + " | ".join([*cells, f"{chosen['mean']:.4f}"] + [""] * (len(names) + 1)))
+    for b in test["baselines"]:
+        diff = [lead_text(b, n) for n in (*names, "mean")]
+        cells = [b["label"], *(f"{b['objectives'][n]:.4f}" for n in names), f"{b['mean']:.4f}"]
+        lines.append("| " + " | ".join([*cells, *diff]) + " |")
+    examples = ", ".join(f"{k} {v}" for k, v in chosen["examples"].items())
+    if examples:
+        lines += ["", f"Examples per task: {examples}."]
+    return "\n".join(lines)
+
+
 def export_chosen(
     config: str | Path,
     out: str | Path,
@@ -116,11 +185,17 @@ def export_chosen(
     knee: bool = False,
     prefer: str | None = None,
     force: bool = False,
-) -> tuple[Row, str, Path, StudyView]:
+    runtime_factory: Callable[..., Any] | None = None,
+) -> tuple[Row, str, Path, StudyView, dict[str, Any] | None]:
     """Pick a trial of the study (see :func:`pick_row`) and export its merge to ``out``.
 
+    ``--knee`` / ``--prefer`` use the front's held-out re-scores when the study has held-out
+    tasks (:func:`heldout_values`); with ``eval.test`` the chosen merge and the inputs are
+    scored on the test split (cached) and compared in the model card.
+
     Returns:
-        ``(row, how it was chosen, the folder written, the study view)``.
+        ``(row, how it was chosen, the folder written, the study view, the test comparison or
+        None)``.
 
     Raises:
         UserError: ``out`` exists without ``force``, no such trial, or the checkpoints changed
@@ -134,11 +209,6 @@ def export_chosen(
         )
     view = open_view(config, storage)
     row, how = pick_row(view, trial=trial, best=best, knee=knee, prefer=prefer)
-    if "plan" not in row.user_attrs:
-        raise UserError(
-            f"trial {row.number}: has no 'plan' user attr; it was not made by merge-search"
-        )
-    plan = MergePlan.from_dict(row.user_attrs["plan"])
     cfg = view.cfg
     pool = CheckpointPool.open(
         cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype, placement=cfg.pool
@@ -149,12 +219,21 @@ def export_chosen(
         config,
         f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
     )
+    if knee or prefer is not None:  # judged again on the held-out split, when there is one
+        heldout = heldout_values(view, runtime_factory)
+        row, how = pick_row(view, knee=knee, prefer=prefer, heldout=heldout)
+    if "plan" not in row.user_attrs:
+        raise UserError(
+            f"trial {row.number}: has no 'plan' user attr; it was not made by merge-search"
+        )
+    plan = MergePlan.from_dict(row.user_attrs["plan"])
+    test = compare_on_test(view, row, how, runtime_factory)
     if get_method(plan.method).needs_fisher:
         _load_study_fishers(view, pool, config)
     path = export_merge(
-        plan, pool, out, force=force, card_extra=model_card_extra(view, row, how, config)
+        plan, pool, out, force=force, card_extra=model_card_extra(view, row, how, config, test)
     )
-    return row, how, path, view
+    return row, how, path, view, test
 
 
 def _load_study_fishers(view: StudyView, pool: CheckpointPool, config: str | Path) -> None:

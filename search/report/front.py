@@ -1,12 +1,15 @@
 """``merge-search pareto``'s report: one dict built from the study, drawn as a table or plot.
 
 :func:`build_report` builds one report dict from the study's trials: the front (feasible
-trials only, one row per distinct plan), its knee, held-out re-scores, the input checkpoints'
-and the uniform merge's scores, and the hypervolume history. Every value comes with its standard
-error (``"stderr"`` beside ``"values"``, ``"heldout_stderr"`` beside ``"heldout"``; ``None`` for
+trials only, one row per distinct plan), its knee (judged on the held-out re-scores when the
+study has held-out tasks, as ``export --knee`` chooses it), held-out re-scores, the input
+checkpoints' and the uniform merge's scores, the test split comparison of the knee with the
+inputs (``eval.test``), and the hypervolume history. Every value comes with its standard error
+(``"stderr"`` beside ``"values"``, ``"heldout_stderr"`` beside ``"heldout"``; ``None`` for
 trials recorded without one) and ``"examples"`` says how many examples each task score rests
-on. The table, the ``--json`` output and the plots are all drawn from that dict;
-:func:`pareto` also stores the hypervolume history in optuna-dashboard and writes the plot.
+on. The table, the ``--json`` output
+and the plots are all drawn from that dict; :func:`pareto` also stores the hypervolume history
+in optuna-dashboard and writes the plot.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from search.engine.plan import MergePlan
 from search.errors import UserError
 from search.report.pareto import dominates, hypervolume, hypervolume_history, reference_point
 from search.report.plots import check_plot_path, hypervolume_figure, write_plot
-from search.report.scores import find_baselines, heldout_configured, score_heldout, stderr_of
+from search.report.scores import (
+    compare_on_test,
+    find_baselines,
+    heldout_configured,
+    score_heldout,
+    split_configured,
+    stderr_of,
+)
 from search.report.view import StudyView, open_view
 from search.study.records import EXAMPLES_ATTR
 
@@ -31,7 +41,10 @@ DASHBOARD_GRAPH_ID = "merge-search-hypervolume"
 def build_report(
     view: StudyView, *, heldout: bool = True, runtime_factory: Callable[..., Any] | None = None
 ) -> dict[str, Any]:
-    """Everything ``merge-search pareto`` shows, as JSON-able data."""
+    """Everything ``merge-search pareto`` shows, as JSON-able data.
+
+    ``heldout=False`` skips the held-out and the test re-scoring (``--no-heldout``).
+    """
     view.require_completed()
     names, directions = view.names, view.directions
     front = view.front()
@@ -71,6 +84,21 @@ def build_report(
         scores = heldout_scores.get(key)
         return stderr_of(scores, names) if scores else None
 
+    search_knee = knee
+    knee_split = "search"
+    by_key = {r.plan_key: [held(r.plan_key)[n] for n in names] for r in front if held(r.plan_key)}
+    if by_key:  # as `export --knee` chooses: the front judged on its held-out re-scores
+        knee, knee_split = view.knee_on(front, by_key), "heldout"
+    test = None
+    test_note = None
+    if not heldout:
+        test_note = "skipped (--no-heldout)"
+    elif not split_configured(view.cfg, "test"):
+        test_note = "no test tasks in the config (eval.test)"
+    else:
+        how = "knee of the Pareto front" + (" on held-out re-scores" if by_key else "")
+        test = compare_on_test(view, knee, how, runtime_factory)
+
     front_rows = [
         {
             "trial": r.number,
@@ -103,9 +131,13 @@ def build_report(
         "trial_counts": dict(view.counts),
         "knee_trial": knee.number,
         "examples": _examples_per_task(front, heldout_scores),
+        "knee_split": knee_split,  # the split the knee was judged on: "heldout" or "search"
+        "search_knee_trial": search_knee.number,
         "front": front_rows,
         "baselines": baselines,
         "heldout_note": heldout_note,
+        "test": test,
+        "test_note": test_note,
         "trials": [
             {
                 "trial": r.number,

@@ -358,11 +358,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         line.append(_baseline_status(b))
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    on_heldout = report.get("knee_split") == "heldout"
     lines = [
         f"study {report['study']} ({report['storage']}): {counts_text(report['trial_counts'])}; "
         f"objectives: {arrows}",
         f"Pareto front: {len(report['front'])} trial(s); * = knee (closest to the ideal point "
-        f"after normalizing each objective over the front)",
+        f"after normalizing each objective over the front"
+        + (", judged on the held-out re-scores: what export --knee picks)" if on_heldout else ")"),
     ]
     lines += [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
@@ -372,13 +374,56 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"value ± standard error; {counts}")
     n_dom = sum(bool(b["dominated_by"]) for b in report["baselines"])
     lines.append(f"the front dominates {n_dom} of {len(report['baselines'])} baselines")
+    if on_heldout and report.get("search_knee_trial") != report["knee_trial"]:
+        lines.append(f"knee on the search scores alone: trial {report['search_knee_trial']}")
     if report["heldout_note"]:
         lines.append(f"held-out re-scores: {report['heldout_note']}")
+    if report.get("test"):
+        lines += split_section(report["test"], names)
+    elif report.get("test_note"):
+        lines.append(f"test split: {report['test_note']}")
     hv = report["hypervolume"]
     if hv:
         ref = ", ".join(f"{k}={_num(v)}" for k, v in hv["reference"].items())
         lines.append(f"hypervolume of the front: {hv['value']:.4g} (reference point: {ref})")
     return "\n".join(lines)
+
+
+def split_section(test: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """Lines of the "test split: chosen merge vs inputs" section: each row's objectives and
+    mean, and the chosen merge's lead over it."""
+    chosen = test["chosen"]
+    examples = ", ".join(f"{k} {v}" for k, v in chosen["examples"].items())
+    head = ["", *names, "mean", "chosen − it (mean)"]
+    table = [head]
+    table.append(
+        [
+            f"chosen: trial {chosen['trial']}",
+            *(_num(chosen["objectives"][n]) for n in names),
+            _num(chosen["mean"]),
+            "",
+        ]
+    )
+    for b in test["baselines"]:
+        table.append(
+            [
+                b["label"],
+                *(_num(b["objectives"][n]) for n in names),
+                _num(b["mean"]),
+                lead_text(b, "mean"),
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    title = "test split: chosen merge vs inputs"
+    if examples:
+        title += f" (examples per task: {examples})"
+    return [
+        title,
+        *(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in table
+        ),
+    ]
 
 
 def _baseline_status(b: Mapping[str, Any]) -> str:
@@ -450,3 +495,11 @@ def _best_so_far(trials: list[Mapping[str, Any]], name: str, s: Mapping[str, Any
         v = t["values"][name]
         out.append(v if not out else pick(out[-1], v))
     return out
+
+
+def lead_text(baseline: Mapping[str, Any], key: str) -> str:
+    """The chosen merge's lead over a baseline on ``key`` (an objective or ``"mean"``), with its
+    paired standard error when the per-example values give one: ``+0.0310 ± 0.0087``."""
+    diff = baseline["diff"][key]
+    se = (baseline.get("diff_se") or {}).get(key)
+    return f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else "")

@@ -1,11 +1,17 @@
-"""Scores the report needs beyond the trials: the inputs, the uniform merge, held-out re-scores.
+"""Scores the report needs beyond the trials: the inputs, the uniform merge, re-scores on the
+held-out and test splits.
 
 Scores computed here are cached in the study so a second run is instant. Optuna does not allow
 attributes to be added to finished trials, so the caches are study user attrs keyed by plan key:
-``"heldout_scores"`` (``{"spec": <hash of the held-out tasks>, "scores": {plan_key: scores}}``)
-and ``"baseline_scores"`` (search-split scores of inputs that have no seed trial). Each cached
-``scores`` is ``{"objectives", "tasks", "stderr", "task_stderr", "examples"}``, as a trial
-records them (per-example values packed by :mod:`search.study.records`).
+``"heldout_scores"`` and ``"test_scores"`` (``{"spec": <hash of that split's tasks>, "scores":
+{plan_key: scores}}``) and ``"baseline_scores"`` (search-split scores of inputs that have no seed
+trial). Each cached ``scores`` is ``{"objectives", "tasks", "stderr", "task_stderr",
+"examples"}``, as a trial records them (per-example values packed by
+:mod:`search.study.records`).
+
+The held-out split (``eval.heldout``) is what ``export --knee/--prefer`` choose on; the test
+split (``eval.test``) is data neither the search nor that choice saw: the chosen merge and
+the inputs are compared there (:func:`compare_on_test`).
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from search.engine.plan import MergePlan
 from search.engine.registry import METHODS
 from search.report.view import StudyView
 from search.study.records import encode_examples, json_stderr
 
 HELDOUT_ATTR = "heldout_scores"
+TEST_ATTR = "test_scores"
 BASELINE_ATTR = "baseline_scores"
+SPLIT_ATTRS = {"heldout": HELDOUT_ATTR, "test": TEST_ATTR}
 
 
 def baseline_plans(pool_names: Sequence[str]) -> list[tuple[str, str, MergePlan]]:
@@ -48,11 +58,13 @@ def _scores_dict(scores: Any) -> dict[str, Any]:
     }
 
 
-def _heldout_spec_key(cfg: Any) -> str:
+def split_spec_key(cfg: Any, split: str) -> str:
+    """The hash a split's cached scores are stored under: its tasks and evaluation settings
+    (a changed mapping or limit invalidates the cache)."""
     payload = json.dumps(
         {
             "format": 2,  # 2: standard errors and per-example values cached too
-            "objectives": [o.model_dump(mode="json") for o in cfg.heldout_objectives()],
+            "objectives": [o.model_dump(mode="json") for o in cfg.split_objectives(split)],
             "eval": cfg.eval_spec(heldout=True).model_dump(mode="json"),
         },
         sort_keys=True,
@@ -60,16 +72,50 @@ def _heldout_spec_key(cfg: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def split_configured(cfg: Any, split: str) -> bool:
+    """Whether the config maps its tasks to ``split`` (``eval.heldout`` / ``eval.test``)."""
+    return bool(cfg.eval.heldout if split == "heldout" else cfg.eval.test)
+
+
 def heldout_configured(cfg: Any) -> bool:
-    return bool(cfg.eval.heldout)
+    return split_configured(cfg, "heldout")
+
+
+def cached_split(view: StudyView, split: str) -> dict[str, dict]:
+    """``{plan_key: scores}`` cached for the config's current tasks of ``split``."""
+    cache = view.study.user_attrs.get(SPLIT_ATTRS[split]) or {}
+    if not split_configured(view.cfg, split) or cache.get("spec") != split_spec_key(
+        view.cfg, split
+    ):
+        return {}
+    return dict(cache.get("scores") or {})
 
 
 def cached_heldout(view: StudyView) -> dict[str, dict]:
     """``{plan_key: scores}`` held-out scores cached for the config's current held-out tasks."""
-    cache = view.study.user_attrs.get(HELDOUT_ATTR) or {}
-    if not heldout_configured(view.cfg) or cache.get("spec") != _heldout_spec_key(view.cfg):
-        return {}
-    return dict(cache.get("scores") or {})
+    return cached_split(view, "heldout")
+
+
+def score_split(
+    view: StudyView,
+    plans: Mapping[str, MergePlan],
+    split: str,
+    runtime_factory: Callable[..., Any] | None = None,
+) -> dict[str, dict]:
+    """Scores on ``split`` (``"heldout"`` or ``"test"``) for ``{plan_key: plan}``: cached ones,
+    the rest scored and cached in turn."""
+    cache = cached_split(view, split)
+    missing = {k: p for k, p in plans.items() if k not in cache}
+    if missing:
+        runtime = _runtime(view.cfg, split, runtime_factory)
+        spec = split_spec_key(view.cfg, split)
+        what = "held-out" if split == "heldout" else split
+        for i, (key, plan) in enumerate(missing.items(), 1):
+            print(f"{what} re-scoring {i}/{len(missing)} (plan {key})", file=sys.stderr, flush=True)
+            scores, _, _ = runtime.score(plan)
+            cache[key] = _scores_dict(scores)
+            view.study.set_user_attr(SPLIT_ATTRS[split], {"spec": spec, "scores": cache})
+    return {k: cache[k] for k in plans}
 
 
 def score_heldout(
@@ -78,19 +124,118 @@ def score_heldout(
     runtime_factory: Callable[..., Any] | None = None,
 ) -> dict[str, dict]:
     """Held-out scores for ``{plan_key: plan}``: cached ones, the rest scored and cached in turn."""
-    cache = cached_heldout(view)
-    missing = {k: p for k, p in plans.items() if k not in cache}
-    if missing:
-        runtime = _runtime(view.cfg, True, runtime_factory)
-        spec = _heldout_spec_key(view.cfg)
-        for i, (key, plan) in enumerate(missing.items(), 1):
-            print(
-                f"held-out re-scoring {i}/{len(missing)} (plan {key})", file=sys.stderr, flush=True
-            )
-            scores, _, _ = runtime.score(plan)
-            cache[key] = _scores_dict(scores)
-            view.study.set_user_attr(HELDOUT_ATTR, {"spec": spec, "scores": cache})
-    return {k: cache[k] for k in plans}
+    return score_split(view, plans, "heldout", runtime_factory)
+
+
+def compare_on_test(
+    view: StudyView,
+    chosen: Any,
+    how: str,
+    runtime_factory: Callable[..., Any] | None = None,
+) -> dict[str, Any] | None:
+    """The chosen merge, the uniform merge and every input checkpoint on the test split.
+
+    Args:
+        chosen: the chosen :class:`~search.report.view.Row` (its ``plan`` user attr is scored).
+        how: how it was chosen (shown with it).
+
+    Returns:
+        ``None`` without ``eval.test``; else ``{"chosen": entry, "baselines": [entry, ...]}``
+        with ``entry = {"label", "trial", "plan_key", "objectives", "stderr", "tasks",
+        "examples", "mean"}`` (``mean``: mean of the objectives, minimized ones negated;
+        ``examples``: examples per task) and, per baseline, ``"diff"``: chosen minus it, per
+        objective and on the mean, with ``"diff_se"``: the paired standard errors of those
+        differences (the same examples; from the per-example values, ``None`` where an
+        objective has none, e.g. perplexity).
+    """
+    if not split_configured(view.cfg, "test") or "plan" not in chosen.user_attrs:
+        return None
+    plans = {chosen.plan_key: MergePlan.from_dict(chosen.user_attrs["plan"])}
+    labels = [(label, plan) for label, _kind, plan in baseline_plans(_pool_names(view))]
+    plans.update({plan.key: plan for _, plan in labels})
+    scores = score_split(view, plans, "test", runtime_factory)
+
+    def entry(label: str, trial: int | None, key: str) -> dict[str, Any]:
+        got = scores[key]
+        objectives = {n: float(got["objectives"][n]) for n in view.names}
+        return {
+            "label": label,
+            "trial": trial,
+            "plan_key": key,
+            "objectives": objectives,
+            "stderr": dict(got.get("stderr") or {}),
+            "tasks": dict(got["tasks"]),
+            "examples": {k: int(v["n"]) for k, v in (got.get("examples") or {}).items()},
+            "mean": _signed_mean(objectives, view),
+        }
+
+    best = entry(how, chosen.number, chosen.plan_key)
+    terms = _racing_objectives(view.cfg.split_objectives("test"), scores[chosen.plan_key])
+    baselines = []
+    for label, plan in labels:
+        b = entry(label, None, plan.key)
+        b["diff"] = {n: best["objectives"][n] - b["objectives"][n] for n in view.names}
+        b["diff"]["mean"] = best["mean"] - b["mean"]
+        b["diff_se"] = _paired_se(terms, scores[chosen.plan_key], scores[plan.key])
+        baselines.append(b)
+    return {"chosen": best, "baselines": baselines}
+
+
+def _racing_objectives(objectives: Sequence[Any], scored: Mapping[str, Any]) -> list[Any]:
+    """Each lm-eval objective as weighted score keys (``None`` for one without such keys)."""
+    from search.study.racing import Objective, Term
+
+    keys = list(scored.get("examples") or {})
+    out: list[Any] = []
+    for obj in objectives:
+        found = []
+        for ref in obj.tasks:
+            match = [
+                k
+                for k in keys
+                if k == f"{ref.task}/{ref.metric}"
+                or (ref.metric is None and k.startswith(f"{ref.task}/"))
+            ]
+            found.extend(Term(k, ref.weight) for k in match[:1])
+        ok = obj.evaluator == "lm_eval" and len(found) == len(obj.tasks)
+        out.append(Objective(obj.name, obj.direction == "maximize", tuple(found)) if ok else None)
+    return out
+
+
+def _paired_se(
+    objectives: Sequence[Any], chosen: Mapping[str, Any], other: Mapping[str, Any]
+) -> dict[str, float | None]:
+    """Paired standard errors of chosen − other per objective and on their mean (disjoint
+    tasks: the objectives' differences are independent)."""
+    from search.study.racing import paired_difference
+    from search.study.records import decode_examples
+
+    a, b = (
+        decode_examples(chosen.get("examples") or {}),
+        decode_examples(other.get("examples") or {}),
+    )
+    out: dict[str, float | None] = {}
+    for obj in objectives:
+        if obj is not None and all(t.key in a and t.key in b for t in obj.terms):
+            values_a = {t.key: np.asarray(a[t.key], float) for t in obj.terms}
+            values_b = {t.key: np.asarray(b[t.key], float) for t in obj.terms}
+            out[obj.name] = paired_difference(obj, values_a, values_b)[1]
+    known = [v for v in out.values() if v is not None]
+    names = [o.name for o in objectives if o is not None]
+    out["mean"] = (
+        (sum(v * v for v in known) ** 0.5 / len(objectives))
+        if len(known) == len(objectives) and names
+        else None
+    )
+    return out
+
+
+def _signed_mean(objectives: Mapping[str, float], view: StudyView) -> float:
+    signed = [
+        v if d == "maximize" else -v
+        for v, d in zip(objectives.values(), view.directions, strict=True)
+    ]
+    return sum(signed) / len(signed)
 
 
 def find_baselines(
@@ -129,7 +274,7 @@ def find_baselines(
         runtime = None
         for label, kind, plan in missing:
             if plan.key not in cache:
-                runtime = runtime or _runtime(view.cfg, False, runtime_factory)
+                runtime = runtime or _runtime(view.cfg, "search", runtime_factory)
                 print(f"scoring baseline {label!r} (no seed trial)", file=sys.stderr, flush=True)
                 scores, _, _ = runtime.score(plan)
                 cache[plan.key] = _scores_dict(scores)
@@ -164,9 +309,13 @@ def _pool_names(view: StudyView) -> list[str]:
     return names or [Path(p).name for p in view.cfg.checkpoints]
 
 
-def _runtime(cfg: Any, heldout: bool, factory: Callable[..., Any] | None) -> Any:
+def _runtime(cfg: Any, split: str, factory: Callable[..., Any] | None) -> Any:
+    """A runtime scoring ``split`` (``factory(cfg, heldout=...)``; the test split by
+    ``factory(cfg, split="test")``)."""
     if factory is None:
         from search.study.worker import Runtime
 
         factory = Runtime.create
-    return factory(cfg, heldout=heldout)
+    if split == "test":
+        return factory(cfg, split="test")
+    return factory(cfg, heldout=split == "heldout")

@@ -15,7 +15,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from search.errors import UserError
-from search.report.pareto import knee_point, pareto_front
+from search.report.pareto import knee_point, pareto_front, prefer_point
 from search.report.plots import counts_text
 from search.study.config import load_config
 from search.study.storage import count_states, load_study, open_storage, redact
@@ -61,6 +61,30 @@ class StudyView:
         """The knee of ``front`` (:func:`~search.report.pareto.knee_point`; ties: lower trial)."""
         front = sorted(front, key=lambda r: r.number)
         return front[knee_point([r.values for r in front], self.directions)]
+
+    def rescored_front(
+        self, front: Sequence[Row], values: Mapping[str, Sequence[float]]
+    ) -> list[Row]:
+        """The members of ``front`` that are Pareto-optimal on other values of the same
+        objectives (``{plan_key: values}``, e.g. held-out re-scores), in trial order; members
+        without values are left out."""
+        rows = sorted((r for r in front if r.plan_key in values), key=lambda r: r.number)
+        points = [values[r.plan_key] for r in rows]
+        return [rows[i] for i in pareto_front(points, self.directions)]
+
+    def knee_on(self, front: Sequence[Row], values: Mapping[str, Sequence[float]]) -> Row:
+        """The knee of ``front`` judged on ``values`` (``{plan_key: values}``): the knee of the
+        members' own front on those values (:meth:`rescored_front`)."""
+        rows = self.rescored_front(front, values)
+        return rows[knee_point([values[r.plan_key] for r in rows], self.directions)]
+
+    def prefer_on(
+        self, front: Sequence[Row], values: Mapping[str, Sequence[float]], weights: Sequence[float]
+    ) -> Row:
+        """The member of ``front`` with the best weighted normalized ``values`` (as ``--prefer``)
+        among the members' own front on those values."""
+        rows = self.rescored_front(front, values)
+        return rows[prefer_point([values[r.plan_key] for r in rows], self.directions, weights)]
 
     def require_completed(self) -> None:
         if not self.rows:

@@ -27,13 +27,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Parametrization = Literal["simplex", "independent"]
+
+
 class WeightRange(_Strict):
-    """Range searched for every checkpoint's weight (per layer group)."""
+    """How every checkpoint's weight (per layer group) is searched.
+
+    ``independent``: one weight per checkpoint in ``[low, high]``. ``simplex`` (methods that
+    normalize the weights): the samplers search ``u`` in (0, 1] per checkpoint and the weight is
+    ``-log u``, so uniform ``u`` gives normalized weights uniform on the simplex; ``low`` and
+    ``high`` do not apply.
+    """
 
     low: float = 0.0
     high: float = 1.0
     # None: the method's own default. True: weights are divided by their sum per layer group.
     normalize: bool | None = None
+    # None: simplex for methods that normalize the weights, independent otherwise.
+    parametrization: Parametrization | None = None
 
     @model_validator(mode="after")
     def _check(self) -> WeightRange:
@@ -148,6 +159,9 @@ class EvalConfig(_Strict):
         check_chat_settings(self.apply_chat_template, self.fewshot_as_multiturn, "eval.")
         return self
 
+    # search task -> test task: data neither the search nor the choice of a merge saw
+    test: dict[str, str] = Field(default_factory=dict)
+
 
 class SamplerConfig(_Strict):
     """An Optuna sampler by name (search.study.samplers.SAMPLERS) and its keyword options."""
@@ -158,9 +172,12 @@ class SamplerConfig(_Strict):
 
 
 class BudgetConfig(_Strict):
-    """When the study stops: after n_trials finished trials in all, or timeout_s per launch."""
+    """When the study stops: after n_trials finished trials in all, once examples (optional)
+    examples have been scored in all (no trial starts unless a full evaluation still fits),
+    or after timeout_s per launch; whichever comes first."""
 
     n_trials: int = Field(default=60, ge=1)
+    examples: int | None = Field(default=None, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
 
 
@@ -185,6 +202,7 @@ class FrankWolfeConfig(_Strict):
 
 
 SeedTrial = Literal["uniform", "singles", "fw"]
+Split = Literal["search", "heldout", "test"]  # the data a merge is scored on
 _STORAGE = re.compile(r"^(sqlite:///.+|postgresql(\+\w+)?://.+)$")
 
 
@@ -290,19 +308,20 @@ class StudyConfig(_Strict):
 
     def _check_heldout(self) -> None:
         tasks = sorted({t.task for o in self.objectives for t in o.tasks})
-        heldout = self.eval.heldout
-        for task in heldout:
-            if task not in tasks:
+        for split, what in (("heldout", "held-out"), ("test", "test")):
+            mapping = getattr(self.eval, split)
+            for task in mapping:
+                if task not in tasks:
+                    raise ValueError(
+                        f"eval.{split}.{task}: not a task of any objective; "
+                        f"expected one of: {', '.join(tasks)}"
+                    )
+            missing = [t for t in tasks if t not in mapping]
+            if mapping and missing:
                 raise ValueError(
-                    f"eval.heldout.{task}: not a task of any objective; "
-                    f"expected one of: {', '.join(tasks)}"
+                    f"eval.{split}: no {what} task for {missing[0]!r}; "
+                    "map every objective task or none"
                 )
-        missing = [t for t in tasks if t not in heldout]
-        if heldout and missing:
-            raise ValueError(
-                f"eval.heldout: no held-out task for {missing[0]!r}; "
-                "map every objective task or none"
-            )
 
     def _check_merge(self) -> None:
         merge = self.merge
@@ -353,6 +372,7 @@ class StudyConfig(_Strict):
                 f"merge.weights.low: method {method.name!r} needs weights >= "
                 f"{method.min_weight} (got {merge.weights.low})"
             )
+        self._check_parametrization()
         searched = [n for n, v in merge.params.items() if isinstance(v, ParamRange)]
         if not searched and not method.uses_weights:
             raise ValueError(
@@ -360,6 +380,48 @@ class StudyConfig(_Strict):
                 "give a {low, high} range "
                 f"for one of: {', '.join(specs)}"
             )
+
+    def _check_parametrization(self) -> None:
+        weights = self.merge.weights
+        method = METHODS[self.merge.method]
+        if weights.parametrization == "simplex" and not method.scale_free(self.fixed_params()):
+            raise ValueError(
+                f"merge.weights.parametrization: simplex needs a method that normalizes the "
+                f"weights (linear or ties with normalize: true); method {method.name!r} "
+                f"{'with normalize: false ' if 'normalize' in method.param_names else ''}"
+                "does not: use independent"
+            )
+        bounded = {"low", "high"} & weights.model_fields_set
+        if (
+            self.weight_parametrization() == "simplex"
+            and bounded
+            and (weights.low, weights.high) != (0.0, 1.0)
+        ):
+            raise ValueError(
+                f"merge.weights.{sorted(bounded)[0]}: low/high bound independent weights only; "
+                "simplex weights are -log u with u in (0, 1]: remove low/high or set "
+                "merge.weights.parametrization: independent"
+            )
+
+    def fixed_params(self) -> dict[str, Any]:
+        """The merge method's parameters that the study holds fixed (defaults filled in)."""
+        method = METHODS[self.merge.method]
+        out: dict[str, Any] = {}
+        for spec in method.params:
+            value = self.merge.params.get(spec.name)
+            if spec.name == "normalize":
+                value = self.merge.weights.normalize
+            if not isinstance(value, ParamRange):
+                out[spec.name] = spec.default if value is None else value
+        return out
+
+    def weight_parametrization(self) -> Parametrization:
+        """``merge.weights.parametrization``, or its default: simplex when the method normalizes."""
+        given = self.merge.weights.parametrization
+        if given is not None:
+            return given
+        scale_free = METHODS[self.merge.method].scale_free(self.fixed_params())
+        return "simplex" if scale_free else "independent"
 
     # ----------------------------------------------------------------- views used by the workers
 
@@ -389,13 +451,22 @@ class StudyConfig(_Strict):
 
         Perplexity objectives have no task to map and are kept as they are.
         """
-        if not self.eval.heldout:
+        return self.split_objectives("heldout")
+
+    def split_objectives(self, split: Split) -> tuple[ObjectiveSpec, ...]:
+        """The objectives scored on ``split``: ``"search"`` (as configured), ``"heldout"``
+        (``eval.heldout``) or ``"test"`` (``eval.test``); () when that split has no mapping.
+
+        Perplexity objectives have no task to map and are kept as they are.
+        """
+        if split == "search":
+            return self.objectives
+        mapping = self.eval.heldout if split == "heldout" else self.eval.test
+        if not mapping:
             return ()
         mapped = []
         for obj in self.objectives:
-            tasks = tuple(
-                t.model_copy(update={"task": self.eval.heldout[t.task]}) for t in obj.tasks
-            )
+            tasks = tuple(t.model_copy(update={"task": mapping[t.task]}) for t in obj.tasks)
             mapped.append(obj.model_copy(update={"tasks": tasks}))
         return tuple(mapped)
 

@@ -17,7 +17,8 @@
    (:func:`pool_placement`, decided here once); the study is created only once the first worker
    is ready, so a bad task or model leaves nothing behind; the launcher says how long that took
    (seconds to the first trial), then shows a progress bar fed by the storage;
-4. **summary**: trials finished, reused and retried, and what to run next.
+4. **summary**: trials finished, reused and retried, examples scored (as full-evaluation
+   equivalents), and what to run next.
 
 :func:`join` is ``merge-search worker``: one worker in the foreground on an existing study
 (another shell or host, same config and storage URL). Workers report to the launcher with the
@@ -60,9 +61,13 @@ from search.study.progress import progress_bar
 from search.study.samplers import build_sampler, check_options
 from search.study.space import SearchSpace
 from search.study.storage import (
+    EVALUATION_SIZE_ATTR,
+    Budget,
     check_resume,
     create_or_resume,
+    examples_spent,
     finished,
+    full_evaluations,
     load_study,
     open_storage,
     redact,
@@ -145,11 +150,27 @@ class Prepared:
         return self.calibration.describe() if self.calibration is not None else None
 
     def budget_spent(self) -> bool:
-        """The existing study already has its finished trials and none is running."""
+        """The existing study has spent its budget (trials, or examples: no full evaluation
+        fits any more, as counted by :class:`~search.study.storage.Budget`) and none runs."""
         if self.study is None:
             return False
-        counts = trial_counts(self.study)
-        return finished(counts) >= self.cfg.budget.n_trials and not counts.get("running")
+        trials = self.study.get_trials(deepcopy=False)
+        if trial_counts(self.study).get("running"):
+            return False
+        return not budget_of(self.cfg, self.study).allows_another(trials)
+
+
+def budget_of(cfg: StudyConfig, study: optuna.Study) -> Budget:
+    """The config's budget; the size of a full evaluation as the study's workers recorded it."""
+    return Budget(
+        cfg.budget.n_trials, cfg.budget.examples, int(study.user_attrs.get(EVALUATION_SIZE_ATTR, 0))
+    )
+
+
+def budget_text(cfg: StudyConfig) -> str:
+    """``"100 trials"`` or ``"100 trials or 40,000 examples"``."""
+    examples = f" or {cfg.budget.examples:,} examples" if cfg.budget.examples else ""
+    return f"{cfg.budget.n_trials} trials{examples}"
 
 
 def prepare(cfg: StudyConfig, config_path: str | Path) -> Prepared:
@@ -228,9 +249,10 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
     started = time.time()
     prepared = prepare(cfg, config_path)
     if prepared.budget_spent():
+        raise_it = "--n-trials" if not cfg.budget.examples else "--n-trials or budget.examples"
         say(
-            f"study {cfg.name!r} already has its {cfg.budget.n_trials} trials; "
-            "raise --n-trials to run more"
+            f"study {cfg.name!r} has already spent its budget of {budget_text(cfg)}; "
+            f"raise {raise_it} to run more"
         )
         return 0
     proposals = precompute(prepared)
@@ -258,7 +280,7 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
             )
             say(
                 f"study {cfg.name!r} {'created' if created else 'resumed'} in "
-                f"{redact(cfg.storage)}: {n_workers} worker(s), budget {cfg.budget.n_trials} trials"
+                f"{redact(cfg.storage)}: {n_workers} worker(s), budget {budget_text(cfg)}"
             )
             group.go()
             say(f"first trial {time.time() - started:.1f} s after the start; {first.describe()}")
@@ -295,10 +317,10 @@ def summary(
     retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
     line = (
         f"study {cfg.name!r}: {done}/{cfg.budget.n_trials} trials finished "
-        f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption) "
-        f"in {seconds:.0f} s"
+        f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption), "
+        f"{examples_text(cfg, study, everything)} in {seconds:.0f} s"
     )
-    if done >= cfg.budget.n_trials:
+    if not budget_of(cfg, study).allows_another(everything):
         say(f"{line}; next: merge-search pareto {config_path}")
         return 0
     if group.timed_out:
@@ -308,6 +330,17 @@ def summary(
         raise UserError(group.user_errors[0])
     say(f"{line}; workers failed (see above); run the same command to continue")
     return 1
+
+
+def examples_text(
+    cfg: StudyConfig, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]
+) -> str:
+    """``"92.0 full evaluations (36,800 examples scored)"``, with the example budget if any."""
+    spent = examples_spent(trials)
+    of = f"/{cfg.budget.examples:,}" if cfg.budget.examples else ""
+    evals = full_evaluations(study, spent)
+    head = f"{evals:.1f} full evaluations" if evals is not None else "no full evaluation"
+    return f"{head} ({spent:,}{of} examples scored)"
 
 
 # --------------------------------------------------------------------------------------- join
@@ -362,7 +395,8 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
         )
     say(
         f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored "
-        f"plan); stopped on {result.stopped}"
+        f"plan); study: {examples_text(cfg, study, study.get_trials(deepcopy=False))}; "
+        f"stopped on {result.stopped}"
     )
     return 0
 

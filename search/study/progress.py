@@ -1,4 +1,5 @@
-"""The launcher's progress bar: finished trials, the best value of each objective, running."""
+"""The launcher's progress bar: finished trials, the best value of each objective, the examples
+scored as full-evaluation equivalents, running trials."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from search.study.storage import examples_spent, full_evaluations
+
 if TYPE_CHECKING:
     import optuna
 
@@ -17,7 +20,8 @@ if TYPE_CHECKING:
 
 
 class Progress:
-    """A tqdm bar of finished trials, with the best value of each objective so far."""
+    """A tqdm bar of finished trials, with the best value of each objective so far and the
+    full evaluations spent (examples scored / examples of one full evaluation)."""
 
     def __init__(self, cfg: StudyConfig, study: optuna.Study) -> None:
         self.cfg = cfg
@@ -43,6 +47,12 @@ class Progress:
             if vals:
                 best = max(vals) if obj.direction == "maximize" else min(vals)
                 parts.append(f"{obj.name}={best:.3g}")
+        evals = full_evaluations(self.study, examples_spent(done))
+        if evals is not None:
+            of = ""
+            if self.cfg.budget.examples:
+                of = f"/{full_evaluations(self.study, self.cfg.budget.examples):.1f}"
+            parts.append(f"evals={evals:.1f}{of}")
         parts.append(f"running={running}")
         self.bar.n = min(len(done), self.cfg.budget.n_trials)
         self.bar.set_postfix_str(" ".join(parts), refresh=False)

@@ -7,7 +7,9 @@ failed by the next worker that looks and re-queued by ``RetryHeartbeatStaleTrial
 The budget is exact: a worker claims a trial only under a lock held through the storage
 (a PostgreSQL advisory lock, or an ``flock`` on ``<sqlite file>.lock``) after counting the
 trials that are finished or running, so concurrent workers never start more than
-``budget.n_trials`` trials in all, and a resumed study continues its count.
+``budget.n_trials`` trials in all, and a resumed study continues its count. The example budget
+(``budget.examples``) is counted the same way, from what the trials themselves recorded
+(``examples_scored``), so it too survives a resume.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,10 @@ FINGERPRINT_ATTR = "fingerprint"
 SPACE_ATTR = "search_space"
 SCORING_ATTR = "scoring"
 FW_ATTR = "fw"  # the Frank-Wolfe paths and their cost (search.study.fw)
+# Study user attr: examples one full evaluation scores (set by the workers, read by the launcher).
+EVALUATION_SIZE_ATTR = "examples_per_evaluation"
+# Trial user attr: examples this trial scored (0 when it reused a scored plan or was pruned).
+EXAMPLES_SCORED = "examples_scored"
 
 
 # ------------------------------------------------------------------------------------ storage
@@ -301,9 +308,12 @@ def create_or_resume(
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
-    """A short path to where two JSON-like values first differ, e.g. ``checkpoints[a].bytes``."""
+    """A short path to where two JSON-like values first differ, e.g. ``checkpoints[a].bytes``.
+
+    Keys are visited in the new value's order first, so a renamed key is named as it is now.
+    """
     if isinstance(old, Mapping) and isinstance(new, Mapping):
-        for key in list(old) + [k for k in new if k not in old]:
+        for key in list(new) + [k for k in old if k not in new]:
             if old.get(key) != new.get(key):
                 return _first_difference(
                     old.get(key), new.get(key), f"{path}.{key}" if path else str(key)
@@ -352,10 +362,45 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
         yield
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What a study may still spend: trials, and optionally examples scored.
+
+    Attributes:
+        n_trials: finished (complete or pruned) plus running trials allowed in all.
+        examples: examples the finished trials may have scored in all (``budget.examples``);
+            ``None``: no example budget.
+        per_trial: the most examples one trial scores (one full evaluation). A running trial
+            is counted as if it scores that many, so a trial starts only if a full evaluation
+            still fits: the study never scores more than ``examples``.
+    """
+
+    n_trials: int
+    examples: int | None = None
+    per_trial: int = 0
+
+    def allows_another(self, trials: Iterable[optuna.trial.FrozenTrial]) -> bool:
+        """Whether one more trial fits, given the study's trials (finished and running count)."""
+        from optuna.trial import TrialState
+
+        taken, running, spent = 0, 0, 0
+        for t in trials:
+            if t.state == TrialState.RUNNING:
+                taken, running = taken + 1, running + 1
+            elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                taken += 1
+                spent += int(t.user_attrs.get(EXAMPLES_SCORED, 0))
+        if taken >= self.n_trials:
+            return False
+        if self.examples is None:
+            return True
+        return spent + (running + 1) * self.per_trial <= self.examples
+
+
 def claim_trial(
-    study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int
+    study: optuna.Study, storage: optuna.storages.RDBStorage, budget: Budget
 ) -> optuna.Trial | None:
-    """Start the next trial if fewer than ``n_trials`` are finished or running, else None.
+    """Start the next trial if ``budget`` allows another (:meth:`Budget.allows_another`).
 
     Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
     waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
@@ -366,12 +411,10 @@ def claim_trial(
 
     with budget_lock(storage, study.study_name), quiet_experimental():
         optuna.storages.fail_stale_trials(study)
-        taken = study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        )
-        if len(taken) >= n_trials:
+        trials = study.get_trials(deepcopy=False)
+        if not budget.allows_another(trials):
             return None
-        running = {t.number for t in taken if t.state == TrialState.RUNNING}
+        running = {t.number for t in trials if t.state == TrialState.RUNNING}
         # we run our own loop (exact budget, our heartbeat thread); Optuna assumes Study.optimize
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         try:
@@ -415,6 +458,22 @@ def count_states(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, int]:
 def finished(counts: Mapping[str, int]) -> int:
     """Trials that count toward the budget: complete or pruned."""
     return counts.get("complete", 0) + counts.get("pruned", 0)
+
+
+def examples_spent(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
+    """Examples scored by the finished (complete or pruned) trials, as they recorded them."""
+    return sum(
+        int(t.user_attrs.get(EXAMPLES_SCORED, 0))
+        for t in trials
+        if t.state.name in ("COMPLETE", "PRUNED")
+    )
+
+
+def full_evaluations(study: optuna.Study, spent: int) -> float | None:
+    """``spent`` examples as full-evaluation equivalents (``None`` until a worker said how many
+    examples one full evaluation scores)."""
+    per = study.user_attrs.get(EVALUATION_SIZE_ATTR)
+    return spent / per if per else None
 
 
 class Heartbeat:

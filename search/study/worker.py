@@ -9,13 +9,16 @@ the trial does, so a worker that dies leaves a trial that goes stale and is retr
 
 Trial user attrs: ``plan`` (``MergePlan.to_dict()``), ``plan_key``, ``params`` (the method's
 parameters), ``coefficients`` ({checkpoint: [coefficient per layer group]} as applied),
-``task_scores`` ({"task/metric": value}), ``stderr`` ({objective: standard error}),
+``task_scores`` ({"task/metric": value}), ``examples_scored`` (examples this trial
+scored, summed over tasks; 0 when it reused a scored plan), ``stderr`` ({objective: standard
+error}),
 ``task_stderr`` ({"task/metric": standard error}), ``examples`` ({"task/metric": per-example
 values, packed by :mod:`search.study.records`}), ``merge_s``, ``eval_s``, ``duplicate_of``
 (trial number, only when the plan was already scored: the scores, standard errors and
 per-example values are the earlier trial's), ``constraints`` (one value per bound, <= 0
 feasible; only with constraints), ``worker`` (``host:pid:device``, e.g.
 ``node1:4242:cuda:1``), and ``seed_trial`` on seed trials.
+The study's ``examples_per_evaluation`` user attr is what one full evaluation scores.
 """
 
 from __future__ import annotations
@@ -50,12 +53,19 @@ from search.study.records import (
     json_stderr,
 )
 from search.study.space import SearchSpace
-from search.study.storage import Heartbeat, claim_trial, trial_counts
+from search.study.storage import (
+    EVALUATION_SIZE_ATTR,
+    EXAMPLES_SCORED,
+    Budget,
+    Heartbeat,
+    claim_trial,
+    trial_counts,
+)
 
 if TYPE_CHECKING:
     from evaluators.base import Evaluator, Scores
     from search.engine.plan import MergePlan
-    from search.study.config import StudyConfig
+    from search.study.config import Split, StudyConfig
 
 POLL_S = 2.0  # how often an idle worker looks for retried trials while others still run
 
@@ -84,6 +94,7 @@ class Runtime:
         *,
         device: str | None = None,
         placement: str | None = None,
+        split: Split | None = None,
     ) -> Runtime:
         """Open the pool, read its tensors, build the model and the evaluator (the slow part, once).
 
@@ -95,13 +106,17 @@ class Runtime:
                 its GPU, :func:`search.engine.device.worker_device`).
             placement: the pool's placement (default ``cfg.pool``; ``auto`` is decided here, for
                 this worker alone).
+            split: which objectives to score (``cfg.split_objectives``): ``"search"``,
+                ``"heldout"`` or ``"test"``; overrides ``heldout``.
         """
         device = device or cfg.device
         use_device(device)
         set_cpu_threads(device, threads or cfg.workers.threads)
-        objectives = cfg.heldout_objectives() if heldout else cfg.objectives
+        split = split or ("heldout" if heldout else "search")
+        objectives = cfg.split_objectives(split)
         if not objectives:
-            raise UserError("eval.heldout: no held-out tasks configured (map each objective task)")
+            what = "held-out" if split == "heldout" else split
+            raise UserError(f"eval.{split}: no {what} tasks configured (map each objective task)")
         start = time.perf_counter()
         pool = CheckpointPool.open(
             cfg.checkpoints,
@@ -117,7 +132,9 @@ class Runtime:
         built = time.perf_counter()
         if method.needs_fisher:  # from the cache (the launcher filled it), else computed here
             load_fishers(pool, calibration(cfg), fisher_cache_dir(cfg), model, tokenizer)
-        evaluator = build_evaluator(objectives, cfg.eval_spec(heldout=heldout), model, tokenizer)
+        evaluator = build_evaluator(
+            objectives, cfg.eval_spec(heldout=split == "heldout"), model, tokenizer
+        )
         seconds = {
             "pool": loaded - start,
             "model": built - loaded,
@@ -135,6 +152,10 @@ class Runtime:
         merged = time.perf_counter()
         scores = self.evaluator.evaluate(self.model, self.tokenizer)
         return scores, merged - start, time.perf_counter() - merged
+
+    def examples_per_evaluation(self) -> int:
+        """Examples one full evaluation scores, summed over every task (and data file)."""
+        return sum(self.evaluator.examples_per_task().values())
 
 
 @dataclass(frozen=True)
@@ -204,18 +225,29 @@ class TrialObjective:
         if scored is not None:
             trial.set_user_attr("duplicate_of", scored.number)
             merge_s = eval_s = 0.0
+            spent = 0
             self.duplicates += 1
         else:
-            scores, merge_s, eval_s = self.runtime.score(plan)
+            scores, merge_s, eval_s, spent = self.score(plan)
             scored = Scored.of(trial.number, scores, self.cfg.objective_names)
             self.scored[plan.key] = scored
         scored.record(trial)
+        trial.set_user_attr(EXAMPLES_SCORED, spent)
         trial.set_user_attr("merge_s", round(merge_s, 4))
         trial.set_user_attr("eval_s", round(eval_s, 4))
         if self.cfg.constraints:
             by_name = dict(zip(self.cfg.objective_names, scored.values, strict=True))
             trial.set_user_attr("constraints", self.cfg.constraint_values(by_name))
         return list(scored.values)
+
+    def score(self, plan: MergePlan) -> tuple[Scores, float, float, int]:
+        """Materialize and evaluate ``plan``: the one place a trial spends examples.
+
+        Returns ``(scores, merge_s, eval_s, examples scored)``; today every trial pays one full
+        evaluation (``Runtime.examples_per_evaluation``).
+        """
+        scores, merge_s, eval_s = self.runtime.score(plan)
+        return scores, merge_s, eval_s, self.runtime.examples_per_evaluation()
 
     def find_scored(self, key: str) -> Scored | None:
         """What a completed trial with this plan recorded, if any."""
@@ -244,12 +276,14 @@ def run_worker(
     storage: optuna.storages.RDBStorage,
     runtime: Runtime,
     *,
-    n_trials: int,
+    n_trials: int | None = None,
     deadline: float | None = None,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
 ) -> WorkerResult:
-    """Claim and run trials until the study has ``n_trials`` finished trials (or ``deadline``).
+    """Claim and run trials until the study's budget is spent (or ``deadline``).
 
+    The budget is ``n_trials`` (default ``budget.n_trials``) finished trials and, with
+    ``budget.examples``, that many examples scored (:class:`~search.study.storage.Budget`).
     While the budget is taken but other workers still run trials, the worker waits: if one of
     them dies, its trial goes stale, is re-queued, and this worker runs it.
 
@@ -259,12 +293,18 @@ def run_worker(
     """
     space = SearchSpace.build(cfg, runtime.pool.names)
     objective = TrialObjective(cfg, runtime, space, study)
+    per_trial = runtime.examples_per_evaluation()
+    if study.user_attrs.get(EVALUATION_SIZE_ATTR) != per_trial:
+        study.set_user_attr(EVALUATION_SIZE_ATTR, per_trial)
+    budget = Budget(
+        n_trials if n_trials is not None else cfg.budget.n_trials, cfg.budget.examples, per_trial
+    )
     result = WorkerResult()
     while True:
         if deadline is not None and time.time() >= deadline:
             result.stopped = "timeout"
             break
-        trial = claim_trial(study, storage, n_trials)
+        trial = claim_trial(study, storage, budget)
         if trial is None:
             if trial_counts(study).get("running", 0) == 0:
                 break

@@ -117,7 +117,7 @@ def build_zoo(
             size=size,
             key=key,
             base=out / "base",
-            checkpoints=tuple(out / r.name for r in recipe.runs),
+            checkpoints=tuple(out / name for name in recipe.checkpoint_names()),
             tasks_path=out / "tasks",
             scores=scores,
             build_s=round(time.perf_counter() - start, 1),
@@ -188,7 +188,7 @@ def _build(
         fine_tune_all(size, seed, tmp / "base", tmp, step)
     if not score:
         return {}
-    names = ["base", *(r.name for r in recipe.runs)]
+    names = ["base", *recipe.checkpoint_names()]
     return score_folders([tmp / n for n in names], tasks_path, recipe.eval_limit)
 
 

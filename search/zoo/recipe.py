@@ -2,18 +2,20 @@
 
 Like the recycled checkpoints of Khalifa et al., every fine-tune starts from one base: a
 checkpoint taken in the middle of pretraining (no learning-rate decay) on a mix of both skills.
-The runs differ in data mixture, learning rate and length: two specialists that finish (anneal)
-on one skill alone and forget much of the other, two mixed runs taken mid-run at a high rate
-(noisy, each weaker than its data would allow), a short run, a weak run and an over-trained one.
-No checkpoint is best on both skills; a merge of the specialists with the mixed runs keeps most
-of each specialist's skill and averages the mixed runs' noise away, so it scores above every
-single checkpoint on the mean of the two skills, on the held-out splits too (the search has
-something to find). A run trained to the end on a balanced mixture would beat those merges;
-the pool has none, as recycled pools usually do not.
+The runs differ in data mixture, data order and seed, and learning rate: a code-heavy run, an
+instruction-heavy run and a balanced one, each at a high constant rate (no decay), and the pool
+keeps several checkpoints of each run, taken along the way, as teams keep the intermediate
+checkpoints of their runs. A checkpoint taken at a high rate carries its own optimization noise
+and is weaker than its data would allow; no checkpoint is best on both skills. Averaging
+checkpoints removes that noise (as averaging the iterates of one run approximates decaying its
+rate, and as soups of fine-tunes from one base do), so merges score well above every single
+checkpoint on the mean of the two skills, on the held-out and test splits too: the search has
+something to find, whatever the floating point of the machine that built the pool. A run
+trained to the end with a decayed rate on a balanced mixture would beat those merges; like most
+recycled pools, this one has none.
 
-The full recipe was tuned on this machine's 2 cores: 800 base steps (both cores: it trains
-alone) and 1,700 fine-tuning steps of a 0.9 M-parameter model, two runs at a time with one torch
-thread each.
+The full recipe was sized on this machine's 2 cores: 800 base steps and 1,200 fine-tuning steps
+of a 0.9 M-parameter model, one torch thread per process, two runs at a time.
 """
 
 from __future__ import annotations
@@ -37,7 +39,16 @@ class Run:
     lr: float
     anneal: bool = False  # False: a checkpoint taken mid-run, at the peak learning rate
     fixed_examples: int | None = None  # cycle over this many examples (over-training)
+    save_at: tuple[int, ...] = ()  # steps whose checkpoints the pool keeps; (): the last one
     note: str = ""
+
+    @property
+    def checkpoints(self) -> tuple[tuple[int, str], ...]:
+        """``(step, folder name)`` of every checkpoint the run leaves in the pool: the run's
+        name alone for its last step, ``<name>_<step>`` when it keeps several."""
+        if not self.save_at:
+            return ((self.steps, self.name),)
+        return tuple((step, f"{self.name}_{step}") for step in self.save_at)
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,10 @@ class Recipe:
     base_threads: int | None = None  # torch threads for the base, which trains alone
     threads: int | None = None  # torch threads per fine-tuning process (None: torch's default)
     workers: int = 1  # fine-tunes trained at once, one process each
+
+    def checkpoint_names(self) -> list[str]:
+        """Folder names of the pool's checkpoints, run by run, in step order."""
+        return [name for run in self.runs for _, name in run.checkpoints]
 
     def key(self, seed: int) -> str:
         """Hash of the recipe, the seed and the code that turns them into weights (cache key)."""
@@ -80,25 +95,12 @@ class Recipe:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-# Specialists finish their run (anneal) on one skill and forget much of the other; the mixed
-# runs are checkpoints taken mid-run at a high rate, each carrying its own optimization noise
-# that merging averages out.
+# Three runs from the base at a high constant rate, each leaving checkpoints along the way. The
+# rates differ (code learns best at a lower one); each run has its own seed and data order.
 _FULL_RUNS = (
-    Run("code_specialist", 1.0, 400, 1e-3, anneal=True, note="code only, finished run"),
-    Run("instruct_specialist", 0.0, 400, 1e-3, anneal=True, note="instructions only, finished run"),
-    Run("mixed_code_heavy", 0.7, 300, 2e-3, note="70% code, mid-run at a high rate"),
-    Run("mixed_instruct_heavy", 0.3, 300, 2e-3, note="70% instructions, mid-run at a high rate"),
-    Run("mixed_short", 0.5, 100, 1e-3, note="balanced, a short run"),
-    Run("weak", 0.5, 50, 4e-3, note="a short run at a too-high learning rate"),
-    Run(
-        "code_overtrained",
-        1.0,
-        150,
-        3e-3,
-        anneal=True,
-        fixed_examples=512,
-        note="512 code examples for ~9 epochs, finished run",
-    ),
+    Run("code_heavy", 0.85, 450, 2e-3, save_at=(150, 300, 450), note="85% code"),
+    Run("instruct_heavy", 0.15, 450, 3e-3, save_at=(150, 300, 450), note="85% instructions"),
+    Run("balanced", 0.5, 300, 2.5e-3, save_at=(150, 300), note="half code, half instructions"),
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -113,7 +115,9 @@ RECIPES: dict[str, Recipe] = {
         runs=_FULL_RUNS,
         eval_limit=100,
         base_anneal=False,
-        base_threads=2,  # 1.4x faster than one thread on these 2 cores; nothing else runs then
+        # One thread: two were 1.4x faster on 2 idle cores, but 15x slower (3 s a step) when
+        # anything else ran on them, as torch's threads wait for each other.
+        base_threads=1,
         threads=1,  # one thread per run: two runs fill the 2 cores, no slowdown when busy
         workers=2,  # two fine-tunes at a time on the demo's 2 cores
     ),
@@ -137,6 +141,7 @@ RECIPES: dict[str, Recipe] = {
                 r.lr,
                 r.anneal,
                 r.fixed_examples and 16,
+                tuple(max(1, s // 50) for s in r.save_at),
                 r.note,
             )
             for r in _FULL_RUNS

@@ -51,7 +51,8 @@ def train_base(recipe: Recipe, seed: int, folder: Path, on_step: Progress) -> No
 
 
 def fine_tune(size: str, index: int, seed: int, base: Path, out: Path, progress: Any = None) -> str:
-    """Train run ``index`` of ``RECIPES[size]`` from the base folder; save it to ``out / name``.
+    """Train run ``index`` of ``RECIPES[size]`` from the base folder; save each of its
+    checkpoints (``Run.checkpoints``) to ``out / <folder name>``.
 
     Runs in a worker process as well as in the caller's: ``progress`` is a queue receiving
     ``(steps, name)`` (or ``None``).
@@ -82,8 +83,21 @@ def fine_tune(size: str, index: int, seed: int, base: Path, out: Path, progress:
             count["sent"] = count["done"]
 
     data = batches(texts, recipe.batch_size)
-    train(model, data, run.steps, run.lr, anneal=run.anneal, on_step=step)
-    save(model, out / run.name, asdict(run), tokenizer_from=base)
+    folders = dict(run.checkpoints)
+
+    def keep(at: int) -> None:
+        save(model, out / folders[at], {**asdict(run), "step": at}, tokenizer_from=base)
+
+    train(
+        model,
+        data,
+        run.steps,
+        run.lr,
+        anneal=run.anneal,
+        on_step=step,
+        save_at=tuple(folders),
+        on_checkpoint=keep,
+    )
     return run.name
 
 

@@ -18,8 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SKILLS = ("code", "instruct")
-SPLITS = {"": 1, "_heldout": 2}  # task-name suffix -> generator stream; training uses stream 0
-EVAL_EXAMPLES = 200  # per task split: enough for a 100-example search limit, cheap to commit
+# task-name suffix -> generator stream; training uses stream 0. The search split is what a study
+# maximizes over, the held-out split what `export --knee` chooses on, the test split what
+# neither saw: the verdict (the chosen merge vs every input).
+SPLITS = {"": 1, "_heldout": 2, "_test": 3}
+# examples per task split: 200 keeps a demo trial cheap (~0.5 s); 1,000 makes the standard
+# error of a paired difference on the mean of both skills about 1 point (the verdict's scale).
+SPLIT_EXAMPLES = {"": 200, "_heldout": 1000, "_test": 1000}
 MAX_ANSWER_CHARS = 10  # longest answer either skill produces (the tasks' max_gen_toks follows)
 
 _VARS = "abc"
@@ -85,17 +90,17 @@ def _stream(skill: str, seed: int, stream: int) -> random.Random:
     return random.Random(f"{skill}:{seed}:{stream}")
 
 
-def eval_split(
-    skill: str, split: str, seed: int = 0, n: int = EVAL_EXAMPLES
-) -> list[dict[str, str]]:
-    """The ``n`` distinct examples of one evaluation split (``""`` search, ``"_heldout"``).
+def eval_split(skill: str, split: str, seed: int = 0) -> list[dict[str, str]]:
+    """The distinct examples of one evaluation split (``""`` search, ``"_heldout"``, ``"_test"``;
+    ``SPLIT_EXAMPLES[split]`` of them).
 
-    The held-out split excludes every prompt of the search split.
+    Each split excludes every prompt of the splits before it (in :data:`SPLITS` order).
     """
-    taken = set() if split == "" else {d["prompt"] for d in eval_split(skill, "", seed, n)}
+    earlier = list(SPLITS)[: list(SPLITS).index(split)]
+    taken = {d["prompt"] for e in earlier for d in eval_split(skill, e, seed)}
     rng = _stream(skill, seed, SPLITS[split])
     docs: list[dict[str, str]] = []
-    while len(docs) < n:
+    while len(docs) < SPLIT_EXAMPLES[split]:
         prompt, answer = GENERATORS[skill](rng)
         if prompt not in taken:
             taken.add(prompt)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -69,6 +69,8 @@ def train(
     warmup: float = 0.05,
     anneal: bool = True,
     on_step: Callable[[float], None] | None = None,
+    save_at: Sequence[int] = (),
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> float:
     """AdamW with linear warm-up and cosine decay to zero; returns the last loss.
 
@@ -81,6 +83,8 @@ def train(
         anneal: decay the rate to zero (cosine); ``False`` stops at the peak rate, like a
             checkpoint taken in the middle of a run.
         on_step: called with the loss after every step (progress bars).
+        save_at: steps (1-based) after which ``on_checkpoint(step)`` is called, the model in
+            eval mode (a checkpoint taken along the run).
     """
     import torch
 
@@ -94,7 +98,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
     loss_value = float("nan")
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         x, y = next(data)
         loss = model(input_ids=x, labels=y).loss
         opt.zero_grad(set_to_none=True)
@@ -105,5 +109,9 @@ def train(
         loss_value = float(loss.detach())
         if on_step is not None:
             on_step(loss_value)
+        if on_checkpoint is not None and step in save_at:
+            model.eval()
+            on_checkpoint(step)
+            model.train()
     model.eval()
     return loss_value

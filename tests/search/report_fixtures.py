@@ -125,7 +125,7 @@ def exportable(tiny_zoo, tmp_path_factory):
         ([0, 1, 1], [0.2, 0.7]),
         ([2, 1, 0], [0.6, 0.5]),
     ]:
-        plan = space.plan(dict(zip([r[0] for r in space.weight_params()], weights, strict=False)))
+        plan = space.plan(space.weight_values(weights))
         study.add_trial(
             optuna.trial.create_trial(
                 values=values,
@@ -145,6 +145,69 @@ def exportable(tiny_zoo, tmp_path_factory):
     return path, study
 
 
+@pytest.fixture(scope="module")
+def rechosen(tiny_zoo, tmp_path_factory):
+    """A study over the tiny pool with held-out and test tasks (the committed demo tasks, 20
+    examples each): trial 3 is the knee on the search scores, but its held-out re-score (in the
+    study's cache, as `pareto` writes it) is dominated by trial 4's, the held-out knee."""
+    from search.engine.pool import CheckpointPool
+    from search.report.scores import HELDOUT_ATTR, split_spec_key
+    from search.study.config import load_config
+    from search.study.space import SearchSpace
+    from search.study.storage import create_or_resume, open_storage
+
+    folder = tmp_path_factory.mktemp("rechosen")
+    path = write_study_config(
+        folder,
+        "rechosen",
+        tiny_zoo,
+        seed_trials=[],
+        tasks_path=str(Path(__file__).resolve().parents[2] / "configs" / "tasks" / "demo"),
+        eval={
+            "limit": 20,
+            "heldout": {"demo_instruct": "demo_instruct_heldout", "demo_code": "demo_code_heldout"},
+            "test": {"demo_instruct": "demo_instruct_test", "demo_code": "demo_code_test"},
+        },
+    )
+    cfg = load_config(path)
+    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
+    space = SearchSpace.build(cfg, pool.names)
+    study, _ = create_or_resume(
+        cfg, open_storage(cfg, create=True), space, pool.fingerprint(), path
+    )
+    heldout = {}
+    for weights, values, held in [
+        ([1, 1, 1], [0.3, 0.3], None),
+        ([1, 0, 0], [0.8, 0.1], [0.7, 0.1]),
+        ([0, 1, 1], [0.2, 0.7], [0.1, 0.6]),
+        ([2, 1, 0], [0.6, 0.5], [0.3, 0.3]),  # the search knee: a lucky draw on the search split
+        ([1, 1, 0], [0.55, 0.55], [0.5, 0.5]),  # the held-out knee
+    ]:
+        plan = space.plan(space.weight_values(weights))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=values,
+                user_attrs={
+                    "plan": plan.to_dict(),
+                    "plan_key": plan.key,
+                    "coefficients": {
+                        n: [w / sum(weights)] for n, w in zip(pool.names, weights, strict=True)
+                    },
+                },
+            )
+        )
+        if held is not None:
+            heldout[plan.key] = {
+                "objectives": {"instruct": held[0], "code": held[1]},
+                "tasks": {
+                    "demo_instruct_heldout/exact_match": held[0],
+                    "demo_code_heldout/exact_match": held[1],
+                },
+            }
+    study.set_user_attr(HELDOUT_ATTR, {"spec": split_spec_key(cfg, "heldout"), "scores": heldout})
+    return path, study
+
+
 PICK = [
     ("ab+c=", ["abc", "cab", "bca"], 0),
     ("1+2=", ["3", "4", "5"], 0),
@@ -160,6 +223,14 @@ PICK_HELDOUT = [
     ("7/7=", ["1", "7", "0"], 0),
     ("b+a=", ["ab", "ba", "aa"], 1),
     ("cat.", ["tac", "act", "cta"], 0),
+]
+PICK_TEST = [
+    ("sat?", ["tas", "ats", "sat"], 2),
+    ("2*3=", ["6", "5", "9"], 0),
+    ("up!", ["pu", "up", "uu"], 1),
+    ("mat.", ["tam", "mat", "atm"], 1),
+    ("8-1=", ["7", "6", "9"], 0),
+    ("ox,", ["xo", "ox", "oo"], 1),
 ]
 
 
@@ -193,6 +264,7 @@ def launched(tiny_zoo, tmp_path_factory):
     tasks.mkdir()
     write_choice_task(tasks, "c2_pick", PICK)
     write_choice_task(tasks, "c2_pick_heldout", PICK_HELDOUT)
+    write_choice_task(tasks, "c2_pick_test", PICK_TEST)
     (tasks / "text.txt").write_text(
         "the cat sat on the mat.\nreverse: stone? enots\na=4;print(a)? 4\n"
     )
@@ -210,7 +282,11 @@ def launched(tiny_zoo, tmp_path_factory):
             },
         ],
         tasks_path=str(tasks),
-        eval={"batch_size": 8, "heldout": {"c2_pick": "c2_pick_heldout"}},
+        eval={
+            "batch_size": 8,
+            "heldout": {"c2_pick": "c2_pick_heldout"},
+            "test": {"c2_pick": "c2_pick_test"},
+        },
         budget={"n_trials": 5},
         seed_trials=["uniform"],  # the inputs alone are scored by `pareto` itself
     )

@@ -163,3 +163,85 @@ def test_export_knee_after_launch(launched, tmp_path, capsys):
     assert "## Search standard errors" in card and "## Held-out standard errors" in card
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 4
+
+
+def test_knee_and_prefer_choose_on_the_held_out_re_scores(rechosen):
+    from search.report.choose import heldout_values
+    from search.report.view import open_view
+
+    config, study = rechosen
+    view = open_view(config)
+    assert pick_row(view, knee=True)[0].number == 3  # on the search scores alone
+
+    def no_runtime(*args, **kwargs):
+        raise AssertionError("the front's held-out scores are cached")
+
+    heldout = heldout_values(view, runtime_factory=no_runtime)
+    row, how = pick_row(view, knee=True, heldout=heldout)
+    assert (
+        row.number == 4 and how == "knee of the Pareto front on held-out re-scores (eval.heldout)"
+    )
+    row, how = pick_row(view, prefer="instruct=0.5,code=0.5", heldout=heldout)
+    assert row.number == 4 and how.endswith("on held-out re-scores (eval.heldout)")
+    assert pick_row(view, prefer="instruct=1", heldout=heldout)[0].number == 1
+    # trials still choose by number and by best search score
+    assert pick_row(view, best="code", heldout=heldout)[0].number == 2
+
+
+def test_export_knee_says_it_chose_on_held_out_and_reports_the_test_split(
+    rechosen, tmp_path, capsys
+):
+    from search.report.choose import export_chosen
+
+    config, study = rechosen
+    out = tmp_path / "knee"
+    assert main(["export", str(config), "--knee", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "exported trial 4 (knee of the Pareto front on held-out re-scores (eval.heldout); "
+        "instruct=0.5500, code=0.5500; held-out instruct=0.5000, code=0.5000)" in printed
+    )
+    assert (
+        "test split (eval.test, examples per task: demo_instruct_test 20, demo_code_test 20): "
+        "chosen trial 4" in printed
+    )
+    names = ["ft_a", "ft_b", "ft_c"]
+    for label in ("uniform", *names):
+        assert f"  {label}: mean=" in printed
+    card = (out / "README.md").read_text()
+    assert "| chosen as | knee of the Pareto front on held-out re-scores (eval.heldout) |" in card
+    assert "## Held-out scores" in card and "| demo_code_heldout/exact_match | 0.5 |" in card
+    assert "## Test split: chosen merge vs inputs" in card
+    assert "| chosen: trial 4 |" in card and all(f"| {n} |" in card for n in names)
+
+    # the test scores are cached in the study: a second export scores nothing
+    def no_runtime(*args, **kwargs):
+        raise AssertionError("the test scores are cached")
+
+    row, how, _, view, test = export_chosen(
+        config, tmp_path / "again", knee=True, runtime_factory=no_runtime
+    )
+    assert row.number == 4 and test["chosen"]["trial"] == 4
+    cached = optuna.load_study(study_name="rechosen", storage=view.cfg.storage).user_attrs
+    assert set(cached["test_scores"]["scores"]) == {test["chosen"]["plan_key"]} | {
+        b["plan_key"] for b in test["baselines"]
+    }
+    assert [b["label"] for b in test["baselines"]] == ["uniform", *names]
+    for b in test["baselines"]:
+        for n in ("instruct", "code"):
+            assert b["diff"][n] == pytest.approx(
+                test["chosen"]["objectives"][n] - b["objectives"][n]
+            )
+            assert 0.0 <= b["objectives"][n] <= 1.0
+        assert b["examples"] == {"demo_instruct_test": 20, "demo_code_test": 20}
+        assert b["diff"]["mean"] == pytest.approx(test["chosen"]["mean"] - b["mean"])
+    single = next(b for b in test["baselines"] if b["label"] == "ft_b")
+    assert single["trial"] is None
+
+
+def test_without_held_out_tasks_the_knee_is_the_search_knee(exportable, tmp_path, capsys):
+    config, _ = exportable
+    assert main(["export", str(config), "--knee", "--out", str(tmp_path / "k")]) == 0
+    printed = capsys.readouterr().out
+    assert "exported trial 3 (knee of the Pareto front; " in printed
+    assert "held-out" not in printed and "test split" not in printed

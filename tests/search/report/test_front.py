@@ -132,6 +132,35 @@ def test_pareto_json_after_launch(launched, capsys):
     assert "hypervolume" in figure["layout"]["title"]["text"].lower()
 
 
+def test_pareto_compares_the_chosen_knee_with_the_inputs_on_the_test_split(launched, capsys):
+    assert main(["pareto", str(launched), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["knee_split"] == "heldout"
+    knee = next(r for r in report["front"] if r["knee"])
+    assert knee["trial"] == report["knee_trial"]
+    heldout = {r["trial"]: (r["heldout"]["pick"], r["heldout"]["ppl"]) for r in report["front"]}
+    k = heldout[knee["trial"]]  # the knee is on the front members' own held-out front
+    assert not any(v[0] >= k[0] and v[1] <= k[1] and v != k for v in heldout.values())
+    test = report["test"]
+    assert test["chosen"]["trial"] == report["knee_trial"]
+    assert test["chosen"]["examples"] == {"c2_pick_test": 6, "text.txt": 3}
+    assert [b["label"] for b in test["baselines"]] == ["uniform", "ft_a", "ft_b", "ft_c"]
+    for b in test["baselines"]:
+        assert b["diff"]["pick"] == pytest.approx(
+            test["chosen"]["objectives"]["pick"] - b["objectives"]["pick"]
+        )
+        assert b["diff"]["mean"] == pytest.approx(test["chosen"]["mean"] - b["mean"])
+        # mean of the objectives with the minimized one (perplexity) negated
+        assert b["mean"] == pytest.approx((b["objectives"]["pick"] - b["objectives"]["ppl"]) / 2)
+    assert main(["pareto", str(launched)]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "test split: chosen merge vs inputs (examples per task: c2_pick_test 6, text.txt 3)" in text
+    )
+    assert f"chosen: trial {report['knee_trial']}" in text
+    assert "judged on the held-out re-scores: what export --knee picks" in text
+
+
 def test_pareto_table_and_plots_after_launch(launched, tmp_path, capsys):
     png, html = tmp_path / "front.png", tmp_path / "plots" / "front.html"
     assert main(["pareto", str(launched), "--plot", str(png)]) == 0

@@ -253,6 +253,36 @@ BAD: list[tuple[str, Mutate, str]] = [
         "eval.heldout.nope: not a task of any objective",
     ),
     (
+        "test-key",
+        lambda d: d["eval"].update(test={"demo_code": "t1", "demo_instruct": "t2", "nope": "x"}),
+        "eval.test.nope: not a task of any objective",
+    ),
+    (
+        "test-partial",
+        lambda d: d["eval"].update(test={"demo_instruct": "t2"}),
+        "eval.test: no test task for 'demo_code'; map every objective task or none",
+    ),
+    (
+        "budget-examples",
+        lambda d: d["budget"].update(examples=0),
+        "budget.examples: Input should be greater than or equal to 1",
+    ),
+    (
+        "parametrization",
+        lambda d: d["merge"]["weights"].update(parametrization="sphere"),
+        "merge.weights.parametrization: Input should be 'simplex' or 'independent'",
+    ),
+    (
+        "simplex-unnormalized",
+        lambda d: d["merge"]["weights"].update(normalize=False, parametrization="simplex"),
+        "merge.weights.parametrization: simplex needs a method that normalizes the weights",
+    ),
+    (
+        "simplex-bounds",
+        lambda d: d["merge"]["weights"].update(high=2.0),
+        "merge.weights.high: low/high bound independent weights only",
+    ),
+    (
         "heldout-partial",
         lambda d: d["eval"]["heldout"].pop("demo_code"),
         "eval.heldout: no held-out task for 'demo_code'",

@@ -160,6 +160,8 @@ def test_each_trial_records_what_it_did(finished: dict[str, Any], workdir: dict[
         assert sum(c[0] for c in attrs["coefficients"].values()) == pytest.approx(1.0)
         assert set(attrs["task_scores"]) >= {"c1_pick/acc"}
         assert attrs["merge_s"] >= 0 and attrs["eval_s"] >= 0
+        # 6 c1_pick examples (eval.limit) + 6 texts; a reused plan scores none
+        assert attrs["examples_scored"] == (0 if "duplicate_of" in attrs else 12)
         assert len(t.values) == 2 and 0.0 <= t.values[0] <= 1.0 and t.values[1] > 1.0
         # per-example values (packed) and each objective's standard error
         examples = decode_examples(attrs["examples"])
@@ -207,6 +209,7 @@ def test_a_plan_already_scored_is_reused(own_study: dict[str, Any]) -> None:
     assert again.values == uniform.values and again.user_attrs["eval_s"] == 0.0
     for attr in ("examples", "stderr", "task_stderr", "task_scores"):
         assert again.user_attrs[attr] == uniform.user_attrs[attr]
+    assert again.user_attrs["examples_scored"] == 0 and uniform.user_attrs["examples_scored"] > 0
     assert len(complete(trials("own", storage))) == 4
 
 
@@ -224,7 +227,8 @@ def test_no_trial_starts_after_the_timeout(
 def test_resume_refused_when_the_search_space_changed(
     finished: dict[str, Any], workdir: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = {**workdir["data"], "merge": {"method": "linear", "weights": {"low": 0.0, "high": 2.0}}}
+    weights = {"low": 0.0, "high": 2.0, "parametrization": "independent"}
+    data = {**workdir["data"], "merge": {"method": "linear", "weights": weights}}
     config = write_config(workdir["root"] / "e2e-space.yaml", data)
     count = len(trials("e2e", workdir["storage"]))
     assert main(["launch", str(config)]) == 2

@@ -30,7 +30,7 @@ def test_layout_is_a_pool_of_hf_llama_folders(demo_zoo):
     from transformers import AutoConfig, AutoTokenizer
 
     names = [p.name for p in demo_zoo.checkpoints]
-    assert names == [r.name for r in RECIPES["tiny"].runs] and len(names) >= 6
+    assert names == RECIPES["tiny"].checkpoint_names() and len(names) >= 6
     for folder in (demo_zoo.base, *demo_zoo.checkpoints):
         assert AutoConfig.from_pretrained(folder).model_type == "llama"
         assert set(_tensors(folder)) == set(_tensors(demo_zoo.base))
@@ -94,7 +94,9 @@ def test_splits_are_disjoint_and_training_never_sees_them():
     for skill in SKILLS:
         search = {d["prompt"] for d in eval_split(skill, "")}
         heldout = {d["prompt"] for d in eval_split(skill, "_heldout")}
-        assert len(search) == len(heldout) == 200 and not search & heldout
+        test = {d["prompt"] for d in eval_split(skill, "_test")}
+        assert len(search) == 200 and len(heldout) == len(test) == 1000
+        assert not search & heldout and not (search | heldout) & test
         for text in islice(training_stream(skill, 0, held), 3000):
             assert text.endswith("\n") and text[: text.index("?") + 1] not in held
 
