@@ -165,7 +165,10 @@ def compare_on_test(
             "objectives": objectives,
             "stderr": dict(got.get("stderr") or {}),
             "tasks": dict(got["tasks"]),
-            "examples": {k: int(v["n"]) for k, v in (got.get("examples") or {}).items()},
+            # examples per task (or data file), as the evaluator counts them
+            "examples": {
+                k.split("/")[0]: int(v["n"]) for k, v in (got.get("examples") or {}).items()
+            },
             "mean": _signed_mean(objectives, view),
         }
 

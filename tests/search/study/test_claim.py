@@ -7,7 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.study.config import WorkersConfig
-from search.study.storage import claim_trial, connect
+from search.study.storage import Budget, claim_trial, connect
 
 
 class StopOnce(optuna.samplers.RandomSampler):
@@ -31,8 +31,8 @@ def test_a_claim_interrupted_inside_ask_is_failed_and_queued_again(tmp_path) -> 
     study = optuna.create_study(study_name="claim", storage=storage, sampler=StopOnce())
     study.enqueue_trial({"x": 0.25})
     with pytest.raises(SystemExit):
-        claim_trial(study, storage, n_trials=5)
+        claim_trial(study, storage, Budget(n_trials=5))
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [TrialState.FAIL, TrialState.WAITING]  # nothing left running, no heartbeat
-    trial = claim_trial(study, storage, n_trials=5)
+    trial = claim_trial(study, storage, Budget(n_trials=5))
     assert trial is not None and trial.suggest_float("x", 0, 1) == 0.25  # the same parameters

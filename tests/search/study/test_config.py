@@ -419,7 +419,11 @@ BAD: list[tuple[str, Mutate, str]] = [
     (
         "fw-weight-floor",
         lambda d: d.update(
-            merge={"method": "linear", "weights": {"low": 0.1, "high": 1.0}}, seed_trials=["fw"]
+            merge={
+                "method": "linear",
+                "weights": {"low": 0.1, "high": 1.0, "parametrization": "independent"},
+            },
+            seed_trials=["fw"],
         ),
         "merge.weights.low: Frank-Wolfe points give checkpoints weight 0",
     ),

@@ -124,7 +124,11 @@ def _cfg(paths, name, **extra):
     "merge",
     [
         {"method": "linear", "weights": {"low": 0.0, "high": 1.0}},
-        {"method": "linear", "layer_groups": 2, "weights": {"low": 0.0, "high": 0.4}},
+        {
+            "method": "linear",
+            "layer_groups": 2,
+            "weights": {"low": 0.0, "high": 0.4, "parametrization": "independent"},
+        },
         {"method": "linear", "weights": {"low": 0.0, "high": 1.0, "normalize": False}},
     ],
     ids=["normalized", "groups-and-scaled", "independent"],
