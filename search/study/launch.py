@@ -33,10 +33,12 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,8 +268,11 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
     say(choice.reason)
     study = None
     try:
-        with WorkerGroup(cfg, n_workers, threads, deadline, devices, choice.placement) as group:
-            first = group.wait_first_ready()
+        with (
+            ctrl_c() as pressed,
+            WorkerGroup(cfg, n_workers, threads, deadline, devices, choice.placement) as group,
+        ):
+            first = group.wait_first_ready(pressed)
             storage = prepared.storage or open_storage(cfg, create=True)
             study, created = create_or_resume(
                 cfg,
@@ -290,6 +295,8 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
                         progress.write(line)
                     progress.refresh()
                     time.sleep(1.0)
+                    if pressed.is_set():  # a Ctrl-C whose KeyboardInterrupt was dropped
+                        raise KeyboardInterrupt
                 for line in group.messages():
                     progress.write(line)
                 progress.refresh()
@@ -429,6 +436,30 @@ def pool_placement(
     )
 
 
+@contextmanager
+def ctrl_c() -> Iterator[threading.Event]:
+    """Ctrl-C that cannot be lost: the handler sets the event and raises KeyboardInterrupt.
+
+    Python runs a signal handler at the next bytecode, which may be inside a garbage-collector
+    weakref callback, where the KeyboardInterrupt is printed and dropped; the launcher's loops
+    check the event, so the stop still happens within a second.
+    """
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def say(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -490,13 +521,15 @@ class WorkerGroup:
                 p.kill()
                 p.join()
 
-    def wait_first_ready(self) -> Ready:
+    def wait_first_ready(self, pressed: threading.Event | None = None) -> Ready:
         """Block until one worker has its model and evaluator (its event); raise its error if all
-        fail first."""
+        fail first, ``KeyboardInterrupt`` once ``pressed`` is set."""
         end = time.time() + READY_TIMEOUT_S
         failures: list[str] = []
         first: Ready | None = None
         while self._ready == 0:
+            if pressed is not None and pressed.is_set():
+                raise KeyboardInterrupt
             try:
                 event = self._events.get(timeout=1.0)
             except queue.Empty:

@@ -27,7 +27,7 @@ from search.engine.plan import MergePlan
 from search.study.records import decode_examples
 
 N_TRIALS = 30
-SLOW_TEXTS = 600  # lines of the slow study's perplexity file: a trial takes seconds, not ms
+SLOW_TEXTS = 1500  # lines of the slow study's perplexity file: a trial takes seconds, not ms
 
 
 @pytest.fixture(scope="module")
