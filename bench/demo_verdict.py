@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--min-se", type=float, default=2.0, help="paired SEs the export must lead by")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    p.add_argument(
+        "--zoos",
+        default=None,
+        help="reuse pools built earlier (DIR/seedN/zoo, `merge-search zoo build DIR/seedN/zoo "
+        "--seed N`) instead of building them: reruns the search alone; the verdict itself "
+        "needs pools built from scratch",
+    )
     return p.parse_args(argv)
 
 
@@ -111,7 +118,7 @@ class SplitScorer:
         self.tasks = tasks
         loaded = load_tasks(tasks, tasks_path)
         self.task_dict = {
-            "tasks": {n: t.task for n, t in loaded.items()},
+            "tasks": {n: t.task for n, t in loaded.tasks.items()},
             "groups": {},
             "group_map": {},
         }
@@ -213,7 +220,11 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     zoo = folder / "zoo"
     log = folder / "demo.log"
     seconds: dict[str, float] = {}
-    seconds["zoo build"] = cli("zoo", "build", str(zoo), "--seed", str(seed), log=log)
+    if args.zoos:
+        zoo = Path(args.zoos) / f"seed{seed}" / "zoo"
+        log.write_text(f"(pool reused from {zoo})\n")
+    else:
+        seconds["zoo build"] = cli("zoo", "build", str(zoo), "--seed", str(seed), log=log)
     config = demo_config(Path(args.config), zoo, folder, f"demo-seed{seed}")
     seconds["launch"] = cli("launch", str(config), "--workers", str(args.workers), log=log)
     seconds["pareto"] = cli("pareto", str(config), log=log)

@@ -192,6 +192,8 @@ def load_base(args: argparse.Namespace) -> dict[str, Any]:
         seed_trials=[],
         constraints=[],
     )
+    # every trial scored in full: this compares samplers (search_efficiency.py compares scoring)
+    data["eval"] = {**(data.get("eval") or {}), "racing": None}
     if args.limit is not None:
         data["eval"] = {**(data.get("eval") or {}), "limit": args.limit}
     return data

@@ -56,6 +56,7 @@ def config_for(args: argparse.Namespace, folder: Path, parametrization: str) -> 
         seed_trials=[],
         budget={**data["budget"], **({"n_trials": args.trials} if args.trials else {})},
     )
+    data["eval"] = {**data["eval"], "racing": None}  # every trial scored in full
     if args.limit is not None:
         data["eval"] = {**data["eval"], "limit": args.limit}
     path = folder / f"{name}.yaml"

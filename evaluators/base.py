@@ -30,6 +30,22 @@ class Scores:
     task_stderr: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How an evaluator's scores are built from per-example values (for staged scoring).
+
+    Attributes:
+        terms: objective name -> its ``(score key, weight)`` terms (the objective is their
+            weighted mean).
+        leaves: score key -> the leaf tasks (names as in ``examples_per_task``) whose
+            per-example values the key's values concatenate, in that order; each leaf's values
+            in ascending document order.
+    """
+
+    terms: dict[str, tuple[tuple[str, float], ...]]
+    leaves: dict[str, tuple[str, ...]]
+
+
 class Evaluator(ABC):
     """Scores a model that stays resident while its weights change in place between calls.
 
@@ -64,3 +80,21 @@ class Evaluator(ABC):
     @abstractmethod
     def examples_per_task(self) -> dict[str, int]:
         """Leaf task name -> how many examples one call without ``docs`` scores."""
+
+    def layout(self) -> Layout:
+        """Which leaf tasks each score key's per-example values come from (staged scoring).
+
+        Raises:
+            UserError: this evaluator's scores are not functions of per-example means (say why).
+        """
+        from search.errors import UserError
+
+        raise UserError(f"{type(self).__name__} does not support staged scoring (eval.racing)")
+
+    def combine(self, examples: Mapping[str, Sequence[float]]) -> Scores:
+        """The scores of one call without ``docs``, from its per-example values alone.
+
+        ``examples`` has every score key, each with every example (ascending document order,
+        groups concatenated as in :meth:`layout`): what a call scored in parts adds up to.
+        """
+        raise NotImplementedError(type(self).__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from evaluators.base import Evaluator, Scores
+from evaluators.base import Evaluator, Layout, Scores
 from evaluators.spec import EvalSpec, ObjectiveSpec
 from search.errors import UserError
 
@@ -79,6 +79,22 @@ class CompositeEvaluator(Evaluator):
         for part in self.parts:
             counts.update(part.examples_per_task())
         return counts
+
+    def layout(self) -> Layout:
+        layouts = [part.layout() for part in self.parts]
+        return Layout(
+            terms={k: v for lay in layouts for k, v in lay.terms.items()},
+            leaves={k: v for lay in layouts for k, v in lay.leaves.items()},
+        )
+
+    def combine(self, examples: Mapping[str, Sequence[float]]) -> Scores:
+        merged = Scores()
+        for part in self.parts:
+            keys = part.layout().leaves
+            scores = part.combine({k: v for k, v in examples.items() if k in keys})
+            for name in ("tasks", "objectives", "examples", "stderr", "task_stderr"):
+                getattr(merged, name).update(getattr(scores, name))
+        return merged
 
 
 def build_evaluator(

@@ -26,11 +26,18 @@ import numpy as np
 import torch
 from lm_eval.evaluator import evaluate
 
-from evaluators.base import Evaluator, Scores
-from evaluators.lm_results import ObjectiveTerm, reduce_results, weighted_mean
+from evaluators.base import Evaluator, Layout, Scores
+from evaluators.lm_results import (
+    ObjectiveTerm,
+    combine_examples,
+    reduce_results,
+    reduction_of,
+    weighted_mean,
+)
 from evaluators.lm_tasks import load_tasks
 from evaluators.resident_lm import ResidentHFLM
 from evaluators.spec import EvalSpec, ObjectiveSpec
+from evaluators.stats import REDUCTIONS
 from search.errors import UserError
 
 __all__ = ["LmEvalEvaluator", "ObjectiveTerm", "TaskRun", "plan_task_runs", "weighted_mean"]
@@ -203,6 +210,42 @@ class LmEvalEvaluator(Evaluator):
             else min(self._n_docs(name), self._limit or self._n_docs(name))
             for name in self._set.tasks
         }
+
+    def layout(self) -> Layout:
+        """Terms and leaf tasks per score key; refused unless every term's metric is a mean.
+
+        Raises:
+            UserError: an objective's metric is not aggregated by ``mean`` (perplexities, corpus
+                metrics): its score is not the mean of its per-example values.
+        """
+        terms: dict[str, tuple[tuple[str, float], ...]] = {}
+        leaves: dict[str, tuple[str, ...]] = {}
+        for name, object_terms in self._terms.items():
+            terms[name] = tuple((t.score_key, t.weight) for t in object_terms)
+            for term in object_terms:
+                metric = term.results_key.partition(",")[0]
+                label = term.score_key.split("/", 1)[1]
+                members = []
+                for leaf in term.leaves or (term.task,):
+                    reduction = reduction_of(self._set.tasks[leaf].task, metric)
+                    if reduction is None and term.is_group:
+                        continue  # lm-eval leaves a task without the metric out of its group
+                    if reduction is not REDUCTIONS["mean"]:
+                        raise UserError(
+                            f"objective {name!r}: {leaf}/{metric} is not aggregated by mean, so "
+                            "its score is not the mean of its per-example values; staged "
+                            "scoring (eval.racing) needs mean metrics (acc, exact_match, ...): "
+                            "set eval.racing: null"
+                        )
+                    members.append(leaf)
+                    if term.is_group:
+                        leaves[f"{leaf}/{label}"] = (leaf,)
+                leaves[term.score_key] = tuple(members)
+        return Layout(terms, leaves)
+
+    def combine(self, examples: Mapping[str, Sequence[float]]) -> Scores:
+        """Scores from per-example values (:func:`~evaluators.lm_results.combine_examples`)."""
+        return combine_examples(examples, self._terms)
 
     def evaluate(
         self, model: Any, tokenizer: Any, docs: Mapping[str, Sequence[int]] | None = None

@@ -123,6 +123,57 @@ def reduce_results(
     return scores
 
 
+def combine_examples(
+    examples: Mapping[str, Sequence[float]], terms: Mapping[str, Sequence[ObjectiveTerm]]
+) -> Scores:
+    """What :func:`reduce_results` returns, from per-example values alone (mean metrics only).
+
+    For staged scoring: a trial scored in parts has, once every part is in, each key's values
+    over all its examples; for metrics lm-eval aggregates with ``mean`` the score is their mean
+    and the SE :func:`~evaluators.stats.mean_stderr`, a group's as lm-eval aggregates it (size-
+    weighted, or the plain mean of its tasks' scores) with :func:`group_stderr`.
+    """
+    from evaluators.stats import mean_stderr
+
+    scores = Scores()
+    for name, object_terms in terms.items():
+        for term in object_terms:
+            key = term.score_key
+            if key in scores.tasks:
+                continue
+            if not term.is_group:
+                values = tuple(examples[key])
+                scores.tasks[key] = sum(values) / len(values)
+                scores.examples[key], scores.task_stderr[key] = values, mean_stderr(values)
+                continue
+            label = key.split("/", 1)[1]
+            parts, means, ses, sizes = [], [], [], []
+            for task in term.leaves:
+                leaf_key = f"{task}/{label}"
+                if leaf_key not in examples:
+                    continue
+                values = tuple(examples[leaf_key])
+                scores.tasks[leaf_key] = sum(values) / len(values)
+                scores.examples[leaf_key] = values
+                scores.task_stderr[leaf_key] = mean_stderr(values)
+                parts.extend(values)
+                means.append(scores.tasks[leaf_key])
+                ses.append(scores.task_stderr[leaf_key])
+                sizes.append(len(values))
+            scores.tasks[key] = (
+                sum(parts) / len(parts) if term.weight_by_size else sum(means) / len(means)
+            )
+            scores.examples[key] = tuple(parts)
+            scores.task_stderr[key] = group_stderr(ses, sizes, term.weight_by_size)
+        scores.objectives[name] = weighted_mean(
+            [(scores.tasks[t.score_key], t.weight) for t in object_terms]
+        )
+        scores.stderr[name] = objective_stderr(
+            [(t.weight, scores.task_stderr[t.score_key]) for t in object_terms]
+        )
+    return scores
+
+
 def group_stderr(stderrs: Sequence[float], sizes: Sequence[int], weight_by_size: bool) -> float:
     """A group's SE from its tasks' SEs, with the formula lm-eval uses for the group's score."""
     from lm_eval.api.metrics import pooled_sample_stderr, unweighted_mean_stderr

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from evaluators.base import Evaluator, Scores
+from evaluators.base import Evaluator, Layout, Scores
 from evaluators.spec import EvalSpec, ObjectiveSpec
 from evaluators.stats import ratio_stderr
 from search.errors import UserError
@@ -120,6 +120,15 @@ class PerplexityEvaluator(Evaluator):
             texts = tuple(t for t, _ in chunk)
             batches.append((ids.to(self._device), mask.to(self._device), texts))
         return batches
+
+    def layout(self) -> Layout:
+        """Refused: a perplexity is a ratio over the corpus, not a mean of per-text values."""
+        names = ", ".join(repr(n) for n in self._keys)
+        raise UserError(
+            f"objective {names}: perplexity is exp(Σ NLL / Σ tokens) over the whole file, not a "
+            "mean of per-text values; staged scoring (eval.racing) needs mean metrics: set "
+            "eval.racing: null"
+        )
 
     def examples_per_task(self) -> dict[str, int]:
         """File name -> number of texts scored."""

@@ -16,10 +16,12 @@ run and where the resident model lives, whatever the placement. Memory: ``K`` mo
 with a base method) in the pool dtype for ``device``/``host``, buffers for ``disk``, plus the
 resident model that :meth:`load_model` builds.
 
-Methods that read Fishers (``fisher``) need one more pool's worth: :meth:`load_fishers` holds
-each checkpoint's diagonal Fisher in the same ``[K, *shape]`` per-tensor layout, on the pool's
-device whatever the placement (they do not follow ``host``/``disk`` yet), in the pool's dtype
-(bfloat16 for a float16 pool: squared gradients overflow float16).
+Methods that read Fishers (``fisher``) need one more pool's worth, in the same ``[K, *shape]``
+per-tensor layout and the pool's dtype (bfloat16 for a float16 pool: squared gradients
+overflow float16): :meth:`load_fisher_files` reads them from safetensors files (a study's
+cache) into a store of the pool's placement, so they follow ``device``/``host``/``disk`` like
+the checkpoints; :meth:`load_fishers` takes them as tensors (computed without a cache) and
+keeps them on the device.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from search.engine.checkpoint import (
     unique_names,
 )
 from search.engine.device import resolve_device
-from search.engine.files import TensorInfo, read_header
+from search.engine.files import TensorInfo, read_header, read_table
 from search.engine.kernels import KERNELS, choose_fisher_kernel, choose_kernel
 from search.engine.placement import (
     BLOCK_BYTES,
@@ -175,7 +177,9 @@ class CheckpointPool:
         )
         self._loaded = {"checkpoints": False, "base": False}
         self.fisher_mean = choose_fisher_kernel(device, dtype, kernel)  # methods with Fishers
-        self._fishers: dict[str, torch.Tensor] | None = None
+        self._fishers: dict[str, torch.Tensor] | None = None  # given as tensors: on the device
+        self.fisher_store: TensorStore | None = None  # read from files: the pool's placement
+        self._block_bytes = block_bytes
         # where the Fishers came from (calibration data, N, cache keys): for the model card
         self.fisher_source: dict[str, Any] | None = None
         self.fisher_records: tuple[dict[str, str], ...] = ()
@@ -328,11 +332,16 @@ class CheckpointPool:
 
     def resident_bytes(self) -> int:
         """Bytes held between trials by the stacks, the base and the Fishers."""
-        stores = (self.checkpoint_store, self.base_store)
+        stores = (self.checkpoint_store, self.base_store, self.fisher_store)
         fishers = sum(t.numel() * t.element_size() for t in (self._fishers or {}).values())
         return sum(s.resident_bytes() for s in stores if s is not None) + fishers
 
     # -- Fishers (methods with ``needs_fisher``) ----------------------------------------------
+
+    @property
+    def fisher_dtype(self) -> torch.dtype:
+        """The Fishers' dtype: the pool's (float16's range is too small: bfloat16 then)."""
+        return torch.bfloat16 if self.dtype == torch.float16 else self.dtype
 
     def load_fishers(
         self,
@@ -340,7 +349,8 @@ class CheckpointPool:
         source: Mapping[str, Any] | None = None,
         records: Sequence[Mapping[str, str]] = (),
     ) -> CheckpointPool:
-        """Hold each checkpoint's diagonal Fisher as a ``[K, *shape]`` stack per tensor.
+        """Hold each checkpoint's diagonal Fisher, given as tensors, as a ``[K, *shape]`` stack
+        per tensor on the pool's device (Fishers computed without a cache to read them from).
 
         Args:
             fishers: one mapping per checkpoint, in pool order: tensor name -> its Fisher
@@ -354,31 +364,87 @@ class CheckpointPool:
             raise UserError(
                 f"checkpoint pool: {len(fishers)} Fishers for {len(self.names)} checkpoints"
             )
-        dtype = torch.bfloat16 if self.dtype == torch.float16 else self.dtype
         stacks = {}
         for name, shape in self.shapes.items():
-            stack = torch.empty((len(fishers), *shape), dtype=dtype, device=self.device)
+            stack = torch.empty((len(fishers), *shape), dtype=self.fisher_dtype, device=self.device)
             for i, fisher in enumerate(fishers):
                 tensor = fisher.get(name)
-                if tensor is None or tuple(tensor.shape) != shape:
-                    got = "missing" if tensor is None else f"shape {list(tensor.shape)}"
-                    raise UserError(
-                        f"checkpoint pool: Fisher of {self.names[i]} for tensor {name} is {got} "
-                        f"(expected shape {list(shape)})"
-                    )
+                self._check_fisher(i, name, None if tensor is None else tuple(tensor.shape))
                 stack[i].copy_(tensor)
             stacks[name] = stack
-        self._fishers = stacks
+        self._set_fishers(stacks, None, source, records)
+        return self
+
+    def load_fisher_files(
+        self,
+        files: Sequence[Path],
+        source: Mapping[str, Any] | None = None,
+        records: Sequence[Mapping[str, str]] = (),
+        *,
+        threads: int | None = None,
+    ) -> CheckpointPool:
+        """Read each checkpoint's Fisher from its safetensors file (the study's cache) into a
+        store of the pool's placement (:mod:`search.engine.placement`): ``device`` and ``host``
+        hold them like the checkpoints' stacks, ``disk`` reads them from the files' memory maps
+        each trial; the values handed to a merge are the same bits in every placement.
+
+        Raises:
+            UserError: a file is unreadable or truncated, or lacks a tensor of the pool or has
+                it in another shape (one line naming the checkpoint and the tensor).
+        """
+        if len(files) != len(self.names):
+            raise UserError(
+                f"checkpoint pool: {len(files)} Fisher files for {len(self.names)} checkpoints"
+            )
+        tables = [read_table(Path(f))[0] for f in files]
+        for i, table in enumerate(tables):
+            for name in self.shapes:
+                self._check_fisher(i, name, table[name].shape if name in table else None)
+        store = build_store(
+            self.placement,
+            tables,
+            self.shapes,
+            self.fisher_dtype,
+            self.device,
+            block_bytes=self._block_bytes,
+        )
+        n = threads or min(LOAD_THREADS, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="fisher-load") as executor:
+            store.load(executor if n > 1 else None)
+        self._set_fishers(None, store, source, records)
+        return self
+
+    def _check_fisher(self, i: int, name: str, shape: tuple[int, ...] | None) -> None:
+        expected = self.shapes[name]
+        if shape is None or tuple(shape) != expected:
+            got = "missing" if shape is None else f"shape {list(shape)}"
+            raise UserError(
+                f"checkpoint pool: Fisher of {self.names[i]} for tensor {name} is {got} "
+                f"(expected shape {list(expected)})"
+            )
+
+    def _set_fishers(
+        self,
+        stacks: dict[str, torch.Tensor] | None,
+        store: TensorStore | None,
+        source: Mapping[str, Any] | None,
+        records: Sequence[Mapping[str, str]],
+    ) -> None:
+        if self.fisher_store is not None:
+            self.fisher_store.close()
+        self._fishers, self.fisher_store = stacks, store
         self.fisher_source = dict(source) if source is not None else None
         self.fisher_records = tuple(dict(r) for r in records)
-        return self
 
     @property
     def has_fishers(self) -> bool:
-        return self._fishers is not None
+        return self._fishers is not None or self.fisher_store is not None
 
     def fisher_stack(self, name: str) -> torch.Tensor:
-        """The ``[K, *shape]`` stack of the checkpoints' Fishers of tensor ``name``."""
+        """The ``[K, *shape]`` stack of the checkpoints' Fishers of tensor ``name`` on the
+        pool's device (resident: the stack itself; ``disk``, ``host`` on CUDA: a fresh copy)."""
+        if self.fisher_store is not None:
+            return self.fisher_store.get(name)
         if self._fishers is None:
             raise UserError("checkpoint pool: no Fishers loaded (see CheckpointPool.load_fishers)")
         return self._fishers[name]
@@ -403,7 +469,7 @@ class CheckpointPool:
 
     def close(self) -> None:
         """Release the stores' files, buffers and page locks (the pool is unusable after)."""
-        for store in (self.checkpoint_store, self.base_store):
+        for store in (self.checkpoint_store, self.base_store, self.fisher_store):
             if store is not None:
                 store.close()
 

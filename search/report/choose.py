@@ -28,6 +28,7 @@ from search.report.scores import (
     score_heldout,
 )
 from search.report.view import Row, StudyView, open_view
+from search.study.records import STOPPED_ATTR
 from search.study.storage import check_fingerprint
 
 ON_HELDOUT = "on held-out re-scores (eval.heldout)"
@@ -71,7 +72,15 @@ def pick_row(
                 f"--trial {trial}: no completed trial with that number in study {view.cfg.name!r}; "
                 f"completed trials: {_ranges([r.number for r in view.rows])}"
             )
-        return by_number[trial], f"trial {trial}"
+        row = by_number[trial]
+        stopped = row.user_attrs.get(STOPPED_ATTR)
+        if stopped is not None:
+            raise UserError(
+                f"--trial {trial}: stopped by staged scoring at rung {row.user_attrs.get('rung')} "
+                f"(trial {stopped} beat it), so its scores are partial; choose a trial scored "
+                "in full (see `merge-search pareto`)"
+            )
+        return row, f"trial {trial}"
     if best is not None and best not in view.names:
         raise UserError(f"--best {best}: unknown objective; objectives: {', '.join(view.names)}")
     weights = None

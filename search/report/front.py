@@ -25,6 +25,7 @@ from search.errors import UserError
 from search.report.pareto import dominates, hypervolume, hypervolume_history, reference_point
 from search.report.plots import check_plot_path, hypervolume_figure, write_plot
 from search.report.scores import (
+    _racing_objectives,
     compare_on_test,
     find_baselines,
     heldout_configured,
@@ -33,7 +34,9 @@ from search.report.scores import (
     stderr_of,
 )
 from search.report.view import StudyView, open_view
-from search.study.records import EXAMPLES_ATTR
+from search.study.records import EXAMPLES_ATTR, STOPPED_ATTR, decode_examples
+
+TELL_APART_SE = 2.0  # two front points differ when some objective's paired gap exceeds 2 SEs
 
 DASHBOARD_GRAPH_ID = "merge-search-hypervolume"
 
@@ -99,6 +102,7 @@ def build_report(
         how = "knee of the Pareto front" + (" on held-out re-scores" if by_key else "")
         test = compare_on_test(view, knee, how, runtime_factory)
 
+    indistinct = cannot_tell_apart(view, front)
     front_rows = [
         {
             "trial": r.number,
@@ -111,6 +115,7 @@ def build_report(
             "coefficients": r.user_attrs.get("coefficients"),
             "params": r.user_attrs.get("params"),
             "task_scores": r.user_attrs.get("task_scores"),
+            "indistinct_from": indistinct.get(r.number, []),
         }
         for r in front
     ]
@@ -145,6 +150,8 @@ def build_report(
                 "stderr": stderr_of(r.user_attrs, names),
                 "feasible": r.feasible,
                 "duplicate_of": r.user_attrs.get("duplicate_of"),
+                "stopped_by": r.user_attrs.get(STOPPED_ATTR),
+                "rung": r.user_attrs.get("rung"),
             }
             for r in view.rows
         ],
@@ -163,6 +170,42 @@ def build_report(
             ],
         }
     return report
+
+
+def cannot_tell_apart(view: StudyView, front: list[Any]) -> dict[int, list[int]]:
+    """Per front trial, the other front trials the data cannot tell it apart from: on every
+    objective the paired difference (same examples, :func:`search.study.racing.paired_difference`)
+    is within ``TELL_APART_SE`` of its standard error. Trials without per-example values: none."""
+    from search.study.racing import paired_difference
+
+    decoded = {
+        r.number: decode_examples(r.user_attrs[EXAMPLES_ATTR])
+        for r in front
+        if r.user_attrs.get(EXAMPLES_ATTR)
+    }
+    if not decoded:
+        return {}
+    objectives = _racing_objectives(view.cfg.objectives, {"examples": next(iter(decoded.values()))})
+    if any(o is None for o in objectives):
+        return {}
+    out: dict[int, list[int]] = {}
+    for a in decoded:
+        for b in decoded:
+            if a == b:
+                continue
+            close = True
+            for o in objectives:
+                keys = [t.key for t in o.terms]
+                if any(len(decoded[a].get(k, ())) != len(decoded[b].get(k, ())) for k in keys):
+                    close = False
+                    break
+                d, se = paired_difference(o, decoded[a], decoded[b])
+                if abs(d) > TELL_APART_SE * se:
+                    close = False
+                    break
+            if close:
+                out.setdefault(a, []).append(b)
+    return out
 
 
 def _examples_per_task(

@@ -343,7 +343,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     head.append("largest coefficients")
     table = [head]
     for r in report["front"]:
-        line = ["*" if r["knee"] else "", str(r["trial"]), *_cells(r, "values", "stderr", names)]
+        close = r.get("indistinct_from") or []
+        trial = str(r["trial"]) + (f" ≈{','.join(map(str, close))}" if close else "")
+        line = ["*" if r["knee"] else "", trial, *_cells(r, "values", "stderr", names)]
         if has_heldout:
             line += _cells(r, "heldout", "heldout_stderr", names)
         line.append(_top_coefficients(r["coefficients"]))
@@ -372,6 +374,17 @@ def format_report(report: Mapping[str, Any]) -> str:
     counts = _examples_text(report.get("examples") or {})
     if counts:
         lines.append(f"value ± standard error; {counts}")
+    if any(r.get("indistinct_from") for r in report["front"]):
+        lines.append(
+            "≈N: the data cannot tell this point from trial N (every objective within 2 paired "
+            "standard errors on the same examples)"
+        )
+    stopped = [t for t in report.get("trials", []) if t.get("stopped_by") is not None]
+    if stopped:
+        lines.append(
+            f"staged scoring stopped {len(stopped)} of {len(report['trials'])} completed trials "
+            "early (a front member beat them with confidence); they are never on the front"
+        )
     n_dom = sum(bool(b["dominated_by"]) for b in report["baselines"])
     lines.append(f"the front dominates {n_dom} of {len(report['baselines'])} baselines")
     if on_heldout and report.get("search_knee_trial") != report["knee_trial"]:

@@ -18,6 +18,7 @@ from search.errors import UserError
 from search.report.pareto import knee_point, pareto_front, prefer_point
 from search.report.plots import counts_text
 from search.study.config import load_config
+from search.study.records import STOPPED_ATTR
 from search.study.storage import count_states, load_study, open_storage, redact
 
 
@@ -116,7 +117,9 @@ def view_of(cfg: Any, study: Any, url: str) -> StudyView:
                 number=t.number,
                 values=tuple(float(v) for v in t.values),
                 plan_key=str(t.user_attrs.get("plan_key", f"trial-{t.number}")),
-                feasible=all(c <= 0 for c in constraints),
+                # a trial stopped by racing is infeasible (its racing constraint) even when the
+                # sampler ignores constraints (random, qmc): it never reaches the front
+                feasible=all(c <= 0 for c in constraints) and STOPPED_ATTR not in t.user_attrs,
                 user_attrs=t.user_attrs,
             )
         )

@@ -139,6 +139,30 @@ class Constraint(_Strict):
         return self
 
 
+class RacingConfig(_Strict):
+    """Staged scoring that races the front (search.study.racing): rungs of growing example
+    counts, a trial stopped once a front member beats it on every objective with confidence."""
+
+    # cumulative fractions of each task's examples scored by the end of each rung; last 1.0
+    rungs: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_rungs(self) -> RacingConfig:
+        r = self.rungs
+        growing = all(a < b for a, b in zip(r, r[1:], strict=False))
+        if not r or any(not 0 < f <= 1 for f in r) or not growing:
+            raise ValueError(
+                f"rungs: expected increasing fractions in (0, 1], e.g. [0.125, 0.25, 0.5, 1.0] "
+                f"(got {list(r)})"
+            )
+        if r[-1] != 1.0:
+            raise ValueError(
+                f"rungs: the last rung scores every example: expected 1.0 (got {r[-1]})"
+            )
+        return self
+
+
 class EvalConfig(_Strict):
     """How tasks are run (see evaluators.spec.EvalSpec)."""
 
@@ -161,6 +185,15 @@ class EvalConfig(_Strict):
 
     # search task -> test task: data neither the search nor the choice of a merge saw
     test: dict[str, str] = Field(default_factory=dict)
+    # staged scoring (off unless given): `racing: {}` or `true` for the defaults
+    racing: RacingConfig | None = None
+
+    @field_validator("racing", mode="before")
+    @classmethod
+    def _racing_bool(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
 
 
 class SamplerConfig(_Strict):
@@ -259,6 +292,7 @@ class StudyConfig(_Strict):
                     f"expected one of: {', '.join(names)}"
                 )
         self._check_heldout()
+        self._check_racing()
         self._check_merge()
         check_sampler(
             self.sampler, n_objectives=len(self.objectives), constrained=bool(self.constraints)
@@ -305,6 +339,22 @@ class StudyConfig(_Strict):
             object.__setattr__(
                 self, "budget", self.budget.model_copy(update={"n_trials": self.fw_paths})
             )
+
+    @property
+    def racing(self) -> RacingConfig | None:
+        """Staged scoring's settings, ``None`` when every trial is scored in full."""
+        return self.eval.racing
+
+    def _check_racing(self) -> None:
+        if self.racing is None:
+            return
+        for i, obj in enumerate(self.objectives):
+            if obj.evaluator == "perplexity":
+                raise ValueError(
+                    f"eval.racing: objectives[{i}] ({obj.name!r}) scores perplexity, a ratio "
+                    "over the whole file, not a mean of per-example values; staged scoring "
+                    "needs mean metrics: set eval.racing: null or drop that objective"
+                )
 
     def _check_heldout(self) -> None:
         tasks = sorted({t.task for o in self.objectives for t in o.tasks})

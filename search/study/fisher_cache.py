@@ -3,10 +3,12 @@
 - :func:`calibration`: the examples of ``merge.fisher`` (a file, or the objectives' search-split
   examples), at most N of them, and their digest; :func:`calibration_from_file` for a
   ``merge-search merge`` YAML.
-- :func:`load_fishers`: every checkpoint's Fisher into the pool
-  (:meth:`~search.engine.pool.CheckpointPool.load_fishers`), read from the cache, the missing ones
-  computed with :func:`search.engine.fisher.diagonal_fisher` (one backward pass per example and
-  checkpoint, K × N in all, with a progress bar) and cached.
+- :func:`load_fishers`: every checkpoint's Fisher into the pool, the missing ones computed with
+  :func:`search.engine.fisher.diagonal_fisher` (one backward pass per example and checkpoint,
+  K × N in all, with a progress bar) and cached, then all read from the cache's files by a store
+  of the pool's placement (:meth:`~search.engine.pool.CheckpointPool.load_fisher_files`:
+  ``device``/``host`` resident like the checkpoints, ``disk`` memory-mapped); without a cache
+  folder they stay on the device (:meth:`~search.engine.pool.CheckpointPool.load_fishers`).
 
 The cache: one folder per checkpoint, ``<cache_dir>/<key>/`` with ``fisher.safetensors`` (float32,
 one tensor per pool tensor) and ``meta.json``. The key hashes the checkpoint's fingerprint
@@ -150,15 +152,13 @@ def load_fishers(
             checkpoint computed.
         progress: show a progress bar over the K × N backward passes.
     """
-    from safetensors.torch import load_file
-
     start = time.perf_counter()
     fingerprints = pool.fingerprint()["checkpoints"]
     keys = [cache_key(fp, data, pool.dtype) for fp in fingerprints]
     fishers: list[dict[str, torch.Tensor] | None] = []
-    for key in keys:
-        file = folder / key / FISHER_FILE if folder is not None else None
-        fishers.append(load_file(str(file)) if file is not None and file.is_file() else None)
+    for key in keys:  # cached files are read by the pool's store, in the pool's placement
+        hit = folder is not None and (folder / key / FISHER_FILE).is_file()
+        fishers.append({} if hit else None)
     missing = [i for i, f in enumerate(fishers) if f is None]
     passes = 0
     if missing:
@@ -180,7 +180,11 @@ def load_fishers(
         bar.close()
     source = {**data.describe(), "cache": [str(folder / k) for k in keys] if folder else None}
     records = tuple(e.to_json() for e in data.examples)
-    pool.load_fishers(fishers, source=source, records=records)  # type: ignore[arg-type]
+    if folder is not None:  # from the cache's files, in the pool's placement
+        files = [folder / key / FISHER_FILE for key in keys]
+        pool.load_fisher_files(files, source=source, records=records)
+    else:
+        pool.load_fishers(fishers, source=source, records=records)  # type: ignore[arg-type]
     return FisherLoad(
         keys=tuple(keys),
         computed=tuple(pool.names[i] for i in missing),

@@ -60,6 +60,7 @@ from search.study.fisher_cache import Calibration, calibration, load_fishers
 from search.study.fisher_cache import cache_dir as fisher_cache_dir
 from search.study.fw import Proposals, propose
 from search.study.progress import progress_bar
+from search.study.records import STOPPED_ATTR
 from search.study.samplers import build_sampler, check_options
 from search.study.space import SearchSpace
 from search.study.storage import (
@@ -322,10 +323,12 @@ def summary(
     done = finished(trial_counts(study))
     dup = sum(1 for t in everything if "duplicate_of" in t.user_attrs)
     retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
+    stopped = sum(1 for t in everything if STOPPED_ATTR in t.user_attrs)
+    raced = f", {stopped} stopped early by staged scoring" if cfg.racing is not None else ""
     line = (
         f"study {cfg.name!r}: {done}/{cfg.budget.n_trials} trials finished "
-        f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption), "
-        f"{examples_text(cfg, study, everything)} in {seconds:.0f} s"
+        f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption"
+        f"{raced}), {examples_text(cfg, study, everything)} in {seconds:.0f} s"
     )
     if not budget_of(cfg, study).allows_another(everything):
         say(f"{line}; next: merge-search pareto {config_path}")
@@ -386,6 +389,7 @@ def join(cfg: StudyConfig, config_path: str | Path) -> int:
     study.sampler = build_sampler(
         cfg.sampler,
         constrained=bool(cfg.constraints),
+        raced=cfg.racing is not None,
         worker=JOIN_SEED_OFFSET + os.getpid() % 100_000,
         salt=len(study.get_trials(deepcopy=False)),
     )
@@ -639,6 +643,7 @@ def _worker_body(
         study.sampler = build_sampler(
             cfg.sampler,
             constrained=bool(cfg.constraints),
+            raced=cfg.racing is not None,
             worker=index,
             salt=len(study.get_trials(deepcopy=False)),
         )

@@ -29,6 +29,22 @@ member truly dominates is stopped anyway stays below α.
 
 A member whose difference on an objective has zero variance (identical per-example results)
 is better only if ``d_j > 0`` exactly; with ``SE = 0`` and ``d_j > 0`` every example agrees.
+
+How a stopped trial is told to the sampler. It is COMPLETE with its partial values (the means
+over the examples it scored) and one constraint more than the config's, violated by
+``1 − examples scored / full evaluation`` (> 0; :func:`violation`), so that:
+
+- NSGA-II / NSGA-III (constrained domination) rank it behind every feasible trial, and among
+  stopped trials the one that lasted longer first; a PRUNED trial would be left out of the
+  population altogether, as if never tried;
+- TPE (``constraints_func``) puts it in the "bad" group that its acquisition avoids; TPE on
+  PRUNED multi-objective trials is what Optuna issue 5260 reports failing;
+- GP fits the constraint and weighs its acquisition by the probability of feasibility;
+- Optuna's own ``best_trial`` / ``best_trials`` and this project's front, knee and export
+  (:mod:`search.report.view`) skip infeasible trials: a stopped trial never becomes an answer.
+
+This is also Optuna's own advice for ``WilcoxonPruner`` (return the partial mean rather than
+raise ``TrialPruned``, so TPE learns from it), which single-objective studies use as their test.
 """
 
 from __future__ import annotations
@@ -64,6 +80,122 @@ def rung_sizes(n: int, fractions: Sequence[float]) -> list[int]:
     if not sizes or sizes[-1] != n:
         sizes.append(n)
     return sizes
+
+
+def plan_rungs(
+    counts: Mapping[str, int], fractions: Sequence[float], seed: int
+) -> tuple[dict[str, tuple[int, ...]], ...]:
+    """The study's rungs: per rung, the documents each leaf task adds (sorted indices).
+
+    Every task's documents are visited in :func:`example_order`; by the end of rung k a task of
+    n documents has scored ``rung_sizes``-style ``max(ceil(f_k n), min(n, MIN_EXAMPLES))`` of
+    them. Rungs are common to all tasks: a rung where some task would add nothing is merged
+    into the next, so every rung adds at least one document of every task (one rung: no early
+    stop). The same counts, fractions and seed give the same rungs on every worker.
+    """
+    orders = {task: example_order(n, task, seed) for task, n in counts.items()}
+    sizes = {
+        task: [min(n, max(math.ceil(f * n), min(n, MIN_EXAMPLES))) for f in fractions]
+        for task, n in counts.items()
+    }
+    last = len(fractions) - 1
+    kept: list[int] = []
+    for k in range(last + 1):
+        before = {t: sizes[t][kept[-1]] if kept else 0 for t in counts}
+        if all(sizes[t][k] > before[t] for t in counts):
+            kept.append(k)
+    if not kept or kept[-1] != last:
+        if kept:
+            kept.pop()
+        kept.append(last)
+    rungs: list[dict[str, tuple[int, ...]]] = []
+    for i, k in enumerate(kept):
+        start = {t: sizes[t][kept[i - 1]] if i else 0 for t in counts}
+        rungs.append(
+            {t: tuple(sorted(int(d) for d in orders[t][start[t] : sizes[t][k]])) for t in counts}
+        )
+    return tuple(rungs)
+
+
+class Partial:
+    """A trial's per-example values over the rungs scored so far, with their positions.
+
+    ``leaves`` (``Evaluator.layout().leaves``) says which leaf tasks each score key's values
+    concatenate; ``counts`` how many documents a full evaluation scores per leaf. Each rung's
+    values come in the evaluator's order (per leaf ascending document, leaves concatenated);
+    their positions are where the same examples sit in a full evaluation's values, so a front
+    member's stored values are read at exactly the candidate's examples (:meth:`at`).
+    """
+
+    def __init__(self, leaves: Mapping[str, Sequence[str]], counts: Mapping[str, int]) -> None:
+        self._leaves = {k: tuple(v) for k, v in leaves.items()}
+        self._counts = dict(counts)
+        self._values: dict[str, list[float]] = {k: [] for k in self._leaves}
+        self._positions: dict[str, list[int]] = {k: [] for k in self._leaves}
+        self.scored = 0  # documents scored, summed over leaf tasks
+
+    def add(self, docs: Mapping[str, Sequence[int]], examples: Mapping[str, Sequence[float]]):
+        """One rung's results: ``docs`` the documents it scored, ``examples`` per score key."""
+        for key, leaves in self._leaves.items():
+            offset, where = 0, []
+            for leaf in leaves:
+                where.extend(offset + int(d) for d in docs[leaf])
+                offset += self._counts[leaf]
+            values = examples[key]
+            if len(values) != len(where):
+                raise ValueError(f"{key}: {len(values)} values for {len(where)} documents")
+            self._values[key].extend(float(v) for v in values)
+            self._positions[key].extend(where)
+        self.scored += sum(len(docs[t]) for t in self._counts)
+
+    def positions(self, key: str) -> list[int]:
+        """Where the values of ``key`` scored so far sit in a full evaluation's values."""
+        return self._positions[key]
+
+    def values(self) -> dict[str, np.ndarray]:
+        """Per score key, the values scored so far (in scoring order)."""
+        return {k: np.asarray(v, float) for k, v in self._values.items()}
+
+    def at(self, full: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray] | None:
+        """A full evaluation's values read at this trial's examples (``None`` when ``full``
+        lacks a key or has another length: it was scored on other examples)."""
+        out = {}
+        for key, where in self._positions.items():
+            values = full.get(key)
+            size = sum(self._counts[leaf] for leaf in self._leaves[key])
+            if values is None or len(values) != size:
+                return None
+            out[key] = np.asarray(values, float)[where]
+        return out
+
+    def full(self) -> dict[str, tuple[float, ...]]:
+        """Every key's values in a full evaluation's order (once every rung is in)."""
+        out = {}
+        for key, where in self._positions.items():
+            size = sum(self._counts[leaf] for leaf in self._leaves[key])
+            if sorted(where) != list(range(size)):
+                raise ValueError(f"{key}: not every example is scored yet")
+            array = np.empty(size)
+            array[where] = self._values[key]
+            out[key] = tuple(float(v) for v in array)
+        return out
+
+
+def front(values: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
+    """Indices of the non-dominated rows of ``values`` (per row one value per objective)."""
+    signs = np.where(np.asarray(maximize, bool), 1.0, -1.0)
+    points = np.asarray(values, float).reshape(len(values), len(signs)) * signs
+    out = []
+    for i, p in enumerate(points):
+        dominated = np.any(np.all(points >= p, axis=1) & np.any(points > p, axis=1))
+        if not dominated:
+            out.append(i)
+    return out
+
+
+def violation(scored: int, full: int) -> float:
+    """The racing constraint of a stopped trial: the share of a full evaluation it skipped."""
+    return max(1.0 - scored / full, 1e-6) if full else 1.0
 
 
 @dataclass(frozen=True)

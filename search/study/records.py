@@ -27,6 +27,12 @@ import numpy as np
 EXAMPLES_ATTR = "examples"
 STDERR_ATTR = "stderr"
 TASK_STDERR_ATTR = "task_stderr"
+# staged scoring (search.study.racing): rungs reached / the study's rungs, the racing
+# constraint's value, and the trial that stopped this one (only on stopped trials)
+RUNG_ATTR = "rung"
+RUNGS_ATTR = "rungs"
+VIOLATION_ATTR = "racing_violation"
+STOPPED_ATTR = "stopped_by"
 
 
 def encode_values(values: Sequence[float]) -> dict[str, Any]:

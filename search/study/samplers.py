@@ -27,6 +27,7 @@ import numpy as np
 import optuna
 
 from search.errors import UserError
+from search.study.records import VIOLATION_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -143,6 +144,12 @@ def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
     return tuple(trial.user_attrs.get(CONSTRAINTS_ATTR, ()))
 
 
+def raced_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
+    """With staged scoring: the config's constraints, then the racing one (> 0: the trial was
+    stopped; 0 for a trial scored in full, or scored before racing was turned on)."""
+    return (*trial_constraints(trial), float(trial.user_attrs.get(VIOLATION_ATTR, 0.0)))
+
+
 def check_sampler(cfg: SamplerConfig, *, n_objectives: int, constrained: bool) -> None:
     """Raise ``ValueError("sampler.<field>: ...")`` when the sampler cannot run this study."""
     entry = SAMPLERS.get(cfg.name)
@@ -193,7 +200,12 @@ def check_options(cfg: SamplerConfig, *, constrained: bool, where: str | Path) -
 
 
 def build_sampler(
-    cfg: SamplerConfig, *, constrained: bool, worker: int = 0, salt: int = 0
+    cfg: SamplerConfig,
+    *,
+    constrained: bool,
+    worker: int = 0,
+    salt: int = 0,
+    raced: bool = False,
 ) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler.
 
@@ -203,12 +215,13 @@ def build_sampler(
         worker: index of the worker; with ``salt`` it varies the seed so that parallel workers
             and resumed runs do not replay the same random stream (unless ``shared_seed``).
         salt: e.g. the number of trials already in the study.
+        raced: staged scoring is on: the constraints function adds the racing constraint.
     """
     entry = SAMPLERS[cfg.name]
     kwargs: dict[str, Any] = {**(entry.defaults or {}), **cfg.options}
     kwargs["seed"] = _seed(cfg.seed, worker, salt, entry.shared_seed)
-    if constrained and entry.constraints:
-        kwargs["constraints_func"] = trial_constraints
+    if (constrained or raced) and entry.constraints:
+        kwargs["constraints_func"] = raced_constraints if raced else trial_constraints
     with warnings.catch_warnings():
         # constraints_func is deprecated in Optuna 5 in favour of Trial.set_constraint, but
         # optuna-dashboard 0.21 shows feasibility only from the list it writes.

@@ -13,11 +13,15 @@ parameters), ``coefficients`` ({checkpoint: [coefficient per layer group]} as ap
 scored, summed over tasks; 0 when it reused a scored plan), ``stderr`` ({objective: standard
 error}),
 ``task_stderr`` ({"task/metric": standard error}), ``examples`` ({"task/metric": per-example
-values, packed by :mod:`search.study.records`}), ``merge_s``, ``eval_s``, ``duplicate_of``
+values, packed by :mod:`search.study.records`}; absent on a stopped trial), ``merge_s``,
+``eval_s``, ``duplicate_of``
 (trial number, only when the plan was already scored: the scores, standard errors and
 per-example values are the earlier trial's), ``constraints`` (one value per bound, <= 0
 feasible; only with constraints), ``worker`` (``host:pid:device``, e.g.
-``node1:4242:cuda:1``), and ``seed_trial`` on seed trials.
+``node1:4242:cuda:1``), and ``seed_trial`` on seed trials. With ``eval.racing``:
+``rung`` (rungs scored, 1-based) and ``rungs`` (the study's), ``racing_violation`` (0 for a
+trial scored in full, > 0 for a stopped one) and, on a stopped trial, ``stopped_by`` (the front
+member that beat it; for one objective, the best trial).
 The study's ``examples_per_evaluation`` user attr is what one full evaluation scores.
 """
 
@@ -38,20 +42,29 @@ import torch
 from optuna.trial import TrialState
 
 from evaluators import build_evaluator
+from evaluators.lm_results import weighted_mean
+from evaluators.stats import mean_stderr, objective_stderr
 from search.engine.device import set_cpu_threads, use_device
 from search.engine.materialize import effective_weights, materialize
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
+from search.study import racing
 from search.study.fisher_cache import cache_dir as fisher_cache_dir
 from search.study.fisher_cache import calibration, load_fishers
 from search.study.records import (
     EXAMPLES_ATTR,
+    RUNG_ATTR,
+    RUNGS_ATTR,
     STDERR_ATTR,
+    STOPPED_ATTR,
     TASK_STDERR_ATTR,
+    VIOLATION_ATTR,
+    decode_examples,
     encode_examples,
     json_stderr,
 )
+from search.study.samplers import CONSTRAINTS_ATTR
 from search.study.space import SearchSpace
 from search.study.storage import (
     EVALUATION_SIZE_ATTR,
@@ -140,18 +153,25 @@ class Runtime:
             "model": built - loaded,
             "evaluator": time.perf_counter() - built,
         }
+        if cfg.racing is not None and split == "search":
+            evaluator.layout()  # UserError when staged scoring cannot combine these scores
         names = tuple(o.name for o in objectives)
         return cls(cfg, pool, model, tokenizer, evaluator, names, seconds)
 
-    def score(self, plan: MergePlan) -> tuple[Scores, float, float]:
-        """Materialize ``plan`` into the resident model, evaluate: (scores, merge_s, eval_s)."""
+    def merge(self, plan: MergePlan) -> float:
+        """Materialize ``plan`` into the resident model; seconds taken."""
         start = time.perf_counter()
         materialize(plan, self.pool, self.model)
         if self.pool.device.type == "cuda":
             torch.cuda.synchronize(self.pool.device)
-        merged = time.perf_counter()
+        return time.perf_counter() - start
+
+    def score(self, plan: MergePlan) -> tuple[Scores, float, float]:
+        """Materialize ``plan`` into the resident model, evaluate: (scores, merge_s, eval_s)."""
+        merge_s = self.merge(plan)
+        start = time.perf_counter()
         scores = self.evaluator.evaluate(self.model, self.tokenizer)
-        return scores, merged - start, time.perf_counter() - merged
+        return scores, merge_s, time.perf_counter() - start
 
     def examples_per_evaluation(self) -> int:
         """Examples one full evaluation scores, summed over every task (and data file)."""
@@ -167,10 +187,14 @@ class Scored:
     task_scores: dict[str, float]
     stderr: dict[str, float | None]
     task_stderr: dict[str, float | None]
-    examples: dict[str, dict[str, Any]]  # packed (search.study.records)
+    examples: dict[str, dict[str, Any]]  # packed (search.study.records); {} when stopped
+    rung: int | None = None  # with racing: rungs scored
+    rungs: int | None = None  # with racing: the study's rungs
+    stopped_by: int | None = None  # with racing: who stopped it (None: scored in full)
+    violation: float = 0.0  # with racing: the racing constraint (search.study.racing.violation)
 
     @classmethod
-    def of(cls, number: int, scores: Scores, names: list[str]) -> Scored:
+    def of(cls, number: int, scores: Scores, names: list[str], **racing: Any) -> Scored:
         return cls(
             number=number,
             values=[float(scores.objectives[name]) for name in names],
@@ -178,6 +202,7 @@ class Scored:
             stderr=json_stderr(scores.stderr),
             task_stderr=json_stderr(scores.task_stderr),
             examples=encode_examples(scores.examples),
+            **racing,
         )
 
     @classmethod
@@ -190,6 +215,10 @@ class Scored:
             stderr=dict(attrs.get(STDERR_ATTR, {})),
             task_stderr=dict(attrs.get(TASK_STDERR_ATTR, {})),
             examples=dict(attrs.get(EXAMPLES_ATTR, {})),
+            rung=attrs.get(RUNG_ATTR),
+            rungs=attrs.get(RUNGS_ATTR),
+            stopped_by=attrs.get(STOPPED_ATTR),
+            violation=float(attrs.get(VIOLATION_ATTR, 0.0)),
         )
 
     def record(self, trial: optuna.Trial) -> None:
@@ -197,7 +226,158 @@ class Scored:
         trial.set_user_attr("task_scores", self.task_scores)
         trial.set_user_attr(STDERR_ATTR, self.stderr)
         trial.set_user_attr(TASK_STDERR_ATTR, self.task_stderr)
-        trial.set_user_attr(EXAMPLES_ATTR, self.examples)
+        if self.examples:
+            trial.set_user_attr(EXAMPLES_ATTR, self.examples)
+        if self.rung is not None:
+            trial.set_user_attr(RUNG_ATTR, self.rung)
+            trial.set_user_attr(RUNGS_ATTR, self.rungs)
+            trial.set_user_attr(VIOLATION_ATTR, self.violation)
+        if self.stopped_by is not None:
+            trial.set_user_attr(STOPPED_ATTR, self.stopped_by)
+
+
+class Racer:
+    """Staged scoring of one worker's trials (``eval.racing``; the test: :mod:`.racing`).
+
+    The merged model is scored rung by rung on the documents :func:`.racing.plan_rungs`
+    gives (the same on every worker). After each rung but the last: with several objectives
+    the trial is compared, paired on its examples, with the study's current front (complete,
+    not stopped, feasible trials: their stored per-example values); with one objective
+    Optuna's ``WilcoxonPruner`` decides (``trial.report`` of every example's value, step = the
+    example's position, then ``should_prune``), at level ``(1 − confidence) / (rungs − 1)``.
+    A trial that passes every rung gets the scores a full evaluation gives
+    (``Evaluator.combine``).
+    """
+
+    def __init__(self, cfg: StudyConfig, runtime: Runtime, study: optuna.Study) -> None:
+        assert cfg.racing is not None
+        self.cfg, self.runtime, self.study = cfg, runtime, study
+        self.layout = runtime.evaluator.layout()
+        self.counts = runtime.evaluator.examples_per_task()
+        self.full = sum(self.counts.values())
+        self.rungs = racing.plan_rungs(self.counts, cfg.racing.rungs, cfg.eval.seed)
+        self.objectives = [
+            racing.Objective(
+                o.name,
+                o.direction == "maximize",
+                tuple(racing.Term(k, w) for k, w in self.layout.terms[o.name]),
+            )
+            for o in cfg.objectives
+        ]
+        self.single = len(self.objectives) == 1
+        looks = max(1, len(self.rungs) - 1)
+        if self.single:
+            study.pruner = optuna.pruners.WilcoxonPruner(
+                p_threshold=(1.0 - cfg.racing.confidence) / looks,
+                n_startup_steps=racing.MIN_EXAMPLES,
+            )
+        self._decoded: dict[int, dict[str, tuple[float, ...]]] = {}
+
+    def score(self, trial: optuna.Trial) -> Scored:
+        """Score the resident merge in rungs; stop when the front (or the best trial) beats it."""
+        partial = racing.Partial(self.layout.leaves, self.counts)
+        runtime = self.runtime
+        stopped_by: int | None = None
+        steps = 0
+        for k, docs in enumerate(self.rungs):
+            scores = runtime.evaluator.evaluate(runtime.model, runtime.tokenizer, docs)
+            before = {key: len(v) for key, v in partial.values().items()}
+            partial.add(docs, scores.examples)
+            last = k == len(self.rungs) - 1
+            if self.single:
+                steps = self._report(trial, partial, before, steps)
+                if not last and trial.should_prune():
+                    stopped_by = self.study.best_trial.number
+            elif not last:
+                stopped_by = self._dominated(partial)
+            if stopped_by is not None or last:
+                break
+        rung = k + 1
+        common = {"rung": rung, "rungs": len(self.rungs)}
+        if stopped_by is None:
+            combined = runtime.evaluator.combine(partial.full())
+            return Scored.of(trial.number, combined, self.cfg.objective_names, **common)
+        return self._stopped(trial.number, partial, stopped_by, common)
+
+    def _report(
+        self, trial: optuna.Trial, partial: racing.Partial, before: dict[str, int], step: int
+    ) -> int:
+        """One objective: every new example's value as an intermediate value (its own step)."""
+        values = partial.values()
+        for term in self.objectives[0].terms:
+            where = partial.positions(term.key)
+            offset = self._step_offset(term.key)
+            for i in range(before[term.key], len(values[term.key])):
+                trial.report(float(values[term.key][i]), offset + where[i])
+                step += 1
+        return step
+
+    def _step_offset(self, key: str) -> int:
+        """Steps of one objective's terms do not overlap: term j's start after term j−1's."""
+        offset = 0
+        for term in self.objectives[0].terms:
+            if term.key == key:
+                return offset
+            offset += sum(self.counts[leaf] for leaf in self.layout.leaves[term.key])
+        raise KeyError(key)
+
+    def _dominated(self, partial: racing.Partial) -> int | None:
+        members = self._front(partial)
+        if not members:
+            return None
+        z = racing.z_value(self.cfg.racing.confidence, len(members), len(self.rungs) - 1)
+        return racing.dominated_with_confidence(self.objectives, partial.values(), members, z)
+
+    def _front(self, partial: racing.Partial) -> dict[int, dict[str, Any]]:
+        """The current front's values at the candidate's examples, by trial number."""
+        rows: dict[str, optuna.trial.FrozenTrial] = {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            attrs = t.user_attrs
+            if (
+                EXAMPLES_ATTR not in attrs
+                or STOPPED_ATTR in attrs
+                or any(c > 0 for c in attrs.get(CONSTRAINTS_ATTR, ()))
+            ):
+                continue
+            rows.setdefault(str(attrs.get("plan_key", t.number)), t)
+        trials = list(rows.values())
+        maximize = [o.maximize for o in self.objectives]
+        members = {}
+        for i in racing.front([t.values for t in trials], maximize):
+            t = trials[i]
+            if t.number not in self._decoded:
+                self._decoded[t.number] = decode_examples(t.user_attrs[EXAMPLES_ATTR])
+            values = partial.at(self._decoded[t.number])
+            if values is not None:
+                members[t.number] = values
+        return members
+
+    def _stopped(
+        self, number: int, partial: racing.Partial, by: int, common: dict[str, Any]
+    ) -> Scored:
+        """A stopped trial's record: means and standard errors over the examples it scored."""
+        values = partial.values()
+        task_scores = {k: float(v.mean()) for k, v in values.items()}
+        task_stderr = {k: mean_stderr(list(v)) for k, v in values.items()}
+        objectives, stderr = [], {}
+        for o in self.objectives:
+            objectives.append(weighted_mean([(task_scores[t.key], t.weight) for t in o.terms]))
+            stderr[o.name] = objective_stderr([(t.weight, task_stderr[t.key]) for t in o.terms])
+        return Scored(
+            number=number,
+            values=objectives,
+            task_scores=task_scores,
+            stderr=json_stderr(stderr),
+            task_stderr=json_stderr(task_stderr),
+            examples={},
+            stopped_by=by,
+            violation=racing.violation(partial.scored, self.full),
+            **common,
+        )
+
+    def spent(self, scored: Scored) -> int:
+        """Examples a trial scored: every rung it reached."""
+        return sum(len(d) for docs in self.rungs[: scored.rung] for d in docs.values())
 
 
 @dataclass
@@ -210,6 +390,11 @@ class TrialObjective:
     study: optuna.Study
     scored: dict[str, Scored] = field(default_factory=dict)
     duplicates: int = 0
+    racer: Racer | None = None
+
+    def __post_init__(self) -> None:
+        if self.cfg.racing is not None and self.racer is None:
+            self.racer = Racer(self.cfg, self.runtime, self.study)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         trial.set_user_attr(
@@ -228,8 +413,7 @@ class TrialObjective:
             spent = 0
             self.duplicates += 1
         else:
-            scores, merge_s, eval_s, spent = self.score(plan)
-            scored = Scored.of(trial.number, scores, self.cfg.objective_names)
+            scored, merge_s, eval_s, spent = self.score(plan, trial)
             self.scored[plan.key] = scored
         scored.record(trial)
         trial.set_user_attr(EXAMPLES_SCORED, spent)
@@ -237,17 +421,23 @@ class TrialObjective:
         trial.set_user_attr("eval_s", round(eval_s, 4))
         if self.cfg.constraints:
             by_name = dict(zip(self.cfg.objective_names, scored.values, strict=True))
-            trial.set_user_attr("constraints", self.cfg.constraint_values(by_name))
+            trial.set_user_attr(CONSTRAINTS_ATTR, self.cfg.constraint_values(by_name))
         return list(scored.values)
 
-    def score(self, plan: MergePlan) -> tuple[Scores, float, float, int]:
+    def score(self, plan: MergePlan, trial: optuna.Trial) -> tuple[Scored, float, float, int]:
         """Materialize and evaluate ``plan``: the one place a trial spends examples.
 
-        Returns ``(scores, merge_s, eval_s, examples scored)``; today every trial pays one full
-        evaluation (``Runtime.examples_per_evaluation``).
+        Returns ``(scored, merge_s, eval_s, examples scored)``: one full evaluation
+        (``Runtime.examples_per_evaluation``), or with racing the rungs it reached.
         """
-        scores, merge_s, eval_s = self.runtime.score(plan)
-        return scores, merge_s, eval_s, self.runtime.examples_per_evaluation()
+        if self.racer is None:
+            scores, merge_s, eval_s = self.runtime.score(plan)
+            scored = Scored.of(trial.number, scores, self.cfg.objective_names)
+            return scored, merge_s, eval_s, self.runtime.examples_per_evaluation()
+        merge_s = self.runtime.merge(plan)
+        start = time.perf_counter()
+        scored = self.racer.score(trial)
+        return scored, merge_s, time.perf_counter() - start, self.racer.spent(scored)
 
     def find_scored(self, key: str) -> Scored | None:
         """What a completed trial with this plan recorded, if any."""

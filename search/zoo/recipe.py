@@ -98,8 +98,8 @@ class Recipe:
 # Three runs from the base at a high constant rate, each leaving checkpoints along the way. The
 # rates differ (code learns best at a lower one); each run has its own seed and data order.
 _FULL_RUNS = (
-    Run("code_heavy", 0.85, 450, 2e-3, save_at=(150, 300, 450), note="85% code"),
-    Run("instruct_heavy", 0.15, 450, 3e-3, save_at=(150, 300, 450), note="85% instructions"),
+    Run("code_heavy", 0.95, 450, 2e-3, save_at=(150, 300, 450), note="95% code"),
+    Run("instruct_heavy", 0.10, 450, 3e-3, save_at=(150, 300, 450), note="90% instructions"),
     Run("balanced", 0.5, 300, 2.5e-3, save_at=(150, 300), note="half code, half instructions"),
 )
 

@@ -290,3 +290,52 @@ def test_cuda_host_stacks_are_page_locked_and_streamed(tiny_zoo):
     assert all(t.is_pinned() for t in store.stacks().values())
     assert pool.stack("lm_head.weight").device.type == "cuda"
     pool.close()
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_fishers_read_from_files_follow_the_placement(tiny_zoo, tmp_path, placement):
+    from safetensors.torch import save_file
+
+    reference = _pool(tiny_zoo, "fisher", "bfloat16", "device")  # seeded Fishers, as tensors
+    expected = {n: t.cpu() for n, t in merged_tensors(_plan("fisher"), reference)}
+    files = []
+    for i in range(3):
+        fisher = {n: reference.fisher_stack(n)[i].float().contiguous() for n in reference.shapes}
+        files.append(tmp_path / f"f{i}.safetensors")
+        save_file(fisher, str(files[-1]))
+    reference.close()
+    pool = CheckpointPool.open(
+        tiny_zoo.checkpoints[:3],
+        tiny_zoo.base,
+        dtype="bfloat16",
+        placement=placement,
+        block_bytes=SMALL_BLOCKS,
+    )
+    pool.load_fisher_files(files, source={"data": "seeded"})
+    try:
+        assert pool.fisher_store is not None and pool.fisher_store.placement == placement
+        fisher_bytes = pool.fisher_store.resident_bytes()
+        # resident placements hold another pool's worth; disk holds nothing between trials
+        assert (fisher_bytes == 0) == (placement == "disk")
+        got = {n: t.cpu() for n, t in merged_tensors(_plan("fisher"), pool)}
+        _assert_bit_identical(got, expected, f"fisher from files, {placement}")
+    finally:
+        pool.close()
+
+
+def test_a_fisher_file_without_a_tensor_is_refused_naming_it(tiny_zoo, tmp_path):
+    from safetensors.torch import save_file
+
+    from search.errors import UserError
+
+    pool = CheckpointPool.open(tiny_zoo.checkpoints[:2], tiny_zoo.base, placement="disk")
+    files = []
+    for i in range(2):
+        shapes = dict(pool.shapes)
+        if i == 1:
+            shapes.pop(next(iter(shapes)))
+        files.append(tmp_path / f"f{i}.safetensors")
+        save_file({n: torch.ones(s) for n, s in shapes.items()}, str(files[-1]))
+    with pytest.raises(UserError, match=f"Fisher of {pool.names[1]} for tensor .* is missing"):
+        pool.load_fisher_files(files)
+    pool.close()

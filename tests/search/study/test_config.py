@@ -536,3 +536,28 @@ def test_scoring_settings_are_part_of_the_resume_signature_only_when_set(
     cfg = load_config(write(workdir, chat))
     with pytest.raises(UserError, match=r"how trials are scored changed \(objectives"):
         check_resume(study, cfg, changed, "study.yaml")
+
+
+@pytest.mark.parametrize(
+    ("racing", "message"),
+    [
+        ({"rungs": [0.5, 0.25, 1.0]}, "eval.racing: rungs: expected increasing fractions"),
+        ({"rungs": [0.25, 0.5]}, "eval.racing: rungs: the last rung scores every example"),
+        ({"confidence": 1.0}, "eval.racing.confidence"),
+    ],
+)
+def test_bad_racing_settings_are_one_line_naming_the_field(
+    workdir: Path, racing: dict, message: str
+) -> None:
+    data = good_config()
+    data.setdefault("eval", {})["racing"] = racing
+    with pytest.raises(UserError) as err:
+        load_config(write(workdir, data))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_racing_is_off_by_default_and_true_means_the_defaults(workdir: Path) -> None:
+    data = good_config()
+    assert load_config(write(workdir, data)).racing is None
+    data.setdefault("eval", {})["racing"] = True
+    assert load_config(write(workdir, data)).racing.rungs == (0.125, 0.25, 0.5, 1.0)

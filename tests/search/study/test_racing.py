@@ -80,3 +80,55 @@ def test_the_level_holds_when_nothing_dominates() -> None:
     # per look the level is <= (1 - confidence) / looks; binomial slack of 4 SE on 2000 draws
     alpha = (1 - confidence) / looks
     assert stops / sims <= alpha + 4 * (alpha * (1 - alpha) / sims) ** 0.5
+
+
+def test_rungs_add_documents_of_every_task_and_cover_each_once() -> None:
+    from search.study.racing import plan_rungs
+
+    counts = {"a": 200, "b": 40}
+    rungs = plan_rungs(counts, [0.125, 0.25, 0.5, 1.0], seed=0)
+    # b (40 docs) has 25 after the first rung, then 25, 25 (nothing new), then 40: the 0.25 and
+    # 0.5 boundaries are merged into the last rung so that every rung adds documents of both
+    assert [len(r["a"]) for r in rungs] == [25, 175]
+    assert [len(r["b"]) for r in rungs] == [25, 15]
+    for task, n in counts.items():
+        seen = [d for r in rungs for d in r[task]]
+        assert sorted(seen) == list(range(n))  # each document once
+        order = example_order(n, task, seed=0).tolist()
+        assert set(rungs[0][task]) == set(order[:25])  # the study's order, first come first
+    assert len(plan_rungs({"tiny": 8}, [0.125, 0.25, 0.5, 1.0], seed=0)) == 1  # no early stop
+
+
+def test_partial_reads_a_full_evaluation_at_the_same_examples() -> None:
+    from search.study.racing import Partial
+
+    leaves = {"g/acc": ("t1", "t2"), "t1/acc": ("t1",)}
+    counts = {"t1": 4, "t2": 3}
+    full = {"g/acc": [10, 11, 12, 13, 20, 21, 22], "t1/acc": [10, 11, 12, 13]}
+    partial = Partial(leaves, counts)
+    docs = {"t1": [1, 3], "t2": [0]}
+    partial.add(docs, {"g/acc": [11, 13, 20], "t1/acc": [11, 13]})
+    at = partial.at(full)
+    assert at is not None
+    assert at["g/acc"].tolist() == [11, 13, 20] and at["t1/acc"].tolist() == [11, 13]
+    assert partial.scored == 3
+    with pytest.raises(ValueError, match="not every example"):
+        partial.full()
+    partial.add({"t1": [0, 2], "t2": [1, 2]}, {"g/acc": [10, 12, 21, 22], "t1/acc": [10, 12]})
+    assert partial.full() == {k: tuple(float(x) for x in v) for k, v in full.items()}
+    assert partial.at({"g/acc": [1, 2], "t1/acc": [1]}) is None  # scored on other examples
+
+
+def test_front_keeps_the_non_dominated_points() -> None:
+    from search.study.racing import front
+
+    points = [[0.5, 0.5], [0.6, 0.4], [0.4, 0.4], [0.5, 0.5], [0.7, 0.1]]
+    assert front(points, [True, True]) == [0, 1, 3, 4]  # ties stay, (0.4, 0.4) goes
+    assert front(points, [False, True]) == [0, 2, 3]  # low first, high second
+
+
+def test_a_stopped_trial_violates_the_racing_constraint_by_what_it_skipped() -> None:
+    from search.study.racing import violation
+
+    assert violation(50, 400) == pytest.approx(0.875)
+    assert 0 < violation(399, 400) < violation(100, 400)
