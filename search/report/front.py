@@ -25,10 +25,10 @@ from search.errors import UserError
 from search.report.pareto import dominates, hypervolume, hypervolume_history, reference_point
 from search.report.plots import check_plot_path, hypervolume_figure, write_plot
 from search.report.scores import (
-    _racing_objectives,
     compare_on_test,
     find_baselines,
     heldout_configured,
+    paired_objectives,
     score_heldout,
     split_configured,
     stderr_of,
@@ -185,7 +185,7 @@ def cannot_tell_apart(view: StudyView, front: list[Any]) -> dict[int, list[int]]
     }
     if not decoded:
         return {}
-    objectives = _racing_objectives(view.cfg.objectives, {"examples": next(iter(decoded.values()))})
+    objectives = paired_objectives(view.cfg.objectives, {"examples": next(iter(decoded.values()))})
     if any(o is None for o in objectives):
         return {}
     out: dict[int, list[int]] = {}

@@ -173,7 +173,7 @@ def compare_on_test(
         }
 
     best = entry(how, chosen.number, chosen.plan_key)
-    terms = _racing_objectives(view.cfg.split_objectives("test"), scores[chosen.plan_key])
+    terms = paired_objectives(view.cfg.split_objectives("test"), scores[chosen.plan_key])
     baselines = []
     for label, plan in labels:
         b = entry(label, None, plan.key)
@@ -184,7 +184,7 @@ def compare_on_test(
     return {"chosen": best, "baselines": baselines}
 
 
-def _racing_objectives(objectives: Sequence[Any], scored: Mapping[str, Any]) -> list[Any]:
+def paired_objectives(objectives: Sequence[Any], scored: Mapping[str, Any]) -> list[Any]:
     """Each lm-eval objective as weighted score keys (``None`` for one without such keys)."""
     from search.study.racing import Objective, Term
 

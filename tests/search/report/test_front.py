@@ -6,7 +6,7 @@ import json
 
 import optuna
 import pytest
-from report_fixtures import make_config, make_trial
+from report_fixtures import MAX2, make_config, make_trial
 
 from search.cli import main
 from search.report.front import build_report
@@ -202,3 +202,35 @@ def test_three_objective_report_and_plot(tmp_path):
     assert report["hypervolume"]["value"] == pytest.approx(0.5 * 0.5 * 1.0)
     for name in ("three.png", "three.html"):
         assert write_plot(report, tmp_path / name).stat().st_size > 1000
+
+
+def _scored(values, key, instruct, code, **attrs):
+    from search.study.records import encode_examples
+
+    trial = make_trial(values, key)
+    examples = {"demo_instruct/exact_match": instruct, "demo_code/exact_match": code}
+    trial.user_attrs.update(examples=encode_examples(examples), **attrs)
+    return trial
+
+
+def test_front_points_the_data_cannot_tell_apart_are_marked_and_stopped_trials_left_out():
+    from search.report.front import cannot_tell_apart
+
+    n = 200
+    base = [1.0] * 100 + [0.0] * 100
+    study = optuna.create_study(directions=MAX2)
+    for trial in [
+        _scored([0.5, 0.5], "ka", base, base),
+        # one example apart from ka on each skill: within noise
+        _scored([0.505, 0.495], "kb", base[:100] + [1.0] + base[101:], base[:99] + [0.0] * 101),
+        # far from both on both skills (but not dominated: better on instruct)
+        _scored([0.9, 0.2], "kc", [1.0] * 180 + [0.0] * 20, [1.0] * 40 + [0.0] * 160),
+        # best on both, but stopped by staged scoring: never on the front
+        _scored([1.0, 1.0], "kd", [1.0] * n, [1.0] * n, stopped_by=0, rung=1),
+    ]:
+        study.add_trial(trial)
+    view = view_of(make_config(), study, "sqlite:///unused.db")
+    front = view.front()
+    assert [r.number for r in front] == [0, 1, 2]
+    close = cannot_tell_apart(view, front)
+    assert close == {0: [1], 1: [0]}
