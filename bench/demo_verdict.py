@@ -48,6 +48,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without install
 
+from _study import on_pool  # noqa: E402
+
 from search import _offline as _offline  # noqa: E402,F401  (HF offline before HF imports)
 
 
@@ -90,15 +92,8 @@ def cli(*args: str, log: Path) -> float:
 
 def demo_config(config: Path, zoo: Path, folder: Path, name: str) -> Path:
     """The demo config with its pool in ``zoo`` and its study stored in ``folder``."""
-    data = yaml.safe_load(config.read_text())
-    names = [Path(p).name for p in data["checkpoints"]]
-    data.update(
-        name=name,
-        storage=f"sqlite:///{folder / f'{name}.db'}",
-        checkpoints=[str(zoo / n) for n in names],
-        base_model=str(zoo / Path(data["base_model"]).name),
-        tasks_path=str(zoo / "tasks"),
-    )
+    data = on_pool(yaml.safe_load(config.read_text()), zoo)
+    data.update(name=name, storage=f"sqlite:///{folder / f'{name}.db'}")
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -44,6 +44,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _study import on_pool, run_study  # noqa: E402
+
 from search import _offline as _offline  # noqa: E402,F401
 
 AT_TRIALS = 40
@@ -70,12 +72,10 @@ def config_for(
     per_eval = 400  # both search tasks: 200 examples each (checked against the study below)
     options = data["sampler"].get("options", {}) if sampler == data["sampler"]["name"] else {}
     racing = data["eval"].get("racing") or {}
+    data = on_pool(data, zoo)
     data.update(
         name=name,
         storage=f"sqlite:///{folder / name}.db",
-        checkpoints=[str(zoo / Path(p).name) for p in data["checkpoints"]],
-        base_model=str(zoo / Path(data["base_model"]).name),
-        tasks_path=str(zoo / "tasks"),
         merge={**data["merge"], "weights": {"normalize": True, "parametrization": weights}},
         eval={**data["eval"], "racing": racing if scoring == "staged" else None},
         sampler={"name": sampler, "seed": seed, "options": options},
@@ -84,24 +84,6 @@ def config_for(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def run_study(path: Path, runtime: Any) -> Any:
-    from search.study.config import load_config
-    from search.study.samplers import build_sampler
-    from search.study.space import SearchSpace
-    from search.study.storage import create_or_resume, open_storage
-    from search.study.worker import run_worker
-
-    cfg = load_config(path)
-    storage = open_storage(cfg, create=True)
-    space = SearchSpace.build(cfg, runtime.pool.names)
-    study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), path)
-    study.sampler = build_sampler(
-        cfg.sampler, constrained=bool(cfg.constraints), raced=cfg.racing is not None
-    )
-    run_worker(cfg, study, storage, runtime)
-    return study
 
 
 def curve(study: Any) -> list[tuple[int, int, float]]:

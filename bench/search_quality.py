@@ -63,6 +63,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+import _study  # noqa: E402
+
 from search.report.pareto import dominates, hypervolume, pareto_front  # noqa: E402
 
 
@@ -237,26 +239,15 @@ def run_study(
     from optuna.trial import TrialState
 
     from search.study.config import load_config
-    from search.study.samplers import build_sampler
-    from search.study.space import SearchSpace
-    from search.study.storage import create_or_resume, open_storage
-    from search.study.worker import run_worker
 
     cfg = load_config(config_path)
     start = time.perf_counter()
-    storage = open_storage(cfg, create=True)
-    space = SearchSpace.build(cfg, runtime.pool.names)
-    study, _ = create_or_resume(
-        cfg,
-        storage,
-        space,
-        runtime.pool.fingerprint(),
+    study = _study.run_study(
         config_path,
+        runtime,
         fisher=fisher,
         proposals=proposals if cfg.uses_frank_wolfe else None,
     )
-    study.sampler = build_sampler(cfg.sampler, constrained=False)
-    run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     info = [(t.user_attrs.get("seed_trial", ""), t.user_attrs["plan"]) for t in done]
     return [list(t.values) for t in done], time.perf_counter() - start, info

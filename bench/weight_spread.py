@@ -27,6 +27,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _study import on_pool, run_study  # noqa: E402
+
 from search import _offline as _offline  # noqa: E402,F401
 
 BINS = [i / 10 for i in range(11)]
@@ -46,12 +48,10 @@ def config_for(args: argparse.Namespace, folder: Path, parametrization: str) -> 
     zoo = Path(args.zoo)
     name = f"spread-{parametrization}"
     weights = {"normalize": True, "parametrization": parametrization}
+    data = on_pool(data, zoo)
     data.update(
         name=name,
         storage=f"sqlite:///{folder / name}.db",
-        checkpoints=[str(zoo / Path(p).name) for p in data["checkpoints"]],
-        base_model=str(zoo / Path(data["base_model"]).name),
-        tasks_path=str(zoo / "tasks"),
         merge={**data["merge"], "weights": weights},
         seed_trials=[],
         budget={**data["budget"], **({"n_trials": args.trials} if args.trials else {})},
@@ -67,18 +67,7 @@ def config_for(args: argparse.Namespace, folder: Path, parametrization: str) -> 
 def run(path: Path, runtime: Any) -> list[Any]:
     from optuna.trial import TrialState
 
-    from search.study.config import load_config
-    from search.study.samplers import build_sampler
-    from search.study.space import SearchSpace
-    from search.study.storage import create_or_resume, open_storage
-    from search.study.worker import run_worker
-
-    cfg = load_config(path)
-    storage = open_storage(cfg, create=True)
-    space = SearchSpace.build(cfg, runtime.pool.names)
-    study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), path)
-    study.sampler = build_sampler(cfg.sampler, constrained=bool(cfg.constraints))
-    run_worker(cfg, study, storage, runtime)
+    study = run_study(path, runtime)
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 

@@ -92,9 +92,9 @@ class Evaluator(ABC):
         raise UserError(f"{type(self).__name__} does not support staged scoring (eval.racing)")
 
     def combine(self, examples: Mapping[str, Sequence[float]]) -> Scores:
-        """The scores of one call without ``docs``, from its per-example values alone.
-
-        ``examples`` has every score key, each with every example (ascending document order,
-        groups concatenated as in :meth:`layout`): what a call scored in parts adds up to.
+        """Scores from per-example values alone: with every example of every score key
+        (ascending document order, groups concatenated as in :meth:`layout`), those of one
+        call without ``docs``, which is what a call scored in parts adds up to; with only the
+        examples scored so far, the same reduction over those.
         """
         raise NotImplementedError(type(self).__name__)

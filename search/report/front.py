@@ -15,6 +15,7 @@ in optuna-dashboard and writes the plot.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -188,23 +189,22 @@ def cannot_tell_apart(view: StudyView, front: list[Any]) -> dict[int, list[int]]
     objectives = paired_objectives(view.cfg.objectives, {"examples": next(iter(decoded.values()))})
     if any(o is None for o in objectives):
         return {}
+
+    def close(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+        for o in objectives:
+            if any(len(a.get(t.key, ())) != len(b.get(t.key, ())) for t in o.terms):
+                return False  # scored on other examples: no paired comparison
+            d, se = paired_difference(o, a, b)
+            if abs(d) > TELL_APART_SE * se:
+                return False
+        return True
+
     out: dict[int, list[int]] = {}
-    for a in decoded:
-        for b in decoded:
-            if a == b:
-                continue
-            close = True
-            for o in objectives:
-                keys = [t.key for t in o.terms]
-                if any(len(decoded[a].get(k, ())) != len(decoded[b].get(k, ())) for k in keys):
-                    close = False
-                    break
-                d, se = paired_difference(o, decoded[a], decoded[b])
-                if abs(d) > TELL_APART_SE * se:
-                    close = False
-                    break
-            if close:
-                out.setdefault(a, []).append(b)
+    # |d| and its SE are symmetric in a and b; pairs come in front order, so each list does too
+    for a, b in combinations(decoded, 2):
+        if close(decoded[a], decoded[b]):
+            out.setdefault(a, []).append(b)
+            out.setdefault(b, []).append(a)
     return out
 
 

@@ -155,11 +155,12 @@ def load_fishers(
     start = time.perf_counter()
     fingerprints = pool.fingerprint()["checkpoints"]
     keys = [cache_key(fp, data, pool.dtype) for fp in fingerprints]
-    fishers: list[dict[str, torch.Tensor] | None] = []
-    for key in keys:  # cached files are read by the pool's store, in the pool's placement
-        hit = folder is not None and (folder / key / FISHER_FILE).is_file()
-        fishers.append({} if hit else None)
-    missing = [i for i, f in enumerate(fishers) if f is None]
+    missing = [
+        i
+        for i, key in enumerate(keys)
+        if folder is None or not (folder / key / FISHER_FILE).is_file()
+    ]
+    computed: dict[int, dict[str, torch.Tensor]] = {}  # cached ones are read from their files
     passes = 0
     if missing:
         if model is None:
@@ -173,18 +174,19 @@ def load_fishers(
                 for name, param in params.items():
                     param.copy_(pool.stack(name)[i])
             fisher = diagonal_fisher(model, params, examples, on_example=lambda: bar.update(1))
-            fishers[i] = {n: t.float().cpu() for n, t in fisher.items()}
+            computed[i] = {n: t.float().cpu() for n, t in fisher.items()}
             passes += len(examples)
             if folder is not None:
-                _write_entry(folder, keys[i], fishers[i], fingerprints[i], data, pool.dtype)
+                _write_entry(folder, keys[i], computed[i], fingerprints[i], data, pool.dtype)
         bar.close()
     source = {**data.describe(), "cache": [str(folder / k) for k in keys] if folder else None}
     records = tuple(e.to_json() for e in data.examples)
     if folder is not None:  # from the cache's files, in the pool's placement
         files = [folder / key / FISHER_FILE for key in keys]
         pool.load_fisher_files(files, source=source, records=records)
-    else:
-        pool.load_fishers(fishers, source=source, records=records)  # type: ignore[arg-type]
+    else:  # no cache: every one was computed here
+        fishers = [computed[i] for i in range(len(keys))]
+        pool.load_fishers(fishers, source=source, records=records)
     return FisherLoad(
         keys=tuple(keys),
         computed=tuple(pool.names[i] for i in missing),

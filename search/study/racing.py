@@ -69,12 +69,18 @@ def example_order(n: int, task: str, seed: int) -> np.ndarray:
     return rng.permutation(n)
 
 
+def rung_size(n: int, fraction: float) -> int:
+    """Examples of a task of ``n`` scored by the end of the rung at ``fraction``: ``ceil(f·n)``,
+    at least ``MIN_EXAMPLES`` (or n)."""
+    return min(n, max(math.ceil(fraction * n), min(n, MIN_EXAMPLES)))
+
+
 def rung_sizes(n: int, fractions: Sequence[float]) -> list[int]:
-    """Examples scored by the end of each rung: ``ceil(f·n)``, at least ``MIN_EXAMPLES`` (or n),
-    strictly growing, the last one ``n``; rungs that would add nothing are dropped."""
+    """One task's :func:`rung_size` per rung, strictly growing, the last one ``n``; rungs that
+    would add nothing are dropped."""
     sizes: list[int] = []
     for f in fractions:
-        size = min(n, max(math.ceil(f * n), min(n, MIN_EXAMPLES)))
+        size = rung_size(n, f)
         if not sizes or size > sizes[-1]:
             sizes.append(size)
     if not sizes or sizes[-1] != n:
@@ -88,16 +94,13 @@ def plan_rungs(
     """The study's rungs: per rung, the documents each leaf task adds (sorted indices).
 
     Every task's documents are visited in :func:`example_order`; by the end of rung k a task of
-    n documents has scored ``rung_sizes``-style ``max(ceil(f_k n), min(n, MIN_EXAMPLES))`` of
-    them. Rungs are common to all tasks: a rung where some task would add nothing is merged
-    into the next, so every rung adds at least one document of every task (one rung: no early
-    stop). The same counts, fractions and seed give the same rungs on every worker.
+    n documents has scored :func:`rung_size` of them. Rungs are common to all tasks: a rung
+    where some task would add nothing is merged into the next, so every rung adds at least one
+    document of every task (one rung: no early stop). The same counts, fractions and seed
+    give the same rungs on every worker.
     """
     orders = {task: example_order(n, task, seed) for task, n in counts.items()}
-    sizes = {
-        task: [min(n, max(math.ceil(f * n), min(n, MIN_EXAMPLES))) for f in fractions]
-        for task, n in counts.items()
-    }
+    sizes = {task: [rung_size(n, f) for f in fractions] for task, n in counts.items()}
     last = len(fractions) - 1
     kept: list[int] = []
     for k in range(last + 1):
@@ -130,6 +133,8 @@ class Partial:
     def __init__(self, leaves: Mapping[str, Sequence[str]], counts: Mapping[str, int]) -> None:
         self._leaves = {k: tuple(v) for k, v in leaves.items()}
         self._counts = dict(counts)
+        # a full evaluation's number of values per key
+        self._sizes = {k: sum(self._counts[leaf] for leaf in v) for k, v in self._leaves.items()}
         self._values: dict[str, list[float]] = {k: [] for k in self._leaves}
         self._positions: dict[str, list[int]] = {k: [] for k in self._leaves}
         self.scored = 0  # documents scored, summed over leaf tasks
@@ -162,8 +167,7 @@ class Partial:
         out = {}
         for key, where in self._positions.items():
             values = full.get(key)
-            size = sum(self._counts[leaf] for leaf in self._leaves[key])
-            if values is None or len(values) != size:
+            if values is None or len(values) != self._sizes[key]:
                 return None
             out[key] = np.asarray(values, float)[where]
         return out
@@ -172,10 +176,9 @@ class Partial:
         """Every key's values in a full evaluation's order (once every rung is in)."""
         out = {}
         for key, where in self._positions.items():
-            size = sum(self._counts[leaf] for leaf in self._leaves[key])
-            if sorted(where) != list(range(size)):
+            if sorted(where) != list(range(self._sizes[key])):
                 raise ValueError(f"{key}: not every example is scored yet")
-            array = np.empty(size)
+            array = np.empty(self._sizes[key])
             array[where] = self._values[key]
             out[key] = tuple(float(v) for v in array)
         return out

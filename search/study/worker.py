@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -42,8 +42,6 @@ import torch
 from optuna.trial import TrialState
 
 from evaluators import build_evaluator
-from evaluators.lm_results import weighted_mean
-from evaluators.stats import mean_stderr, objective_stderr
 from search.engine.device import set_cpu_threads, use_device
 from search.engine.materialize import effective_weights, materialize
 from search.engine.pool import CheckpointPool
@@ -265,6 +263,12 @@ class Racer:
             for o in cfg.objectives
         ]
         self.single = len(self.objectives) == 1
+        # one objective: the steps of its terms do not overlap (term j's after term j − 1's)
+        self._offsets: dict[str, int] = {}
+        offset = 0
+        for term in self.objectives[0].terms if self.single else ():
+            self._offsets[term.key] = offset
+            offset += sum(self.counts[leaf] for leaf in self.layout.leaves[term.key])
         looks = max(1, len(self.rungs) - 1)
         if self.single:
             study.pruner = optuna.pruners.WilcoxonPruner(
@@ -278,14 +282,13 @@ class Racer:
         partial = racing.Partial(self.layout.leaves, self.counts)
         runtime = self.runtime
         stopped_by: int | None = None
-        steps = 0
         for k, docs in enumerate(self.rungs):
             scores = runtime.evaluator.evaluate(runtime.model, runtime.tokenizer, docs)
-            before = {key: len(v) for key, v in partial.values().items()}
+            before = {key: len(partial.positions(key)) for key in self.layout.leaves}
             partial.add(docs, scores.examples)
             last = k == len(self.rungs) - 1
             if self.single:
-                steps = self._report(trial, partial, before, steps)
+                self._report(trial, partial, before)
                 if not last and trial.should_prune():
                     stopped_by = self.study.best_trial.number
             elif not last:
@@ -299,27 +302,13 @@ class Racer:
             return Scored.of(trial.number, combined, self.cfg.objective_names, **common)
         return self._stopped(trial.number, partial, stopped_by, common)
 
-    def _report(
-        self, trial: optuna.Trial, partial: racing.Partial, before: dict[str, int], step: int
-    ) -> int:
+    def _report(self, trial: optuna.Trial, partial: racing.Partial, before: dict[str, int]) -> None:
         """One objective: every new example's value as an intermediate value (its own step)."""
         values = partial.values()
         for term in self.objectives[0].terms:
             where = partial.positions(term.key)
-            offset = self._step_offset(term.key)
             for i in range(before[term.key], len(values[term.key])):
-                trial.report(float(values[term.key][i]), offset + where[i])
-                step += 1
-        return step
-
-    def _step_offset(self, key: str) -> int:
-        """Steps of one objective's terms do not overlap: term j's start after term j−1's."""
-        offset = 0
-        for term in self.objectives[0].terms:
-            if term.key == key:
-                return offset
-            offset += sum(self.counts[leaf] for leaf in self.layout.leaves[term.key])
-        raise KeyError(key)
+                trial.report(float(values[term.key][i]), self._offsets[term.key] + where[i])
 
     def _dominated(self, partial: racing.Partial) -> int | None:
         members = self._front(partial)
@@ -355,25 +344,11 @@ class Racer:
     def _stopped(
         self, number: int, partial: racing.Partial, by: int, common: dict[str, Any]
     ) -> Scored:
-        """A stopped trial's record: means and standard errors over the examples it scored."""
-        values = partial.values()
-        task_scores = {k: float(v.mean()) for k, v in values.items()}
-        task_stderr = {k: mean_stderr(list(v)) for k, v in values.items()}
-        objectives, stderr = [], {}
-        for o in self.objectives:
-            objectives.append(weighted_mean([(task_scores[t.key], t.weight) for t in o.terms]))
-            stderr[o.name] = objective_stderr([(t.weight, task_stderr[t.key]) for t in o.terms])
-        return Scored(
-            number=number,
-            values=objectives,
-            task_scores=task_scores,
-            stderr=json_stderr(stderr),
-            task_stderr=json_stderr(task_stderr),
-            examples={},
-            stopped_by=by,
-            violation=racing.violation(partial.scored, self.full),
-            **common,
-        )
+        """A stopped trial's record: its scores over the examples it scored (the evaluator's own
+        reduction, ``Evaluator.combine``), without their per-example values."""
+        scores = self.runtime.evaluator.combine(partial.values())
+        scored = Scored.of(number, scores, self.cfg.objective_names, stopped_by=by, **common)
+        return replace(scored, examples={}, violation=racing.violation(partial.scored, self.full))
 
     def spent(self, scored: Scored) -> int:
         """Examples a trial scored: every rung it reached."""

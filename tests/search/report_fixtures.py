@@ -7,13 +7,13 @@ the commands end to end.
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from study_fixtures import write_choice_task
 
 from search.cli import main
 from search.engine.plan import MergePlan
@@ -232,28 +232,6 @@ PICK_TEST = [
     ("8-1=", ["7", "6", "9"], 0),
     ("ox,", ["xo", "ox", "oo"], 1),
 ]
-
-
-def write_choice_task(folder: Path, name: str, items) -> None:
-    data = folder / f"{name}.jsonl"
-    data.write_text(
-        "".join(json.dumps({"q": q, "choices": c, "answer": a}) + "\n" for q, c, a in items)
-    )
-    (folder / f"{name}.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "task": name,
-                "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(data)}},
-                "test_split": "test",
-                "output_type": "multiple_choice",
-                "doc_to_text": "{{q}}",
-                "doc_to_choice": "{{choices}}",
-                "doc_to_target": "{{answer}}",
-                "metric_list": [{"metric": "acc"}],
-            }
-        )
-    )
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +43,19 @@ TEXT = [
 ]
 
 
-def build_pool_and_tasks(root: Path, tiny_zoo: Any) -> dict[str, Any]:
-    """Copy the tiny pool under ``root/pool`` and write the tasks under ``root/tasks``."""
-    pool = root / "pool"
-    shutil.copytree(tiny_zoo.base, pool / "base")
-    for ckpt in tiny_zoo.checkpoints:
-        shutil.copytree(ckpt, pool / Path(ckpt).name)
-    tasks = root / "tasks"
-    tasks.mkdir()
-    rows = [json.dumps({"question": q, "choices": c, "answer": a}) for q, c, a in CHOICES]
-    (tasks / "pick.jsonl").write_text("\n".join(rows) + "\n")
-    (tasks / "c1_pick.yaml").write_text(
+def write_choice_task(folder: Path, name: str, items: Sequence[tuple[str, list[str], int]]):
+    """A local multiple-choice lm-eval task ``name`` (metric ``acc``) in ``folder``: its data
+    ``<name>.jsonl`` from ``(question, choices, answer index)`` items and ``<name>.yaml``."""
+    data = folder / f"{name}.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in items)
+    )
+    (folder / f"{name}.yaml").write_text(
         yaml.safe_dump(
             {
-                "task": "c1_pick",
+                "task": name,
                 "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(tasks / "pick.jsonl")}},
+                "dataset_kwargs": {"data_files": {"test": str(data)}},
                 "test_split": "test",
                 "output_type": "multiple_choice",
                 "doc_to_text": "{{question}}",
@@ -68,6 +65,17 @@ def build_pool_and_tasks(root: Path, tiny_zoo: Any) -> dict[str, Any]:
             }
         )
     )
+
+
+def build_pool_and_tasks(root: Path, tiny_zoo: Any) -> dict[str, Any]:
+    """Copy the tiny pool under ``root/pool`` and write the tasks under ``root/tasks``."""
+    pool = root / "pool"
+    shutil.copytree(tiny_zoo.base, pool / "base")
+    for ckpt in tiny_zoo.checkpoints:
+        shutil.copytree(ckpt, pool / Path(ckpt).name)
+    tasks = root / "tasks"
+    tasks.mkdir()
+    write_choice_task(tasks, "c1_pick", CHOICES)
     (tasks / "text.txt").write_text("\n".join(TEXT) + "\n")
     return {
         "checkpoints": [str(pool / Path(c).name) for c in tiny_zoo.checkpoints],

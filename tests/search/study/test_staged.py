@@ -21,7 +21,14 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from study_fixtures import REPO, build_pool_and_tasks, complete, study_config, write_config
+from study_fixtures import (
+    REPO,
+    build_pool_and_tasks,
+    complete,
+    study_config,
+    write_choice_task,
+    write_config,
+)
 
 from search.cli import main
 from search.study.racing import plan_rungs
@@ -29,26 +36,6 @@ from search.study.records import decode_examples
 
 ITEMS = 60  # items kept per built task: rungs of 25, 30, 60 (0.125 and 0.25 merge at 25)
 CANDIDATES = 2000  # items generated to find those
-
-
-def _task_yaml(folder: Path, name: str, rows: list[dict[str, Any]]) -> None:
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / f"{name}.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "task": name,
-                "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(data)}},
-                "test_split": "test",
-                "output_type": "multiple_choice",
-                "doc_to_text": "{{question}}",
-                "doc_to_choice": "{{choices}}",
-                "doc_to_target": "{{answer}}",
-                "metric_list": [{"metric": "acc"}],
-            }
-        )
-    )
 
 
 def _choices_of(folder: Path, tasks: Path, task: str) -> list[int]:
@@ -74,14 +61,14 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_zoo: Any) -> dict[str, 
     rng = random.Random(0)
     letters = "abcdefghij"
     rows = [
-        {
-            "question": "".join(rng.choice(letters) for _ in range(6)) + "=",
-            "choices": ["".join(rng.choice(letters) for _ in range(3)) for _ in range(4)],
-            "answer": 0,
-        }
+        (
+            "".join(rng.choice(letters) for _ in range(6)) + "=",
+            ["".join(rng.choice(letters) for _ in range(3)) for _ in range(4)],
+            0,
+        )
         for _ in range(CANDIDATES)
     ]
-    _task_yaml(tasks, "pick_all", rows)
+    write_choice_task(tasks, "pick_all", rows)
     a, b, c = (_choices_of(Path(p), tasks, "pick_all") for p in paths["checkpoints"])
     agree = [i for i in range(CANDIDATES) if a[i] == b[i] != c[i]]
     differ = [i for i in range(CANDIDATES) if len({a[i], b[i], c[i]}) == 3]
@@ -89,7 +76,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_zoo: Any) -> dict[str, 
     assert len(agree) >= 2 * half and len(differ) >= 2 * half, (len(agree), len(differ))
     for name, pick, part in (("pick_a", a, 0), ("pick_b", b, 1)):
         chosen = agree[part * half : (part + 1) * half] + differ[part * half : (part + 1) * half]
-        _task_yaml(tasks, name, [{**rows[i], "answer": pick[i]} for i in sorted(chosen)])
+        write_choice_task(tasks, name, [(*rows[i][:2], pick[i]) for i in sorted(chosen)])
     return paths
 
 

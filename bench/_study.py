@@ -1,0 +1,45 @@
+"""What the bench scripts share: a study config pointed at a demo pool, and one study run to its
+budget through the study service in this process (one worker, the caller's resident runtime).
+
+Imported by the scripts beside it (``python bench/X.py`` puts this folder on ``sys.path``);
+the scripts put the repository root there first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def on_pool(data: dict[str, Any], zoo: Path) -> dict[str, Any]:
+    """The study config ``data`` with its checkpoints, base and tasks taken from ``zoo`` (a
+    folder ``merge-search zoo build`` wrote), the folder names kept."""
+    return {
+        **data,
+        "checkpoints": [str(zoo / Path(p).name) for p in data["checkpoints"]],
+        "base_model": str(zoo / Path(data["base_model"]).name),
+        "tasks_path": str(zoo / "tasks"),
+    }
+
+
+def run_study(path: Path, runtime: Any, **resume: Any) -> Any:
+    """Create the study of the config at ``path`` and run it to its budget with ``runtime``
+    (a :class:`search.study.worker.Runtime` for the same pool and objectives); the study.
+
+    ``resume``: further arguments of ``create_or_resume`` (``fisher``, ``proposals``).
+    """
+    from search.study.config import load_config
+    from search.study.samplers import build_sampler
+    from search.study.space import SearchSpace
+    from search.study.storage import create_or_resume, open_storage
+    from search.study.worker import run_worker
+
+    cfg = load_config(path)
+    storage = open_storage(cfg, create=True)
+    space = SearchSpace.build(cfg, runtime.pool.names)
+    study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), path, **resume)
+    study.sampler = build_sampler(
+        cfg.sampler, constrained=bool(cfg.constraints), raced=cfg.racing is not None
+    )
+    run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials)
+    return study
