@@ -404,9 +404,10 @@ def claim_trial(
 
     Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
     waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
-    a worker that dies right after the claim still leaves a trial that goes stale. A worker
-    stopped *during* the claim (SIGTERM inside ``ask``) would leave a running trial without a
-    heartbeat, which never goes stale: it is failed and queued again before the exit goes on.
+    a worker that dies right after the claim still leaves a trial that goes stale. An exception
+    inside ``ask`` (a sampler's error, or a stop where the caller does not hold stops as
+    :func:`search.study.worker.run_worker` does) would leave a running trial without a
+    heartbeat, which never goes stale: it is failed and queued again before the error goes on.
     """
 
     with budget_lock(storage, study.study_name), quiet_experimental():

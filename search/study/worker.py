@@ -33,7 +33,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -469,27 +470,31 @@ def run_worker(
         if deadline is not None and time.time() >= deadline:
             result.stopped = "timeout"
             break
-        trial = claim_trial(study, storage, budget)
-        if trial is None:
-            if trial_counts(study).get("running", 0) == 0:
-                break
-            time.sleep(POLL_S)
-            continue
-        with Heartbeat(storage, trial._trial_id, cfg.workers.heartbeat_s):
-            try:
+        trial: optuna.Trial | None = None
+        try:
+            with stops_held():  # a stop during the claim is delivered here, the trial known
+                trial = claim_trial(study, storage, budget)
+            if trial is None:
+                if trial_counts(study).get("running", 0) == 0:
+                    break
+                time.sleep(POLL_S)
+                continue
+            with Heartbeat(storage, trial._trial_id, cfg.workers.heartbeat_s):
                 values = objective(trial)
-            except optuna.TrialPruned:
-                frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
-            except BaseException as exc:
-                stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
-                if stopped:
-                    stop_redelivery()
-                _give_up(study, storage, trial, requeue=stopped)
-                raise
-            else:
-                frozen = study.tell(trial, values, skip_if_finished=True)
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
+        except BaseException as exc:
+            stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+            if stopped:
+                stop_redelivery()
+            if trial is not None:
+                with stops_held():  # a second stop must not leave the trial half given up
+                    _give_up(study, storage, trial, requeue=stopped)
+            raise
+        else:
+            frozen = study.tell(trial, values, skip_if_finished=True)
         if frozen.state == TrialState.FAIL:
             continue  # the same, found at tell
         result.n_trials += 1
@@ -497,6 +502,39 @@ def run_worker(
             on_trial(frozen)
     result.n_duplicates = objective.duplicates
     return result
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)  # Ctrl-C; the launcher's stop
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold Ctrl-C and the launcher's stop while a trial changes hands; deliver them after.
+
+    ``study.ask()`` makes the trial RUNNING in the storage before the caller holds it: a stop
+    raised between the two (inside the claim, or as the budget lock is released) would end the
+    worker with a RUNNING trial that nobody fails or queues again, the interrupted launch then
+    reporting it as running. Inside this block the stop signals are only recorded; on leaving
+    it they are raised again with the handlers they had, so the exception surfaces in the
+    caller's ``try``, which knows the trial. Only the main thread can swap handlers; elsewhere
+    this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum))
+        for s in STOP_SIGNALS
+        if signal.getsignal(s) is not None  # a handler not set from Python stays as it is
+    }
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)  # its handler runs now (SIG_IGN: nothing happens)
 
 
 def stop_redelivery() -> None:

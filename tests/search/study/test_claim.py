@@ -1,13 +1,22 @@
-"""A worker stopped in the middle of claiming a trial leaves nothing stuck (real SQLite storage)."""
+"""A worker stopped in the middle of claiming a trial, or right after, leaves nothing stuck (real
+SQLite storage)."""
 
 from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from study_fixtures import build_pool_and_tasks, study_config
 
-from search.study.config import WorkersConfig
+from search.study import worker
+from search.study.config import WorkersConfig, parse_config
+from search.study.launch import _raise_system_exit
 from search.study.storage import Budget, claim_trial, connect
+from search.study.worker import Runtime, run_worker
 
 
 class StopOnce(optuna.samplers.RandomSampler):
@@ -36,3 +45,39 @@ def test_a_claim_interrupted_inside_ask_is_failed_and_queued_again(tmp_path) -> 
     assert states == [TrialState.FAIL, TrialState.WAITING]  # nothing left running, no heartbeat
     trial = claim_trial(study, storage, Budget(n_trials=5))
     assert trial is not None and trial.suggest_float("x", 0, 1) == 0.25  # the same parameters
+
+
+def test_a_stop_right_after_the_claim_fails_the_trial_and_queues_it_again(
+    tiny_zoo: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher's SIGTERM landing after ``study.ask()`` made the trial RUNNING but before the
+    worker's ``try`` (here: as the claim returns) must not leave the trial running."""
+    paths = build_pool_and_tasks(tmp_path, tiny_zoo)
+    url = f"sqlite:///{tmp_path / 'stop.db'}"
+    cfg = parse_config(study_config(paths, "stop", url))
+    storage = connect(url, cfg.workers, create=True)
+    study = optuna.create_study(
+        study_name="stop", storage=storage, directions=["maximize", "minimize"]
+    )
+    runtime = Runtime.create(cfg, threads=1)
+
+    def claim_then_stop(*args: Any) -> optuna.Trial | None:
+        trial = claim_trial(*args)
+        signal.raise_signal(signal.SIGTERM)  # its handler would raise before the caller's try
+        return trial
+
+    monkeypatch.setattr(worker, "claim_trial", claim_then_stop)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGALRM)}
+    signal.signal(signal.SIGTERM, _raise_system_exit)  # the spawned worker's handler
+    try:
+        with pytest.raises(SystemExit):
+            run_worker(cfg, study, storage, runtime, n_trials=3)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    first, *rest = study.get_trials(deepcopy=False)
+    assert first.state == TrialState.FAIL
+    assert [t.state for t in rest] == [TrialState.WAITING]
+    assert rest[0].system_attrs["failed_trial"] == first.number
+    assert first.params == rest[0].params
