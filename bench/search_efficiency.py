@@ -11,9 +11,12 @@ seed trials and the sampler's own after them:
   member beats the trial on both skills with 95 % confidence);
 - weights ``independent`` (K weights in [0, 1] divided by their sum) or ``simplex`` (``-log u``).
 
-Per run it prints the trials run and stopped, the hypervolume of the front (reference point
-(0, 0): both skills are exact-match rates; only trials scored in full count, so the front is
-always on full data, never on partial estimates) after 40 trials and at the end, the examples
+Per run it prints the trials run and stopped, the hypervolume of the front (reference point:
+the worst input checkpoint on each skill, read off the first run's ``single:*`` seed trials, so
+the hypervolume measures what merges add over the inputs: against (0, 0) the inputs alone
+held 86 % of a demo study's final value, against the worst input 60 %; only trials scored in
+full count, so the front
+is always on full data, never on partial estimates) after 40 trials and at the end, the examples
 scored until the hypervolume reached 95 % of the matching full-evaluation run's final value,
 and, for the simplex runs, the test-split mean of the two skills of the merge ``export --knee``
 would choose (knee of the front judged on its held-out re-scores) with its standard error
@@ -86,24 +89,42 @@ def config_for(
     return path
 
 
-def curve(study: Any) -> list[tuple[int, int, float]]:
-    """``(trials finished, examples scored so far, hypervolume of the full-data front)``."""
+def completed(study: Any) -> list[Any]:
+    """The study's complete trials in the order they finished."""
     from optuna.trial import TrialState
 
-    from search.report.pareto import hypervolume
-
-    done = sorted(
+    return sorted(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
         key=lambda t: t.datetime_complete,
     )
+
+
+def inputs_nadir(study: Any) -> list[float]:
+    """Per objective the worst value of the input checkpoints (the ``single:*`` seed trials
+    scored in full): the hypervolume's reference point."""
+    singles = [
+        t.values
+        for t in completed(study)
+        if str(t.user_attrs.get("seed_trial", "")).startswith("single:")
+        and "stopped_by" not in t.user_attrs
+    ]
+    if not singles:
+        raise SystemExit("the first run scored no input checkpoint in full: no reference point")
+    return [min(column) for column in zip(*singles, strict=True)]
+
+
+def curve(study: Any, reference: list[float]) -> list[tuple[int, int, float]]:
+    """``(trials finished, examples scored so far, hypervolume of the full-data front)``."""
+    from search.report.pareto import hypervolume
+
     directions = ["maximize", "maximize"]
     kept: list[list[float]] = []
     out, spent = [], 0
-    for i, t in enumerate(done, 1):
+    for i, t in enumerate(completed(study), 1):
         spent += int(t.user_attrs.get("examples_scored", 0))
         if "stopped_by" not in t.user_attrs:
             kept.append(list(t.values))
-        out.append((i, spent, hypervolume(kept, directions, [0.0, 0.0]) if kept else 0.0))
+        out.append((i, spent, hypervolume(kept, directions, reference) if kept else 0.0))
     return out
 
 
@@ -160,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                         path = config_for(args, folder, sampler, seed, scoring, weights)
                         start = time.perf_counter()
                         study = run_study(path, runtimes["search"])
-                        points = curve(study)
+                        if not results:
+                            reference = inputs_nadir(study)
+                            print(f"hypervolume reference point (worst input): {reference}")
+                        points = curve(study, reference)
                         stopped = sum(
                             "stopped_by" in t.user_attrs for t in study.get_trials(deepcopy=False)
                         )
