@@ -137,10 +137,18 @@ def cli(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, or [] while the study does not exist yet (or is being created: two
-    processes opening a new SQLite file both create its tables, and one of them fails)."""
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
-        return []
+    """The study's trials, or [] while the study does not exist yet or is being created.
+
+    A SQLite file is opened read-only: opening a new file through Optuna creates its tables and
+    stamps their version, and a poll doing so while the launcher creates the same file makes
+    one of the two fail (seen as an IntegrityError on ``alembic_version``). Read-only, the poll
+    never writes; before the launcher is done it gets an OperationalError and waits.
+    """
+    if storage.startswith("sqlite:///"):
+        path = Path(storage[len("sqlite:///") :])
+        if not path.is_file():
+            return []
+        storage = f"sqlite:///file:{path}?mode=ro&uri=true"
     try:
         return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     except (KeyError, sqlalchemy.exc.OperationalError):

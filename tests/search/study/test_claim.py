@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 from study_fixtures import build_pool_and_tasks, study_config
 
@@ -59,7 +60,8 @@ def test_a_stop_right_after_the_claim_fails_the_trial_and_queues_it_again(
     study = optuna.create_study(
         study_name="stop", storage=storage, directions=["maximize", "minimize"]
     )
-    runtime = Runtime.create(cfg, threads=1)
+    threads = torch.get_num_threads()  # the runtime sets the worker's; restored below
+    runtime = Runtime.create(cfg)
 
     def claim_then_stop(*args: Any) -> optuna.Trial | None:
         trial = claim_trial(*args)
@@ -73,6 +75,7 @@ def test_a_stop_right_after_the_claim_fails_the_trial_and_queues_it_again(
         with pytest.raises(SystemExit):
             run_worker(cfg, study, storage, runtime, n_trials=3)
     finally:
+        torch.set_num_threads(threads)
         signal.setitimer(signal.ITIMER_REAL, 0)
         for s, handler in previous.items():
             signal.signal(s, handler)
