@@ -480,9 +480,12 @@ def run_worker(
                 time.sleep(POLL_S)
                 continue
             with Heartbeat(storage, trial._trial_id, cfg.workers.heartbeat_s):
-                values = objective(trial)
-        except optuna.TrialPruned:
-            frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                try:
+                    values = objective(trial)
+                except optuna.TrialPruned:
+                    frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                else:
+                    frozen = study.tell(trial, values, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
         except BaseException as exc:
@@ -493,8 +496,6 @@ def run_worker(
                 with stops_held():  # a second stop must not leave the trial half given up
                     _give_up(study, storage, trial, requeue=stopped)
             raise
-        else:
-            frozen = study.tell(trial, values, skip_if_finished=True)
         if frozen.state == TrialState.FAIL:
             continue  # the same, found at tell
         result.n_trials += 1
