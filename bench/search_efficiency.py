@@ -15,8 +15,8 @@ Per run it prints the trials run and stopped, the hypervolume of the front (refe
 the worst input checkpoint on each skill, read off the first run's ``single:*`` seed trials, so
 the hypervolume measures what merges add over the inputs: against (0, 0) the inputs alone
 held 86 % of a demo study's final value, against the worst input 60 %; only trials scored in
-full count, so the front
-is always on full data, never on partial estimates) after 40 trials and at the end, the examples
+full count, so the front is always on full data, never on partial estimates) after 40 trials
+and at the end, the examples
 scored until the hypervolume reached 95 % of the matching full-evaluation run's final value,
 and, for the simplex runs, the test-split mean of the two skills of the merge ``export --knee``
 would choose (knee of the front judged on its held-out re-scores) with its standard error
