@@ -22,14 +22,15 @@ def on_pool(data: dict[str, Any], zoo: Path) -> dict[str, Any]:
     }
 
 
-def run_study(path: Path, runtime: Any, **resume: Any) -> Any:
+def run_study(path: Path, runtime: Any, proposals: Any = None) -> Any:
     """Create the study of the config at ``path`` and run it to its budget with ``runtime``
     (a :class:`search.study.worker.Runtime` for the same pool and objectives); the study.
 
-    ``resume``: further arguments of ``create_or_resume`` (``fisher``, ``proposals``).
+    ``proposals``: Frank-Wolfe endpoints computed once for several runs
+    (:func:`search.study.frank_wolfe.paths.propose`), used when the config asks for them.
     """
     from search.study.config import load_config
-    from search.study.samplers import build_sampler
+    from search.study.samplers import build_sampler, constraints_func
     from search.study.space import SearchSpace
     from search.study.storage import create_or_resume, open_storage
     from search.study.worker import run_worker
@@ -37,9 +38,12 @@ def run_study(path: Path, runtime: Any, **resume: Any) -> Any:
     cfg = load_config(path)
     storage = open_storage(cfg, create=True)
     space = SearchSpace.build(cfg, runtime.pool.names)
-    study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), path, **resume)
+    for feature in cfg.features:
+        if feature.name == "frank_wolfe":
+            feature.proposals = proposals
+    study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), path)
     study.sampler = build_sampler(
-        cfg.sampler, constrained=bool(cfg.constraints), raced=cfg.racing is not None
+        cfg.sampler, constraints=constraints_func(bool(cfg.constraints), cfg.features)
     )
-    run_worker(cfg, study, storage, runtime, n_trials=cfg.budget.n_trials)
+    run_worker(cfg, study, storage, runtime)
     return study

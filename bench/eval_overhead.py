@@ -14,7 +14,7 @@ timing ``model.generate``). Target: everything else < 10 % of the trial.
 Per-example results: every trial also runs the mean-only path once (lm-eval without sample
 logging, ``LmEvalEvaluator.run_tasks(log_samples=False)``), in alternating order with the full
 path (``evaluate``: logged samples, per-example values, standard errors, plus packing them for
-the study, ``search.study.records.encode_examples``). The overhead of per-example logging is
+the study, ``search.study.record.encode_examples``). The overhead of per-example logging is
 their difference as a share of the full trial (merge + full evaluation), with its standard
 error over the trials. Target: <= 3 % of a trial.
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.engine.materialize import materialize
     from search.engine.plan import MergePlan
     from search.engine.pool import CheckpointPool
-    from search.study.records import encode_examples
+    from search.study.record import encode_examples
     from search.zoo import build_zoo
 
     zoo = build_zoo(args.zoo, seed=args.seed, size=args.size, progress=True)

@@ -93,20 +93,22 @@ def completed(study: Any) -> list[Any]:
     """The study's complete trials in the order they finished."""
     from optuna.trial import TrialState
 
-    return sorted(
+    from search.study.record import TrialRecord
+
+    trials = sorted(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
         key=lambda t: t.datetime_complete,
     )
+    return [TrialRecord.from_trial(t) for t in trials]
 
 
 def inputs_nadir(study: Any) -> list[float]:
     """Per objective the worst value of the input checkpoints (the ``single:*`` seed trials
     scored in full): the hypervolume's reference point."""
     singles = [
-        t.values
-        for t in completed(study)
-        if str(t.user_attrs.get("seed_trial", "")).startswith("single:")
-        and "stopped_by" not in t.user_attrs
+        r.values
+        for r in completed(study)
+        if (r.seed_trial or "").startswith("single:") and not r.stopped
     ]
     if not singles:
         raise SystemExit("the first run scored no input checkpoint in full: no reference point")
@@ -115,15 +117,15 @@ def inputs_nadir(study: Any) -> list[float]:
 
 def curve(study: Any, reference: list[float]) -> list[tuple[int, int, float]]:
     """``(trials finished, examples scored so far, hypervolume of the full-data front)``."""
-    from search.report.pareto import hypervolume
+    from search.report.frontier import hypervolume
 
     directions = ["maximize", "maximize"]
     kept: list[list[float]] = []
     out, spent = [], 0
-    for i, t in enumerate(completed(study), 1):
-        spent += int(t.user_attrs.get("examples_scored", 0))
-        if "stopped_by" not in t.user_attrs:
-            kept.append(list(t.values))
+    for i, r in enumerate(completed(study), 1):
+        spent += r.examples_scored
+        if not r.stopped:
+            kept.append(list(r.values))
         out.append((i, spent, hypervolume(kept, directions, reference) if kept else 0.0))
     return out
 
@@ -136,14 +138,14 @@ def chosen_on_test(path: Path, factory: Any) -> tuple[float, float, int]:
 
     view = open_view(path)
     front = view.front()
-    plans = {r.plan_key: MergePlan.from_dict(r.user_attrs["plan"]) for r in front}
+    plans = {r.plan_key: MergePlan.from_dict(r.record.plan) for r in front}
     held = score_split(view, plans, "heldout", factory)
-    by_key = {k: [held[k]["objectives"][n] for n in view.names] for k in plans}
+    by_key = {k: [held[k].objectives[n] for n in view.names] for k in plans}
     knee = view.knee_on(front, by_key)
     test = score_split(view, {knee.plan_key: plans[knee.plan_key]}, "test", factory)
     got = test[knee.plan_key]
-    values = [got["objectives"][n] for n in view.names]
-    ses = [got["stderr"][n] for n in view.names]
+    values = [got.objectives[n] for n in view.names]
+    ses = [got.stderr[n] for n in view.names]
     return statistics.fmean(values), 0.5 * math.sqrt(sum(s * s for s in ses)), knee.number
 
 
@@ -164,11 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         per_eval = runtimes["search"].examples_per_evaluation()
         assert per_eval == 400, f"the demo's search split scores {per_eval} examples, not 400"
 
-        def factory(cfg: Any, heldout: bool = False, split: str | None = None) -> Any:
-            key = split or ("heldout" if heldout else "search")
-            if key not in runtimes:
-                runtimes[key] = Runtime.create(cfg, split=key)
-            return runtimes[key]
+        def factory(cfg: Any, split: str = "search") -> Any:
+            if split not in runtimes:
+                runtimes[split] = Runtime.create(cfg, split)
+            return runtimes[split]
 
         print(
             f"demo pool {args.zoo}: {len(runtimes['search'].pool.names)} checkpoints; budget "
@@ -185,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                             reference = inputs_nadir(study)
                             print(f"hypervolume reference point (worst input): {reference}")
                         points = curve(study, reference)
-                        stopped = sum(
-                            "stopped_by" in t.user_attrs for t in study.get_trials(deepcopy=False)
-                        )
+                        stopped = sum(r.stopped for r in completed(study))
                         row: dict[str, Any] = {
                             "sampler": sampler,
                             "seed": seed,

@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import _study  # noqa: E402
 
-from search.report.pareto import dominates, hypervolume, pareto_front  # noqa: E402
+from search.report.frontier import dominates, hypervolume, pareto_front  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -229,7 +229,7 @@ def run_config(
 
 
 def run_study(
-    config_path: Path, runtime: Any, proposals: Any = None, fisher: Any = None
+    config_path: Path, runtime: Any, proposals: Any = None
 ) -> tuple[list[list[float]], float, list[str]]:
     """One study to its budget through the study service.
 
@@ -238,18 +238,12 @@ def run_study(
     """
     from optuna.trial import TrialState
 
-    from search.study.config import load_config
+    from search.study.record import TrialRecord
 
-    cfg = load_config(config_path)
     start = time.perf_counter()
-    study = _study.run_study(
-        config_path,
-        runtime,
-        fisher=fisher,
-        proposals=proposals if cfg.uses_frank_wolfe else None,
-    )
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    info = [(t.user_attrs.get("seed_trial", ""), t.user_attrs["plan"]) for t in done]
+    study = _study.run_study(config_path, runtime, proposals)
+    done = [TrialRecord.from_trial(t) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    info = [(r.seed_trial or "", r.plan) for r in done]
     return [list(t.values) for t in done], time.perf_counter() - start, info
 
 
@@ -322,10 +316,13 @@ def main(argv: list[str] | None = None) -> int:
 
     proposals = None
     if any("fw" in parse_variant(v)[1] or parse_variant(v)[0] == "fw" for v in samplers):
-        from search.study.fw import propose
+        from search.study.frank_wolfe.paths import propose
 
         fw_cfg = load_config(run_config(base, workdir, "nsga2+fw", 0, args))
-        proposals = propose(fw_cfg, space, runtime.pool, runtime.model, runtime.tokenizer)
+        (fw,) = [f for f in fw_cfg.features if f.name == "frank_wolfe"]
+        proposals = propose(
+            fw_cfg, fw.settings, space, runtime.pool, runtime.model, runtime.tokenizer
+        )
         print(proposals.summary(), file=sys.stderr, flush=True)
 
     runs: list[dict[str, Any]] = []
@@ -381,15 +378,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        from search.study.fisher_cache import calibration
-
-        described = calibration(fcfg).describe()
         for variant in fisher_samplers:
             for seed in range(args.seeds):
                 values, seconds, labels = run_study(
                     run_config(fisher_base, workdir, variant, seed, args),
                     runtime,
-                    fisher=described,
                 )
                 runs.append(
                     {
@@ -579,7 +572,7 @@ def heldout_table(
     if not cfg.eval.heldout:
         print("\n(no eval.heldout in the config: no held-out re-scores)")
         return
-    runtime = Runtime.create(cfg, heldout=True)
+    runtime = Runtime.create(cfg, "heldout")
     scored: dict[str, list[float]] = {}
     for r in runs:
         front = list(dict.fromkeys(pareto_front(r["values"], directions)))

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from search.study.config import load_config
+    from search.study.record import TrialRecord
     from search.study.worker import Runtime
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for parametrization, path in paths.items():
             done = run(path, runtime)
-            top = [max(c[0] for c in t.user_attrs["coefficients"].values()) for t in done]
+            records = [TrialRecord.from_trial(t) for t in done]
+            top = [max(c[0] for c in r.coefficients.values()) for r in records]
             print(f"\n{parametrization}: largest coefficient per trial ({len(top)} trials)")
             print("\n".join(histogram(top)))
             lean = sum(v > 0.6 for v in top) / len(top)

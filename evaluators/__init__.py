@@ -15,7 +15,11 @@ from evaluators.builder import (
     check_objectives,
 )
 from evaluators.spec import EvalSpec, ObjectiveSpec, TaskRef
-from search import _offline as _offline  # noqa: F401  (sets HF offline variables first)
+
+# the HF offline variables: already set by the import of ``search`` that evaluators.builder
+# makes (through search.errors) before anything imports a Hugging Face library; named here
+# so that evaluators never depends on that order
+from search import _offline as _offline  # noqa: F401
 
 __all__ = [
     "CHECKS",

@@ -18,6 +18,11 @@ process pool, or reports none for ``weighted_perplexity``), hence these few form
 aggregations (corpus-level ``f1``, ``bleu``, ``matthews_corrcoef``, ``median``, custom
 functions) keep numeric per-sample values as they are and have no standard error (NaN).
 
+Two merges scored on the same examples are compared *paired* (:func:`paired_difference`): the
+standard error of a difference of means from the per-example differences, far smaller than
+the two scores' own errors when the merges agree on most examples. Staged scoring
+(``search.study.staged``) and the report's comparisons with the inputs both use it.
+
 Pure functions of plain numbers: no torch, no lm-eval import.
 """
 
@@ -25,9 +30,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 NAN = float("nan")
 
@@ -131,3 +138,50 @@ def reduce_samples(
     if all(isinstance(v, numbers.Real) for v in values):
         return tuple(float(v) for v in values), NAN
     return (), NAN
+
+
+# ------------------------------------------------------------------ paired comparisons
+
+
+@dataclass(frozen=True)
+class Term:
+    """One task of an objective: where its per-example values are, and its weight."""
+
+    key: str  # the "task/metric" key of the per-example values
+    weight: float
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An objective as racing sees it: weighted tasks and the direction."""
+
+    name: str
+    maximize: bool
+    terms: tuple[Term, ...]
+
+
+def paired_difference(
+    objective: Objective,
+    member: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+) -> tuple[float, float]:
+    """``(d, SE)``: how much better ``member`` is than ``candidate`` on the objective, paired.
+
+    Both map each term's key to per-example values on the SAME examples (same order).
+    Positive ``d`` means the member is better (for a minimized objective, lower values).
+    """
+    total = sum(t.weight for t in objective.terms)
+    d, var = 0.0, 0.0
+    sign = 1.0 if objective.maximize else -1.0
+    for term in objective.terms:
+        delta = sign * (
+            np.asarray(member[term.key], float) - np.asarray(candidate[term.key], float)
+        )
+        n = len(delta)
+        if n == 0:
+            raise ValueError(f"no examples of {term.key!r} to compare")
+        share = term.weight / total
+        d += share * float(delta.mean())
+        if n > 1:
+            var += share**2 * float(delta.var(ddof=1)) / n
+    return d, math.sqrt(var)

@@ -9,8 +9,10 @@ The map (see README "Architecture"); arrows point from a package to what it may 
   safetensors);
 - ``evaluators`` (top-level) — how a merged model is scored (lm-eval, perplexity);
 - ``search.export`` → engine;
-- ``search.study`` → engine, evaluators;
-- ``search.report`` → study, export, engine, evaluators;
+- ``search.fisher`` (each checkpoint's Fisher, cached on disk) → engine, evaluators;
+- ``search.study`` → fisher, engine, evaluators; its strategies (``staged``, ``frank_wolfe``,
+  ``fisher``) are imported only through ``search.study.features``;
+- ``search.report`` → study, fisher, export, engine, evaluators;
 - ``search.zoo`` (the demo pool) → evaluators;
 - ``search.commands`` → anything; only it parses arguments; ``search.cli`` wires it.
 

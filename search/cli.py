@@ -10,6 +10,7 @@ one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,18 @@ from search.errors import UserError
 
 EXIT_USAGE = 2  # bad input: same status argparse uses
 VERBS = (merge, zoo, evaluate, launch, pareto, export, dashboard)  # in --help order
+
+
+def show_progress() -> None:
+    """The library reports long work (re-scoring, ...) as log records of the ``search`` logger;
+    the command line shows them on stderr, one line each."""
+    logger = logging.getLogger("search")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_progress()
     try:
         return int(args.run(args) or 0)
     except UserError as exc:

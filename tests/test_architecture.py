@@ -6,13 +6,17 @@ dependency). The rule, importer → what it may import within the project:
 - foundation (``search``, ``search.errors``, ``search._offline``) — allowed everywhere;
 - ``search.engine`` → engine; ``evaluators`` → evaluators;
 - ``search.export`` → export, engine;
-- ``search.study`` → study, engine, evaluators;
-- ``search.report`` → report, study, export, engine, evaluators;
+- ``search.fisher`` → fisher, engine, evaluators;
+- ``search.study`` → study, fisher, engine, evaluators;
+- ``search.report`` → report, study, fisher, export, engine, evaluators;
 - ``search.zoo`` → zoo, evaluators;
 - ``search.commands`` → anything; ``search.cli`` → commands.
 
 Besides: only ``search.commands`` and ``search.cli`` import ``argparse``; the engine imports no
-Optuna and no lm-eval; module-level imports between project modules form no cycle.
+Optuna and no lm-eval; module-level imports between project modules form no cycle; the study's
+strategies (``search.study.staged``, ``.frank_wolfe``, ``.fisher``) are imported by nothing but
+themselves (the loop reaches them through ``search.study.features``' registry, only when a
+config turns them on).
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "search.engine": ("search.engine",),
     "evaluators": ("evaluators",),
     "search.export": ("search.export", "search.engine"),
-    "search.study": ("search.study", "search.engine", "evaluators"),
+    "search.fisher": ("search.fisher", "search.engine", "evaluators"),
+    "search.study": ("search.study", "search.fisher", "search.engine", "evaluators"),
     "search.report": (
         "search.report",
         "search.study",
+        "search.fisher",
         "search.export",
         "search.engine",
         "evaluators",
@@ -46,6 +52,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 }
 PARSERS = ("search.commands", "search.cli")  # the only places that parse arguments
 FORBIDDEN_LIBRARIES = {"search.engine": ("optuna", "lm_eval", "optuna_dashboard")}
+STRATEGIES = ("search.study.staged", "search.study.frank_wolfe", "search.study.fisher")
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -107,6 +114,13 @@ def violations(root: Path) -> list[str]:
                 )
             if here in FORBIDDEN_LIBRARIES and top in FORBIDDEN_LIBRARIES[here]:
                 found[where, line, "library"] = f"{where}:{line}: {here} must not import {top}"
+            strategy = next((p for p in STRATEGIES if _within(target, p)), None)
+            if strategy is not None and not _within(name, strategy):
+                found.setdefault(
+                    (where, line, "strategy"),
+                    f"{where}:{line}: {name} imports the strategy {strategy} "
+                    "(reach it through search.study.features)",
+                )
             if top not in PACKAGES or target in FOUNDATION or here is None:
                 continue
             if not any(target == a or target.startswith(a + ".") for a in ALLOWED[here]):
@@ -115,6 +129,10 @@ def violations(root: Path) -> list[str]:
                         (where, line, "rule"), f"{where}:{line}: {name} imports {target}"
                     )
     return list(found.values())
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def import_cycles(root: Path) -> list[list[str]]:
@@ -163,6 +181,7 @@ def test_module_imports_form_no_cycle() -> None:
         ("evaluators/bad.py", "def f():\n    from search.engine import pool\n", "imports"),
         ("search/study/bad.py", "from search.report.view import StudyView\n", "imports"),
         ("search/report/bad.py", "import argparse\n", "only search.commands parses"),
+        ("search/study/worker2.py", "from search.study.staged import racer\n", "the strategy"),
     ],
 )
 def test_a_wrong_import_is_caught(tmp_path: Path, module: str, source: str, expected: str) -> None:
@@ -200,3 +219,30 @@ def test_light_imports_stay_light(statement: str, absent: tuple[str, ...]) -> No
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert out.stdout.strip() == ""
+
+
+STAGED_CONFIG = """
+name: light
+checkpoints: [a]
+objectives: [{name: o, tasks: [{task: t}]}]
+eval: {racing: %s}
+"""
+
+
+@pytest.mark.parametrize(("racing", "expected"), [("null", ""), ("true", "search.study.staged")])
+def test_a_strategy_is_imported_only_when_a_config_asks_for_it(
+    tmp_path: Path, racing: str, expected: str
+) -> None:
+    """The study loop, its report and a parsed config import no strategy unless it is on."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "c.yaml").write_text(STAGED_CONFIG % racing)
+    code = (
+        "import sys, search.study, search.study.launch, search.study.worker, search.report.view; "
+        "from search.study.config import load_config; "
+        f"load_config({str(tmp_path / 'c.yaml')!r}); "
+        f"print(','.join(p for p in {STRATEGIES!r} if p in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert out.stdout.strip() == expected

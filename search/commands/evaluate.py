@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from search.errors import UserError
@@ -46,6 +48,17 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+@dataclass(frozen=True)
+class SavedModelScores:
+    """What ``--json`` prints: each task score with its standard error and number of examples."""
+
+    model: str
+    limit: int | None
+    scores: dict[str, float]
+    stderr: dict[str, float | None]
+    examples: dict[str, int]
+
+
 def run(args: argparse.Namespace) -> int:
     from evaluators import check_objectives
     from evaluators.saved import score_saved_model
@@ -58,14 +71,8 @@ def run(args: argparse.Namespace) -> int:
     counts = {k: len(v) for k, v in scores.examples.items()}
     stderr = {k: (None if math.isnan(v) else v) for k, v in scores.task_stderr.items()}
     if args.json:
-        report = {
-            "model": str(args.model_dir),
-            "limit": args.limit,
-            "scores": scores.tasks,
-            "stderr": stderr,
-            "examples": counts,
-        }
-        print(json.dumps(report, indent=2))
+        report = SavedModelScores(str(args.model_dir), args.limit, scores.tasks, stderr, counts)
+        print(json.dumps(dataclasses.asdict(report), indent=2))
     else:
         width = max(len(k) for k in scores.tasks) + 2
         print(f"{'task/metric':<{width}}score")

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     text = "Export one trial's merge as a Hugging Face model folder."
-    p = sub.add_parser("export", help=text, description=text)
+    description = (
+        f"{text} With eval.heldout, --knee and --prefer choose on the front's held-out "
+        "re-scores; with eval.test the chosen merge and the inputs are scored on the test split. "
+        "Re-scores are cached in the study (user attrs heldout_scores / test_scores), so the "
+        "first run writes to the study's storage and later runs are instant."
+    )
+    p = sub.add_parser("export", help=text, description=description)
     p.add_argument("config", help="study config YAML")
     pick = p.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="trial number")
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     values = ", ".join(f"{n}={v:.4f}" for n, v in zip(view.names, row.values, strict=True))
     heldout = cached_heldout(view).get(row.plan_key)
     if heldout:
-        shown = ", ".join(f"{n}={heldout['objectives'][n]:.4f}" for n in view.names)
+        shown = ", ".join(f"{n}={heldout.objectives[n]:.4f}" for n in view.names)
         values = f"{values}; held-out {shown}"
     print(f"exported trial {row.number} ({how}; {values}) to {path}")
     if test:
@@ -49,22 +56,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def comparison_lines(test: dict, names: tuple[str, ...]) -> str:
+def comparison_lines(test: Any, names: tuple[str, ...]) -> str:
     """The test split comparison: the chosen merge, then each input and its lead over it."""
-    from search.report.plots import lead_text
+    from search.report.table import lead_text
 
-    chosen = test["chosen"]
-    examples = ", ".join(f"{k} {v}" for k, v in chosen["examples"].items())
+    chosen = test.chosen
+    examples = ", ".join(f"{k} {v}" for k, v in chosen.examples.items())
     lines = [
         "test split (eval.test, "
         + (f"examples per task: {examples}" if examples else "no example counts")
-        + f"): chosen trial {chosen['trial']}: "
-        + ", ".join(f"{n}={chosen['objectives'][n]:.4f}" for n in names)
-        + f", mean={chosen['mean']:.4f}"
+        + f"): chosen trial {chosen.trial}: "
+        + ", ".join(f"{n}={chosen.objectives[n]:.4f}" for n in names)
+        + f", mean={chosen.mean:.4f}"
     ]
-    for b in test["baselines"]:
+    for b in test.baselines:
         lines.append(
-            f"  {b['label']}: mean={b['mean']:.4f} (chosen - it: {lead_text(b, 'mean')}; "
+            f"  {b.label}: mean={b.mean:.4f} (chosen - it: {lead_text(b, 'mean')}; "
             + ", ".join(f"{n} {lead_text(b, n)}" for n in names)
             + ")"
         )

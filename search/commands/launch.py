@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from contextlib import AbstractContextManager
+from typing import Any
 
 from search.errors import UserError
 
@@ -24,6 +27,19 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_join)
 
 
+class Terminal:
+    """The launcher's events on standard error, with a progress bar (a ``Console`` of
+    :mod:`search.study.launch`)."""
+
+    def say(self, line: str) -> None:
+        print(line, file=sys.stderr)
+
+    def progress(self, cfg: Any, study: Any) -> AbstractContextManager[Any]:
+        from search.commands.progress import progress_bar
+
+        return progress_bar(cfg, study)
+
+
 def run(args: argparse.Namespace) -> int:
     from search.study.config import load_config
     from search.study.launch import launch
@@ -31,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers: expected at least 1 (got {args.workers})")
     cfg = load_config(args.config, n_trials=args.n_trials, storage=args.storage)
-    return launch(cfg, args.config, n_workers=args.workers)
+    terminal = Terminal()
+    result = launch(cfg, args.config, terminal, n_workers=args.workers)
+    terminal.say(result.summary)
+    return result.code
 
 
 def run_join(args: argparse.Namespace) -> int:
@@ -39,4 +58,7 @@ def run_join(args: argparse.Namespace) -> int:
     from search.study.launch import join
 
     cfg = load_config(args.config, n_trials=args.n_trials, storage=args.storage)
-    return join(cfg, args.config)
+    terminal = Terminal()
+    result = join(cfg, args.config, terminal)
+    terminal.say(result.summary)
+    return result.code

@@ -31,7 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.export.folder import merge_from_yaml
-    from search.study.fisher_cache import fishers_from_file
+    from search.fisher.cache import fishers_from_file
 
     path, plan, pool = merge_from_yaml(
         args.config,

@@ -10,7 +10,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     text = (
         "Print the Pareto front (knee marked) beside the input checkpoints and the uniform merge."
     )
-    p = sub.add_parser("pareto", help=text, description=text)
+    description = (
+        f"{text} With eval.heldout / eval.test the front and the inputs are re-scored on those "
+        "splits; the re-scores are cached in the study (user attrs heldout_scores, test_scores, "
+        "baseline_scores), so the first run writes to the study's storage and later runs are "
+        "instant. --no-heldout skips the re-scoring."
+    )
+    p = sub.add_parser("pareto", help=text, description=description)
     p.add_argument("config", help="study config YAML")
     p.add_argument("--storage", default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -20,12 +26,12 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.report.front import pareto
-    from search.report.plots import format_report
+    from search.report.pareto_report import pareto
+    from search.report.table import format_report
 
     report = pareto(args.config, args.storage, heldout=not args.no_heldout, plot=args.plot)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_json(), indent=2))
         return 0
     print(format_report(report))
     if args.plot:

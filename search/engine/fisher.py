@@ -1,7 +1,7 @@
 """Data-informed quantities of the resident model: per-example Fishers and proxy-loss gradients.
 
 Pure computation on a model and token batches; which data, and caching, belong to the study
-(:mod:`search.study.fisher_cache`, :mod:`search.study.fw`). A batch is Hugging Face's triple
+(:mod:`search.fisher.cache`, :mod:`search.study.frank_wolfe`). A batch is Hugging Face's triple
 ``(input_ids [B, T], attention_mask [B, T], labels [B, T])`` where ``labels`` is ``-100`` at every
 position that is not scored (the prompt, padding); position ``t``'s label is predicted from the
 tokens before it.

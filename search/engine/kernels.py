@@ -27,6 +27,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -134,20 +135,34 @@ class WeightedSum:
         # kernel for every different rank of the underlying tensors.
         x = stack.detach().view(stack.shape[0], -1).detach()
         flat_out = out.detach().view(-1).detach()
-        try:
-            if base is None:
-                plain(x, coeffs, flat_out)
-            else:
-                with_base(x, coeffs, base.detach().view(-1).detach(), flat_out)
-        except Exception as exc:  # a missing compiler or backend: fall back, once, loudly
-            warnings.warn(
-                f"torch.compile kernel unavailable ({type(exc).__name__}: {exc}); "
-                "falling back to the eager chunked kernel",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        if base is None:
+            fused = partial(plain, x, coeffs, flat_out)
+        else:
+            fused = partial(with_base, x, coeffs, base.detach().view(-1).detach(), flat_out)
+        if not _fused_or_eager(fused, "kernel"):
             self.kind = "chunked"
             weighted_sum_chunked(stack, coeffs, out, base)
+
+
+def _fused_or_eager(fused: Callable[[], None], what: str) -> bool:
+    """Run a ``torch.compile``-d kernel call; ``False`` (with one warning) when no compiler or
+    backend is available, so the caller switches to its eager kernel for good."""
+    try:
+        fused()
+    except Exception as exc:  # noqa: BLE001 - a missing compiler or backend surfaces as anything
+        warnings.warn(
+            f"torch.compile {what} unavailable ({type(exc).__name__}: {exc}); "
+            "falling back to the eager chunked kernel",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+    return True
+
+
+def _can_compile(device: torch.device) -> bool:
+    """``torch.compile`` needs a C++ compiler on the CPU (Triton on CUDA)."""
+    return device.type == "cuda" or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
 def choose_kernel(device: torch.device, dtype: torch.dtype, kind: str = "auto") -> WeightedSum:
@@ -156,8 +171,7 @@ def choose_kernel(device: torch.device, dtype: torch.dtype, kind: str = "auto") 
         return WeightedSum(kind)
     if dtype in (torch.float32, torch.float64):
         return WeightedSum("gemv")
-    compiler_ok = device.type == "cuda" or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
-    return WeightedSum("compiled" if compiler_ok else "chunked")
+    return WeightedSum("compiled" if _can_compile(device) else "chunked")
 
 
 def fisher_mean_unrolled(
@@ -197,20 +211,14 @@ class FisherMean:
         if self._compiled is None:
             self._compiled = torch.compile(fisher_mean_unrolled, dynamic=True)
         k = stack.shape[0]
-        try:  # flat aliases that are not views, as in WeightedSum
-            self._compiled(
-                stack.detach().view(k, -1).detach(),
-                fisher.detach().view(k, -1).detach(),
-                weights.float(),
-                out.detach().view(-1).detach(),
-            )
-        except Exception as exc:  # a missing compiler or backend: fall back, once, loudly
-            warnings.warn(
-                f"torch.compile Fisher kernel unavailable ({type(exc).__name__}: {exc}); "
-                "falling back to the eager chunked kernel",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        fused = partial(  # flat aliases that are not views, as in WeightedSum
+            self._compiled,
+            stack.detach().view(k, -1).detach(),
+            fisher.detach().view(k, -1).detach(),
+            weights.float(),
+            out.detach().view(-1).detach(),
+        )
+        if not _fused_or_eager(fused, "Fisher kernel"):
             self.kind = "chunked"
             fisher_weighted_mean(stack, fisher, weights, out)
 
@@ -223,5 +231,4 @@ def choose_fisher_kernel(
         return FisherMean(kind)
     if dtype in (torch.float32, torch.float64):
         return FisherMean("chunked")
-    compiler_ok = device.type == "cuda" or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
-    return FisherMean("compiled" if compiler_ok else "chunked")
+    return FisherMean("compiled" if _can_compile(device) else "chunked")

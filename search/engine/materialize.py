@@ -160,13 +160,6 @@ def merge_into(
         out.copy_(method.merge(piece.stack, piece.base, weights, resolved.params, generator))
 
 
-def merge_tensor_into(
-    resolved: ResolvedPlan, pool: CheckpointPool, name: str, out: torch.Tensor
-) -> None:
-    """Write the merged tensor ``name`` into ``out`` (same shape, any float dtype, pool device)."""
-    merge_into(resolved, pool, {name: out})
-
-
 def merged_tensors(
     plan: MergePlan, pool: CheckpointPool, dtype: torch.dtype | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:

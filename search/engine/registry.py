@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from search.engine.plan import ParamValue
 from search.errors import UserError
 
-ParamValue = float | int | bool
 _KERNELS_MODULE = "search.engine.methods"
 
 
@@ -122,7 +122,7 @@ class MergeMethod:
             stay positive); ``None``: any finite weight.
         frank_wolfe: with each layer group's weights on the simplex the merge is exactly
             θ = Σ w_i θ_i, so the proxy loss's gradient in the weights is ⟨∂L/∂θ, θ_i⟩ and
-            Frank-Wolfe proposals (:mod:`search.study.fw`) apply.
+            Frank-Wolfe proposals (:mod:`search.study.frank_wolfe`) apply.
         mergekit: how mergekit spells it; ``None`` when mergekit lacks the method.
         doc: one line for the README and model card.
     """

@@ -27,15 +27,9 @@ def model_card(
     ``extra`` maps a section title to its content: a string is written as is, anything else as
     a JSON block (a mapping of scalars as a two-column table).
     """
-    groups = plan.n_groups
+    base = base_name if method.needs_base else None
     lines = [
-        "---",
-        "library_name: transformers",
-        "tags:",
-        "- merge",
-        "- merge-search",
-        "---",
-        "",
+        *_front_matter(names, base),
         f"# {title}",
         "",
         f"A merge of {len(names)} checkpoints made with merge-search.",
@@ -44,15 +38,54 @@ def model_card(
         "",
         f"`{method.name}`: {method.doc}.",
         "",
+        *([f"Base model: `{base}`.", ""] if base else []),
+        *_checkpoints(plan, names, coefficients),
+        "## Parameters",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in params.items()),
+        f"| seed | {plan.seed} |",
+        f"| plan key | `{plan.key}` |",
+        f"| dtype | {dtype} |",
+        "",
     ]
-    if method.needs_base:
-        lines += [f"Base model: `{base_name}`.", ""]
+    for title_, content in (extra or {}).items():
+        lines += [f"## {title_}", "", *_section(content), ""]
+    if mergekit_yaml:
+        lines += _mergekit(method, mergekit_yaml)
+    return "\n".join(lines)
+
+
+def _front_matter(names: Sequence[str], base: str | None) -> list[str]:
+    """The Hub's metadata for a merge (as mergekit writes it): the inputs as ``base_model``,
+    ``base_model_relation: merge``, and the ``merge`` and ``mergekit`` tags."""
+    return [
+        "---",
+        "base_model:",
+        *(f"- {name}" for name in ([base] if base else []) + list(names)),
+        "base_model_relation: merge",
+        "library_name: transformers",
+        "tags:",
+        "- merge",
+        "- mergekit",
+        "- merge-search",
+        "---",
+        "",
+    ]
+
+
+def _checkpoints(
+    plan: MergePlan, names: Sequence[str], coefficients: Sequence[Sequence[float]]
+) -> list[str]:
+    """The table of each checkpoint's weights (per layer group) and applied coefficients."""
+    groups = plan.n_groups
     head = [
         "checkpoint",
         *(["weight"] if groups == 1 else [f"weight (group {g})" for g in range(groups)]),
+        *(["applied"] if groups == 1 else [f"applied (group {g})" for g in range(groups)]),
     ]
-    head += ["applied" if groups == 1 else f"applied (group {g})" for g in range(groups)]
-    lines += ["## Checkpoints", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["## Checkpoints", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row, coeff in zip(names, plan.weights, coefficients, strict=True):
         cells = [f"`{name}`", *(f"{w:.6g}" for w in row), *(f"{c:.6g}" for c in coeff)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -63,34 +96,22 @@ def model_card(
             "groups; the embeddings go with group 0, the final norm and lm_head with the last.",
             "",
         ]
-    lines += [
+    return [
+        *lines,
         '"applied" is the coefficient the method gives each checkpoint (normalized, times λ).',
         "",
     ]
-    lines += ["## Parameters", "", "| parameter | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in params.items()]
-    lines += [f"| seed | {plan.seed} |", f"| plan key | `{plan.key}` |", f"| dtype | {dtype} |", ""]
-    for title_, content in (extra or {}).items():
-        lines += [f"## {title_}", "", *_section(content), ""]
-    if mergekit_yaml:
-        intro = "The same merge as a mergekit config (`mergekit_config.yml`):"
-        if method.mergekit is None:
-            intro = (
-                f"mergekit has no `{method.name}` method. `mergekit_config.yml` writes this merge "
-                "in mergekit's format with merge-search's own keys; `merge-search merge` "
-                "reproduces it, `mergekit-yaml` cannot:"
-            )
-        lines += [
-            "## mergekit",
-            "",
-            intro,
-            "",
-            "```yaml",
-            mergekit_yaml.rstrip(),
-            "```",
-            "",
-        ]
-    return "\n".join(lines)
+
+
+def _mergekit(method: MergeMethod, mergekit_yaml: str) -> list[str]:
+    intro = "The same merge as a mergekit config (`mergekit_config.yml`):"
+    if method.mergekit is None:
+        intro = (
+            f"mergekit has no `{method.name}` method. `mergekit_config.yml` writes this merge "
+            "in mergekit's format with merge-search's own keys; `merge-search merge` "
+            "reproduces it, `mergekit-yaml` cannot:"
+        )
+    return ["## mergekit", "", intro, "", "```yaml", mergekit_yaml.rstrip(), "```", ""]
 
 
 def _section(content: Any) -> list[str]:

@@ -78,9 +78,11 @@ def export_merge(
     card_extra = dict(card_extra or {})
     if resolved.method.needs_fisher:
         source = pool.fisher_source or {}
-        extension = {"fisher_data": str(target / CALIBRATION_FILE)}
-        if "examples" in source:
-            extension["fisher_examples"] = source["examples"]
+        # the calibration examples are written beside the merge: N is how many there are
+        extension = {
+            "fisher_data": str(target / CALIBRATION_FILE),
+            "fisher_examples": len(pool.fisher_records),
+        }
         card_extra["Fisher calibration"] = {
             **source,
             "examples file": CALIBRATION_FILE,
@@ -240,7 +242,7 @@ def merge_from_yaml(
     Args:
         load_fishers: for methods that read Fishers, ``(pool, fisher_data, fisher_examples)``
             loads them into the pool (the command passes
-            :func:`search.study.fisher_cache.fishers_from_file`: the export package reads no
+            :func:`search.fisher.cache.fishers_from_file`: the export package reads no
             data itself).
 
     Returns:

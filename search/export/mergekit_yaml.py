@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.engine.plan import MergePlan
 from search.engine.registry import METHODS, NOT_IN_MERGEKIT, MergekitForm, MergeMethod
-from search.errors import UserError
+from search.errors import UserError, one_line
 
 
 class _Conditional(BaseModel):
@@ -127,19 +127,53 @@ def read_config(path: str | Path) -> MergeRequest:
     try:
         config = MergekitConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{file}: {_one_line(exc)}") from None
+        raise UserError(f"{file}: {one_line(exc, MergekitConfig, _HINTS)}") from None
     return _request(file, config)
 
 
 def _request(file: Path, config: MergekitConfig) -> MergeRequest:
+    """The checked request: the method, the models in order, the parameters (``UserError``)."""
+    method = _method(file, config.merge_method)
+    entries, base = _models(file, config, method)
+    given = (
+        config.parameters.model_dump(by_alias=True, exclude_none=True) if config.parameters else {}
+    )
+    fisher = _fisher_settings(file, method, given)
+    params = _params(file, method, given, entries)
+    weights: list[Any] = []
+    for i, entry in enumerate(entries):
+        weight = entry.parameters.weight if entry.parameters else None
+        if weight is None and method.uses_weights:
+            raise UserError(f"{file}: models[{i}].parameters.weight: required for {method.name}")
+        weights.append(1.0 if weight is None else weight)
+    return MergeRequest(
+        method=method,
+        checkpoints=tuple(Path(e.model).absolute() for e in entries),
+        base_model=base,
+        weights=tuple(weights),
+        params=params,
+        dtype=config.dtype,
+        fisher_data=Path(fisher["fisher_data"]) if "fisher_data" in fisher else None,
+        fisher_examples=int(fisher.get("fisher_examples", DEFAULT_FISHER_EXAMPLES)),
+    )
+
+
+def _method(file: Path, name: str) -> MergeMethod:
+    """The method of mergekit's ``merge_method`` (or merge-search's own name for the methods
+    mergekit lacks)."""
     by_mergekit = {m.mergekit_name: m for m in METHODS.values() if m.mergekit_name}
     by_mergekit.update({m.name: m for m in METHODS.values() if m.mergekit is None})
-    method = by_mergekit.get(config.merge_method)
-    if method is None:
+    if name not in by_mergekit:
         raise UserError(
-            f"{file}: merge_method {config.merge_method!r} is not supported; supported: "
-            f"{', '.join(by_mergekit)}"
+            f"{file}: merge_method {name!r} is not supported; supported: {', '.join(by_mergekit)}"
         )
+    return by_mergekit[name]
+
+
+def _models(
+    file: Path, config: MergekitConfig, method: MergeMethod
+) -> tuple[list[_ModelEntry], Path | None]:
+    """The models to merge, in order, and the base (``None`` where the method takes none)."""
     entries = list(config.models)
     base = Path(config.base_model).absolute() if config.base_model else None
     if method.mergekit is not None and method.mergekit.endpoints:
@@ -153,18 +187,19 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
                 "including it"
             )
         entries.sort(key=lambda e: Path(e.model).absolute() != base)
-        base = None
-    elif method.needs_base:
+        return entries, None
+    if method.needs_base:
         if base is None:
             raise UserError(f"{file}: merge_method {config.merge_method} needs base_model")
         # mergekit lets the base appear among the models; it is not a task vector.
         entries = [e for e in entries if Path(e.model).absolute() != base]
         if not entries:
             raise UserError(f"{file}: models: expected at least one model besides base_model")
+    return entries, base
 
-    given = (
-        config.parameters.model_dump(by_alias=True, exclude_none=True) if config.parameters else {}
-    )
+
+def _fisher_settings(file: Path, method: MergeMethod, given: dict[str, Any]) -> dict[str, Any]:
+    """merge-search's extension keys, taken out of ``given`` and checked against the method."""
     fisher = {key: given.pop(key) for key in FISHER_KEYS if key in given}
     if fisher and not method.needs_fisher:
         raise UserError(
@@ -176,6 +211,14 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
             f"{file}: parameters.fisher_data: required for merge_method {method.name} "
             "(the Fishers' calibration data: a .txt or .jsonl file)"
         )
+    return fisher
+
+
+def _params(
+    file: Path, method: MergeMethod, given: dict[str, Any], entries: list[_ModelEntry]
+) -> dict[str, Any]:
+    """The method's parameters: global ones, per-model ones that must agree, mergekit's
+    defaults; their ranges checked now, before any file is opened."""
     for key in ("density", "gamma"):
         per_model = {getattr(e.parameters, key) for e in entries if e.parameters} - {None}
         if len(per_model) > 1:
@@ -196,26 +239,10 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
     for key, value in (method.mergekit.defaults if method.mergekit else {}).items():
         given.setdefault(key, value)
     try:
-        method.resolve_params(given)  # ranges checked now, before any file is opened
+        method.resolve_params(given)
     except UserError as exc:
         raise UserError(f"{file}: {exc}") from None
-
-    weights: list[Any] = []
-    for i, entry in enumerate(entries):
-        weight = entry.parameters.weight if entry.parameters else None
-        if weight is None and method.uses_weights:
-            raise UserError(f"{file}: models[{i}].parameters.weight: required for {method.name}")
-        weights.append(1.0 if weight is None else weight)
-    return MergeRequest(
-        method=method,
-        checkpoints=tuple(Path(e.model).absolute() for e in entries),
-        base_model=base,
-        weights=tuple(weights),
-        params=given,
-        dtype=config.dtype,
-        fisher_data=Path(fisher["fisher_data"]) if "fisher_data" in fisher else None,
-        fisher_examples=int(fisher.get("fisher_examples", DEFAULT_FISHER_EXAMPLES)),
-    )
+    return given
 
 
 def _per_block(weight, tensor_names, group_of_layer, n_layers, index) -> list[float]:
@@ -243,33 +270,10 @@ def _first_match(conditions: Sequence[_Conditional], name: str) -> float | None:
     return None
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    # drop pydantic's union-branch tags ("float", "list[_Conditional]") from the location
-    tags = {"float", "int", "bool", "str"}
-    loc = [p for p in err["loc"] if isinstance(p, int) or (p not in tags and "[" not in p)]
-    where = ".".join(str(p) for p in loc) or "config"
-    if err["type"] == "extra_forbidden":
-        return f"unknown key {where}; supported keys: {_supported_at(loc)}"
-    if "weight" in loc:
-        return (
-            f"{where}: expected a number or mergekit's list of {{filter, value}} entries "
-            "(gradient lists are not supported)"
-        )
-    return f"{where}: {err['msg']}"
-
-
-def _supported_at(loc: Sequence[Any]) -> str:
-    model: type[BaseModel] = MergekitConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[str(part)].annotation
-        for candidate in (_ModelEntry, _ModelParameters, _Parameters, _Conditional):
-            if candidate.__name__ in str(annotation):
-                model = candidate
-                break
-    return ", ".join(f.alias or name for name, f in model.model_fields.items())
+_HINTS = {  # what a field expects, in place of pydantic's message
+    "weight": "a number or mergekit's list of {filter, value} entries "
+    "(gradient lists are not supported)",
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,17 @@
 """Reading a study back: the Pareto front, baselines and held-out re-scores, plots, the choice.
 
-- :mod:`~search.report.pareto` — pure functions on objective vectors (front, knee,
+- :mod:`~search.report.frontier` — pure functions on objective vectors (front, knee,
   hypervolume, preference);
 - :mod:`~search.report.view` — :class:`StudyView`, the completed trials of a study;
 - :mod:`~search.report.scores` — the inputs' and the uniform merge's scores, held-out re-scores
   (cached in the study);
-- :mod:`~search.report.front` — the report of ``merge-search pareto``;
-- :mod:`~search.report.plots` — the table and the plots drawn from that report;
+- :mod:`~search.report.pareto_report` — the report of ``merge-search pareto``;
+- :mod:`~search.report.table` and :mod:`~search.report.plots` — the text table and the plots
+  drawn from that report;
 - :mod:`~search.report.choose` — picking a trial and exporting its merge;
 - :mod:`~search.report.dashboard` — optuna-dashboard on the study's storage.
 
-Dependencies: :mod:`search.study`, :mod:`search.export`, :mod:`search.engine`,
+Dependencies: :mod:`search.study`, :mod:`search.fisher`, :mod:`search.export`, :mod:`search.engine`,
 :mod:`evaluators` (through the study's worker runtime); it is the top of the library.
 """
 

@@ -16,20 +16,19 @@ from typing import Any
 
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.engine.registry import get_method
 from search.errors import UserError
 from search.export.folder import export_merge
-from search.report.pareto import best_point, parse_prefer, prefer_point
-from search.report.plots import lead_text
+from search.report.frontier import best_point, parse_prefer, prefer_point
 from search.report.scores import (
+    TestComparison,
     cached_heldout,
     compare_on_test,
     heldout_configured,
     score_heldout,
 )
+from search.report.table import lead_text
 from search.report.view import Row, StudyView, open_view
-from search.study.records import STOPPED_ATTR
-from search.study.storage import check_fingerprint
+from search.study.storage import FINGERPRINT_ATTR, SPACE_ATTR, check_fingerprint
 
 ON_HELDOUT = "on held-out re-scores (eval.heldout)"
 
@@ -41,13 +40,9 @@ def heldout_values(
     cached when missing); ``None`` when the study has no held-out tasks."""
     if not heldout_configured(view.cfg):
         return None
-    plans = {
-        r.plan_key: MergePlan.from_dict(r.user_attrs["plan"])
-        for r in view.front()
-        if "plan" in r.user_attrs
-    }
+    plans = {r.plan_key: MergePlan.from_dict(r.record.plan) for r in view.front() if r.record.plan}
     scores = score_heldout(view, plans, runtime_factory)
-    return {k: [float(s["objectives"][n]) for n in view.names] for k, s in scores.items()}
+    return {k: [float(s.objectives[n]) for n in view.names] for k, s in scores.items()}
 
 
 def pick_row(
@@ -73,12 +68,11 @@ def pick_row(
                 f"completed trials: {_ranges([r.number for r in view.rows])}"
             )
         row = by_number[trial]
-        stopped = row.user_attrs.get(STOPPED_ATTR)
-        if stopped is not None:
+        if row.record.stopped:
             raise UserError(
-                f"--trial {trial}: stopped by staged scoring at rung {row.user_attrs.get('rung')} "
-                f"(trial {stopped} beat it), so its scores are partial; choose a trial scored "
-                "in full (see `merge-search pareto`)"
+                f"--trial {trial}: stopped by staged scoring at rung {row.record.rung} "
+                f"(trial {row.record.stopped_by} beat it), so its scores are partial; choose a "
+                "trial scored in full (see `merge-search pareto`)"
             )
         return row, f"trial {trial}"
     if best is not None and best not in view.names:
@@ -132,20 +126,20 @@ def model_card_extra(
     row: Row,
     how: str,
     config: str | Path,
-    test: Mapping[str, Any] | None = None,
+    test: TestComparison | None = None,
 ) -> dict[str, Any]:
     """Sections added to the exported model card: scores, held-out scores, the test split
     comparison (``test``: :func:`~search.report.scores.compare_on_test`), provenance."""
     scores = dict(zip(view.names, row.values, strict=True))
-    scores.update(row.user_attrs.get("task_scores") or {})
+    scores.update(row.record.task_scores)
     extra: dict[str, Any] = {"Search scores": scores}
-    errors = {**(row.user_attrs.get("stderr") or {}), **(row.user_attrs.get("task_stderr") or {})}
+    errors = {**row.record.stderr, **row.record.task_stderr}
     if errors:
         extra["Search standard errors"] = errors
     heldout = cached_heldout(view).get(row.plan_key)
     if heldout:
-        extra["Held-out scores"] = {**heldout["objectives"], **heldout["tasks"]}
-        held_errors = {**(heldout.get("stderr") or {}), **(heldout.get("task_stderr") or {})}
+        extra["Held-out scores"] = {**heldout.objectives, **heldout.tasks}
+        held_errors = {**heldout.stderr, **heldout.task_stderr}
         if held_errors:
             extra["Held-out standard errors"] = held_errors
     if test:
@@ -162,23 +156,23 @@ def model_card_extra(
         "completed trials in the study": len(view.rows),
         "made with": "merge-search export",
     }
-    extra["Checkpoint fingerprints"] = view.study.user_attrs.get("fingerprint")
+    extra["Checkpoint fingerprints"] = view.study.user_attrs.get(FINGERPRINT_ATTR)
     return extra
 
 
-def comparison_table(test: Mapping[str, Any], names: Sequence[str]) -> str:
+def comparison_table(test: TestComparison, names: Sequence[str]) -> str:
     """The test comparison as a markdown table: the chosen merge, then each baseline with the
     chosen merge's lead over it (examples per task under the table)."""
-    chosen = test["chosen"]
+    chosen = test.chosen
     head = ["", *names, "mean", *(f"chosen − it: {n}" for n in names), "chosen − it: mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cells = [f"chosen: trial {chosen['trial']}", *(f"{chosen['objectives'][n]:.4f}" for n in names)]
-    lines.append("| " + " | ".join([*cells, f"{chosen['mean']:.4f}"] + [""] * (len(names) + 1)))
-    for b in test["baselines"]:
+    cells = [f"chosen: trial {chosen.trial}", *(f"{chosen.objectives[n]:.4f}" for n in names)]
+    lines.append("| " + " | ".join([*cells, f"{chosen.mean:.4f}"] + [""] * (len(names) + 1)))
+    for b in test.baselines:
         diff = [lead_text(b, n) for n in (*names, "mean")]
-        cells = [b["label"], *(f"{b['objectives'][n]:.4f}" for n in names), f"{b['mean']:.4f}"]
+        cells = [b.label, *(f"{b.objectives[n]:.4f}" for n in names), f"{b.mean:.4f}"]
         lines.append("| " + " | ".join([*cells, *diff]) + " |")
-    examples = ", ".join(f"{k} {v}" for k, v in chosen["examples"].items())
+    examples = ", ".join(f"{k} {v}" for k, v in chosen.examples.items())
     if examples:
         lines += ["", f"Examples per task: {examples}."]
     return "\n".join(lines)
@@ -195,8 +189,11 @@ def export_chosen(
     prefer: str | None = None,
     force: bool = False,
     runtime_factory: Callable[..., Any] | None = None,
-) -> tuple[Row, str, Path, StudyView, dict[str, Any] | None]:
+) -> tuple[Row, str, Path, StudyView, TestComparison | None]:
     """Pick a trial of the study (see :func:`pick_row`) and export its merge to ``out``.
+
+    Writes to the study: the held-out and test re-scores it needs are cached in its user attrs
+    (:mod:`search.report.scores`).
 
     ``--knee`` / ``--prefer`` use the front's held-out re-scores when the study has held-out
     tasks (:func:`heldout_values`); with ``eval.test`` the chosen merge and the inputs are
@@ -231,32 +228,28 @@ def export_chosen(
     if knee or prefer is not None:  # judged again on the held-out split, when there is one
         heldout = heldout_values(view, runtime_factory)
         row, how = pick_row(view, knee=knee, prefer=prefer, heldout=heldout)
-    if "plan" not in row.user_attrs:
+    if row.record.plan is None:
         raise UserError(
-            f"trial {row.number}: has no 'plan' user attr; it was not made by merge-search"
+            f"trial {row.number}: has no recorded plan; it was not made by merge-search"
         )
-    plan = MergePlan.from_dict(row.user_attrs["plan"])
+    plan = MergePlan.from_dict(row.record.plan)
     test = compare_on_test(view, row, how, runtime_factory)
-    if get_method(plan.method).needs_fisher:
-        _load_study_fishers(view, pool, config)
+    _prepare_export(view, pool, config)
     path = export_merge(
         plan, pool, out, force=force, card_extra=model_card_extra(view, row, how, config, test)
     )
     return row, how, path, view, test
 
 
-def _load_study_fishers(view: StudyView, pool: CheckpointPool, config: str | Path) -> None:
-    """The Fishers the study merged with: from the cache (computed again if it was removed);
-    refused when the calibration data changed since the study."""
-    from search.study.fisher_cache import cache_dir, calibration, load_fishers
-    from search.study.storage import SPACE_ATTR
-
-    data = calibration(view.cfg)
-    recorded = (view.study.user_attrs.get(SPACE_ATTR) or {}).get("fisher")
-    if recorded is not None and recorded != data.describe():
-        raise UserError(
-            f"{config}: merge.fisher: the calibration data changed since study "
-            f"{view.cfg.name!r} (recorded {recorded}); the export would not be the merge "
-            "that was scored"
-        )
-    load_fishers(pool, data, cache_dir(view.cfg))
+def _prepare_export(view: StudyView, pool: CheckpointPool, config: str | Path) -> None:
+    """What the study's strategies need for its merge (the Fishers it merged with, from the
+    cache); refused when their data changed since the study (their signature entries)."""
+    recorded = view.study.user_attrs.get(SPACE_ATTR) or {}
+    for feature in view.cfg.features:
+        for key, value in feature.signature().items():
+            if key in recorded and recorded[key] != value:
+                raise UserError(
+                    f"{config}: {key}: changed since study {view.cfg.name!r} (recorded "
+                    f"{recorded[key]}); the export would not be the merge that was scored"
+                )
+        feature.prepare_export(pool)

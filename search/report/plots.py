@@ -1,7 +1,8 @@
-"""Renderings of a Pareto report: the text table, and plots of the front and the hypervolume.
+"""Plots of a Pareto report: the front and the hypervolume (the text table: :mod:`.table`).
 
-Both renderers read the report dict built by :func:`search.report.view.build_report` (the same
-data ``merge-search pareto --json`` prints), so the picture and the table never disagree:
+Both renderers read the :class:`~search.report.pareto_report.Report` that
+:func:`~search.report.pareto_report.build_report` builds (the same data ``merge-search pareto
+--json`` prints), so the picture and the table never disagree:
 
 - two or more objectives: left panel, every scored trial (grey), the front (red line), the
   knee (star), the input checkpoints (triangles, labelled) and the uniform merge (black
@@ -16,14 +17,17 @@ with plotly (plotly.js embedded: the page opens offline).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.errors import UserError
 
+if TYPE_CHECKING:
+    from search.report.pareto_report import FrontRow, HypervolumePoint, Report, TrialRow
+    from search.report.scores import Baseline
+
 PLOT_SUFFIXES = (".png", ".html")
-TOP_COEFFICIENTS = 3  # coefficients shown per front row in the table
 
 
 def check_plot_path(path: str | Path) -> Path:
@@ -36,7 +40,7 @@ def check_plot_path(path: str | Path) -> Path:
     return path
 
 
-def write_plot(report: Mapping[str, Any], path: str | Path) -> Path:
+def write_plot(report: Report, path: str | Path) -> Path:
     """Draw the report into ``path`` (.png or .html; parent folders are created)."""
     path = check_plot_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,32 +51,43 @@ def write_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _series(report: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain lists for both renderers: names, every trial, the front, baselines, history."""
-    names = [o["name"] for o in report["objectives"]]
-    trials = [t for t in report["trials"] if t["feasible"]]
-    infeasible = [t for t in report["trials"] if not t["feasible"]]
-    front = sorted(report["front"], key=lambda t: [t["values"][n] for n in names])
-    hv = report.get("hypervolume") or {}
-    return {
-        "names": names,
-        "directions": [o["direction"] for o in report["objectives"]],
-        "trials": trials,
-        "infeasible": infeasible,
-        "front": front,
-        "knee": next((t for t in front if t.get("knee")), None),
-        "baselines": report.get("baselines", []),
-        "history": hv.get("history", []),
-        "title": f"{report['study']}: {len(report['trials'])} trials, front of {len(front)}",
-    }
+@dataclass(frozen=True)
+class Series:
+    """What both renderers draw, gathered once from the report."""
+
+    names: list[str]
+    directions: list[str]
+    trials: list[TrialRow]  # feasible
+    infeasible: list[TrialRow]
+    front: list[FrontRow]  # sorted along the first objectives
+    knee: FrontRow | None
+    baselines: list[Baseline]
+    history: list[HypervolumePoint]
+    title: str
 
 
-def matplotlib_figure(report: Mapping[str, Any]) -> Any:
+def _series(report: Report) -> Series:
+    names = report.names
+    front = sorted(report.front, key=lambda t: [t.values[n] for n in names])
+    return Series(
+        names=names,
+        directions=[o.direction for o in report.objectives],
+        trials=[t for t in report.trials if t.feasible],
+        infeasible=[t for t in report.trials if not t.feasible],
+        front=front,
+        knee=next((t for t in front if t.knee), None),
+        baselines=report.baselines,
+        history=report.hypervolume.history if report.hypervolume else [],
+        title=f"{report.study}: {len(report.trials)} trials, front of {len(front)}",
+    )
+
+
+def matplotlib_figure(report: Report) -> Any:
     """A ``matplotlib.figure.Figure`` of the report (see the module docstring)."""
     from matplotlib.figure import Figure
 
     s = _series(report)
-    names = s["names"]
+    names = s.names
     if len(names) == 1:
         fig = Figure(figsize=(7, 4.5), layout="constrained")
         ax = fig.add_subplot()
@@ -82,8 +97,8 @@ def matplotlib_figure(report: Mapping[str, Any]) -> Any:
         ax, ax_hv = fig.subplots(1, 2)
         _mpl_front(ax, s)
         ax_hv.step(
-            [h["trial"] for h in s["history"]],
-            [h["hypervolume"] for h in s["history"]],
+            [h.trial for h in s.history],
+            [h.hypervolume for h in s.history],
             where="post",
             color="tab:blue",
         )
@@ -91,103 +106,108 @@ def matplotlib_figure(report: Mapping[str, Any]) -> Any:
         ax_hv.set_ylabel("hypervolume of the front")
         ax_hv.set_title("hypervolume history")
         ax_hv.grid(alpha=0.3)
-    fig.suptitle(s["title"])
+    fig.suptitle(s.title)
     return fig
 
 
-def _mpl_front(ax: Any, s: Mapping[str, Any]) -> None:
-    x, y = s["names"][0], s["names"][1]
+def _mpl_front(ax: Any, s: Series) -> None:
+    x, y = s.names[0], s.names[1]
     ax.scatter(
-        [t["values"][x] for t in s["trials"]],
-        [t["values"][y] for t in s["trials"]],
+        [t.values[x] for t in s.trials],
+        [t.values[y] for t in s.trials],
         s=14,
         color="0.7",
         label="trials",
     )
-    if s["infeasible"]:
+    if s.infeasible:
         ax.scatter(
-            [t["values"][x] for t in s["infeasible"]],
-            [t["values"][y] for t in s["infeasible"]],
+            [t.values[x] for t in s.infeasible],
+            [t.values[y] for t in s.infeasible],
             s=14,
             marker="x",
             color="0.5",
             label="infeasible",
         )
     ax.plot(
-        [t["values"][x] for t in s["front"]],
-        [t["values"][y] for t in s["front"]],
+        [t.values[x] for t in s.front],
+        [t.values[y] for t in s.front],
         "o-",
         color="tab:red",
         label="Pareto front",
     )
-    for t in s["front"]:
+    for t in s.front:
         ax.annotate(
-            str(t["trial"]),
-            (t["values"][x], t["values"][y]),
+            str(t.trial),
+            (t.values[x], t.values[y]),
             fontsize=7,
             xytext=(3, 3),
             textcoords="offset points",
             color="tab:red",
         )
-    if s["knee"]:
+    if s.knee:
         ax.scatter(
-            [s["knee"]["values"][x]],
-            [s["knee"]["values"][y]],
+            [s.knee.values[x]],
+            [s.knee.values[y]],
             marker="*",
             s=260,
             color="gold",
             edgecolors="black",
             zorder=5,
-            label=f"knee (trial {s['knee']['trial']})",
+            label=f"knee (trial {s.knee.trial})",
         )
-    for b in s["baselines"]:
-        uniform = b["kind"] == "uniform"
+    _mpl_baselines(ax, s, x, y)
+    ax.set_xlabel(_axis_label(s, 0))
+    ax.set_ylabel(_axis_label(s, 1))
+    ax.set_title("front" if len(s.names) == 2 else "front (first two objectives)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _mpl_baselines(ax: Any, s: Series, x: str, y: str) -> None:
+    """The input checkpoints (triangles) and the uniform merge (a square), labelled."""
+    for b in s.baselines:
+        uniform = b.kind == "uniform"
         ax.scatter(
-            [b["values"][x]],
-            [b["values"][y]],
+            [b.values[x]],
+            [b.values[y]],
             marker="s" if uniform else "^",
             s=60,
             color="black" if uniform else "tab:green",
             zorder=4,
         )
         ax.annotate(
-            b["label"],
-            (b["values"][x], b["values"][y]),
+            b.label,
+            (b.values[x], b.values[y]),
             fontsize=8,
             xytext=(4, -10),
             textcoords="offset points",
         )
     ax.scatter([], [], marker="^", color="tab:green", label="input checkpoints")
     ax.scatter([], [], marker="s", color="black", label="uniform merge")
-    ax.set_xlabel(_axis_label(s, 0))
-    ax.set_ylabel(_axis_label(s, 1))
-    ax.set_title("front" if len(s["names"]) == 2 else "front (first two objectives)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
 
 
-def _mpl_single(ax: Any, s: Mapping[str, Any]) -> None:
-    name = s["names"][0]
-    trials = sorted(s["trials"], key=lambda t: t["trial"])
+def _mpl_single(ax: Any, s: Series) -> None:
+    name = s.names[0]
+    trials = sorted(s.trials, key=lambda t: t.trial)
     ax.scatter(
-        [t["trial"] for t in trials],
-        [t["values"][name] for t in trials],
+        [t.trial for t in trials],
+        [t.values[name] for t in trials],
         s=14,
         color="0.6",
         label="trials",
     )
     best = _best_so_far(trials, name, s)
-    ax.step([t["trial"] for t in trials], best, where="post", color="tab:red", label="best so far")
-    for b in s["baselines"]:
+    ax.step([t.trial for t in trials], best, where="post", color="tab:red", label="best so far")
+    for b in s.baselines:
         ax.axhline(
-            b["values"][name],
+            b.values[name],
             ls="--",
             lw=1,
-            color="black" if b["kind"] == "uniform" else "tab:green",
+            color="black" if b.kind == "uniform" else "tab:green",
         )
         ax.annotate(
-            b["label"],
-            (0, b["values"][name]),
+            b.label,
+            (0, b.values[name]),
             fontsize=8,
             xytext=(2, 2),
             textcoords="offset points",
@@ -198,125 +218,128 @@ def _mpl_single(ax: Any, s: Mapping[str, Any]) -> None:
     ax.legend(fontsize=8)
 
 
-def plotly_figure(report: Mapping[str, Any]) -> Any:
+def plotly_figure(report: Report) -> Any:
     """A ``plotly.graph_objects.Figure`` of the report (see the module docstring)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     s = _series(report)
-    names = s["names"]
-    if len(names) == 1:
+    if len(s.names) == 1:
         fig = go.Figure()
-        name = names[0]
-        trials = sorted(s["trials"], key=lambda t: t["trial"])
-        fig.add_scatter(
-            x=[t["trial"] for t in trials],
-            y=[t["values"][name] for t in trials],
-            mode="markers",
-            name="trials",
-            marker={"color": "grey"},
-        )
-        fig.add_scatter(
-            x=[t["trial"] for t in trials],
-            y=_best_so_far(trials, name, s),
-            mode="lines",
-            line_shape="hv",
-            name="best so far",
-            line={"color": "red"},
-        )
-        for b in s["baselines"]:
-            fig.add_hline(y=b["values"][name], line_dash="dash", annotation_text=b["label"])
-        fig.update_xaxes(title_text="trial")
-        fig.update_yaxes(title_text=_axis_label(s, 0))
+        _plotly_single(fig, s)
     else:
-        x, y = names[0], names[1]
-        fig = make_subplots(
-            rows=1,
-            cols=2,
-            subplot_titles=(
-                "front" if len(names) == 2 else "front (first two objectives)",
-                "hypervolume history",
-            ),
-        )
+        front_title = "front" if len(s.names) == 2 else "front (first two objectives)"
+        fig = make_subplots(rows=1, cols=2, subplot_titles=(front_title, "hypervolume history"))
+        _plotly_front(fig, s)
         fig.add_scatter(
-            x=[t["values"][x] for t in s["trials"]],
-            y=[t["values"][y] for t in s["trials"]],
-            mode="markers",
-            name="trials",
-            marker={"color": "lightgrey"},
-            text=[f"trial {t['trial']}" for t in s["trials"]],
-            row=1,
-            col=1,
-        )
-        fig.add_scatter(
-            x=[t["values"][x] for t in s["front"]],
-            y=[t["values"][y] for t in s["front"]],
-            mode="lines+markers+text",
-            name="Pareto front",
-            line={"color": "red"},
-            text=[str(t["trial"]) for t in s["front"]],
-            textposition="top right",
-            row=1,
-            col=1,
-        )
-        if s["knee"]:
-            fig.add_scatter(
-                x=[s["knee"]["values"][x]],
-                y=[s["knee"]["values"][y]],
-                mode="markers",
-                name=f"knee (trial {s['knee']['trial']})",
-                marker={
-                    "symbol": "star",
-                    "size": 16,
-                    "color": "gold",
-                    "line": {"color": "black", "width": 1},
-                },
-                row=1,
-                col=1,
-            )
-        for kind, symbol, color, label in (
-            ("single", "triangle-up", "green", "input checkpoints"),
-            ("uniform", "square", "black", "uniform merge"),
-        ):
-            group = [b for b in s["baselines"] if b["kind"] == kind]
-            if group:
-                fig.add_scatter(
-                    x=[b["values"][x] for b in group],
-                    y=[b["values"][y] for b in group],
-                    mode="markers+text",
-                    name=label,
-                    text=[b["label"] for b in group],
-                    textposition="bottom right",
-                    marker={"symbol": symbol, "size": 11, "color": color},
-                    row=1,
-                    col=1,
-                )
-        fig.add_scatter(
-            x=[h["trial"] for h in s["history"]],
-            y=[h["hypervolume"] for h in s["history"]],
+            x=[h.trial for h in s.history],
+            y=[h.hypervolume for h in s.history],
             mode="lines",
             line_shape="hv",
             name="hypervolume",
             row=1,
             col=2,
         )
-        fig.update_xaxes(title_text=_axis_label(s, 0), row=1, col=1)
-        fig.update_yaxes(title_text=_axis_label(s, 1), row=1, col=1)
         fig.update_xaxes(title_text="trial", row=1, col=2)
         fig.update_yaxes(title_text="hypervolume", row=1, col=2)
-    fig.update_layout(title_text=s["title"], template="plotly_white")
+    fig.update_layout(title_text=s.title, template="plotly_white")
     return fig
 
 
-def hypervolume_figure(report: Mapping[str, Any]) -> Any:
+def _plotly_single(fig: Any, s: Series) -> None:
+    """One objective: every trial's value by trial number, the best so far, the baselines."""
+    name = s.names[0]
+    trials = sorted(s.trials, key=lambda t: t.trial)
+    numbers = [t.trial for t in trials]
+    fig.add_scatter(
+        x=numbers,
+        y=[t.values[name] for t in trials],
+        mode="markers",
+        name="trials",
+        marker={"color": "grey"},
+    )
+    fig.add_scatter(
+        x=numbers,
+        y=_best_so_far(trials, name, s),
+        mode="lines",
+        line_shape="hv",
+        name="best so far",
+        line={"color": "red"},
+    )
+    for b in s.baselines:
+        fig.add_hline(y=b.values[name], line_dash="dash", annotation_text=b.label)
+    fig.update_xaxes(title_text="trial")
+    fig.update_yaxes(title_text=_axis_label(s, 0))
+
+
+def _plotly_front(fig: Any, s: Series) -> None:
+    """Several objectives, the left panel: trials, the front, the knee and the baselines on the
+    first two objectives."""
+    x, y = s.names[0], s.names[1]
+    panel = {"row": 1, "col": 1}
+    fig.add_scatter(
+        x=[t.values[x] for t in s.trials],
+        y=[t.values[y] for t in s.trials],
+        mode="markers",
+        name="trials",
+        marker={"color": "lightgrey"},
+        text=[f"trial {t.trial}" for t in s.trials],
+        **panel,
+    )
+    fig.add_scatter(
+        x=[t.values[x] for t in s.front],
+        y=[t.values[y] for t in s.front],
+        mode="lines+markers+text",
+        name="Pareto front",
+        line={"color": "red"},
+        text=[str(t.trial) for t in s.front],
+        textposition="top right",
+        **panel,
+    )
+    if s.knee:
+        star = {
+            "symbol": "star",
+            "size": 16,
+            "color": "gold",
+            "line": {"color": "black", "width": 1},
+        }
+        fig.add_scatter(
+            x=[s.knee.values[x]],
+            y=[s.knee.values[y]],
+            mode="markers",
+            name=f"knee (trial {s.knee.trial})",
+            marker=star,
+            **panel,
+        )
+    for kind, symbol, color, label in (
+        ("single", "triangle-up", "green", "input checkpoints"),
+        ("uniform", "square", "black", "uniform merge"),
+    ):
+        group = [b for b in s.baselines if b.kind == kind]
+        if group:
+            fig.add_scatter(
+                x=[b.values[x] for b in group],
+                y=[b.values[y] for b in group],
+                mode="markers+text",
+                name=label,
+                text=[b.label for b in group],
+                textposition="bottom right",
+                marker={"symbol": symbol, "size": 11, "color": color},
+                **panel,
+            )
+    fig.update_xaxes(title_text=_axis_label(s, 0), **panel)
+    fig.update_yaxes(title_text=_axis_label(s, 1), **panel)
+
+
+def hypervolume_figure(report: Report) -> Any:
     """A small plotly figure of the hypervolume history alone (saved into optuna-dashboard)."""
     import plotly.graph_objects as go
 
     s = _series(report)
     fig = go.Figure()
     fig.add_scatter(
-        x=[h["trial"] for h in s["history"]],
-        y=[h["hypervolume"] for h in s["history"]],
+        x=[h.trial for h in s.history],
+        y=[h.hypervolume for h in s.history],
         mode="lines+markers",
         line_shape="hv",
         name="hypervolume",
@@ -330,189 +353,19 @@ def hypervolume_figure(report: Mapping[str, Any]) -> Any:
     return fig
 
 
-def format_report(report: Mapping[str, Any]) -> str:
-    """The report as a plain-text table."""
-    names = [o["name"] for o in report["objectives"]]
-    arrows = ", ".join(
-        f"{o['name']} {'↑' if o['direction'] == 'maximize' else '↓'}" for o in report["objectives"]
-    )
-    has_heldout = any(r["heldout"] for r in report["front"])
-    head = ["", "trial", *names]
-    if has_heldout:
-        head += [f"held-out {n}" for n in names]
-    head.append("largest coefficients")
-    table = [head]
-    for r in report["front"]:
-        close = r.get("indistinct_from") or []
-        trial = str(r["trial"]) + (f" ≈{','.join(map(str, close))}" if close else "")
-        line = ["*" if r["knee"] else "", trial, *_cells(r, "values", "stderr", names)]
-        if has_heldout:
-            line += _cells(r, "heldout", "heldout_stderr", names)
-        line.append(_top_coefficients(r["coefficients"]))
-        table.append(line)
-    table.append([""] * len(head))
-    table.append(["", "baseline", *([""] * (len(head) - 2))])
-    for b in report["baselines"]:
-        where = f"trial {b['trial']}" if b["trial"] is not None else "scored here"
-        line = ["", f"{b['label']} ({where})", *_cells(b, "values", "stderr", names)]
-        if has_heldout:
-            line += _cells(b, "heldout", "heldout_stderr", names)
-        line.append(_baseline_status(b))
-        table.append(line)
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    on_heldout = report.get("knee_split") == "heldout"
-    lines = [
-        f"study {report['study']} ({report['storage']}): {counts_text(report['trial_counts'])}; "
-        f"objectives: {arrows}",
-        f"Pareto front: {len(report['front'])} trial(s); * = knee (closest to the ideal point "
-        f"after normalizing each objective over the front"
-        + (", judged on the held-out re-scores: what export --knee picks)" if on_heldout else ")"),
-    ]
-    lines += [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
-    ]
-    counts = _examples_text(report.get("examples") or {})
-    if counts:
-        lines.append(f"value ± standard error; {counts}")
-    if any(r.get("indistinct_from") for r in report["front"]):
-        lines.append(
-            "≈N: the data cannot tell this point from trial N (every objective within 2 paired "
-            "standard errors on the same examples)"
-        )
-    stopped = [t for t in report.get("trials", []) if t.get("stopped_by") is not None]
-    if stopped:
-        lines.append(
-            f"staged scoring stopped {len(stopped)} of {len(report['trials'])} completed trials "
-            "early (a front member beat them with confidence); they are never on the front"
-        )
-    n_dom = sum(bool(b["dominated_by"]) for b in report["baselines"])
-    lines.append(f"the front dominates {n_dom} of {len(report['baselines'])} baselines")
-    if on_heldout and report.get("search_knee_trial") != report["knee_trial"]:
-        lines.append(f"knee on the search scores alone: trial {report['search_knee_trial']}")
-    if report["heldout_note"]:
-        lines.append(f"held-out re-scores: {report['heldout_note']}")
-    if report.get("test"):
-        lines += split_section(report["test"], names)
-    elif report.get("test_note"):
-        lines.append(f"test split: {report['test_note']}")
-    hv = report["hypervolume"]
-    if hv:
-        ref = ", ".join(f"{k}={_num(v)}" for k, v in hv["reference"].items())
-        lines.append(f"hypervolume of the front: {hv['value']:.4g} (reference point: {ref})")
-    return "\n".join(lines)
-
-
-def split_section(test: Mapping[str, Any], names: Sequence[str]) -> list[str]:
-    """Lines of the "test split: chosen merge vs inputs" section: each row's objectives and
-    mean, and the chosen merge's lead over it."""
-    chosen = test["chosen"]
-    examples = ", ".join(f"{k} {v}" for k, v in chosen["examples"].items())
-    head = ["", *names, "mean", "chosen − it (mean)"]
-    table = [head]
-    table.append(
-        [
-            f"chosen: trial {chosen['trial']}",
-            *(_num(chosen["objectives"][n]) for n in names),
-            _num(chosen["mean"]),
-            "",
-        ]
-    )
-    for b in test["baselines"]:
-        table.append(
-            [
-                b["label"],
-                *(_num(b["objectives"][n]) for n in names),
-                _num(b["mean"]),
-                lead_text(b, "mean"),
-            ]
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    title = "test split: chosen merge vs inputs"
-    if examples:
-        title += f" (examples per task: {examples})"
-    return [
-        title,
-        *(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in table
-        ),
-    ]
-
-
-def _baseline_status(b: Mapping[str, Any]) -> str:
-    """How a baseline compares with the front, in words."""
-    if b["dominated_by"]:
-        more = f" (+{len(b['dominated_by']) - 1})" if len(b["dominated_by"]) > 1 else ""
-        return f"dominated by trial {b['dominated_by'][0]}{more}"
-    if b["on_front"]:
-        return "on the front"
-    if b["dominates"]:
-        why = " (not a trial of the study)" if b["trial"] is None else ""
-        return f"dominates front trial(s) {', '.join(map(str, b['dominates']))}{why}"
-    return "not dominated by the front"
-
-
-def counts_text(counts: Mapping[str, int]) -> str:
-    """``{"complete": 5, "fail": 1}`` -> ``"5 complete, 1 fail"``."""
-    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
-
-
-def _num(x: float) -> str:
-    return f"{x:.4f}"
-
-
-def _cells(row: Mapping[str, Any], values: str, stderr: str, names: Sequence[str]) -> list[str]:
-    """``value ± SE`` per objective (the value alone where no SE was recorded; ``-``: none)."""
-    if not row.get(values):
-        return ["-" for _ in names]
-    errors = row.get(stderr) or {}
-    out = []
-    for n in names:
-        se = errors.get(n)
-        out.append(_num(row[values][n]) + (f" ± {se:.4f}" if se is not None else ""))
-    return out
-
-
-def _examples_text(examples: Mapping[str, Mapping[str, int]]) -> str:
-    """``examples per trial: demo_code/exact_match 200, ...`` (and the held-out tasks')."""
-    parts = []
-    for split, label in (("search", "examples per trial"), ("heldout", "held-out examples")):
-        counts = examples.get(split) or {}
-        if counts:
-            parts.append(f"{label}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
-    return "; ".join(parts)
-
-
-def _top_coefficients(coefficients: Mapping[str, Sequence[float]] | None) -> str:
-    if not coefficients:
-        return "-"
-    mean = {k: sum(v) / len(v) for k, v in coefficients.items() if v}
-    top = [kv for kv in sorted(mean.items(), key=lambda kv: -abs(kv[1])) if abs(kv[1]) >= 0.005]
-    top = top[:TOP_COEFFICIENTS]
-    return ", ".join(f"{k} {v:.2f}" for k, v in top)
-
-
-def _axis_label(s: Mapping[str, Any], i: int) -> str:
-    name = s["names"][i]
+def _axis_label(s: Series, i: int) -> str:
+    name = s.names[i]
     return f"{name} ({'higher' if _maximize(s, i) else 'lower'} is better)"
 
 
-def _maximize(s: Mapping[str, Any], i: int) -> bool:
-    return s["directions"][i] == "maximize"
+def _maximize(s: Series, i: int) -> bool:
+    return s.directions[i] == "maximize"
 
 
-def _best_so_far(trials: list[Mapping[str, Any]], name: str, s: Mapping[str, Any]) -> list[float]:
+def _best_so_far(trials: list[TrialRow], name: str, s: Series) -> list[float]:
     pick = max if _maximize(s, 0) else min
     out: list[float] = []
     for t in trials:
-        v = t["values"][name]
+        v = t.values[name]
         out.append(v if not out else pick(out[-1], v))
     return out
-
-
-def lead_text(baseline: Mapping[str, Any], key: str) -> str:
-    """The chosen merge's lead over a baseline on ``key`` (an objective or ``"mean"``), with its
-    paired standard error when the per-example values give one: ``+0.0310 ± 0.0087``."""
-    diff = baseline["diff"][key]
-    se = (baseline.get("diff_se") or {}).get(key)
-    return f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else "")

@@ -5,9 +5,8 @@ Scores computed here are cached in the study so a second run is instant. Optuna 
 attributes to be added to finished trials, so the caches are study user attrs keyed by plan key:
 ``"heldout_scores"`` and ``"test_scores"`` (``{"spec": <hash of that split's tasks>, "scores":
 {plan_key: scores}}``) and ``"baseline_scores"`` (search-split scores of inputs that have no seed
-trial). Each cached ``scores`` is ``{"objectives", "tasks", "stderr", "task_stderr",
-"examples"}``, as a trial records them (per-example values packed by
-:mod:`search.study.records`).
+trial). Each cached score is a :class:`SplitScores` as JSON (per-example values packed as a
+trial's record packs them, :mod:`search.study.record`).
 
 The held-out split (``eval.heldout``) is what ``export --knee/--prefer`` choose on; the test
 split (``eval.test``) is data neither the search nor that choice saw: the chosen merge and
@@ -16,19 +15,25 @@ the inputs are compared there (:func:`compare_on_test`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evaluators.stats import Objective, Term, paired_difference
 from search.engine.plan import MergePlan
 from search.engine.registry import METHODS
 from search.report.view import StudyView
-from search.study.records import encode_examples, json_stderr
+from search.study.record import decode_examples, encode_examples, json_stderr
+from search.study.storage import FINGERPRINT_ATTR
+
+log = logging.getLogger(__name__)  # progress of long re-scoring; the CLI shows it on stderr
 
 HELDOUT_ATTR = "heldout_scores"
 TEST_ATTR = "test_scores"
@@ -48,14 +53,81 @@ def baseline_plans(pool_names: Sequence[str]) -> list[tuple[str, str, MergePlan]
     return out
 
 
-def _scores_dict(scores: Any) -> dict[str, Any]:
-    return {
-        "objectives": dict(scores.objectives),
-        "tasks": dict(scores.tasks),
-        "stderr": json_stderr(scores.stderr),
-        "task_stderr": json_stderr(scores.task_stderr),
-        "examples": encode_examples(scores.examples),
-    }
+@dataclass(frozen=True)
+class SplitScores:
+    """A merge's scores on one split, as the study caches them (JSON, like a trial's record)."""
+
+    objectives: dict[str, float]
+    tasks: dict[str, float]
+    stderr: dict[str, float | None] = field(default_factory=dict)
+    task_stderr: dict[str, float | None] = field(default_factory=dict)
+    examples: dict[str, dict[str, Any]] = field(default_factory=dict)  # packed per-example values
+
+    @classmethod
+    def of(cls, scores: Any) -> SplitScores:
+        """From an evaluator's ``Scores``."""
+        return cls(
+            objectives=dict(scores.objectives),
+            tasks=dict(scores.tasks),
+            stderr=json_stderr(scores.stderr),
+            task_stderr=json_stderr(scores.task_stderr),
+            examples=encode_examples(scores.examples),
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SplitScores:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def counts(self) -> dict[str, int]:
+        """Examples per task (or data file), as the evaluator counted them."""
+        return {k.split("/")[0]: int(v["n"]) for k, v in self.examples.items()}
+
+
+@dataclass
+class Baseline:
+    """The uniform merge or one input checkpoint, beside the front (its search scores; where it
+    stands against the front is filled in by the report)."""
+
+    label: str  # "uniform" or the checkpoint's name
+    kind: str  # "uniform" | "single"
+    trial: int | None  # its seed trial; None when scored here
+    plan_key: str
+    values: dict[str, float]
+    stderr: dict[str, float | None]
+    heldout: dict[str, float] | None = None
+    heldout_stderr: dict[str, float | None] | None = None
+    dominated_by: list[int] = field(default_factory=list)
+    dominates: list[int] = field(default_factory=list)
+    on_front: bool = False
+
+
+@dataclass(frozen=True)
+class TestEntry:
+    """One merge on the test split: its objectives, the mean over them (minimized ones negated)
+    and, for a baseline, the chosen merge's lead over it with its paired standard errors."""
+
+    label: str
+    trial: int | None
+    plan_key: str
+    objectives: dict[str, float]
+    stderr: dict[str, float | None]
+    tasks: dict[str, float]
+    examples: dict[str, int]  # examples per task
+    mean: float
+    diff: dict[str, float] | None = None  # chosen − it, per objective and "mean"
+    diff_se: dict[str, float | None] | None = None  # paired SEs of those differences
+
+
+@dataclass(frozen=True)
+class TestComparison:
+    """The chosen merge against the uniform merge and every input, on the test split."""
+
+    chosen: TestEntry
+    baselines: list[TestEntry]
 
 
 def split_spec_key(cfg: Any, split: str) -> str:
@@ -65,7 +137,7 @@ def split_spec_key(cfg: Any, split: str) -> str:
         {
             "format": 2,  # 2: standard errors and per-example values cached too
             "objectives": [o.model_dump(mode="json") for o in cfg.split_objectives(split)],
-            "eval": cfg.eval_spec(heldout=True).model_dump(mode="json"),
+            "eval": cfg.eval_spec().model_dump(mode="json"),
         },
         sort_keys=True,
     )
@@ -81,17 +153,17 @@ def heldout_configured(cfg: Any) -> bool:
     return split_configured(cfg, "heldout")
 
 
-def cached_split(view: StudyView, split: str) -> dict[str, dict]:
+def cached_split(view: StudyView, split: str) -> dict[str, SplitScores]:
     """``{plan_key: scores}`` cached for the config's current tasks of ``split``."""
     cache = view.study.user_attrs.get(SPLIT_ATTRS[split]) or {}
     if not split_configured(view.cfg, split) or cache.get("spec") != split_spec_key(
         view.cfg, split
     ):
         return {}
-    return dict(cache.get("scores") or {})
+    return {k: SplitScores.from_json(v) for k, v in (cache.get("scores") or {}).items()}
 
 
-def cached_heldout(view: StudyView) -> dict[str, dict]:
+def cached_heldout(view: StudyView) -> dict[str, SplitScores]:
     """``{plan_key: scores}`` held-out scores cached for the config's current held-out tasks."""
     return cached_split(view, "heldout")
 
@@ -101,7 +173,7 @@ def score_split(
     plans: Mapping[str, MergePlan],
     split: str,
     runtime_factory: Callable[..., Any] | None = None,
-) -> dict[str, dict]:
+) -> dict[str, SplitScores]:
     """Scores on ``split`` (``"heldout"`` or ``"test"``) for ``{plan_key: plan}``: cached ones,
     the rest scored and cached in turn."""
     cache = cached_split(view, split)
@@ -111,10 +183,11 @@ def score_split(
         spec = split_spec_key(view.cfg, split)
         what = "held-out" if split == "heldout" else split
         for i, (key, plan) in enumerate(missing.items(), 1):
-            print(f"{what} re-scoring {i}/{len(missing)} (plan {key})", file=sys.stderr, flush=True)
+            log.info("%s re-scoring %d/%d (plan %s)", what, i, len(missing), key)
             scores, _, _ = runtime.score(plan)
-            cache[key] = _scores_dict(scores)
-            view.study.set_user_attr(SPLIT_ATTRS[split], {"spec": spec, "scores": cache})
+            cache[key] = SplitScores.of(scores)
+            stored = {k: v.to_json() for k, v in cache.items()}
+            view.study.set_user_attr(SPLIT_ATTRS[split], {"spec": spec, "scores": stored})
     return {k: cache[k] for k in plans}
 
 
@@ -122,7 +195,7 @@ def score_heldout(
     view: StudyView,
     plans: Mapping[str, MergePlan],
     runtime_factory: Callable[..., Any] | None = None,
-) -> dict[str, dict]:
+) -> dict[str, SplitScores]:
     """Held-out scores for ``{plan_key: plan}``: cached ones, the rest scored and cached in turn."""
     return score_split(view, plans, "heldout", runtime_factory)
 
@@ -132,63 +205,56 @@ def compare_on_test(
     chosen: Any,
     how: str,
     runtime_factory: Callable[..., Any] | None = None,
-) -> dict[str, Any] | None:
+) -> TestComparison | None:
     """The chosen merge, the uniform merge and every input checkpoint on the test split.
 
     Args:
-        chosen: the chosen :class:`~search.report.view.Row` (its ``plan`` user attr is scored).
+        chosen: the chosen :class:`~search.report.view.Row` (its recorded plan is scored).
         how: how it was chosen (shown with it).
 
     Returns:
-        ``None`` without ``eval.test``; else ``{"chosen": entry, "baselines": [entry, ...]}``
-        with ``entry = {"label", "trial", "plan_key", "objectives", "stderr", "tasks",
-        "examples", "mean"}`` (``mean``: mean of the objectives, minimized ones negated;
-        ``examples``: examples per task) and, per baseline, ``"diff"``: chosen minus it, per
-        objective and on the mean, with ``"diff_se"``: the paired standard errors of those
-        differences (the same examples; from the per-example values, ``None`` where an
-        objective has none, e.g. perplexity).
+        ``None`` without ``eval.test``; else each baseline with the chosen merge's lead over it
+        per objective and on the mean, and the paired standard errors of those leads (the same
+        examples; ``None`` where an objective has no per-example values, e.g. perplexity).
     """
-    if not split_configured(view.cfg, "test") or "plan" not in chosen.user_attrs:
+    if not split_configured(view.cfg, "test") or chosen.record.plan is None:
         return None
-    plans = {chosen.plan_key: MergePlan.from_dict(chosen.user_attrs["plan"])}
+    plans = {chosen.plan_key: MergePlan.from_dict(chosen.record.plan)}
     labels = [(label, plan) for label, _kind, plan in baseline_plans(_pool_names(view))]
     plans.update({plan.key: plan for _, plan in labels})
     scores = score_split(view, plans, "test", runtime_factory)
 
-    def entry(label: str, trial: int | None, key: str) -> dict[str, Any]:
+    def entry(label: str, trial: int | None, key: str, **lead: Any) -> TestEntry:
         got = scores[key]
-        objectives = {n: float(got["objectives"][n]) for n in view.names}
-        return {
-            "label": label,
-            "trial": trial,
-            "plan_key": key,
-            "objectives": objectives,
-            "stderr": dict(got.get("stderr") or {}),
-            "tasks": dict(got["tasks"]),
-            # examples per task (or data file), as the evaluator counts them
-            "examples": {
-                k.split("/")[0]: int(v["n"]) for k, v in (got.get("examples") or {}).items()
-            },
-            "mean": _signed_mean(objectives, view),
-        }
+        objectives = {n: float(got.objectives[n]) for n in view.names}
+        return TestEntry(
+            label=label,
+            trial=trial,
+            plan_key=key,
+            objectives=objectives,
+            stderr=dict(got.stderr),
+            tasks=dict(got.tasks),
+            examples=got.counts(),
+            mean=_signed_mean(objectives, view),
+            **lead,
+        )
 
     best = entry(how, chosen.number, chosen.plan_key)
-    terms = paired_objectives(view.cfg.split_objectives("test"), scores[chosen.plan_key])
+    keys = list(scores[chosen.plan_key].examples)
+    terms = paired_objectives(view.cfg.split_objectives("test"), keys)
     baselines = []
     for label, plan in labels:
         b = entry(label, None, plan.key)
-        b["diff"] = {n: best["objectives"][n] - b["objectives"][n] for n in view.names}
-        b["diff"]["mean"] = best["mean"] - b["mean"]
-        b["diff_se"] = _paired_se(terms, scores[chosen.plan_key], scores[plan.key])
-        baselines.append(b)
-    return {"chosen": best, "baselines": baselines}
+        diff = {n: best.objectives[n] - b.objectives[n] for n in view.names}
+        diff["mean"] = best.mean - b.mean
+        se = _paired_se(terms, scores[chosen.plan_key], scores[plan.key])
+        baselines.append(dataclasses.replace(b, diff=diff, diff_se=se))
+    return TestComparison(best, baselines)
 
 
-def paired_objectives(objectives: Sequence[Any], scored: Mapping[str, Any]) -> list[Any]:
-    """Each lm-eval objective as weighted score keys (``None`` for one without such keys)."""
-    from search.study.racing import Objective, Term
-
-    keys = list(scored.get("examples") or {})
+def paired_objectives(objectives: Sequence[Any], keys: Sequence[str]) -> list[Any]:
+    """Each lm-eval objective as weighted score keys (``None`` for one without such keys):
+    ``keys`` are the ``task/metric`` keys of the per-example values a merge recorded."""
     out: list[Any] = []
     for obj in objectives:
         found = []
@@ -206,17 +272,11 @@ def paired_objectives(objectives: Sequence[Any], scored: Mapping[str, Any]) -> l
 
 
 def _paired_se(
-    objectives: Sequence[Any], chosen: Mapping[str, Any], other: Mapping[str, Any]
+    objectives: Sequence[Any], chosen: SplitScores, other: SplitScores
 ) -> dict[str, float | None]:
     """Paired standard errors of chosen − other per objective and on their mean (disjoint
     tasks: the objectives' differences are independent)."""
-    from search.study.racing import paired_difference
-    from search.study.records import decode_examples
-
-    a, b = (
-        decode_examples(chosen.get("examples") or {}),
-        decode_examples(other.get("examples") or {}),
-    )
+    a, b = decode_examples(chosen.examples), decode_examples(other.examples)
     out: dict[str, float | None] = {}
     for obj in objectives:
         if obj is not None and all(t.key in a and t.key in b for t in obj.terms):
@@ -243,29 +303,29 @@ def _signed_mean(objectives: Mapping[str, float], view: StudyView) -> float:
 
 def find_baselines(
     view: StudyView, runtime_factory: Callable[..., Any] | None = None
-) -> list[dict[str, Any]]:
-    """The inputs' and the uniform merge's search scores: from seed trials, else scored here."""
-    found: dict[str, dict[str, Any]] = {}
+) -> tuple[list[Baseline], dict[str, MergePlan]]:
+    """The inputs' and the uniform merge's search scores (from seed trials, else scored here),
+    and their plans by plan key."""
+    found: dict[str, Baseline] = {}
+    plans: dict[str, MergePlan] = {}
     for row in view.rows:
-        tag = row.user_attrs.get("seed_trial")
+        tag = row.record.seed_trial
         if not isinstance(tag, str) or (tag != "uniform" and not tag.startswith("single:")):
             continue
         kind, _, name = tag.partition(":")
         label = name if kind == "single" else "uniform"
-        found.setdefault(
-            label,
-            {
-                "label": label,
-                "kind": kind,
-                "trial": row.number,
-                "plan_key": row.plan_key,
-                "plan": MergePlan.from_dict(row.user_attrs["plan"])
-                if "plan" in row.user_attrs
-                else None,
-                "values": dict(zip(view.names, row.values, strict=True)),
-                "stderr": stderr_of(row.user_attrs, view.names),
-            },
+        if label in found:
+            continue
+        found[label] = Baseline(
+            label=label,
+            kind=kind,
+            trial=row.number,
+            plan_key=row.plan_key,
+            values=dict(zip(view.names, row.values, strict=True)),
+            stderr=stderr_of(row.record.stderr, view.names),
         )
+        if row.record.plan:
+            plans[row.plan_key] = MergePlan.from_dict(row.record.plan)
     pool_names = _pool_names(view)
     missing = []
     if any(label not in found for label in ("uniform", *pool_names)):  # (imports torch)
@@ -278,47 +338,42 @@ def find_baselines(
         for label, kind, plan in missing:
             if plan.key not in cache:
                 runtime = runtime or _runtime(view.cfg, "search", runtime_factory)
-                print(f"scoring baseline {label!r} (no seed trial)", file=sys.stderr, flush=True)
+                log.info("scoring baseline %r (no seed trial)", label)
                 scores, _, _ = runtime.score(plan)
-                cache[plan.key] = _scores_dict(scores)
+                cache[plan.key] = SplitScores.of(scores).to_json()
                 view.study.set_user_attr(BASELINE_ATTR, cache)
-            objectives = cache[plan.key]["objectives"]
-            found[label] = {
-                "label": label,
-                "kind": kind,
-                "trial": None,
-                "plan_key": plan.key,
-                "plan": plan,
-                "values": {n: float(objectives[n]) for n in view.names},
-                "stderr": stderr_of(cache[plan.key], view.names),
-            }
+            got = SplitScores.from_json(cache[plan.key])
+            found[label] = Baseline(
+                label=label,
+                kind=kind,
+                trial=None,
+                plan_key=plan.key,
+                values={n: float(got.objectives[n]) for n in view.names},
+                stderr=stderr_of(got.stderr, view.names),
+            )
+            plans[plan.key] = plan
     order = ["uniform", *pool_names]
-    return sorted(
-        found.values(), key=lambda b: order.index(b["label"]) if b["label"] in order else 99
-    )
+    ranked = sorted(found.values(), key=lambda b: order.index(b.label) if b.label in order else 99)
+    return ranked, plans
 
 
-def stderr_of(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, float | None]:
-    """Each objective's standard error from a trial's user attrs or a cached score record
-    (``None`` where not recorded: trials of studies made before standard errors were kept)."""
-    stderr = record.get("stderr") or {}
-    return {n: stderr.get(n) for n in names}
+def stderr_of(stderr: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, float | None]:
+    """Each objective's standard error (``None`` where not recorded: trials of studies made
+    before standard errors were kept)."""
+    return {n: (stderr or {}).get(n) for n in names}
 
 
 def _pool_names(view: StudyView) -> list[str]:
     """Checkpoint names as the study recorded them (fingerprint), else folder basenames."""
-    fingerprint = view.study.user_attrs.get("fingerprint") or {}
+    fingerprint = view.study.user_attrs.get(FINGERPRINT_ATTR) or {}
     names = [c["name"] for c in fingerprint.get("checkpoints", []) if isinstance(c, Mapping)]
     return names or [Path(p).name for p in view.cfg.checkpoints]
 
 
 def _runtime(cfg: Any, split: str, factory: Callable[..., Any] | None) -> Any:
-    """A runtime scoring ``split`` (``factory(cfg, heldout=...)``; the test split by
-    ``factory(cfg, split="test")``)."""
+    """A runtime scoring ``split``: ``factory(cfg, split)`` (default ``Runtime.create``)."""
     if factory is None:
         from search.study.worker import Runtime
 
         factory = Runtime.create
-    if split == "test":
-        return factory(cfg, split="test")
-    return factory(cfg, heldout=split == "heldout")
+    return factory(cfg, split)

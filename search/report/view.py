@@ -2,7 +2,7 @@
 
 :func:`open_view` loads the config and the existing study; :class:`StudyView` holds the
 completed trials as :class:`Row` values (feasibility from the stored constraint values) and
-computes the front and its knee with the pure functions of :mod:`search.report.pareto`.
+computes the front and its knee with the pure functions of :mod:`search.report.frontier`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 from optuna.trial import TrialState
 
 from search.errors import UserError
-from search.report.pareto import knee_point, pareto_front, prefer_point
-from search.report.plots import counts_text
+from search.report.frontier import knee_point, pareto_front, prefer_point
+from search.report.table import counts_text
 from search.study.config import load_config
-from search.study.records import STOPPED_ATTR
+from search.study.record import TrialRecord
 from search.study.storage import count_states, load_study, open_storage, redact
 
 
@@ -30,7 +30,7 @@ class Row:
     values: tuple[float, ...]
     plan_key: str
     feasible: bool
-    user_attrs: Mapping[str, Any]
+    record: TrialRecord
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class StudyView:
         return [rows[i] for i in pareto_front([r.values for r in rows], self.directions)]
 
     def knee(self, front: Sequence[Row]) -> Row:
-        """The knee of ``front`` (:func:`~search.report.pareto.knee_point`; ties: lower trial)."""
+        """The knee of ``front`` (:func:`~search.report.frontier.knee_point`; ties: lower trial)."""
         front = sorted(front, key=lambda r: r.number)
         return front[knee_point([r.values for r in front], self.directions)]
 
@@ -111,16 +111,8 @@ def view_of(cfg: Any, study: Any, url: str) -> StudyView:
     for t in trials:
         if t.state != TrialState.COMPLETE:
             continue
-        constraints = t.system_attrs.get("constraints") or t.user_attrs.get("constraints") or ()
-        rows.append(
-            Row(
-                number=t.number,
-                values=tuple(float(v) for v in t.values),
-                plan_key=str(t.user_attrs.get("plan_key", f"trial-{t.number}")),
-                # a trial stopped by racing is infeasible (its racing constraint) even when the
-                # sampler ignores constraints (random, qmc): it never reaches the front
-                feasible=all(c <= 0 for c in constraints) and STOPPED_ATTR not in t.user_attrs,
-                user_attrs=t.user_attrs,
-            )
-        )
+        record = TrialRecord.from_trial(t)
+        # a trial stopped by racing is infeasible even when the sampler ignores constraints
+        # (random, qmc): it never reaches the front
+        rows.append(Row(t.number, record.values, record.key, record.feasible, record))
     return StudyView(cfg, study, redact(url), names, directions, tuple(rows), count_states(trials))

@@ -4,14 +4,18 @@ One trial, top to bottom: :mod:`~search.study.config` (validated once) →
 :mod:`~search.study.space` (Optuna distributions; a trial's values become a
 :class:`~search.engine.plan.MergePlan`) → :mod:`~search.study.samplers` (the Optuna sampler
 that proposes) → :mod:`~search.study.worker` (materialize the plan into the resident model,
-evaluate, tell) ← :mod:`~search.study.storage` (RDB storage, create or resume, the exact budget,
-heartbeats). :mod:`~search.study.launch` runs worker processes with a progress bar
-(:mod:`~search.study.progress`). Data-informed inputs are computed once, before the workers:
-:mod:`~search.study.fisher_cache` (each checkpoint's Fisher, cached on disk) and
-:mod:`~search.study.fw` (Frank-Wolfe proposals enqueued as seed trials).
+evaluate, tell; what the trial did is one :class:`~search.study.record.TrialRecord`) ←
+:mod:`~search.study.storage` (connect, create or resume, the exact budget, heartbeats).
+:mod:`~search.study.launch` runs worker processes and reports to the command's console.
 
-Dependencies: :mod:`search.engine` and :mod:`evaluators` (engine, evaluators ← study ← report);
-Optuna. Nothing here parses command-line arguments.
+Strategies a config turns on plug into that loop through one hook interface,
+:mod:`~search.study.features`, each in its own package that is imported only when a config asks
+for it: :mod:`~search.study.staged` (staged scoring that races the front),
+:mod:`~search.study.frank_wolfe` (gradient-informed proposals enqueued as seed trials) and
+:mod:`~search.study.fisher` (each checkpoint's Fisher, cached before the workers start).
+
+Dependencies: :mod:`search.engine`, :mod:`search.fisher` and :mod:`evaluators` (engine,
+evaluators ← study ← report); Optuna. Nothing here parses command-line arguments or prints.
 """
 
 from __future__ import annotations

@@ -9,18 +9,25 @@ of the storage URL) resolve against the current working directory, as mergekit d
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from evaluators.spec import EvalSpec, ObjectiveSpec, check_chat_settings
 from search.engine.registry import METHODS
-from search.errors import UserError
-from search.study.samplers import FW_SAMPLER, check_sampler
-
-ParamValue = bool | int | float
+from search.errors import UserError, one_line
+from search.study.features import Feature, build_features
+from search.study.samplers import SAMPLERS, check_sampler
 
 
 class _Strict(BaseModel):
@@ -69,29 +76,6 @@ class ParamRange(_Strict):
         return self
 
 
-class FisherConfig(_Strict):
-    """Calibration data of ``merge.method: fisher``: each checkpoint's Fisher is computed on it.
-
-    Exactly one of ``data`` (a local file) and ``tasks: from_objectives`` (the prompts and gold
-    targets of the objectives' search-split examples, the texts of perplexity objectives).
-    """
-
-    data: Path | None = None  # .txt (one text per line) or .jsonl (text, or prompt + target)
-    tasks: Literal["from_objectives"] | None = None
-    # N, the examples per Fisher (one backward pass each, per checkpoint): 256 as in FusionBench
-    examples: int = Field(default=256, ge=1)
-    # None: ".fisher" beside the SQLite file of the study, else studies/.fisher
-    cache_dir: Path | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> FisherConfig:
-        if (self.data is None) == (self.tasks is None):
-            raise ValueError(
-                "expected exactly one of data: FILE.txt|FILE.jsonl and tasks: from_objectives"
-            )
-        return self
-
-
 class MergeConfig(_Strict):
     """What is merged and which knobs the study turns."""
 
@@ -100,7 +84,8 @@ class MergeConfig(_Strict):
     weights: WeightRange = WeightRange()
     # name -> fixed value, or {low, high} to search; unlisted parameters keep the method default
     params: dict[str, Any] = Field(default_factory=dict)
-    fisher: FisherConfig | None = None  # methods that read Fishers only
+    # calibration data of methods that read Fishers (search.study.fisher owns this section)
+    fisher: dict[str, Any] | None = None
 
     @field_validator("params", mode="before")
     @classmethod
@@ -113,7 +98,7 @@ class MergeConfig(_Strict):
                 try:
                     v = ParamRange.model_validate(v)
                 except ValidationError as exc:
-                    raise ValueError(f"merge.params.{name}: {_one_line(exc)}") from None
+                    raise ValueError(f"merge.params.{name}: {one_line(exc, ParamRange)}") from None
             elif not isinstance(v, bool | int | float):
                 raise ValueError(  # noqa: TRY004 - pydantic reports ValueError as a field error
                     f"merge.params.{name}: expected a number, true/false "
@@ -139,30 +124,6 @@ class Constraint(_Strict):
         return self
 
 
-class RacingConfig(_Strict):
-    """Staged scoring that races the front (search.study.racing): rungs of growing example
-    counts, a trial stopped once a front member beats it on every objective with confidence."""
-
-    # cumulative fractions of each task's examples scored by the end of each rung; last 1.0
-    rungs: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-
-    @model_validator(mode="after")
-    def _check_rungs(self) -> RacingConfig:
-        r = self.rungs
-        growing = all(a < b for a, b in zip(r, r[1:], strict=False))
-        if not r or any(not 0 < f <= 1 for f in r) or not growing:
-            raise ValueError(
-                f"rungs: expected increasing fractions in (0, 1], e.g. [0.125, 0.25, 0.5, 1.0] "
-                f"(got {list(r)})"
-            )
-        if r[-1] != 1.0:
-            raise ValueError(
-                f"rungs: the last rung scores every example: expected 1.0 (got {r[-1]})"
-            )
-        return self
-
-
 class EvalConfig(_Strict):
     """How tasks are run (see evaluators.spec.EvalSpec)."""
 
@@ -185,8 +146,9 @@ class EvalConfig(_Strict):
 
     # search task -> test task: data neither the search nor the choice of a merge saw
     test: dict[str, str] = Field(default_factory=dict)
-    # staged scoring (off unless given): `racing: {}` or `true` for the defaults
-    racing: RacingConfig | None = None
+    # staged scoring (off unless given): `racing: {}` or `true` for the defaults; the section
+    # belongs to search.study.staged, which checks it when it is given
+    racing: dict[str, Any] | None = None
 
     @field_validator("racing", mode="before")
     @classmethod
@@ -225,15 +187,6 @@ class WorkersConfig(_Strict):
     threads: int | None = Field(default=None, ge=1)
 
 
-class FrankWolfeConfig(_Strict):
-    """Frank-Wolfe proposals (``seed_trials: [..., fw]`` or ``sampler: {name: fw}``)."""
-
-    examples: int = Field(default=64, ge=1)  # proxy examples per task, from the search split
-    steps: int = Field(default=10, ge=1)  # Frank-Wolfe iterations per path (FW-Merging: 10)
-    # paths, one per preference vector over the objectives' proxy losses (1 with one objective)
-    preferences: int = Field(default=5, ge=1)
-
-
 SeedTrial = Literal["uniform", "singles", "fw"]
 Split = Literal["search", "heldout", "test"]  # the data a merge is scored on
 _STORAGE = re.compile(r"^(sqlite:///.+|postgresql(\+\w+)?://.+)$")
@@ -255,11 +208,13 @@ class StudyConfig(_Strict):
     budget: BudgetConfig = BudgetConfig()
     workers: WorkersConfig = WorkersConfig()
     seed_trials: tuple[SeedTrial, ...] = ("uniform", "singles")
-    fw: FrankWolfeConfig = FrankWolfeConfig()
+    # Frank-Wolfe proposals' settings (search.study.frank_wolfe checks them when it is on)
+    fw: dict[str, Any] = Field(default_factory=dict)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # Where the checkpoints' stacks live (search.engine.placement); never changes a merge.
     pool: Literal["auto", "device", "host", "disk"] = "auto"
+    _features: tuple[Feature, ...] = PrivateAttr(default=())
 
     @model_validator(mode="before")
     @classmethod
@@ -292,69 +247,30 @@ class StudyConfig(_Strict):
                     f"expected one of: {', '.join(names)}"
                 )
         self._check_heldout()
-        self._check_racing()
         self._check_merge()
         check_sampler(
             self.sampler, n_objectives=len(self.objectives), constrained=bool(self.constraints)
         )
-        self._check_frank_wolfe()
+        self._features = build_features(self)  # each strategy the config turns on checks itself
         return self
 
     @property
-    def uses_frank_wolfe(self) -> bool:
-        """Frank-Wolfe paths are computed: ``fw`` seed trials, or the ``fw`` sampler."""
-        return "fw" in self.seed_trials or self.sampler.name == FW_SAMPLER
+    def features(self) -> tuple[Feature, ...]:
+        """The strategies this config turns on (:mod:`search.study.features`), checked."""
+        return self._features
 
     @property
-    def fw_paths(self) -> int:
-        """Frank-Wolfe paths: one per preference vector, one with a single objective."""
-        return self.fw.preferences if len(self.objectives) > 1 else 1
-
-    def _check_frank_wolfe(self) -> None:
-        if not self.uses_frank_wolfe:
-            return
-        field = "sampler.name" if self.sampler.name == FW_SAMPLER else "seed_trials"
-        method = METHODS[self.merge.method]
-        if not method.frank_wolfe:
-            able = ", ".join(m.name for m in METHODS.values() if m.frank_wolfe)
-            raise ValueError(
-                f"{field}: Frank-Wolfe proposals need a merge that is Σ w_i θ_i on the simplex "
-                f"(method: {able}); method {method.name!r} is not"
-            )
-        weights = self.merge.weights
-        if weights.low > 0:
-            raise ValueError(
-                f"merge.weights.low: Frank-Wolfe points give checkpoints weight 0; expected "
-                f"low <= 0 with {field}: fw (got {weights.low})"
-            )
-        spec = {p.name: p for p in method.params}.get("normalize")
-        normalize = weights.normalize if weights.normalize is not None else spec and spec.default
-        if not normalize and weights.high < 1:
-            raise ValueError(
-                "merge.weights.high: Frank-Wolfe points give a checkpoint weight 1 when the "
-                f"weights are not normalized; expected high >= 1 (got {weights.high})"
-            )
-        if self.sampler.name == FW_SAMPLER and self.budget.n_trials > self.fw_paths:
-            # the fw sampler proposes nothing else: the study's trials are the paths' endpoints
-            object.__setattr__(
-                self, "budget", self.budget.model_copy(update={"n_trials": self.fw_paths})
-            )
+    def seed_kinds(self) -> tuple[str, ...]:
+        """The kinds of seed trials a new study enqueues, in order: ``seed_trials``, or the
+        only kinds a sampler that proposes nothing else runs (the ``fw`` sampler: ``fw``)."""
+        return SAMPLERS[self.sampler.name].seed_kinds or tuple(dict.fromkeys(self.seed_trials))
 
     @property
-    def racing(self) -> RacingConfig | None:
-        """Staged scoring's settings, ``None`` when every trial is scored in full."""
-        return self.eval.racing
-
-    def _check_racing(self) -> None:
-        if self.racing is None:
-            return
-        for i, obj in enumerate(self.objectives):
-            if obj.evaluator == "perplexity":
-                raise ValueError(
-                    f"eval.racing: objectives[{i}] ({obj.name!r}) scores perplexity, a ratio "
-                    "over the whole file, not a mean of per-example values; staged scoring "
-                    "needs mean metrics: set eval.racing: null or drop that objective"
-                )
+    def n_trials(self) -> int:
+        """The trial budget: ``budget.n_trials``, capped by a strategy that can run fewer
+        (the ``fw`` sampler runs its paths' endpoints only)."""
+        caps = [c for c in (f.trial_cap() for f in self.features) if c is not None]
+        return min([self.budget.n_trials, *caps])
 
     def _check_heldout(self) -> None:
         tasks = sorted({t.task for o in self.objectives for t in o.tasks})
@@ -475,13 +391,9 @@ class StudyConfig(_Strict):
 
     # ----------------------------------------------------------------- views used by the workers
 
-    def eval_spec(self, heldout: bool = False) -> EvalSpec:
-        """The evaluators' settings (the same for the search and the held-out objectives).
-
-        ``heldout`` is accepted for symmetry with :meth:`heldout_objectives`; the held-out
-        task names come from that method, the map stays in ``EvalSpec.heldout``.
-        """
-        del heldout
+    def eval_spec(self) -> EvalSpec:
+        """The evaluators' settings (the same for every split: :meth:`split_objectives` maps the
+        tasks, the held-out map stays in ``EvalSpec.heldout``)."""
         return EvalSpec(
             tasks_path=self.tasks_path,
             limit=self.eval.limit,
@@ -622,7 +534,7 @@ def parse_config(data: Mapping[str, Any], path: str | Path = "<config>") -> Stud
     try:
         return StudyConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise UserError(f"{path}: {_one_line(exc)}") from None
+        raise UserError(f"{path}: {one_line(exc, StudyConfig, _HINTS)}") from None
 
 
 def check_paths(cfg: StudyConfig, path: str | Path = "<config>") -> None:
@@ -632,8 +544,7 @@ def check_paths(cfg: StudyConfig, path: str | Path = "<config>") -> None:
     ]
     items += [("base_model", cfg.base_model, True), ("tasks_path", cfg.tasks_path, True)]
     items += [(f"objectives[{i}].data", o.data, False) for i, o in enumerate(cfg.objectives)]
-    if cfg.merge.fisher is not None:
-        items.append(("merge.fisher.data", cfg.merge.fisher.data, False))
+    items += [(field, p, False) for f in cfg.features for field, p in f.files()]
     for field, p, is_dir in items:
         if p is None:
             continue
@@ -647,83 +558,7 @@ def check_paths(cfg: StudyConfig, path: str | Path = "<config>") -> None:
             )
 
 
-def _one_line(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    err = errors[0]
-    loc = [
-        x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "tagged-")))
-    ]
-    loc = _drop_union_tags(loc)
-    field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
-    msg = err["msg"]
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        allowed = _fields_at(loc[:-1])
-        msg = "unknown field" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
-    elif kind == "missing":
-        msg = "required field is missing"
-    elif kind.startswith("value_error") or kind == "assertion_error":
-        msg = re.sub(r"^(Value|Assertion) error, ", "", msg)
-    elif kind == "too_short":
-        n = (err.get("ctx") or {}).get("min_length", 1)
-        msg = f"expected at least {n} entr{'y' if n == 1 else 'ies'}"
-    elif kind in ("tuple_type", "list_type"):
-        msg = f"expected a list (got {err.get('input')!r})"
-    elif kind == "string_pattern_mismatch" and loc and loc[-1] in _PATTERN_HINTS:
-        msg = f"expected {_PATTERN_HINTS[loc[-1]]} (got {err.get('input')!r})"
-    else:
-        value = err.get("input")
-        if isinstance(value, str | int | float | bool) or value is None:
-            msg = f"{msg} (got {value!r})"
-    more = (
-        f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-        if len(errors) > 1
-        else ""
-    )
-    if not field or msg.startswith((f"{field}.", f"{field}:", f"{field}[")):
-        return f"{msg}{more}"  # the validator named a more precise field itself
-    return f"{field}: {msg}{more}"
-
-
-_PATTERN_HINTS = {
+_HINTS = {
     "name": "letters, digits, '_', '.' or '-' only",
     "device": "auto, cpu, cuda or cuda:N",
 }
-
-
-def _drop_union_tags(loc: Sequence[Any]) -> list[Any]:
-    """Pydantic puts the union member tried (``float``, ``ParamRange``) into the location."""
-    out = []
-    for x in loc:
-        if isinstance(x, str) and (x in {"bool", "int", "float", "str"} or x[:1].isupper()):
-            continue
-        out.append(x)
-    return out
-
-
-def _fields_at(loc: Sequence[Any]) -> list[str]:
-    """Names of the fields allowed at a location of the config (for "unknown field" errors)."""
-    model: Any = StudyConfig
-    for part in loc:
-        model = _unwrap(model)
-        if isinstance(part, int):
-            args = [a for a in get_args(model) if a is not Ellipsis]
-            model = args[0] if args else None
-        elif (
-            isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields
-        ):
-            model = model.model_fields[part].annotation
-        else:
-            return []
-    model = _unwrap(model)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def _unwrap(tp: Any) -> Any:
-    """``X | None`` -> ``X``."""
-    args = [a for a in get_args(tp) if a is not type(None)]
-    if get_origin(tp) is not None and len(args) == 1 and get_origin(tp) not in (tuple, list, dict):
-        return args[0]
-    return tp

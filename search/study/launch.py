@@ -4,19 +4,21 @@
 
 1. **prepare** (:func:`prepare`): the config is already validated; check the tasks (names,
    group members, data in the local caches, consent to run code), read the checkpoints'
-   safetensors headers (and a Fisher method's calibration data), build the search space and
-   the study's signature, open the storage once (when the study can already exist) and, on
-   resume, check that the checkpoints, the search space and the scoring are unchanged;
+   safetensors headers, build the search space and the study's signature (the strategies read
+   their data here, e.g. a Fisher method's calibration examples), open the storage once (when
+   the study can already exist) and, on resume, check that the checkpoints, the search space
+   and the scoring are unchanged;
 2. **precompute** (:func:`precompute`): what no worker should do on its own, in one scratch
-   runtime released before the workers start: the checkpoints' Fishers (cached on disk,
-   :mod:`~search.study.fisher_cache`) and, for a new study, the Frank-Wolfe paths
-   (:mod:`~search.study.fw`) whose endpoints become seed trials;
+   pool and model released before the workers start: the strategies' precompute hook
+   (:mod:`search.study.features`: the Fisher cache, a new study's Frank-Wolfe paths, whose
+   endpoints become seed trials);
 3. **run workers**: ``n_workers`` processes (``spawn``) each build ONE resident model and ONE
    evaluator, worker ``i`` on GPU ``i mod G`` with ``device: auto``/``cuda`` on a host with G GPUs
    (:func:`search.engine.device.worker_device`), every worker with the same pool placement
    (:func:`pool_placement`, decided here once); the study is created only once the first worker
    is ready, so a bad task or model leaves nothing behind; the launcher says how long that took
-   (seconds to the first trial), then shows a progress bar fed by the storage;
+   (seconds to the first trial), then shows the study's progress (the :class:`Console` the
+   command gives renders every line and the progress bar);
 4. **summary**: trials finished, reused and retried, examples scored (as full-evaluation
    equivalents), and what to run next.
 
@@ -37,11 +39,11 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 import torch
@@ -56,12 +58,9 @@ from search.engine.placement import (
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
-from search.study.fisher_cache import Calibration, calibration, load_fishers
-from search.study.fisher_cache import cache_dir as fisher_cache_dir
-from search.study.fw import Proposals, propose
-from search.study.progress import progress_bar
-from search.study.records import STOPPED_ATTR
-from search.study.samplers import build_sampler, check_options
+from search.study.features import Scratch
+from search.study.record import TrialRecord
+from search.study.samplers import build_sampler, check_options, constraints_func
 from search.study.space import SearchSpace
 from search.study.storage import (
     EVALUATION_SIZE_ATTR,
@@ -125,6 +124,29 @@ class Done:
 WorkerEvent = Ready | Failed | Done
 
 
+# ------------------------------------------------------------------------------------ console
+
+
+class Console(Protocol):
+    """Where the launcher's events go; the command renders them (``search.commands.launch``).
+
+    ``say`` gets a status line; ``progress`` wraps the run with something that shows the study
+    (``refresh()`` after each poll, ``write(line)`` for a worker's message).
+    """
+
+    def say(self, line: str) -> None: ...
+
+    def progress(self, cfg: StudyConfig, study: optuna.Study) -> AbstractContextManager[Any]: ...
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What a launch (or a joined worker) did: the exit status and the summary line."""
+
+    code: int
+    summary: str
+
+
 # ------------------------------------------------------------------------------------ prepare
 
 
@@ -145,12 +167,6 @@ class Prepared:
     signature: dict[str, Any]
     storage: optuna.storages.RDBStorage | None
     study: optuna.Study | None
-    calibration: Calibration | None = None  # methods that read Fishers
-
-    @property
-    def fisher(self) -> dict[str, Any] | None:
-        """The calibration description in the study's signature (``None`` without Fishers)."""
-        return self.calibration.describe() if self.calibration is not None else None
 
     def budget_spent(self) -> bool:
         """The existing study has spent its budget (trials, or examples: no full evaluation
@@ -165,64 +181,62 @@ class Prepared:
 
 def budget_of(cfg: StudyConfig, study: optuna.Study) -> Budget:
     """The config's budget; the size of a full evaluation as the study's workers recorded it."""
-    return Budget(
-        cfg.budget.n_trials, cfg.budget.examples, int(study.user_attrs.get(EVALUATION_SIZE_ATTR, 0))
-    )
+    per_trial = int(study.user_attrs.get(EVALUATION_SIZE_ATTR, 0))
+    return Budget(cfg.n_trials, cfg.budget.examples, per_trial)
 
 
 def budget_text(cfg: StudyConfig) -> str:
     """``"100 trials"`` or ``"100 trials or 40,000 examples"``."""
     examples = f" or {cfg.budget.examples:,} examples" if cfg.budget.examples else ""
-    return f"{cfg.budget.n_trials} trials{examples}"
+    return f"{cfg.n_trials} trials{examples}"
 
 
-def prepare(cfg: StudyConfig, config_path: str | Path) -> Prepared:
-    """Sampler options → tasks → checkpoint headers → calibration data → space → signature →
-    storage (opened once) → resume checks."""
+def prepare(
+    cfg: StudyConfig, config_path: str | Path, *, storage_must_exist: bool = False
+) -> Prepared:
+    """Sampler options → tasks → checkpoint headers → strategies' data → space → signature →
+    storage (opened once) → resume checks.
+
+    ``storage_must_exist``: a joining worker needs the study (``UserError`` when missing).
+    """
     check_options(cfg.sampler, constrained=bool(cfg.constraints), where=config_path)
     check_scoring(cfg, config_path)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
-    data = calibration(cfg) if METHODS[cfg.merge.method].needs_fisher else None
     space = SearchSpace.build(cfg, pool.names)
-    sig = signature(cfg, space, pool.fingerprint(), data.describe() if data else None)
+    sig = signature(cfg, space, pool.fingerprint())  # strategies read their data here
     db = sqlite_path(cfg.storage)
-    storage = open_storage(cfg) if db is None or db.is_file() else None
+    exists = db is None or db.is_file()
+    storage = open_storage(cfg) if exists or storage_must_exist else None
     study = None
-    if storage is not None and cfg.name in optuna.get_all_study_names(storage):
+    if storage is not None and (
+        storage_must_exist or cfg.name in optuna.get_all_study_names(storage)
+    ):
         study = load_study(cfg, storage)
         check_resume(study, cfg, sig, config_path)
-    return Prepared(cfg, config_path, pool, space, sig, storage, study, data)
+    return Prepared(cfg, config_path, pool, space, sig, storage, study)
 
 
-def precompute(prepared: Prepared) -> Proposals | None:
-    """Fill the Fisher cache and, for a new study, run the Frank-Wolfe paths.
+def precompute(prepared: Prepared, say: Callable[[str], None]) -> None:
+    """What no worker should do on its own: each strategy's :meth:`~search.study.features.
+    Feature.precompute` (the Fisher cache, a new study's Frank-Wolfe paths).
 
-    Both need the pool's tensors, a model and backward passes: done once here in a scratch
-    pool and model, released before any worker starts (workers then read the Fishers from the
-    cache). Prints what it did. Returns the Frank-Wolfe proposals, or ``None``.
+    They need the pool's tensors and a model: loaded once here in a scratch pool and model,
+    released before any worker starts.
     """
     cfg = prepared.cfg
-    wants_fw = cfg.uses_frank_wolfe and prepared.study is None
-    if prepared.calibration is None and not wants_fw:
-        return None
+    new_study = prepared.study is None
+    busy = [f for f in cfg.features if f.needs_precompute(new_study)]
+    if not busy:
+        return
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
     pool.load(base=METHODS[cfg.merge.method].needs_base)
     model, tokenizer = pool.load_model()
-    proposals = None
-    if prepared.calibration is not None:
-        done = load_fishers(pool, prepared.calibration, fisher_cache_dir(cfg), model, tokenizer)
-        say(
-            f"Fishers of {len(pool.names)} checkpoints on {len(prepared.calibration.examples)} "
-            f"examples ({prepared.calibration.label}): {len(done.computed)} computed "
-            f"({done.backward_passes} backward passes), {len(pool.names) - len(done.computed)} "
-            f"from the cache {fisher_cache_dir(cfg)}, in {done.seconds:.1f} s"
-        )
-    if wants_fw:
-        proposals = propose(cfg, prepared.space, pool, model, tokenizer)
-        say(proposals.summary())
-    del model, tokenizer, pool
+    scratch = Scratch(pool, model, tokenizer, prepared.space)
+    for feature in busy:
+        for line in feature.precompute(scratch, new_study):
+            say(line)
+    del model, tokenizer, pool, scratch
     gc.collect()
-    return proposals
 
 
 def check_scoring(cfg: StudyConfig, config_path: str | Path) -> None:
@@ -242,31 +256,35 @@ def check_scoring(cfg: StudyConfig, config_path: str | Path) -> None:
 # ------------------------------------------------------------------------------------- launch
 
 
-def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> int:
+def launch(
+    cfg: StudyConfig, config_path: str | Path, console: Console, *, n_workers: int = 1
+) -> LaunchResult:
     """Create or resume the study and run ``n_workers`` worker processes to the budget.
 
     Returns:
-        0 when the budget (or the timeout) was reached, 1 when workers failed before that.
+        code 0 when the budget (or the timeout) was reached, 1 when workers failed before that.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
     prepared = prepare(cfg, config_path)
     if prepared.budget_spent():
         raise_it = "--n-trials" if not cfg.budget.examples else "--n-trials or budget.examples"
-        say(
+        return LaunchResult(
+            0,
             f"study {cfg.name!r} has already spent its budget of {budget_text(cfg)}; "
-            f"raise {raise_it} to run more"
+            f"raise {raise_it} to run more",
         )
-        return 0
-    proposals = precompute(prepared)
+    precompute(prepared, console.say)
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n_workers)
     gpus = local_gpu_count()
     devices = [worker_device(cfg.device, i, gpus) for i in range(n_workers)]
     choice = pool_placement(cfg, prepared.pool, devices)
     where = devices[0] if len(set(devices)) == 1 else ", ".join(devices)
-    say(f"starting {n_workers} worker(s) on {where}: each loads the model and the evaluator once")
-    say(choice.reason)
+    console.say(
+        f"starting {n_workers} worker(s) on {where}: each loads the model and the evaluator once"
+    )
+    console.say(choice.reason)
     study = None
     try:
         with (
@@ -276,21 +294,17 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
             first = group.wait_first_ready(pressed)
             storage = prepared.storage or open_storage(cfg, create=True)
             study, created = create_or_resume(
-                cfg,
-                storage,
-                prepared.space,
-                prepared.pool.fingerprint(),
-                config_path,
-                fisher=prepared.fisher,
-                proposals=proposals,
+                cfg, storage, prepared.space, prepared.pool.fingerprint(), config_path
             )
-            say(
+            console.say(
                 f"study {cfg.name!r} {'created' if created else 'resumed'} in "
                 f"{redact(cfg.storage)}: {n_workers} worker(s), budget {budget_text(cfg)}"
             )
             group.go()
-            say(f"first trial {time.time() - started:.1f} s after the start; {first.describe()}")
-            with progress_bar(cfg, study) as progress:
+            console.say(
+                f"first trial {time.time() - started:.1f} s after the start; {first.describe()}"
+            )
+            with console.progress(cfg, study) as progress:
                 while group.alive():
                     for line in group.messages():
                         progress.write(line)
@@ -303,9 +317,9 @@ def launch(cfg: StudyConfig, config_path: str | Path, *, n_workers: int = 1) -> 
                 progress.refresh()
     except KeyboardInterrupt:
         if study is not None:
-            say(
+            console.say(
                 f"study {cfg.name!r}: stopped at {finished(trial_counts(study))}/"
-                f"{cfg.budget.n_trials} finished trials; run the same command to continue"
+                f"{cfg.n_trials} finished trials; run the same command to continue"
             )
         raise
     return summary(cfg, study, group, config_path, time.time() - started)
@@ -317,29 +331,28 @@ def summary(
     group: WorkerGroup,
     config_path: str | Path,
     seconds: float,
-) -> int:
-    """Print what the launch did; the exit status (a worker's bad input re-raised)."""
+) -> LaunchResult:
+    """What the launch did, and the exit status (a worker's bad input re-raised)."""
     everything = study.get_trials(deepcopy=False)
+    records = [TrialRecord.from_trial(t) for t in everything]
     done = finished(trial_counts(study))
-    dup = sum(1 for t in everything if "duplicate_of" in t.user_attrs)
+    dup = sum(1 for r in records if r.duplicate_of is not None)
     retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
-    stopped = sum(1 for t in everything if STOPPED_ATTR in t.user_attrs)
-    raced = f", {stopped} stopped early by staged scoring" if cfg.racing is not None else ""
+    extra = "".join(f", {text}" for f in cfg.features if (text := f.summary(records)))
     line = (
-        f"study {cfg.name!r}: {done}/{cfg.budget.n_trials} trials finished "
+        f"study {cfg.name!r}: {done}/{cfg.n_trials} trials finished "
         f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption"
-        f"{raced}), {examples_text(cfg, study, everything)} in {seconds:.0f} s"
+        f"{extra}), {examples_text(cfg, study, everything)} in {seconds:.0f} s"
     )
     if not budget_of(cfg, study).allows_another(everything):
-        say(f"{line}; next: merge-search pareto {config_path}")
-        return 0
+        return LaunchResult(0, f"{line}; next: merge-search pareto {config_path}")
     if group.timed_out:
-        say(f"{line}; stopped by budget.timeout_s; run the same command to continue")
-        return 0
+        return LaunchResult(
+            0, f"{line}; stopped by budget.timeout_s; run the same command to continue"
+        )
     if group.user_errors:
         raise UserError(group.user_errors[0])
-    say(f"{line}; workers failed (see above); run the same command to continue")
-    return 1
+    return LaunchResult(1, f"{line}; workers failed (see above); run the same command to continue")
 
 
 def examples_text(
@@ -353,63 +366,55 @@ def examples_text(
     return f"{head} ({spent:,}{of} examples scored)"
 
 
+def worker_sampler(
+    cfg: StudyConfig, study: optuna.Study, worker: int
+) -> optuna.samplers.BaseSampler:
+    """The sampler of one worker: the config's, its seed varied by the worker's index and the
+    trials already in the study, the constraints of the config and the strategies wired in."""
+    return build_sampler(
+        cfg.sampler,
+        constraints=constraints_func(bool(cfg.constraints), cfg.features),
+        worker=worker,
+        salt=len(study.get_trials(deepcopy=False)),
+    )
+
+
 # --------------------------------------------------------------------------------------- join
 
 
-def join(cfg: StudyConfig, config_path: str | Path) -> int:
+def join(cfg: StudyConfig, config_path: str | Path, console: Console) -> LaunchResult:
     """One worker in the foreground on an existing study (``merge-search worker``)."""
     started = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    check_options(cfg.sampler, constrained=bool(cfg.constraints), where=config_path)
-    check_scoring(cfg, config_path)
-    storage = open_storage(cfg)
-    study = load_study(cfg, storage)
-    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
-    data = calibration(cfg) if METHODS[cfg.merge.method].needs_fisher else None
-    check_resume(
-        study,
-        cfg,
-        signature(
-            cfg,
-            SearchSpace.build(cfg, pool.names),
-            pool.fingerprint(),
-            data.describe() if data else None,
-        ),
-        config_path,
-    )
+    prepared = prepare(cfg, config_path, storage_must_exist=True)
+    study, storage = prepared.study, prepared.storage
+    assert study is not None and storage is not None  # storage_must_exist
     quiet_libraries()
     device = worker_device(cfg.device, 0, local_gpu_count())
-    choice = pool_placement(cfg, pool, [device])
-    say(f"worker on {device}; {choice.reason}")
+    choice = pool_placement(cfg, prepared.pool, [device])
+    console.say(f"worker on {device}; {choice.reason}")
     runtime = Runtime.create(cfg, device=device, placement=choice.placement)
-    say(
+    console.say(
         f"first trial {time.time() - started:.1f} s after the start; "
         f"{Ready(0, runtime.load_s).describe().removeprefix('worker 0 ')}"
     )
-    study.sampler = build_sampler(
-        cfg.sampler,
-        constrained=bool(cfg.constraints),
-        raced=cfg.racing is not None,
-        worker=JOIN_SEED_OFFSET + os.getpid() % 100_000,
-        salt=len(study.get_trials(deepcopy=False)),
-    )
+    study.sampler = worker_sampler(cfg, study, JOIN_SEED_OFFSET + os.getpid() % 100_000)
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
-    with progress_bar(cfg, study) as progress:
+    with console.progress(cfg, study) as progress:
         result = run_worker(
             cfg,
             study,
             storage,
             runtime,
-            n_trials=cfg.budget.n_trials,
             deadline=deadline,
             on_trial=lambda _t: progress.refresh(),
         )
-    say(
+    return LaunchResult(
+        0,
         f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored "
         f"plan); study: {examples_text(cfg, study, study.get_trials(deepcopy=False))}; "
-        f"stopped on {result.stopped}"
+        f"stopped on {result.stopped}",
     )
-    return 0
 
 
 def pool_placement(
@@ -462,10 +467,6 @@ def ctrl_c() -> Iterator[threading.Event]:
         yield pressed
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 # ------------------------------------------------------------------------- worker processes
@@ -640,16 +641,8 @@ def _worker_body(
     try:
         storage = open_storage(cfg)
         study = load_study(cfg, storage)
-        study.sampler = build_sampler(
-            cfg.sampler,
-            constrained=bool(cfg.constraints),
-            raced=cfg.racing is not None,
-            worker=index,
-            salt=len(study.get_trials(deepcopy=False)),
-        )
-        result = run_worker(
-            cfg, study, storage, runtime, n_trials=cfg.budget.n_trials, deadline=deadline
-        )
+        study.sampler = worker_sampler(cfg, study, index)
+        result = run_worker(cfg, study, storage, runtime, deadline=deadline)
     except UserError as exc:
         events.put(Failed(index, str(exc), user_error=True))
         return 2

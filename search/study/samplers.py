@@ -8,9 +8,9 @@ stores in its ``constraints`` user attr (Optuna's convention: <= 0 is feasible).
 Every entry is an Optuna sampler class except ``fw``: Optuna has no sampler that uses gradients,
 and the Frank-Wolfe paths need the model, the pool and a backward pass, which a sampler called
 inside ``study.ask`` has none of. So the paths are computed once before the study is created
-(:mod:`search.study.fw`) and their endpoints enqueued; the ``fw`` sampler
-(:class:`search.study.fw.FrankWolfeSampler`) proposes nothing else, and the study's budget is
-the number of paths.
+(:mod:`search.study.frank_wolfe`) and their endpoints enqueued; the ``fw`` sampler
+(:class:`search.study.frank_wolfe.sampler.FrankWolfeSampler`) proposes nothing else, and the
+study's budget is the number of paths.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,14 +27,14 @@ import numpy as np
 import optuna
 
 from search.errors import UserError
-from search.study.records import VIOLATION_ATTR
+from search.study.record import TrialRecord
 
 if TYPE_CHECKING:
     import optuna
 
     from search.study.config import SamplerConfig
+    from search.study.features import Feature
 
-CONSTRAINTS_ATTR = "constraints"  # the trial user attr the constraints function reads
 FW_SAMPLER = "fw"  # the registry name of the Frank-Wolfe "sampler" (enqueued endpoints only)
 
 
@@ -51,6 +51,7 @@ class SamplerEntry:
             storage, e.g. QMC's shared sequence); otherwise each worker gets its own seed so
             parallel workers do not propose the same points.
         defaults: options set unless the config gives them (with a reason in a comment).
+        seed_kinds: a sampler that proposes nothing but these kinds of seed trials.
         doc: one line for the README.
         module: where the class lives (Optuna's samplers, or ours).
     """
@@ -61,6 +62,7 @@ class SamplerEntry:
     constraints: bool
     shared_seed: bool = False
     defaults: Mapping[str, Any] | None = None
+    seed_kinds: tuple[str, ...] = ()  # proposes only the seed trials of these kinds
     doc: str = ""
     module: str = "optuna.samplers"
 
@@ -133,21 +135,28 @@ SAMPLERS: dict[str, SamplerEntry] = {
         "FrankWolfeSampler",
         multi_objective=True,
         constraints=False,
-        module="search.study.fw",
+        module="search.study.frank_wolfe.sampler",
+        seed_kinds=("fw",),
         doc="Only the Frank-Wolfe paths' endpoints (one trial per path; linear merges).",
     ),
 }
 
 
-def trial_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
-    """Constraint values a worker stored on the trial (Optuna's convention: <= 0 is feasible)."""
-    return tuple(trial.user_attrs.get(CONSTRAINTS_ATTR, ()))
+def constraints_func(
+    constrained: bool, features: Sequence[Feature]
+) -> Callable[[optuna.trial.FrozenTrial], Sequence[float]] | None:
+    """What the samplers' ``constraints_func`` reads: the config's bound values each trial
+    recorded (:attr:`TrialRecord.constraints`), then those the strategies add (staged
+    scoring's racing constraint); ``None`` when there are none."""
+    if not constrained and not any(f.adds_constraints for f in features):
+        return None
+    adders = [f for f in features if f.adds_constraints]
 
+    def values(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
+        record = TrialRecord.from_trial(trial)
+        return (*record.constraints, *(c for f in adders for c in f.constraints(record)))
 
-def raced_constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
-    """With staged scoring: the config's constraints, then the racing one (> 0: the trial was
-    stopped; 0 for a trial scored in full, or scored before racing was turned on)."""
-    return (*trial_constraints(trial), float(trial.user_attrs.get(VIOLATION_ATTR, 0.0)))
+    return values
 
 
 def check_sampler(cfg: SamplerConfig, *, n_objectives: int, constrained: bool) -> None:
@@ -189,7 +198,7 @@ def check_options(cfg: SamplerConfig, *, constrained: bool, where: str | Path) -
     call this before anything else, so a bad value is still one line before any work.
     """
     try:
-        build_sampler(cfg, constrained=constrained)
+        build_sampler(cfg, constraints=(lambda trial: ()) if constrained else None)
     except ImportError as exc:
         raise UserError(
             f"{where}: sampler.name: {cfg.name} needs the {exc.name or 'missing'} package: "
@@ -202,26 +211,25 @@ def check_options(cfg: SamplerConfig, *, constrained: bool, where: str | Path) -
 def build_sampler(
     cfg: SamplerConfig,
     *,
-    constrained: bool,
+    constraints: Callable[[optuna.trial.FrozenTrial], Sequence[float]] | None = None,
     worker: int = 0,
     salt: int = 0,
-    raced: bool = False,
 ) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler.
 
     Args:
         cfg: the config's sampler section.
-        constrained: the study has constraints (wires ``constraints_func``).
+        constraints: the study's constraints function (:func:`constraints_func`), wired as
+            ``constraints_func`` where the sampler takes one.
         worker: index of the worker; with ``salt`` it varies the seed so that parallel workers
             and resumed runs do not replay the same random stream (unless ``shared_seed``).
         salt: e.g. the number of trials already in the study.
-        raced: staged scoring is on: the constraints function adds the racing constraint.
     """
     entry = SAMPLERS[cfg.name]
     kwargs: dict[str, Any] = {**(entry.defaults or {}), **cfg.options}
     kwargs["seed"] = _seed(cfg.seed, worker, salt, entry.shared_seed)
-    if (constrained or raced) and entry.constraints:
-        kwargs["constraints_func"] = raced_constraints if raced else trial_constraints
+    if constraints is not None and entry.constraints:
+        kwargs["constraints_func"] = constraints
     with warnings.catch_warnings():
         # constraints_func is deprecated in Optuna 5 in favour of Trial.set_constraint, but
         # optuna-dashboard 0.21 shows feasibility only from the list it writes.

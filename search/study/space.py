@@ -93,18 +93,12 @@ class SearchSpace:
         """The space of ``cfg.merge`` over checkpoints ``names`` (``pool.names``)."""
         merge = cfg.merge
         method = METHODS[merge.method]
-        fixed: dict[str, ParamValue] = {}
-        searched: list[Searched] = []
-        for spec in method.params:
-            value = merge.params.get(spec.name)
-            if spec.name == "normalize":
-                value = merge.weights.normalize
-            if isinstance(value, ParamRange):
-                searched.append(
-                    Searched(spec.name, spec.kind, value.low, value.high, value.log, spec.default)
-                )
-            else:
-                fixed[spec.name] = spec.default if value is None else value
+        fixed = cfg.fixed_params()
+        searched = [
+            Searched(spec.name, spec.kind, r.low, r.high, r.log, spec.default)
+            for spec in method.params
+            if isinstance(r := merge.params.get(spec.name), ParamRange)
+        ]
         return cls(
             method=method.name,
             names=tuple(names),

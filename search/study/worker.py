@@ -1,32 +1,19 @@
 """A worker: one resident model and one evaluator, scoring trials until the budget is spent.
 
-The loop, top to bottom: claim a trial under the budget lock
+The loop, top to bottom (:func:`run_worker`): claim a trial under the budget lock
 (:func:`search.study.storage.claim_trial`), turn its suggestions into a
-:class:`~search.engine.plan.MergePlan`, reuse the scores if the same plan
-was already scored in the study, else materialize the merge in place and evaluate it, record
-what the trial did (user attrs below), tell Optuna the objective values. A heartbeat runs while
-the trial does, so a worker that dies leaves a trial that goes stale and is retried.
+:class:`~search.engine.plan.MergePlan`, reuse the scores if the same plan was already scored in
+the study, else materialize the merge in place and evaluate it (or let a strategy score it:
+staged scoring), record what the trial did (one :class:`~search.study.record.TrialRecord`), tell
+Optuna the objective values. A heartbeat runs while the trial does, so a worker that dies leaves
+a trial that goes stale and is retried.
 
-Trial user attrs: ``plan`` (``MergePlan.to_dict()``), ``plan_key``, ``params`` (the method's
-parameters), ``coefficients`` ({checkpoint: [coefficient per layer group]} as applied),
-``task_scores`` ({"task/metric": value}), ``examples_scored`` (examples this trial
-scored, summed over tasks; 0 when it reused a scored plan), ``stderr`` ({objective: standard
-error}),
-``task_stderr`` ({"task/metric": standard error}), ``examples`` ({"task/metric": per-example
-values, packed by :mod:`search.study.records`}; absent on a stopped trial), ``merge_s``,
-``eval_s``, ``duplicate_of``
-(trial number, only when the plan was already scored: the scores, standard errors and
-per-example values are the earlier trial's), ``constraints`` (one value per bound, <= 0
-feasible; only with constraints), ``worker`` (``host:pid:device``, e.g.
-``node1:4242:cuda:1``), and ``seed_trial`` on seed trials. With ``eval.racing``:
-``rung`` (rungs scored, 1-based) and ``rungs`` (the study's), ``racing_violation`` (0 for a
-trial scored in full, > 0 for a stopped one) and, on a stopped trial, ``stopped_by`` (the front
-member that beat it; for one objective, the best trial).
 The study's ``examples_per_evaluation`` user attr is what one full evaluation scores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -35,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -48,26 +35,10 @@ from search.engine.materialize import effective_weights, materialize
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
-from search.study import racing
-from search.study.fisher_cache import cache_dir as fisher_cache_dir
-from search.study.fisher_cache import calibration, load_fishers
-from search.study.records import (
-    EXAMPLES_ATTR,
-    RUNG_ATTR,
-    RUNGS_ATTR,
-    STDERR_ATTR,
-    STOPPED_ATTR,
-    TASK_STDERR_ATTR,
-    VIOLATION_ATTR,
-    decode_examples,
-    encode_examples,
-    json_stderr,
-)
-from search.study.samplers import CONSTRAINTS_ATTR
+from search.study.record import PLAN_FIELDS, TrialRecord
 from search.study.space import SearchSpace
 from search.study.storage import (
     EVALUATION_SIZE_ATTR,
-    EXAMPLES_SCORED,
     Budget,
     Heartbeat,
     claim_trial,
@@ -78,6 +49,7 @@ if TYPE_CHECKING:
     from evaluators.base import Evaluator, Scores
     from search.engine.plan import MergePlan
     from search.study.config import Split, StudyConfig
+    from search.study.features import Scorer
 
 POLL_S = 2.0  # how often an idle worker looks for retried trials while others still run
 
@@ -95,36 +67,34 @@ class Runtime:
     tokenizer: Any
     evaluator: Evaluator
     objective_names: tuple[str, ...]
+    split: Split = "search"
     load_s: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def create(
         cls,
         cfg: StudyConfig,
-        heldout: bool = False,
-        threads: int | None = None,
+        split: Split = "search",
         *,
+        threads: int | None = None,
         device: str | None = None,
         placement: str | None = None,
-        split: Split | None = None,
     ) -> Runtime:
         """Open the pool, read its tensors, build the model and the evaluator (the slow part, once).
 
         Args:
             cfg: the study config.
-            heldout: score the held-out objectives (``cfg.heldout_objectives()``) instead.
+            split: which objectives to score (``cfg.split_objectives``): ``"search"``,
+                ``"heldout"`` or ``"test"``.
             threads: torch's CPU threads for this worker (default: ``workers.threads``, when set).
             device: this worker's device (default ``cfg.device``; the launcher gives each worker
                 its GPU, :func:`search.engine.device.worker_device`).
             placement: the pool's placement (default ``cfg.pool``; ``auto`` is decided here, for
                 this worker alone).
-            split: which objectives to score (``cfg.split_objectives``): ``"search"``,
-                ``"heldout"`` or ``"test"``; overrides ``heldout``.
         """
         device = device or cfg.device
         use_device(device)
         set_cpu_threads(device, threads or cfg.workers.threads)
-        split = split or ("heldout" if heldout else "search")
         objectives = cfg.split_objectives(split)
         if not objectives:
             what = "held-out" if split == "heldout" else split
@@ -142,20 +112,17 @@ class Runtime:
         loaded = time.perf_counter()
         model, tokenizer = pool.load_model()
         built = time.perf_counter()
-        if method.needs_fisher:  # from the cache (the launcher filled it), else computed here
-            load_fishers(pool, calibration(cfg), fisher_cache_dir(cfg), model, tokenizer)
-        evaluator = build_evaluator(
-            objectives, cfg.eval_spec(heldout=split == "heldout"), model, tokenizer
-        )
-        seconds = {
+        evaluator = build_evaluator(objectives, cfg.eval_spec(), model, tokenizer)
+        names = tuple(o.name for o in objectives)
+        runtime = cls(cfg, pool, model, tokenizer, evaluator, names, split)
+        for feature in cfg.features:  # e.g. the Fishers from the cache the launcher filled
+            feature.prepare_runtime(runtime)
+        runtime.load_s = {
             "pool": loaded - start,
             "model": built - loaded,
             "evaluator": time.perf_counter() - built,
         }
-        if cfg.racing is not None and split == "search":
-            evaluator.layout()  # UserError when staged scoring cannot combine these scores
-        names = tuple(o.name for o in objectives)
-        return cls(cfg, pool, model, tokenizer, evaluator, names, seconds)
+        return runtime
 
     def merge(self, plan: MergePlan) -> float:
         """Materialize ``plan`` into the resident model; seconds taken."""
@@ -177,185 +144,6 @@ class Runtime:
         return sum(self.evaluator.examples_per_task().values())
 
 
-@dataclass(frozen=True)
-class Scored:
-    """What a trial recorded of its scores (reused by trials of the same plan)."""
-
-    number: int
-    values: list[float]
-    task_scores: dict[str, float]
-    stderr: dict[str, float | None]
-    task_stderr: dict[str, float | None]
-    examples: dict[str, dict[str, Any]]  # packed (search.study.records); {} when stopped
-    rung: int | None = None  # with racing: rungs scored
-    rungs: int | None = None  # with racing: the study's rungs
-    stopped_by: int | None = None  # with racing: who stopped it (None: scored in full)
-    violation: float = 0.0  # with racing: the racing constraint (search.study.racing.violation)
-
-    @classmethod
-    def of(cls, number: int, scores: Scores, names: list[str], **racing: Any) -> Scored:
-        return cls(
-            number=number,
-            values=[float(scores.objectives[name]) for name in names],
-            task_scores={k: float(v) for k, v in scores.tasks.items()},
-            stderr=json_stderr(scores.stderr),
-            task_stderr=json_stderr(scores.task_stderr),
-            examples=encode_examples(scores.examples),
-            **racing,
-        )
-
-    @classmethod
-    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> Scored:
-        attrs = trial.user_attrs
-        return cls(
-            number=trial.number,
-            values=list(trial.values),
-            task_scores=dict(attrs.get("task_scores", {})),
-            stderr=dict(attrs.get(STDERR_ATTR, {})),
-            task_stderr=dict(attrs.get(TASK_STDERR_ATTR, {})),
-            examples=dict(attrs.get(EXAMPLES_ATTR, {})),
-            rung=attrs.get(RUNG_ATTR),
-            rungs=attrs.get(RUNGS_ATTR),
-            stopped_by=attrs.get(STOPPED_ATTR),
-            violation=float(attrs.get(VIOLATION_ATTR, 0.0)),
-        )
-
-    def record(self, trial: optuna.Trial) -> None:
-        """Set the score attrs on ``trial``."""
-        trial.set_user_attr("task_scores", self.task_scores)
-        trial.set_user_attr(STDERR_ATTR, self.stderr)
-        trial.set_user_attr(TASK_STDERR_ATTR, self.task_stderr)
-        if self.examples:
-            trial.set_user_attr(EXAMPLES_ATTR, self.examples)
-        if self.rung is not None:
-            trial.set_user_attr(RUNG_ATTR, self.rung)
-            trial.set_user_attr(RUNGS_ATTR, self.rungs)
-            trial.set_user_attr(VIOLATION_ATTR, self.violation)
-        if self.stopped_by is not None:
-            trial.set_user_attr(STOPPED_ATTR, self.stopped_by)
-
-
-class Racer:
-    """Staged scoring of one worker's trials (``eval.racing``; the test: :mod:`.racing`).
-
-    The merged model is scored rung by rung on the documents :func:`.racing.plan_rungs`
-    gives (the same on every worker). After each rung but the last: with several objectives
-    the trial is compared, paired on its examples, with the study's current front (complete,
-    not stopped, feasible trials: their stored per-example values); with one objective
-    Optuna's ``WilcoxonPruner`` decides (``trial.report`` of every example's value, step = the
-    example's position, then ``should_prune``), at level ``(1 − confidence) / (rungs − 1)``.
-    A trial that passes every rung gets the scores a full evaluation gives
-    (``Evaluator.combine``).
-    """
-
-    def __init__(self, cfg: StudyConfig, runtime: Runtime, study: optuna.Study) -> None:
-        assert cfg.racing is not None
-        self.cfg, self.runtime, self.study = cfg, runtime, study
-        self.layout = runtime.evaluator.layout()
-        self.counts = runtime.evaluator.examples_per_task()
-        self.full = sum(self.counts.values())
-        self.rungs = racing.plan_rungs(self.counts, cfg.racing.rungs, cfg.eval.seed)
-        self.objectives = [
-            racing.Objective(
-                o.name,
-                o.direction == "maximize",
-                tuple(racing.Term(k, w) for k, w in self.layout.terms[o.name]),
-            )
-            for o in cfg.objectives
-        ]
-        self.single = len(self.objectives) == 1
-        # one objective: the steps of its terms do not overlap (term j's after term j − 1's)
-        self._offsets: dict[str, int] = {}
-        offset = 0
-        for term in self.objectives[0].terms if self.single else ():
-            self._offsets[term.key] = offset
-            offset += sum(self.counts[leaf] for leaf in self.layout.leaves[term.key])
-        looks = max(1, len(self.rungs) - 1)
-        if self.single:
-            study.pruner = optuna.pruners.WilcoxonPruner(
-                p_threshold=(1.0 - cfg.racing.confidence) / looks,
-                n_startup_steps=racing.MIN_EXAMPLES,
-            )
-        self._decoded: dict[int, dict[str, tuple[float, ...]]] = {}
-
-    def score(self, trial: optuna.Trial) -> Scored:
-        """Score the resident merge in rungs; stop when the front (or the best trial) beats it."""
-        partial = racing.Partial(self.layout.leaves, self.counts)
-        runtime = self.runtime
-        stopped_by: int | None = None
-        for k, docs in enumerate(self.rungs):
-            scores = runtime.evaluator.evaluate(runtime.model, runtime.tokenizer, docs)
-            before = {key: len(partial.positions(key)) for key in self.layout.leaves}
-            partial.add(docs, scores.examples)
-            last = k == len(self.rungs) - 1
-            if self.single:
-                self._report(trial, partial, before)
-                if not last and trial.should_prune():
-                    stopped_by = self.study.best_trial.number
-            elif not last:
-                stopped_by = self._dominated(partial)
-            if stopped_by is not None or last:
-                break
-        rung = k + 1
-        common = {"rung": rung, "rungs": len(self.rungs)}
-        if stopped_by is None:
-            combined = runtime.evaluator.combine(partial.full())
-            return Scored.of(trial.number, combined, self.cfg.objective_names, **common)
-        return self._stopped(trial.number, partial, stopped_by, common)
-
-    def _report(self, trial: optuna.Trial, partial: racing.Partial, before: dict[str, int]) -> None:
-        """One objective: every new example's value as an intermediate value (its own step)."""
-        values = partial.values()
-        for term in self.objectives[0].terms:
-            where = partial.positions(term.key)
-            for i in range(before[term.key], len(values[term.key])):
-                trial.report(float(values[term.key][i]), self._offsets[term.key] + where[i])
-
-    def _dominated(self, partial: racing.Partial) -> int | None:
-        members = self._front(partial)
-        if not members:
-            return None
-        z = racing.z_value(self.cfg.racing.confidence, len(members), len(self.rungs) - 1)
-        return racing.dominated_with_confidence(self.objectives, partial.values(), members, z)
-
-    def _front(self, partial: racing.Partial) -> dict[int, dict[str, Any]]:
-        """The current front's values at the candidate's examples, by trial number."""
-        rows: dict[str, optuna.trial.FrozenTrial] = {}
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            attrs = t.user_attrs
-            if (
-                EXAMPLES_ATTR not in attrs
-                or STOPPED_ATTR in attrs
-                or any(c > 0 for c in attrs.get(CONSTRAINTS_ATTR, ()))
-            ):
-                continue
-            rows.setdefault(str(attrs.get("plan_key", t.number)), t)
-        trials = list(rows.values())
-        maximize = [o.maximize for o in self.objectives]
-        members = {}
-        for i in racing.front([t.values for t in trials], maximize):
-            t = trials[i]
-            if t.number not in self._decoded:
-                self._decoded[t.number] = decode_examples(t.user_attrs[EXAMPLES_ATTR])
-            values = partial.at(self._decoded[t.number])
-            if values is not None:
-                members[t.number] = values
-        return members
-
-    def _stopped(
-        self, number: int, partial: racing.Partial, by: int, common: dict[str, Any]
-    ) -> Scored:
-        """A stopped trial's record: its scores over the examples it scored (the evaluator's own
-        reduction, ``Evaluator.combine``), without their per-example values."""
-        scores = self.runtime.evaluator.combine(partial.values())
-        scored = Scored.of(number, scores, self.cfg.objective_names, stopped_by=by, **common)
-        return replace(scored, examples={}, violation=racing.violation(partial.scored, self.full))
-
-    def spent(self, scored: Scored) -> int:
-        """Examples a trial scored: every rung it reached."""
-        return sum(len(d) for docs in self.rungs[: scored.rung] for d in docs.values())
-
-
 @dataclass
 class TrialObjective:
     """The Optuna objective of one worker: plan -> (reused or fresh) scores -> objective values."""
@@ -364,66 +152,71 @@ class TrialObjective:
     runtime: Runtime
     space: SearchSpace
     study: optuna.Study
-    scored: dict[str, Scored] = field(default_factory=dict)
+    scored: dict[str, TrialRecord] = field(default_factory=dict)  # plan key -> its scores
     duplicates: int = 0
-    racer: Racer | None = None
+    scorer: Scorer | None = None  # a strategy that scores in its own way (staged scoring)
 
     def __post_init__(self) -> None:
-        if self.cfg.racing is not None and self.racer is None:
-            self.racer = Racer(self.cfg, self.runtime, self.study)
+        if self.scorer is None:
+            scorers = [f.scorer(self.runtime, self.study) for f in self.cfg.features]
+            self.scorer = next((s for s in scorers if s is not None), None)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        trial.set_user_attr(
-            "worker", f"{socket.gethostname()}:{os.getpid()}:{self.runtime.pool.device}"
-        )
         plan = self.space.suggest(trial)  # optuna.TrialPruned when a group cannot be normalized
         coefficients = effective_weights(plan)
-        trial.set_user_attr("plan", plan.to_dict())
-        trial.set_user_attr("plan_key", plan.key)
-        trial.set_user_attr("params", dict(plan.params))
-        trial.set_user_attr("coefficients", dict(zip(self.space.names, coefficients, strict=True)))
-        scored = self.find_scored(plan.key)
-        if scored is not None:
-            trial.set_user_attr("duplicate_of", scored.number)
-            merge_s = eval_s = 0.0
-            spent = 0
+        record = TrialRecord(
+            number=trial.number,
+            worker=f"{socket.gethostname()}:{os.getpid()}:{self.runtime.pool.device}",
+            plan=plan.to_dict(),
+            plan_key=plan.key,
+            params=dict(plan.params),
+            coefficients=dict(zip(self.space.names, coefficients, strict=True)),
+        )
+        record.write(trial, PLAN_FIELDS)  # what was merged, before it is scored
+        earlier = self.find_scored(plan.key)
+        if earlier is not None:
             self.duplicates += 1
+            record = record.with_scores_of(
+                earlier, duplicate_of=earlier.number, merge_s=0.0, eval_s=0.0
+            )
         else:
             scored, merge_s, eval_s, spent = self.score(plan, trial)
             self.scored[plan.key] = scored
-        scored.record(trial)
-        trial.set_user_attr(EXAMPLES_SCORED, spent)
-        trial.set_user_attr("merge_s", round(merge_s, 4))
-        trial.set_user_attr("eval_s", round(eval_s, 4))
+            record = record.with_scores_of(
+                scored, examples_scored=spent, merge_s=round(merge_s, 4), eval_s=round(eval_s, 4)
+            )
         if self.cfg.constraints:
-            by_name = dict(zip(self.cfg.objective_names, scored.values, strict=True))
-            trial.set_user_attr(CONSTRAINTS_ATTR, self.cfg.constraint_values(by_name))
-        return list(scored.values)
+            by_name = dict(zip(self.cfg.objective_names, record.values, strict=True))
+            record = dataclasses.replace(
+                record, constraints=tuple(self.cfg.constraint_values(by_name))
+            )
+        record.write(trial, [f for f in record.to_attrs() if f not in PLAN_FIELDS])
+        return list(record.values)
 
-    def score(self, plan: MergePlan, trial: optuna.Trial) -> tuple[Scored, float, float, int]:
+    def score(self, plan: MergePlan, trial: optuna.Trial) -> tuple[TrialRecord, float, float, int]:
         """Materialize and evaluate ``plan``: the one place a trial spends examples.
 
-        Returns ``(scored, merge_s, eval_s, examples scored)``: one full evaluation
-        (``Runtime.examples_per_evaluation``), or with racing the rungs it reached.
+        Returns ``(score fields, merge_s, eval_s, examples scored)``: one full evaluation
+        (``Runtime.examples_per_evaluation``), or what the strategy's scorer spent.
         """
-        if self.racer is None:
+        if self.scorer is None:
             scores, merge_s, eval_s = self.runtime.score(plan)
-            scored = Scored.of(trial.number, scores, self.cfg.objective_names)
+            scored = TrialRecord.of_scores(trial.number, scores, self.cfg.objective_names)
             return scored, merge_s, eval_s, self.runtime.examples_per_evaluation()
         merge_s = self.runtime.merge(plan)
         start = time.perf_counter()
-        scored = self.racer.score(trial)
-        return scored, merge_s, time.perf_counter() - start, self.racer.spent(scored)
+        scored = self.scorer.score(trial)
+        return scored, merge_s, time.perf_counter() - start, self.scorer.spent(scored)
 
-    def find_scored(self, key: str) -> Scored | None:
+    def find_scored(self, key: str) -> TrialRecord | None:
         """What a completed trial with this plan recorded, if any."""
         if key in self.scored:
             return self.scored[key]
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("plan_key") == key and "duplicate_of" not in t.user_attrs:
-                found = Scored.from_trial(t)
-                self.scored[key] = found
-                return found
+            record = TrialRecord.from_trial(t)
+            if record.plan_key == key and record.duplicate_of is None:
+                self.scored[key] = record
+                return record
         return None
 
 
@@ -448,7 +241,7 @@ def run_worker(
 ) -> WorkerResult:
     """Claim and run trials until the study's budget is spent (or ``deadline``).
 
-    The budget is ``n_trials`` (default ``budget.n_trials``) finished trials and, with
+    The budget is ``n_trials`` (default ``cfg.n_trials``) finished trials and, with
     ``budget.examples``, that many examples scored (:class:`~search.study.storage.Budget`).
     While the budget is taken but other workers still run trials, the worker waits: if one of
     them dies, its trial goes stale, is re-queued, and this worker runs it.
@@ -463,7 +256,7 @@ def run_worker(
     if study.user_attrs.get(EVALUATION_SIZE_ATTR) != per_trial:
         study.set_user_attr(EVALUATION_SIZE_ATTR, per_trial)
     budget = Budget(
-        n_trials if n_trials is not None else cfg.budget.n_trials, cfg.budget.examples, per_trial
+        n_trials if n_trials is not None else cfg.n_trials, cfg.budget.examples, per_trial
     )
     result = WorkerResult()
     while True:

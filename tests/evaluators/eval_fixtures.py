@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from study_fixtures import choice_task
+
 # A real lm-eval task with continuous scores (rolling log-likelihood), so that two weight sets
 # of a tiny model give different values; its data sits in a subfolder (relative to the YAML).
 PPL_TASK = """\
@@ -113,18 +115,8 @@ def run_program(doc, results):
 
 
 def _pick_task(name: str, data: Path, tag: str | None = None) -> dict[str, Any]:
-    task = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{question}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{answer}}",
-        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
-        "metadata": {"version": 1.0},
-    }
+    metrics = [{"metric": "acc"}, {"metric": "acc_norm"}]
+    task = choice_task(name, data, metric_list=metrics, metadata={"version": 1.0})
     if tag:
         task["tag"] = tag
     return task

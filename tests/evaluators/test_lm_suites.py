@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 from eval_fixtures import load, write_suite_folder
+from study_fixtures import choice_task
 
 from evaluators import EvalSpec, ObjectiveSpec, TaskRef, build_evaluator
 from evaluators.stats import mean_stderr
@@ -338,16 +340,8 @@ def test_a_hub_dataset_is_used_from_the_local_cache_and_refused_when_absent(
     tasks.mkdir()
     for repo in ("merge-search/cached_picks", "merge-search/absent_picks"):
         name = repo.split("/")[1]
-        task = {
-            "task": name,
-            "dataset_path": repo,
-            "test_split": "test",
-            "output_type": "multiple_choice",
-            "doc_to_text": "{{question}}",
-            "doc_to_choice": "{{choices}}",
-            "doc_to_target": "{{answer}}",
-            "metric_list": [{"metric": "acc"}],
-        }
+        task = choice_task(name, Path("unused"), dataset_path=repo)
+        del task["dataset_kwargs"]  # a hub dataset: from the local datasets cache only
         (tasks / f"{name}.yaml").write_text(yaml.safe_dump(task))
     rows = [{"question": "ab+c=", "choices": ["abc", "cab"], "answer": 0}] * 3
     _cache_as_hub_dataset(cache, "merge-search/cached_picks", rows)

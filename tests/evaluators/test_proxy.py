@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import yaml
+from study_fixtures import write_choice_task
 
 from evaluators.lm_tasks import load_tasks
 from evaluators.proxy import (
@@ -33,25 +32,7 @@ CHOICES = [
 @pytest.fixture(scope="module")
 def mc_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("mc")
-    rows = [json.dumps({"question": q, "choices": c, "answer": a}) for q, c, a in CHOICES]
-    (folder / "pick.jsonl").write_text("\n".join(rows) + "\n")
-    (folder / "pick.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "task": "pick3",
-                "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(folder / "pick.jsonl")}},
-                "test_split": "test",
-                "output_type": "multiple_choice",
-                "description": "Pick one.\n",
-                "doc_to_text": "{{question}}",
-                "doc_to_choice": "{{choices}}",
-                "doc_to_target": "{{answer}}",
-                "metric_list": [{"metric": "acc"}],
-            }
-        )
-    )
-    return folder
+    return write_choice_task(folder, "pick3", CHOICES, description="Pick one.\n")
 
 
 def test_multiple_choice_examples_are_lm_evals_gold_requests(mc_tasks: Path) -> None:

@@ -18,6 +18,7 @@ from study_fixtures import write_choice_task
 from search.cli import main
 from search.engine.plan import MergePlan
 from search.report.view import view_of
+from search.study.record import TrialRecord
 
 MAX2 = [optuna.study.StudyDirection.MAXIMIZE] * 2
 
@@ -43,15 +44,18 @@ def make_config(**extra):
 
 def make_trial(values, key, seed=None, constraints=None, state=optuna.trial.TrialState.COMPLETE):
     plan = MergePlan.create("linear", [0.5, 0.5], {"normalize": True})
-    attrs = {"plan": plan.to_dict(), "plan_key": key, "coefficients": {"a": [0.5], "b": [0.5]}}
-    if seed:
-        attrs["seed_trial"] = seed
-    system = {"constraints": constraints} if constraints is not None else {}
+    record = TrialRecord(
+        number=0,
+        plan=plan.to_dict(),
+        plan_key=key,
+        coefficients={"a": [0.5], "b": [0.5]},
+        seed_trial=seed,
+        constraints=tuple(constraints or ()),
+    )
     return optuna.trial.create_trial(
         state=state,
         values=values if state == optuna.trial.TrialState.COMPLETE else None,
-        user_attrs=attrs,
-        system_attrs=system,
+        user_attrs=record.to_attrs(),
     )
 
 
@@ -129,17 +133,18 @@ def exportable(tiny_zoo, tmp_path_factory):
         study.add_trial(
             optuna.trial.create_trial(
                 values=values,
-                user_attrs={
-                    "plan": plan.to_dict(),
-                    "plan_key": plan.key,
-                    "coefficients": {
+                user_attrs=TrialRecord(
+                    number=0,
+                    plan=plan.to_dict(),
+                    plan_key=plan.key,
+                    coefficients={
                         n: [w / sum(weights)] for n, w in zip(pool.names, weights, strict=True)
                     },
-                    "task_scores": {
+                    task_scores={
                         "demo_instruct/exact_match": values[0],
                         "demo_code/exact_match": values[1],
                     },
-                },
+                ).to_attrs(),
             )
         )
     return path, study
@@ -187,13 +192,14 @@ def rechosen(tiny_zoo, tmp_path_factory):
         study.add_trial(
             optuna.trial.create_trial(
                 values=values,
-                user_attrs={
-                    "plan": plan.to_dict(),
-                    "plan_key": plan.key,
-                    "coefficients": {
+                user_attrs=TrialRecord(
+                    number=0,
+                    plan=plan.to_dict(),
+                    plan_key=plan.key,
+                    coefficients={
                         n: [w / sum(weights)] for n, w in zip(pool.names, weights, strict=True)
                     },
-                },
+                ).to_attrs(),
             )
         )
         if held is not None:

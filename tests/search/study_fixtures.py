@@ -43,28 +43,34 @@ TEXT = [
 ]
 
 
-def write_choice_task(folder: Path, name: str, items: Sequence[tuple[str, list[str], int]]):
-    """A local multiple-choice lm-eval task ``name`` (metric ``acc``) in ``folder``: its data
-    ``<name>.jsonl`` from ``(question, choices, answer index)`` items and ``<name>.yaml``."""
+def choice_task(name: str, data: Path, **extra: Any) -> dict[str, Any]:
+    """The lm-eval YAML of a local multiple-choice task ``name`` (metric ``acc`` unless
+    ``extra`` says otherwise) over a JSON-lines file of ``{question, choices, answer}``."""
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "acc"}],
+        **extra,
+    }
+
+
+def write_choice_task(
+    folder: Path, name: str, items: Sequence[tuple[str, list[str], int]], **extra: Any
+) -> Path:
+    """A local multiple-choice lm-eval task ``name`` in ``folder`` (:func:`choice_task`): its
+    data ``<name>.jsonl`` from ``(question, choices, answer index)`` items and ``<name>.yaml``."""
     data = folder / f"{name}.jsonl"
     data.write_text(
         "".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in items)
     )
-    (folder / f"{name}.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "task": name,
-                "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(data)}},
-                "test_split": "test",
-                "output_type": "multiple_choice",
-                "doc_to_text": "{{question}}",
-                "doc_to_choice": "{{choices}}",
-                "doc_to_target": "{{answer}}",
-                "metric_list": [{"metric": "acc"}],
-            }
-        )
-    )
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(choice_task(name, data, **extra)))
+    return folder
 
 
 def build_pool_and_tasks(root: Path, tiny_zoo: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from search.cli import main
 from search.engine.materialize import merged_tensors
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.study.fisher_cache import fishers_from_file
+from search.fisher.cache import fishers_from_file
 
 TEXTS = "the cat sat on the mat.\none plus two is three.\nprint(a+b) shows the sum.\n"
 

@@ -184,10 +184,10 @@ def test_dare_is_seeded_per_tensor_and_keeps_density(pool64):
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert not torch.equal(first[name], other_seed[name])
     # Order independence: merging one tensor alone gives the same result (seed from plan + name).
-    from search.engine.materialize import merge_tensor_into, resolve
+    from search.engine.materialize import merge_into, resolve
 
     alone = torch.empty_like(first[name])
-    merge_tensor_into(resolve(plan, pool64), pool64, name, alone)
+    merge_into(resolve(plan, pool64), pool64, {name: alone})
     assert torch.equal(alone, first[name])
     # About density of each task vector survives, scaled by 1/density.
     single = CheckpointPool.open([pool64.paths[0]], pool64.base_path, dtype="float64")
@@ -231,7 +231,7 @@ def test_unknown_method_lists_supported_names():
 def contract_pools(tiny_zoo):
     """Pools of 2 and 3 checkpoints, with real Fishers (two texts) for methods that read them."""
     from evaluators.proxy import ProxyExample
-    from search.study.fisher_cache import Calibration, load_fishers
+    from search.fisher.cache import Calibration, load_fishers
 
     data = Calibration.of("test", [ProxyExample("", "a+b=c."), ProxyExample("1+2", "=3")], "test")
     pools = {n: CheckpointPool.open(tiny_zoo.checkpoints[:n], tiny_zoo.base) for n in (2, 3)}

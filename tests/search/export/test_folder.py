@@ -78,10 +78,18 @@ def test_model_card_lists_method_checkpoints_weights_and_extra_sections(pool, tm
     assert "| lambda | 0.9 |" in card and plan.key in card
     assert "## Scores" in card and "demo_code/exact_match | 0.42" in card
     assert "## Study" in card and "trial 17 of study demo" in card
+    # the Hub's convention for merges, as mergekit writes it: the inputs are the base models
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"] == ["base", *pool.names]
+    assert meta["base_model_relation"] == "merge"
+    assert {"merge", "mergekit", "merge-search"} <= set(meta["tags"])
+    linear = export_merge(MergePlan.create("linear", [1, 1, 1]), pool, tmp_path / "linear")
+    meta = yaml.safe_load((linear / "README.md").read_text().split("---")[1])
+    assert meta["base_model"] == list(pool.names)  # linear reads no base
 
 
 # methods mergekit lacks (fisher) write merge-search's extension: tests/search/commands/
-# test_merge_fisher.py and tests/search/study/test_fisher_cache.py
+# test_merge_fisher.py and tests/search/fisher/test_cache.py
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].mergekit))
 def test_mergekit_yaml_is_written_for_every_mergekit_method(pool, tiny_zoo, tmp_path, method):
     n = METHODS[method].n_checkpoints or 3

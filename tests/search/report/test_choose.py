@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -12,6 +13,7 @@ from search.cli import main
 from search.errors import UserError
 from search.report.choose import pick_row
 from search.report.view import view_of
+from search.study.record import TrialRecord
 
 
 @pytest.mark.parametrize(
@@ -80,7 +82,7 @@ def test_export_writes_a_loadable_model_with_scores_and_provenance(
     assert f"| chosen as | {how}" in card
     values = study.trials[trial].values
     assert f"| instruct | {values[0]} |" in card and f"| code | {values[1]} |" in card
-    assert f"| plan key | `{study.trials[trial].user_attrs['plan_key']}` |" in card
+    assert f"| plan key | `{TrialRecord.from_trial(study.trials[trial]).plan_key}` |" in card
     assert "| study | exportable |" in card and "header_sha256" in card
     if flags == ["--knee"]:
         from transformers import AutoModelForCausalLM
@@ -218,9 +220,10 @@ def test_export_knee_says_it_chose_on_held_out_and_reports_the_test_split(
     def no_runtime(*args, **kwargs):
         raise AssertionError("the test scores are cached")
 
-    row, how, _, view, test = export_chosen(
+    row, how, _, view, comparison = export_chosen(
         config, tmp_path / "again", knee=True, runtime_factory=no_runtime
     )
+    test = dataclasses.asdict(comparison)  # as a plain record, the way --json shows it
     assert row.number == 4 and test["chosen"]["trial"] == 4
     cached = optuna.load_study(study_name="rechosen", storage=view.cfg.storage).user_attrs
     assert set(cached["test_scores"]["scores"]) == {test["chosen"]["plan_key"]} | {

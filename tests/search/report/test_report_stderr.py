@@ -10,10 +10,10 @@ from report_fixtures import MAX2, make_config, make_trial
 
 from evaluators.stats import mean_stderr
 from search.cli import main
-from search.report.front import build_report
-from search.report.plots import format_report
+from search.report.pareto_report import build_report
+from search.report.table import format_report
 from search.report.view import view_of
-from search.study.records import decode_examples, encode_examples
+from search.study.record import encode_examples
 
 
 def test_values_and_standard_errors_side_by_side_in_json_and_table():
@@ -26,7 +26,8 @@ def test_values_and_standard_errors_side_by_side_in_json_and_table():
         trial.set_user_attr("examples", encode_examples({"demo_code/exact_match": (1.0, 0.0) * 5}))
         study.add_trial(trial)
     study.add_trial(make_trial([0.1, 0.9], "kc", seed="single:b"))  # recorded without stderr
-    report = build_report(view_of(make_config(), study, "sqlite:///x.db"), heldout=False)
+    built = build_report(view_of(make_config(), study, "sqlite:///x.db"), heldout=False)
+    report = built.to_json()
     front = {r["trial"]: r for r in report["front"]}
     assert front[1]["stderr"] == {"instruct": 0.02, "code": None}
     assert front[3]["stderr"] == {"instruct": None, "code": None}
@@ -37,7 +38,7 @@ def test_values_and_standard_errors_side_by_side_in_json_and_table():
     }
     assert report["examples"]["search"] == {"demo_code/exact_match": 10}
     assert json.loads(json.dumps(report)) == report
-    text = format_report(report)
+    text = format_report(built)
     assert "0.6000 ± 0.0200" in text and "0.4000 ± 0.0300" in text
     assert "value ± standard error; examples per trial: demo_code/exact_match 10" in text
 
@@ -49,7 +50,7 @@ def test_pareto_after_launch_carries_standard_errors(launched, capsys):
     report = json.loads(capsys.readouterr().out)
     rows = {r.number: r for r in open_view(launched).rows}
     for r in report["front"]:
-        picks = decode_examples(rows[r["trial"]].user_attrs["examples"])["c2_pick/acc"]
+        picks = rows[r["trial"]].record.per_example()["c2_pick/acc"]
         assert r["stderr"]["pick"] == pytest.approx(mean_stderr(picks))
         assert r["stderr"]["ppl"] > 0
         assert r["heldout_stderr"]["pick"] is not None and r["heldout_stderr"]["ppl"] > 0

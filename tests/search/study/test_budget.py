@@ -9,7 +9,8 @@ import pytest
 from study_fixtures import build_pool_and_tasks, complete, study_config, trials, write_config
 
 from search.cli import main
-from search.study.storage import EVALUATION_SIZE_ATTR, EXAMPLES_SCORED, Budget
+from search.study.record import TrialRecord
+from search.study.storage import EVALUATION_SIZE_ATTR, Budget
 
 PER_TRIAL = 12  # study_config: 6 examples of c1_pick (eval.limit 6) + the 6 perplexity texts
 
@@ -18,7 +19,7 @@ def finished_trial(examples: int, state=optuna.trial.TrialState.COMPLETE):
     return optuna.trial.create_trial(
         state=state,
         values=[0.5] if state == optuna.trial.TrialState.COMPLETE else None,
-        user_attrs={EXAMPLES_SCORED: examples},
+        user_attrs=TrialRecord(0, examples_scored=examples).to_attrs(),
     )
 
 
@@ -65,7 +66,10 @@ def test_the_example_budget_stops_the_study_exactly_and_survives_a_resume(
     assert "budget 50 trials or 40 examples" in err
     assert "3.0 full evaluations (36/40 examples scored)" in err
     done = complete(trials("budget", storage))
-    assert len(done) == 3 and [t.user_attrs[EXAMPLES_SCORED] for t in done] == [PER_TRIAL] * 3
+    assert (
+        len(done) == 3
+        and [TrialRecord.from_trial(t).examples_scored for t in done] == [PER_TRIAL] * 3
+    )
     study = optuna.load_study(study_name="budget", storage=storage)
     assert study.user_attrs[EVALUATION_SIZE_ATTR] == PER_TRIAL
 
@@ -76,4 +80,4 @@ def test_the_example_budget_stops_the_study_exactly_and_survives_a_resume(
     assert main(["launch", workdir["config"](64)]) == 0  # a larger budget counts what was spent
     assert "5.0 full evaluations (60/64 examples scored)" in capsys.readouterr().err
     done = complete(trials("budget", storage))
-    assert len(done) == 5 and sum(t.user_attrs[EXAMPLES_SCORED] for t in done) == 60
+    assert len(done) == 5 and sum(TrialRecord.from_trial(t).examples_scored for t in done) == 60

@@ -493,10 +493,11 @@ def test_the_fw_sampler_budget_is_its_paths(workdir: Path) -> None:
     data.update(merge={"method": "linear"}, sampler={"name": "fw"}, constraints=[])
     data["fw"] = {"preferences": 4}
     cfg = load_config(write(workdir, data))
-    assert cfg.budget.n_trials == 4 and cfg.uses_frank_wolfe and cfg.fw_paths == 4
+    assert cfg.n_trials == 4 and [f.name for f in cfg.features] == ["frank_wolfe"]
+    assert cfg.budget.n_trials == good_config()["budget"]["n_trials"]  # the config is not rewritten
     data["objectives"] = data["objectives"][:1]
     data["eval"]["heldout"] = {"demo_instruct": "demo_instruct_h"}
-    assert load_config(write(workdir, data)).budget.n_trials == 1  # one objective, one path
+    assert load_config(write(workdir, data)).n_trials == 1  # one objective, one path
 
 
 def test_error_names_the_config_file(workdir: Path) -> None:
@@ -541,8 +542,8 @@ def test_scoring_settings_are_part_of_the_resume_signature_only_when_set(
 @pytest.mark.parametrize(
     ("racing", "message"),
     [
-        ({"rungs": [0.5, 0.25, 1.0]}, "eval.racing: rungs: expected increasing fractions"),
-        ({"rungs": [0.25, 0.5]}, "eval.racing: rungs: the last rung scores every example"),
+        ({"rungs": [0.5, 0.25, 1.0]}, "eval.racing.rungs: expected increasing fractions"),
+        ({"rungs": [0.25, 0.5]}, "eval.racing.rungs: the last rung scores every example"),
         ({"confidence": 1.0}, "eval.racing.confidence"),
     ],
 )
@@ -558,6 +559,7 @@ def test_bad_racing_settings_are_one_line_naming_the_field(
 
 def test_racing_is_off_by_default_and_true_means_the_defaults(workdir: Path) -> None:
     data = good_config()
-    assert load_config(write(workdir, data)).racing is None
+    assert load_config(write(workdir, data)).features == ()
     data.setdefault("eval", {})["racing"] = True
-    assert load_config(write(workdir, data)).racing.rungs == (0.125, 0.25, 0.5, 1.0)
+    (staged,) = load_config(write(workdir, data)).features
+    assert staged.name == "staged" and staged.settings.rungs == (0.125, 0.25, 0.5, 1.0)

@@ -24,7 +24,7 @@ from study_fixtures import (
 from evaluators.stats import mean_stderr
 from search.cli import main
 from search.engine.plan import MergePlan
-from search.study.records import decode_examples
+from search.study.record import TrialRecord
 
 N_TRIALS = 30
 SLOW_TEXTS = 1500  # lines of the slow study's perplexity file: a trial takes seconds, not ms
@@ -149,35 +149,35 @@ def test_resumed_study_continues_its_count_to_exactly_n_trials(
 def test_each_trial_records_what_it_did(finished: dict[str, Any], workdir: dict[str, Any]) -> None:
     names = [Path(c).name for c in workdir["paths"]["checkpoints"]]
     done = complete(finished["trials"])
-    seeds = {t.user_attrs.get("seed_trial") for t in done}
+    seeds = {TrialRecord.from_trial(t).seed_trial for t in done}
     assert {"uniform", *(f"single:{n}" for n in names)} <= seeds
     for t in done:
-        attrs = t.user_attrs
-        plan = MergePlan.from_dict(attrs["plan"])
-        assert plan.key == attrs["plan_key"] and plan.method == "linear"
-        assert attrs["params"] == {"normalize": True}
-        assert list(attrs["coefficients"]) == names
-        assert sum(c[0] for c in attrs["coefficients"].values()) == pytest.approx(1.0)
-        assert set(attrs["task_scores"]) >= {"c1_pick/acc"}
-        assert attrs["merge_s"] >= 0 and attrs["eval_s"] >= 0
-        # 6 c1_pick examples (eval.limit) + 6 texts; a reused plan scores none
-        assert attrs["examples_scored"] == (0 if "duplicate_of" in attrs else 12)
+        r = TrialRecord.from_trial(t)
+        plan = MergePlan.from_dict(r.plan)
+        assert plan.key == r.plan_key and plan.method == "linear"
+        assert r.params == {"normalize": True}
+        assert list(r.coefficients) == names
+        assert sum(c[0] for c in r.coefficients.values()) == pytest.approx(1.0)
+        assert set(r.task_scores) >= {"c1_pick/acc"}
+        # 6 c1_pick examples (eval.limit) + 6 texts; a reused plan scores none and takes no time
+        fresh = r.duplicate_of is None
+        assert r.examples_scored == (12 if fresh else 0)
+        assert (r.eval_s > 0) if fresh else (r.merge_s == r.eval_s == 0.0)
         assert len(t.values) == 2 and 0.0 <= t.values[0] <= 1.0 and t.values[1] > 1.0
         # per-example values (packed) and each objective's standard error
-        examples = decode_examples(attrs["examples"])
-        assert set(examples) == set(attrs["task_scores"])
+        examples = r.per_example()
+        assert set(examples) == set(r.task_scores)
         picks = examples["c1_pick/acc"]
-        assert len(picks) == 6 and sum(picks) / 6 == pytest.approx(
-            attrs["task_scores"]["c1_pick/acc"]
-        )
-        assert "bits" in attrs["examples"]["c1_pick/acc"]
-        assert attrs["stderr"]["pick"] == pytest.approx(mean_stderr(picks))
-        assert attrs["stderr"]["ppl"] > 0 and len(examples["text.txt/perplexity"]) == 6
-        assert set(attrs["task_stderr"]) == set(attrs["task_scores"])
-    single = next(t for t in done if t.user_attrs.get("seed_trial") == f"single:{names[1]}")
-    assert single.user_attrs["coefficients"][names[1]] == [1.0]
+        assert len(picks) == 6 and sum(picks) / 6 == pytest.approx(r.task_scores["c1_pick/acc"])
+        assert "bits" in r.examples["c1_pick/acc"]
+        assert r.stderr["pick"] == pytest.approx(mean_stderr(picks))
+        assert r.stderr["ppl"] > 0 and len(examples["text.txt/perplexity"]) == 6
+        assert set(r.task_stderr) == set(r.task_scores)
+    single = next(t for t in done if TrialRecord.from_trial(t).seed_trial == f"single:{names[1]}")
+    assert TrialRecord.from_trial(single).coefficients[names[1]] == [1.0]
     # two different merges are scored differently: the trials really evaluate the merged weights
-    assert len({t.values[1] for t in done if "duplicate_of" not in t.user_attrs}) > 1
+    fresh = [t for t in done if TrialRecord.from_trial(t).duplicate_of is None]
+    assert len({t.values[1] for t in fresh}) > 1
 
 
 def test_study_records_config_fingerprint_and_objective_names(
@@ -198,18 +198,21 @@ def test_a_plan_already_scored_is_reused(own_study: dict[str, Any]) -> None:
     """Raising the budget on a study whose seed trials are queued again: same plans, no new eval."""
     storage = own_study["storage"]
     study = optuna.load_study(study_name="own", storage=storage)
-    uniform = next(t for t in complete(study.trials) if t.user_attrs.get("seed_trial") == "uniform")
-    study.enqueue_trial(uniform.params, user_attrs={"seed_trial": "uniform-again"})
+    uniform = next(
+        t for t in complete(study.trials) if TrialRecord.from_trial(t).seed_trial == "uniform"
+    )
+    study.enqueue_trial(uniform.params, user_attrs=TrialRecord.seed_attrs("uniform-again"))
     assert main(["launch", str(own_study["config"]), "--n-trials", "4"]) == 0
     again = next(
-        t for t in trials("own", storage) if t.user_attrs.get("seed_trial") == "uniform-again"
+        t for t in trials("own", storage) if TrialRecord.from_trial(t).seed_trial == "uniform-again"
     )
     assert again.state == optuna.trial.TrialState.COMPLETE
-    assert again.user_attrs["duplicate_of"] == uniform.number
-    assert again.values == uniform.values and again.user_attrs["eval_s"] == 0.0
-    for attr in ("examples", "stderr", "task_stderr", "task_scores"):
-        assert again.user_attrs[attr] == uniform.user_attrs[attr]
-    assert again.user_attrs["examples_scored"] == 0 and uniform.user_attrs["examples_scored"] > 0
+    assert again.values == uniform.values
+    again, uniform = TrialRecord.from_trial(again), TrialRecord.from_trial(uniform)
+    assert again.duplicate_of == uniform.number and again.eval_s == 0.0
+    for field in ("examples", "stderr", "task_stderr", "task_scores"):
+        assert getattr(again, field) == getattr(uniform, field)
+    assert again.examples_scored == 0 and uniform.examples_scored > 0
     assert len(complete(trials("own", storage))) == 4
 
 
@@ -278,7 +281,7 @@ def test_constraints_reach_a_real_worker_and_the_sampler(
     for t in done:
         pick, ppl = t.values
         expected = [ppl - 1e9, 0.3 - pick]  # Optuna's convention: <= 0 is feasible
-        assert t.user_attrs["constraints"] == pytest.approx(expected)
+        assert TrialRecord.from_trial(t).constraints == pytest.approx(expected)
         assert t.system_attrs["constraints"] == pytest.approx(expected)  # what the sampler saw
     feasible = {t.number for t in done if t.values[0] >= 0.3}
     infeasible = {t.number for t in done} - feasible
@@ -335,7 +338,8 @@ def test_launch_states_devices_pool_and_load_time_and_placement_may_change_on_re
     assert len(done) == 3
     host = socket.gethostname()
     assert all(
-        t.user_attrs["worker"].startswith(f"{host}:") and t.user_attrs["worker"].endswith(":cpu")
+        TrialRecord.from_trial(t).worker.startswith(f"{host}:")
+        and TrialRecord.from_trial(t).worker.endswith(":cpu")
         for t in done
     )
 

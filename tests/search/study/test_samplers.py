@@ -6,7 +6,14 @@ import optuna
 import pytest
 
 from search.study.config import SamplerConfig
-from search.study.samplers import FW_SAMPLER, SAMPLERS, build_sampler, check_sampler
+from search.study.record import TrialRecord
+from search.study.samplers import (
+    FW_SAMPLER,
+    SAMPLERS,
+    build_sampler,
+    check_sampler,
+    constraints_func,
+)
 
 
 def _objective(n_objectives: int):
@@ -23,7 +30,7 @@ def test_each_sampler_runs_a_study(name: str) -> None:
     entry = SAMPLERS[name]
     n_obj = 2 if entry.multi_objective else 1
     options = {"population_size": 4} if name in ("nsga2", "nsga3") else {}
-    sampler = build_sampler(SamplerConfig(name=name, seed=0, options=options), constrained=False)
+    sampler = build_sampler(SamplerConfig(name=name, seed=0, options=options))
     assert isinstance(sampler, entry.optuna_type())
     assert isinstance(sampler, optuna.samplers.BaseSampler)
     study = optuna.create_study(directions=["maximize"] * n_obj, sampler=sampler)
@@ -36,7 +43,8 @@ def test_each_sampler_runs_a_study(name: str) -> None:
 
 def test_constraints_reach_the_sampler_and_the_dashboard_attr() -> None:
     sampler = build_sampler(
-        SamplerConfig(name="nsga2", seed=0, options={"population_size": 4}), constrained=True
+        SamplerConfig(name="nsga2", seed=0, options={"population_size": 4}),
+        constraints=constraints_func(True, ()),
     )
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
 
@@ -48,18 +56,16 @@ def test_constraints_reach_the_sampler_and_the_dashboard_attr() -> None:
     study.optimize(objective, n_trials=8)
     for t in study.trials:
         assert (
-            list(t.system_attrs["constraints"]) == t.user_attrs["constraints"]
+            list(t.system_attrs["constraints"]) == TrialRecord.from_trial(t).constraints
         )  # what optuna-dashboard reads
-    feasible = {t.number for t in study.trials if t.user_attrs["constraints"][0] <= 0}
+    feasible = {t.number for t in study.trials if TrialRecord.from_trial(t).constraints[0] <= 0}
     assert {t.number for t in study.best_trials} <= feasible
 
 
 def test_worker_seeds_differ_except_for_shared_sequences() -> None:
     def first_point(name: str, worker: int, salt: int) -> dict:
         study = optuna.create_study(
-            sampler=build_sampler(
-                SamplerConfig(name=name, seed=7), constrained=False, worker=worker, salt=salt
-            )
+            sampler=build_sampler(SamplerConfig(name=name, seed=7), worker=worker, salt=salt)
         )
         trial = study.ask()
         return {"x": trial.suggest_float("x", 0, 1)}

@@ -11,6 +11,7 @@ import pytest
 from search.engine.materialize import effective_weights
 from search.engine.registry import METHODS
 from search.study.config import StudyConfig
+from search.study.record import TrialRecord
 from search.study.space import SearchSpace
 
 NAMES = ("a", "b", "c")
@@ -89,7 +90,7 @@ def test_seed_trials_are_the_uniform_merge_and_each_checkpoint() -> None:
     assert [label for label, _ in seeds] == ["uniform", "single:a", "single:b", "single:c"]
     study = optuna.create_study()
     for label, params in seeds:
-        study.enqueue_trial(params, user_attrs={"seed_trial": label})
+        study.enqueue_trial(params, user_attrs=TrialRecord.seed_attrs(label))
     coefficients = []
     for _ in seeds:
         trial = study.ask()

@@ -1,9 +1,9 @@
 """Several workers: an exact budget on SQLite and PostgreSQL, and a killed worker's trial retried.
 
-The PostgreSQL cases need PostgreSQL at 127.0.0.1:5432 (database ``test``; CI starts it); they
-skip with the reason when it is unreachable. Trials here score a longer perplexity file one
-text at a time, so a trial takes long enough for two workers to share the budget and for a
-kill to land inside a trial.
+The PostgreSQL cases need PostgreSQL at 127.0.0.1:5432 (database ``test``; these machines and
+CI's run it before a session starts); they skip with the reason when it is unreachable. Trials
+here score a longer perplexity file one text at a time, so a trial takes long enough for two
+workers to share the budget and for a kill to land inside a trial.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from study_fixtures import (
 )
 
 from search.cli import main
+from search.study.record import TrialRecord
 
 ROLES = ("postgres", "root")
 
@@ -91,7 +92,7 @@ def test_two_workers_finish_exactly_n_trials(pool_paths: dict[str, Any], storage
     assert len(ts) == 8  # no extra trial was ever created
     assert len(complete(ts)) == 8
     assert sorted(t.number for t in ts) == list(range(8))
-    assert len({t.user_attrs["worker"] for t in ts}) == 2  # both workers took part
+    assert len({TrialRecord.from_trial(t).worker for t in ts}) == 2  # both workers took part
 
 
 @pytest.mark.postgres
@@ -127,7 +128,7 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(
                     t
                     for t in trials(name, postgres)
                     if t.state == optuna.trial.TrialState.RUNNING
-                    and t.user_attrs.get("worker") == tag
+                    and TrialRecord.from_trial(t).worker == tag
                 ),
                 None,
             )
@@ -153,7 +154,7 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(
     retry = [t for t in ts if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
     assert dead.params.items() <= retry[0].params.items()
-    assert retry[0].user_attrs.get("seed_trial") == dead.user_attrs.get("seed_trial")
+    assert TrialRecord.from_trial(retry[0]).seed_trial == TrialRecord.from_trial(dead).seed_trial
     assert not [
         t
         for t in ts

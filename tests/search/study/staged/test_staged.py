@@ -31,8 +31,8 @@ from study_fixtures import (
 )
 
 from search.cli import main
-from search.study.racing import plan_rungs
-from search.study.records import decode_examples
+from search.study.record import TrialRecord, decode_examples
+from search.study.staged.racing import plan_rungs
 
 ITEMS = 60  # items kept per built task: rungs of 25, 30, 60 (0.125 and 0.25 merge at 25)
 CANDIDATES = 2000  # items generated to find those
@@ -108,16 +108,16 @@ def test_a_worse_merge_stops_at_the_first_rung_and_front_merges_never(
     assert main(["launch", str(config), "--workers", "1"]) == 0
     a, b, c = _trials(tmp_path)  # the singles, in pool order: ft_a, ft_b, ft_c
     for front in (a, b):
-        assert "stopped_by" not in front.user_attrs
-        assert front.user_attrs["rung"] == front.user_attrs["rungs"] == 3
-        assert front.user_attrs["examples_scored"] == 2 * ITEMS
-        assert front.user_attrs["racing_violation"] == 0.0
+        assert not TrialRecord.from_trial(front).stopped
+        assert TrialRecord.from_trial(front).rung == TrialRecord.from_trial(front).rungs == 3
+        assert TrialRecord.from_trial(front).examples_scored == 2 * ITEMS
+        assert TrialRecord.from_trial(front).racing_violation == 0.0
     assert a.values == [1.0, 0.5] and b.values == [0.5, 1.0]
-    assert c.user_attrs["stopped_by"] in (a.number, b.number)
-    assert c.user_attrs["rung"] == 1
-    assert c.user_attrs["examples_scored"] == 2 * 25  # the first rung of each task
-    assert c.user_attrs["racing_violation"] == pytest.approx(1 - 50 / 120)
-    assert "examples" not in c.user_attrs  # partial values are not a merge's scores
+    assert TrialRecord.from_trial(c).stopped_by in (a.number, b.number)
+    assert TrialRecord.from_trial(c).rung == 1
+    assert TrialRecord.from_trial(c).examples_scored == 2 * 25  # the first rung of each task
+    assert TrialRecord.from_trial(c).racing_violation == pytest.approx(1 - 50 / 120)
+    assert TrialRecord.from_trial(c).examples == {}  # partial values are not a merge's scores
     assert c.values == [0.0, 0.0]  # its means over the examples it scored
     # stopped trials are infeasible for the sampler too (the racing constraint)
     assert c.system_attrs["constraints"][-1] > 0 and a.system_attrs["constraints"] == [0.0]
@@ -150,10 +150,12 @@ def test_a_full_raced_trial_scores_what_a_full_evaluation_scores(
     assert main(["launch", str(write_config(plain / "plain.yaml", data)), "--workers", "1"]) == 0
     (full,) = _trials(plain)
     assert raced.values == full.values
-    assert raced.user_attrs["task_scores"] == full.user_attrs["task_scores"]
-    assert raced.user_attrs["stderr"] == pytest.approx(full.user_attrs["stderr"])
-    assert decode_examples(raced.user_attrs["examples"]) == decode_examples(
-        full.user_attrs["examples"]
+    assert TrialRecord.from_trial(raced).task_scores == TrialRecord.from_trial(full).task_scores
+    assert TrialRecord.from_trial(raced).stderr == pytest.approx(
+        TrialRecord.from_trial(full).stderr
+    )
+    assert decode_examples(TrialRecord.from_trial(raced).examples) == decode_examples(
+        TrialRecord.from_trial(full).examples
     )
 
 
@@ -163,11 +165,14 @@ def test_one_objective_races_with_optunas_wilcoxon_pruner(
     config = _config(built, tmp_path, ["pick_a"])
     assert main(["launch", str(config), "--workers", "1"]) == 0
     a, b, c = _trials(tmp_path)
-    assert "stopped_by" not in a.user_attrs and a.values == [1.0]
+    assert not TrialRecord.from_trial(a).stopped and a.values == [1.0]
     assert len(a.intermediate_values) == ITEMS  # one step per example: the pruner's pairs
     for worse in (b, c):
-        assert worse.user_attrs["stopped_by"] == a.number
-        assert worse.user_attrs["rung"] == 1 and worse.user_attrs["examples_scored"] == 25
+        assert TrialRecord.from_trial(worse).stopped_by == a.number
+        assert (
+            TrialRecord.from_trial(worse).rung == 1
+            and TrialRecord.from_trial(worse).examples_scored == 25
+        )
         assert set(worse.intermediate_values) <= set(a.intermediate_values)
     study = optuna.load_study(study_name="staged", storage=f"sqlite:///{tmp_path / 'staged.db'}")
     assert study.best_trial.number == a.number
@@ -177,7 +182,7 @@ def test_the_rungs_are_the_same_in_every_process() -> None:
     counts = {"demo_code": 200, "demo_instruct": 200, "small": 30}
     here = plan_rungs(counts, [0.125, 0.25, 0.5, 1.0], seed=3)
     code = (
-        "import json; from search.study.racing import plan_rungs; "
+        "import json; from search.study.staged.racing import plan_rungs; "
         f"print(json.dumps(plan_rungs({counts!r}, [0.125, 0.25, 0.5, 1.0], seed=3)))"
     )
     out = subprocess.run(
@@ -215,7 +220,7 @@ def test_a_resumed_study_counts_the_examples_its_stopped_trials_scored(
     assert "1 stopped early by staged scoring), 2.4 full evaluations (290/360 examples" in (
         capsys.readouterr().err
     )
-    assert [t.user_attrs["examples_scored"] for t in _trials(tmp_path)] == [120, 120, 50]
+    assert [TrialRecord.from_trial(t).examples_scored for t in _trials(tmp_path)] == [120, 120, 50]
     assert launch(50) == 0  # 290 + one full evaluation (120) no longer fits in 360
     assert "has already spent its budget of 50 trials or 360 examples" in capsys.readouterr().err
     assert len(_trials(tmp_path)) == 3

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
 
-from search.study.records import (
+from search.study.record import (
     decode_examples,
     decode_values,
     encode_examples,
@@ -52,3 +53,39 @@ def test_examples_of_several_tasks_and_standard_errors_as_json():
     examples = {"a/acc": (1.0, 0.0, 1.0), "b/perplexity": (2.5, 3.0)}
     assert decode_examples(encode_examples(examples)) == examples
     assert json_stderr({"x": 0.1, "y": math.nan}) == {"x": 0.1, "y": None}
+
+
+def test_a_trial_record_round_trips_through_optuna_and_writes_only_what_is_set() -> None:
+    import optuna
+
+    from search.study.record import PLAN_FIELDS, SCORE_FIELDS, TrialRecord
+
+    record = TrialRecord(
+        number=0,
+        values=(0.5, 0.25),
+        plan={"method": "linear"},
+        plan_key="k",
+        coefficients={"a": [0.5]},
+        task_scores={"t/acc": 0.5},
+        examples=encode_examples({"t/acc": (1.0, 0.0)}),
+        rung=2,
+        rungs=2,
+        racing_violation=0.0,
+        constraints=(-0.1,),
+    )
+    attrs = record.to_attrs()
+    assert "duplicate_of" not in attrs and "stopped_by" not in attrs  # defaults are not written
+    assert attrs["constraints"] == [-0.1] and attrs["racing_violation"] == 0.0
+    trial = optuna.trial.create_trial(values=list(record.values), user_attrs=attrs)
+    back = TrialRecord.from_trial(trial)
+    assert back == dataclasses.replace(record, number=trial.number)
+    assert back.feasible and not back.stopped and back.per_example() == {"t/acc": (1.0, 0.0)}
+    stopped = TrialRecord(number=1, stopped_by=0, constraints=(-1.0,))
+    assert stopped.stopped and not stopped.feasible
+    assert TrialRecord(number=2, constraints=(0.5,)).feasible is False
+    assert TrialRecord(number=3).key == "trial-3"
+    assert set(PLAN_FIELDS) == {"plan", "plan_key", "params", "coefficients", "worker"}
+    assert "values" in SCORE_FIELDS and "examples" in SCORE_FIELDS and "worker" not in SCORE_FIELDS
+    again = TrialRecord(number=4, plan_key="k").with_scores_of(record, duplicate_of=0)
+    assert again.values == record.values and again.examples == record.examples
+    assert again.number == 4 and again.duplicate_of == 0 and again.constraints == ()

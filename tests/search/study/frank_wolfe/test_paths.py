@@ -14,9 +14,12 @@ from study_fixtures import build_pool_and_tasks, cli, study_config, write_config
 from search.engine.materialize import effective_weights
 from search.engine.pool import CheckpointPool
 from search.study.config import parse_config
-from search.study.fw import FrankWolfeSampler, frank_wolfe, preference_vectors, propose
+from search.study.frank_wolfe import STUDY_ATTR as FW_ATTR
+from search.study.frank_wolfe.paths import frank_wolfe, preference_vectors, propose
+from search.study.frank_wolfe.sampler import FrankWolfeSampler
+from search.study.record import TrialRecord
 from search.study.space import SearchSpace
-from search.study.storage import FW_ATTR, create_or_resume, open_storage
+from search.study.storage import create_or_resume, open_storage
 
 # ------------------------------------------------------------------------------ the algorithm
 
@@ -138,29 +141,28 @@ def test_enqueued_fw_trials_reproduce_their_coefficients(paths, runtime, merge):
     name = f"fw-enqueue-{merge.get('layer_groups', 1)}-{merge['weights'].get('normalize')}"
     cfg = _cfg(paths, name, merge=merge, seed_trials=["uniform", "fw"])
     space = SearchSpace.build(cfg, pool.names)
-    proposals = propose(cfg, space, pool, model, tokenizer)
+    (fw,) = cfg.features
+    fw.proposals = propose(cfg, fw.settings, space, pool, model, tokenizer)
     storage = open_storage(cfg, create=True)
-    study, created = create_or_resume(
-        cfg, storage, space, pool.fingerprint(), "cfg.yml", proposals=proposals
-    )
+    study, created = create_or_resume(cfg, storage, space, pool.fingerprint(), "cfg.yml")
     assert created
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    labels = [t.user_attrs["seed_trial"] for t in waiting]
+    labels = [TrialRecord.from_trial(t).seed_trial for t in waiting]
     assert labels[0] == "uniform"  # in the order of seed_trials, before the sampler's own
     assert labels[1:] == ["fw:pick=1,ppl=0", "fw:pick=0.5,ppl=0.5", "fw:pick=0,ppl=1"]
     record = study.user_attrs[FW_ATTR]
     assert [p["label"] for p in record["paths"]] == labels[1:]
     assert record["gradient_evaluations"] >= 4 and record["backward_passes"] >= 8
-    assert record["seconds"] > 0 and record["examples"] == {
+    assert record["seconds"] >= record["setup_seconds"] > 0 and record["examples"] == {
         "pick": {"c1_pick": 4},
         "ppl": {"text.txt": 4},
     }
     for path in record["paths"]:
-        assert len(path["weighted_loss_per_step"]) == cfg.fw.steps + 1
+        assert len(path["weighted_loss_per_step"]) == fw.settings.steps + 1
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # the uniform seed
     for path in record["paths"]:
         trial = study.ask()  # pops the queue in order
-        assert trial.user_attrs["seed_trial"] == path["label"]
+        assert TrialRecord.from_trial(trial).seed_trial == path["label"]
         plan = space.suggest(trial)
         applied = effective_weights(plan)
         for i, checkpoint in enumerate(space.names):
@@ -197,7 +199,10 @@ def test_a_study_with_the_fw_sampler_runs_exactly_its_paths(paths: dict[str, Any
     study = optuna.load_study(study_name="fw-only", storage=storage)
     trials = study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert [t.user_attrs["seed_trial"] for t in trials] == ["fw:pick=1,ppl=0", "fw:pick=0,ppl=1"]
+    assert [TrialRecord.from_trial(t).seed_trial for t in trials] == [
+        "fw:pick=1,ppl=0",
+        "fw:pick=0,ppl=1",
+    ]
     assert study.user_attrs[FW_ATTR]["backward_passes"] > 0
     assert "2/2 trials finished" in err
 

@@ -27,7 +27,7 @@ class Progress:
         self.cfg = cfg
         self.study = study
         self.bar = tqdm(
-            total=cfg.budget.n_trials,
+            total=cfg.n_trials,
             desc=cfg.name,
             unit="trial",
             dynamic_ncols=True,
@@ -54,7 +54,7 @@ class Progress:
                 of = f"/{full_evaluations(self.study, self.cfg.budget.examples):.1f}"
             parts.append(f"evals={evals:.1f}{of}")
         parts.append(f"running={running}")
-        self.bar.n = min(len(done), self.cfg.budget.n_trials)
+        self.bar.n = min(len(done), self.cfg.n_trials)
         self.bar.set_postfix_str(" ".join(parts), refresh=False)
         self.bar.refresh()
 

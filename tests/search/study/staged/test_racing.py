@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.study.racing import (
+from evaluators.stats import Objective, Term, paired_difference
+from search.study.staged.racing import (
     MIN_EXAMPLES,
-    Objective,
-    Term,
     dominated_with_confidence,
     example_order,
-    paired_difference,
-    rung_sizes,
+    rung_size,
     z_value,
 )
 
@@ -31,10 +29,10 @@ def test_the_example_order_is_fixed_per_study_and_task() -> None:
 
 
 def test_rung_sizes_grow_to_all_examples() -> None:
-    assert rung_sizes(200, [0.125, 0.25, 0.5, 1.0]) == [25, 50, 100, 200]
-    assert rung_sizes(1000, [0.1, 1.0]) == [100, 1000]
-    assert rung_sizes(40, [0.125, 0.25, 0.5, 1.0]) == [MIN_EXAMPLES, 40]  # small tasks: fewer rungs
-    assert rung_sizes(10, [0.5]) == [10]
+    assert [rung_size(200, f) for f in (0.125, 0.25, 0.5, 1.0)] == [25, 50, 100, 200]
+    assert [rung_size(1000, f) for f in (0.1, 1.0)] == [100, 1000]
+    assert rung_size(40, 0.125) == rung_size(40, 0.25) == MIN_EXAMPLES  # at least MIN_EXAMPLES
+    assert rung_size(10, 0.5) == 10  # never more than the task has
 
 
 def test_paired_difference_is_the_weighted_mean_of_task_differences() -> None:
@@ -83,7 +81,7 @@ def test_the_level_holds_when_nothing_dominates() -> None:
 
 
 def test_rungs_add_documents_of_every_task_and_cover_each_once() -> None:
-    from search.study.racing import plan_rungs
+    from search.study.staged.racing import plan_rungs
 
     counts = {"a": 200, "b": 40}
     rungs = plan_rungs(counts, [0.125, 0.25, 0.5, 1.0], seed=0)
@@ -100,7 +98,7 @@ def test_rungs_add_documents_of_every_task_and_cover_each_once() -> None:
 
 
 def test_partial_reads_a_full_evaluation_at_the_same_examples() -> None:
-    from search.study.racing import Partial
+    from search.study.staged.racing import Partial
 
     leaves = {"g/acc": ("t1", "t2"), "t1/acc": ("t1",)}
     counts = {"t1": 4, "t2": 3}
@@ -120,7 +118,7 @@ def test_partial_reads_a_full_evaluation_at_the_same_examples() -> None:
 
 
 def test_front_keeps_the_non_dominated_points() -> None:
-    from search.study.racing import front
+    from search.study.staged.racing import front
 
     points = [[0.5, 0.5], [0.6, 0.4], [0.4, 0.4], [0.5, 0.5], [0.7, 0.1]]
     assert front(points, [True, True]) == [0, 1, 3, 4]  # ties stay, (0.4, 0.4) goes
@@ -128,7 +126,7 @@ def test_front_keeps_the_non_dominated_points() -> None:
 
 
 def test_a_stopped_trial_violates_the_racing_constraint_by_what_it_skipped() -> None:
-    from search.study.racing import violation
+    from search.study.staged.racing import violation
 
     assert violation(50, 400) == pytest.approx(0.875)
     assert 0 < violation(399, 400) < violation(100, 400)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search.report.pareto import (
+from search.report.frontier import (
     best_point,
     dominates,
     hypervolume,

@@ -9,9 +9,10 @@ import pytest
 from report_fixtures import MAX2, make_config, make_trial
 
 from search.cli import main
-from search.report.front import build_report
-from search.report.plots import format_report, write_plot
+from search.report.pareto_report import build_report
+from search.report.plots import matplotlib_figure, plotly_figure, write_plot
 from search.report.scores import baseline_plans
+from search.report.table import format_report
 from search.report.view import view_of
 
 
@@ -19,7 +20,8 @@ def test_report_of_the_handmade_study(handmade, tmp_path):
     def no_runtime(*args, **kwargs):
         raise AssertionError("every baseline is a seed trial: nothing should be scored")
 
-    report = build_report(handmade, heldout=False, runtime_factory=no_runtime)
+    built = build_report(handmade, heldout=False, runtime_factory=no_runtime)
+    report = built.to_json()
     assert [r["trial"] for r in report["front"]] == [0, 1, 2]  # best instruct first
     assert report["knee_trial"] == 1
     assert [r["knee"] for r in report["front"]] == [False, True, False]
@@ -36,15 +38,24 @@ def test_report_of_the_handmade_study(handmade, tmp_path):
     assert [h["trial"] for h in hv["history"]] == [0, 1, 2, 3]
     assert json.loads(json.dumps(report)) == report  # JSON-able as --json prints it
 
-    text = format_report(report)
+    text = format_report(built)
     knee_line = next(line for line in text.splitlines() if line.startswith("*"))
     assert knee_line.split()[1] == "1"
     assert "uniform (trial 3)" in text and "dominated by trial 1" in text and "on the front" in text
     assert "the front dominates 1 of 3 baselines" in text
 
+    # the plots hold the front's points, in both renderers
+    front = [(0.1, 0.9), (0.6, 0.6), (0.9, 0.1)]
+    traces = {t.name: t for t in plotly_figure(built).data}
+    assert sorted(zip(traces["Pareto front"].x, traces["Pareto front"].y, strict=True)) == front
+    knee = traces["knee (trial 1)"]
+    assert list(zip(knee.x, knee.y, strict=True)) == [(0.6, 0.6)]
+    axes = matplotlib_figure(built).axes[0]
+    (line,) = [ln for ln in axes.get_lines() if ln.get_label() == "Pareto front"]
+    assert sorted(zip(line.get_xdata(), line.get_ydata(), strict=True)) == front
     for name in ("front.png", "sub/front.html"):
-        path = write_plot(report, tmp_path / name)
-        assert path.stat().st_size > 1000
+        path = write_plot(built, tmp_path / name)
+        assert path.is_file()
     assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "plotly" in (tmp_path / "sub/front.html").read_text()[:200000].lower()
 
@@ -60,7 +71,7 @@ def test_single_objective_report_and_plot(tmp_path):
     view = view_of(cfg, study, "sqlite:///x.db")
     assert [r.number for r in view.front()] == [1, 2]  # both reach the best value
 
-    def scored_here(cfg, heldout=False):
+    def scored_here(cfg, split="search"):
         raise AssertionError("not reached: the singles are found in the study's cache")
 
     study.set_user_attr(
@@ -70,13 +81,16 @@ def test_single_objective_report_and_plot(tmp_path):
             for i, (_, _, p) in enumerate(baseline_plans(["a", "b"]))
         },
     )
-    report = build_report(view, heldout=False, runtime_factory=scored_here)
+    built = build_report(view, heldout=False, runtime_factory=scored_here)
+    report = built.to_json()
     assert report["hypervolume"] is None
     labels = {b["label"]: b for b in report["baselines"]}
     assert labels["uniform"]["trial"] == 0
     assert labels["a"]["trial"] is None and labels["a"]["values"] == {"code": pytest.approx(0.1)}
+    traces = {t.name: t for t in plotly_figure(built).data}
+    assert list(traces["trials"].y) == [0.2, 0.7, 0.7, 0.5]  # every trial, by number
     for name in ("best.png", "best.html"):
-        assert write_plot(report, tmp_path / name).stat().st_size > 1000
+        assert write_plot(built, tmp_path / name).is_file()
 
 
 def test_pareto_json_after_launch(launched, capsys):
@@ -108,7 +122,8 @@ def test_pareto_json_after_launch(launched, capsys):
         baselines[n]["trial"] is None and baselines[n]["heldout"] for n in ("ft_a", "ft_b", "ft_c")
     )
     hv = report["hypervolume"]
-    assert hv["value"] >= 0
+    # the front's hypervolume is the history's last value (every distinct trial seen)
+    assert hv["value"] == pytest.approx(hv["history"][-1]["hypervolume"])
     assert len(hv["history"]) == len([t for t in report["trials"] if t["duplicate_of"] is None])
     assert [h["trial"] for h in hv["history"]] == sorted(h["trial"] for h in hv["history"])
 
@@ -116,7 +131,7 @@ def test_pareto_json_after_launch(launched, capsys):
     def no_runtime(*args, **kwargs):
         raise AssertionError("scores should come from the study's caches")
 
-    again = build_report(open_view(launched), runtime_factory=no_runtime)
+    again = build_report(open_view(launched), runtime_factory=no_runtime).to_json()
     assert json.loads(json.dumps(again)) == report
     study = open_view(launched).study
     assert set(study.user_attrs["heldout_scores"]["scores"]) >= {
@@ -195,26 +210,28 @@ def test_three_objective_report_and_plot(tmp_path):
             for _, _, p in baseline_plans(["a", "b"])
         },
     )
-    report = build_report(view_of(cfg, study, "sqlite:///x.db"), heldout=False)
+    built = build_report(view_of(cfg, study, "sqlite:///x.db"), heldout=False)
+    report = built.to_json()
     assert [r["trial"] for r in report["front"]] == [1, 0, 2]  # (0.4, 0.4, 2.5) is dominated
     assert report["knee_trial"] == 0
     # reference (0, 0, 3): (0.5,0.5,2) adds 0.25, the extremes lie on the reference planes
     assert report["hypervolume"]["value"] == pytest.approx(0.5 * 0.5 * 1.0)
     for name in ("three.png", "three.html"):
-        assert write_plot(report, tmp_path / name).stat().st_size > 1000
+        assert write_plot(built, tmp_path / name).is_file()
 
 
-def _scored(values, key, instruct, code, **attrs):
-    from search.study.records import encode_examples
+def _scored(values, key, instruct, code, **fields):
+    from search.study.record import TrialRecord, encode_examples
 
     trial = make_trial(values, key)
     examples = {"demo_instruct/exact_match": instruct, "demo_code/exact_match": code}
-    trial.user_attrs.update(examples=encode_examples(examples), **attrs)
+    record = TrialRecord(number=0, examples=encode_examples(examples), **fields)
+    trial.user_attrs.update(record.to_attrs())
     return trial
 
 
 def test_front_points_the_data_cannot_tell_apart_are_marked_and_stopped_trials_left_out():
-    from search.report.front import cannot_tell_apart
+    from search.report.pareto_report import cannot_tell_apart
 
     n = 200
     base = [1.0] * 100 + [0.0] * 100

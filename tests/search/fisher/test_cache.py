@@ -18,11 +18,12 @@ from search.cli import main
 from search.engine.materialize import merged_tensors
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.study.fisher_cache import (
+from search.fisher.cache import (
     FISHER_FILE,
     calibration_from_file,
     load_fishers,
 )
+from search.study.record import TrialRecord
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,9 @@ def test_a_fisher_study_computes_once_resumes_from_the_cache_and_exports(
     assert len(records) == 4
 
     plan = MergePlan.from_dict(
-        optuna.load_study(study_name="fisher-e2e", storage=storage).trials[4].user_attrs["plan"]
+        TrialRecord.from_trial(
+            optuna.load_study(study_name="fisher-e2e", storage=storage).trials[4]
+        ).plan
     )
     exported = load_file(str(out / "model.safetensors"))
     with_cache = dict(merged_tensors(plan, pool.load_fishers([scaled, *computed[1:]])))
@@ -197,17 +200,21 @@ def test_a_resume_with_other_calibration_data_is_refused(paths: dict[str, Any], 
     from search.study.space import SearchSpace
     from search.study.storage import create_or_resume, open_storage
 
-    data = study_config(paths, "calib-resume", f"sqlite:///{tmp_path / 'r.db'}")
-    data["merge"] = {"method": "fisher", "fisher": {"data": paths["text"], "examples": 4}}
-    cfg = parse_config(data)
+    def config(examples: int) -> Any:
+        data = study_config(paths, "calib-resume", f"sqlite:///{tmp_path / 'r.db'}")
+        data["merge"] = {
+            "method": "fisher",
+            "fisher": {"data": paths["text"], "examples": examples},
+        }
+        return parse_config(data)
+
+    cfg = config(4)
     pool = CheckpointPool.open(paths["checkpoints"], paths["base_model"])
     space = SearchSpace.build(cfg, pool.names)
-    first = calibration_from_file(Path(paths["text"]), 4, "merge.fisher.data").describe()
     storage = open_storage(cfg, create=True)
-    _, created = create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml", fisher=first)
+    _, created = create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml")
     assert created
-    _, created = create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml", fisher=first)
+    _, created = create_or_resume(config(4), storage, space, pool.fingerprint(), "c.yml")
     assert not created
-    other = calibration_from_file(Path(paths["text"]), 3, "merge.fisher.data").describe()
     with pytest.raises(UserError, match=r"search space changed \(fisher\.examples: 4 -> 3\)"):
-        create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml", fisher=other)
+        create_or_resume(config(3), storage, space, pool.fingerprint(), "c.yml")

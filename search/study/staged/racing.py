@@ -52,10 +52,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+
+from evaluators.stats import Objective, paired_difference
 
 MIN_EXAMPLES = (
     25  # per task at the first rung: below this the z-test's normal approximation is poor
@@ -73,19 +74,6 @@ def rung_size(n: int, fraction: float) -> int:
     """Examples of a task of ``n`` scored by the end of the rung at ``fraction``: ``ceil(f·n)``,
     at least ``MIN_EXAMPLES`` (or n)."""
     return min(n, max(math.ceil(fraction * n), min(n, MIN_EXAMPLES)))
-
-
-def rung_sizes(n: int, fractions: Sequence[float]) -> list[int]:
-    """One task's :func:`rung_size` per rung, strictly growing, the last one ``n``; rungs that
-    would add nothing are dropped."""
-    sizes: list[int] = []
-    for f in fractions:
-        size = rung_size(n, f)
-        if not sizes or size > sizes[-1]:
-            sizes.append(size)
-    if not sizes or sizes[-1] != n:
-        sizes.append(n)
-    return sizes
 
 
 def plan_rungs(
@@ -199,50 +187,6 @@ def front(values: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[i
 def violation(scored: int, full: int) -> float:
     """The racing constraint of a stopped trial: the share of a full evaluation it skipped."""
     return max(1.0 - scored / full, 1e-6) if full else 1.0
-
-
-@dataclass(frozen=True)
-class Term:
-    """One task of an objective: where its per-example values are, and its weight."""
-
-    key: str  # the "task/metric" key of the per-example values
-    weight: float
-
-
-@dataclass(frozen=True)
-class Objective:
-    """An objective as racing sees it: weighted tasks and the direction."""
-
-    name: str
-    maximize: bool
-    terms: tuple[Term, ...]
-
-
-def paired_difference(
-    objective: Objective,
-    member: Mapping[str, np.ndarray],
-    candidate: Mapping[str, np.ndarray],
-) -> tuple[float, float]:
-    """``(d, SE)``: how much better ``member`` is than ``candidate`` on the objective, paired.
-
-    Both map each term's key to per-example values on the SAME examples (same order).
-    Positive ``d`` means the member is better (for a minimized objective, lower values).
-    """
-    total = sum(t.weight for t in objective.terms)
-    d, var = 0.0, 0.0
-    sign = 1.0 if objective.maximize else -1.0
-    for term in objective.terms:
-        delta = sign * (
-            np.asarray(member[term.key], float) - np.asarray(candidate[term.key], float)
-        )
-        n = len(delta)
-        if n == 0:
-            raise ValueError(f"no examples of {term.key!r} to compare")
-        share = term.weight / total
-        d += share * float(delta.mean())
-        if n > 1:
-            var += share**2 * float(delta.var(ddof=1)) / n
-    return d, math.sqrt(var)
 
 
 def z_value(confidence: float, n_members: int, n_looks: int) -> float:

@@ -1,8 +1,10 @@
 """Each checkpoint's diagonal Fisher: computed once on the calibration data, cached on disk.
 
-- :func:`calibration`: the examples of ``merge.fisher`` (a file, or the objectives' search-split
-  examples), at most N of them, and their digest; :func:`calibration_from_file` for a
-  ``merge-search merge`` YAML.
+Used by a study's ``merge.fisher`` (:mod:`search.study.fisher`), by ``merge-search merge`` and
+by an export. Dependencies: :mod:`search.engine` and :mod:`evaluators` only.
+
+- :class:`Calibration`: the calibration examples and their digest; :func:`calibration_from_file`
+  reads them from a ``.txt``/``.jsonl`` file (a study may take them from its objectives).
 - :func:`load_fishers`: every checkpoint's Fisher into the pool, the missing ones computed with
   :func:`search.engine.fisher.diagonal_fisher` (one backward pass per example and checkpoint,
   K × N in all, with a progress bar) and cached, then all read from the cache's files by a store
@@ -15,12 +17,12 @@ one tensor per pool tensor) and ``meta.json``. The key hashes the checkpoint's f
 (:meth:`~search.engine.pool.Checkpoint.fingerprint`), the data's digest, N and the dtype the model
 ran in, so a resumed study, another worker and an export find the Fishers, and a changed
 checkpoint gets a new key and is recomputed. A folder is written beside its final name and
-renamed into place, so a crash leaves no half-written entry. The default ``cache_dir`` is
-``.fisher`` beside the study's SQLite file (else ``studies/.fisher``).
+renamed into place, so a crash leaves no half-written entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -29,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -38,8 +40,6 @@ from evaluators.proxy import (
     ProxyExample,
     batches,
     examples_sha256,
-    interleave,
-    objective_proxies,
     read_examples,
     tokenize,
 )
@@ -47,10 +47,6 @@ from search.engine.fisher import diagonal_fisher
 from search.engine.materialize import model_parameters
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
-from search.study.storage import sqlite_path
-
-if TYPE_CHECKING:
-    from search.study.config import StudyConfig
 
 CACHE_VERSION = 1  # bump when what is cached changes meaning
 FISHER_FILE = "fisher.safetensors"
@@ -71,26 +67,22 @@ class Calibration:
             raise UserError(f"{where}: no calibration examples (expected at least one)")
         return cls(label, tuple(examples), examples_sha256(examples))
 
+    @property
+    def info(self) -> CalibrationInfo:
+        return CalibrationInfo(self.label, len(self.examples), self.sha256)
+
     def describe(self) -> dict[str, Any]:
         """What a study records (and a resume compares) and the model card shows."""
-        return {"data": self.label, "examples": len(self.examples), "data_sha256": self.sha256}
+        return dataclasses.asdict(self.info)
 
 
-def calibration(cfg: StudyConfig) -> Calibration:
-    """The ``merge.fisher`` examples of a study config (read now: bad data fails here).
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """What identifies calibration data: where it came from, N, the examples' digest."""
 
-    Raises:
-        UserError: a missing or unreadable file, a record without a text field, no examples.
-    """
-    spec = cfg.merge.fisher
-    if spec is None:
-        raise UserError(f"merge.fisher: method {cfg.merge.method!r} needs calibration data")
-    if spec.data is not None:
-        return calibration_from_file(spec.data, spec.examples, "merge.fisher.data")
-    proxies = objective_proxies(cfg.objectives, cfg.eval_spec(), spec.examples, cfg.eval.seed)
-    sources = list(dict.fromkeys(p.label for o in proxies for p in o.parts))
-    label = f"tasks: from_objectives ({', '.join(sources)})"
-    return Calibration.of(label, interleave(proxies, spec.examples), "merge.fisher")
+    data: str
+    examples: int
+    data_sha256: str
 
 
 def calibration_from_file(path: Path, n: int, where: str) -> Calibration:
@@ -100,24 +92,15 @@ def calibration_from_file(path: Path, n: int, where: str) -> Calibration:
     return Calibration.of(str(path), read_examples(Path(path), where)[:n], where)
 
 
-def cache_dir(cfg: StudyConfig) -> Path:
-    """``merge.fisher.cache_dir``, else ``.fisher`` beside the study's SQLite file."""
-    spec = cfg.merge.fisher
-    if spec is not None and spec.cache_dir is not None:
-        return spec.cache_dir
-    db = sqlite_path(cfg.storage)
-    return (db.parent if db is not None else Path("studies")) / ".fisher"
-
-
 def cache_key(fingerprint: Mapping[str, Any], data: Calibration, dtype: torch.dtype) -> str:
     """The cache folder name of one checkpoint's Fisher on ``data``."""
     payload = {
         "version": CACHE_VERSION,
         "checkpoint": dict(fingerprint),
-        "data_sha256": data.sha256,
-        "examples": len(data.examples),
+        **data.describe(),
         "dtype": str(dtype).removeprefix("torch."),
     }
+    del payload["data"]  # the label: the same examples from another path share the entry
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -20,7 +20,7 @@ sampler never has. FW-Merging walks with it; here, top to bottom:
    keeps in its ``fw`` user attr and ``launch`` prints. The gradient steps are not lm-eval trials.
 
 With ``sampler: {name: fw}`` the endpoints are the study's only trials
-(:class:`FrankWolfeSampler`).
+(:class:`~search.study.frank_wolfe.sampler.FrankWolfeSampler`).
 
 On normalized merges: at a point of the simplex, the gradient of ``Σ c_i θ_i / Σ c_i`` differs
 from ``⟨∂L/∂θ, θ_i⟩`` by the same amount for every checkpoint of a group, which changes neither
@@ -29,6 +29,7 @@ the vertex chosen nor the path.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,6 @@ from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import optuna
 
 from evaluators.perplexity import context_length
 from evaluators.proxy import batches, objective_proxies, tokenize
@@ -49,6 +49,7 @@ from search.errors import UserError
 
 if TYPE_CHECKING:
     from search.study.config import StudyConfig
+    from search.study.frank_wolfe import FrankWolfeConfig
     from search.study.space import SearchSpace
 
 SEED_PREFIX = "fw:"  # seed_trial label of an endpoint: fw:<objective>=<preference>,...
@@ -183,30 +184,68 @@ class ProxyLoss:
 
 
 @dataclass(frozen=True)
+class FrankWolfePath:
+    """One path: its preference over the objectives, its endpoint and its losses."""
+
+    label: str  # the endpoint's seed_trial label
+    preference: dict[str, float]
+    coefficients: dict[str, list[float]]  # the endpoint, per checkpoint and layer group
+    proxy_losses: dict[str, float]  # at the endpoint, per objective
+    weighted_loss_per_step: list[float]
+
+
+@dataclass(frozen=True)
+class FrankWolfeRecord:
+    """What the paths did: the study keeps it as its ``fw`` user attr (JSON)."""
+
+    steps: int
+    start: str  # the paths' start: the uniform merge
+    examples: dict[str, dict[str, int]]  # proxy examples per objective and task
+    start_proxy_losses: dict[str, float]
+    paths: list[FrankWolfePath]
+    gradient_evaluations: int
+    backward_passes: int
+    forward_evaluations: int  # losses reported at the endpoints
+    seconds: float
+    setup_seconds: float  # of those: reading and tokenizing the proxy sets
+
+
+@dataclass(frozen=True)
 class Proposals:
     """The paths' endpoints as ``(seed_trial label, trial params)`` and what the paths did."""
 
     seeds: tuple[tuple[str, dict[str, Any]], ...]
-    record: dict[str, Any]  # the study's ``fw`` user attr
+    paths: FrankWolfeRecord
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The study's ``fw`` user attr."""
+        return dataclasses.asdict(self.paths)
 
     def summary(self) -> str:
-        r = self.record
+        r = self.paths
         return (
-            f"Frank-Wolfe: {len(r['paths'])} path(s) x {r['steps']} steps on "
-            f"{sum(n for per in r['examples'].values() for n in per.values())} proxy examples: "
-            f"{r['gradient_evaluations']} gradient evaluations, {r['backward_passes']} backward "
-            f"passes (+{r['forward_evaluations']} forward-only loss evaluations) in "
-            f"{r['seconds']:.1f} s; {len(self.seeds)} endpoint(s) enqueued as trials"
+            f"Frank-Wolfe: {len(r.paths)} path(s) x {r.steps} steps on "
+            f"{sum(n for per in r.examples.values() for n in per.values())} proxy examples: "
+            f"{r.gradient_evaluations} gradient evaluations, {r.backward_passes} backward "
+            f"passes (+{r.forward_evaluations} forward-only loss evaluations) in "
+            f"{r.seconds:.1f} s; {len(self.seeds)} endpoint(s) enqueued as trials"
         )
 
 
 def propose(
-    cfg: StudyConfig, space: SearchSpace, pool: CheckpointPool, model: Any, tokenizer: Any
+    cfg: StudyConfig,
+    settings: FrankWolfeConfig,
+    space: SearchSpace,
+    pool: CheckpointPool,
+    model: Any,
+    tokenizer: Any,
 ) -> Proposals:
     """Run one Frank-Wolfe path per preference vector; their endpoints as trial parameters.
 
     Args:
-        cfg: the study config (``objectives``, ``fw``, ``eval.batch_size``, ``eval.seed``).
+        cfg: the study config (``objectives``, ``eval.batch_size``, ``eval.seed``).
+        settings: the ``fw`` section.
         space: the study's search space (endpoints become its parameters).
         pool: the pool, its stacks loaded (or loaded on first use).
         model, tokenizer: the resident model, left at the last point evaluated.
@@ -215,18 +254,8 @@ def propose(
         UserError: an unknown task, an unreadable data file, a proxy set without a token to score.
     """
     started = time.perf_counter()
-    proxies = objective_proxies(cfg.objectives, cfg.eval_spec(), cfg.fw.examples, cfg.eval.seed)
-    window = context_length(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    objectives = []
-    for proxy in proxies:
-        parts = []
-        for part in proxy.parts:
-            tokenized = tokenize(part.examples, tokenizer, window)
-            if not tokenized:
-                raise UserError(f"fw: objective {proxy.name!r}: {part.label} has no target tokens")
-            parts.append((part.weight, batches(tokenized, cfg.eval.batch_size, pad, pool.device)))
-        objectives.append(parts)
+    proxies = objective_proxies(cfg.objectives, cfg.eval_spec(), settings.examples, cfg.eval.seed)
+    objectives = _proxy_batches(proxies, tokenizer, context_length(model), cfg, pool.device)
     setup_s = time.perf_counter() - started
 
     def plan_of(x: np.ndarray) -> MergePlan:
@@ -236,81 +265,67 @@ def propose(
     k, g = len(space.names), space.n_groups
     start = np.full((k, g), 1.0 / k)
     names = [p.name for p in proxies]
-    seeds, paths = [], []
-    for preference in preference_vectors(len(proxies), cfg.fw_paths):
-        p = np.asarray(preference)
-        iterates = frank_wolfe(_weighted_gradient(loss, p), start, cfg.fw.steps)
-        end = iterates[-1]
-        label = SEED_PREFIX + ",".join(f"{n}={v:g}" for n, v in zip(names, preference, strict=True))
-        seeds.append((label, space.coefficient_params(end.tolist())))
-        path_losses = [float(p @ loss.losses(x)) for x in iterates]
-        paths.append(
-            {
-                "label": label,
-                "preference": dict(zip(names, preference, strict=True)),
-                "coefficients": {n: end[i].tolist() for i, n in enumerate(space.names)},
-                "proxy_losses": dict(zip(names, loss.losses(end).tolist(), strict=True)),
-                "weighted_loss_per_step": path_losses,
-            }
-        )
+    paths = [
+        _path(loss, start, names, preference, settings.steps, space.names)
+        for preference in preference_vectors(len(proxies), settings.paths(len(cfg.objectives)))
+    ]
+    seeds = [
+        (path.label, space.coefficient_params(list(path.coefficients.values()))) for path in paths
+    ]
     model.zero_grad(set_to_none=True)
-    record = {
-        "steps": cfg.fw.steps,
-        "start": "uniform",
-        "examples": {o.name: {part.label: len(part.examples) for part in o.parts} for o in proxies},
-        "start_proxy_losses": dict(zip(names, loss.losses(start).tolist(), strict=True)),
-        "paths": paths,
-        "gradient_evaluations": loss.gradient_evaluations,
-        "backward_passes": loss.backward_passes,
-        "forward_evaluations": loss.forward_evaluations,  # losses reported at the endpoints
-        "seconds": round(time.perf_counter() - started, 3),
-        "setup_seconds": round(setup_s, 3),  # of those: reading and tokenizing the proxy sets
-    }
+    record = FrankWolfeRecord(
+        steps=settings.steps,
+        start="uniform",
+        examples={o.name: {part.label: len(part.examples) for part in o.parts} for o in proxies},
+        start_proxy_losses=dict(zip(names, loss.losses(start).tolist(), strict=True)),
+        paths=paths,
+        gradient_evaluations=loss.gradient_evaluations,
+        backward_passes=loss.backward_passes,
+        forward_evaluations=loss.forward_evaluations,
+        seconds=round(time.perf_counter() - started, 3),
+        setup_seconds=round(setup_s, 3),
+    )
     return Proposals(tuple(seeds), record)
+
+
+def _proxy_batches(
+    proxies: Sequence[Any], tokenizer: Any, window: int, cfg: StudyConfig, device: Any
+) -> list[list[tuple[float, list[Batch]]]]:
+    """Per objective, its proxy parts as ``(weight, batches)`` on ``device``."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    objectives = []
+    for proxy in proxies:
+        parts = []
+        for part in proxy.parts:
+            tokenized = tokenize(part.examples, tokenizer, window)
+            if not tokenized:
+                raise UserError(f"fw: objective {proxy.name!r}: {part.label} has no target tokens")
+            parts.append((part.weight, batches(tokenized, cfg.eval.batch_size, pad, device)))
+        objectives.append(parts)
+    return objectives
+
+
+def _path(
+    loss: ProxyLoss,
+    start: np.ndarray,
+    names: Sequence[str],
+    preference: Sequence[float],
+    steps: int,
+    checkpoints: Sequence[str],
+) -> FrankWolfePath:
+    """One path from ``start`` minimizing the preference-weighted proxy loss."""
+    p = np.asarray(preference)
+    iterates = frank_wolfe(_weighted_gradient(loss, p), start, steps)
+    end = iterates[-1]
+    return FrankWolfePath(
+        label=SEED_PREFIX + ",".join(f"{n}={v:g}" for n, v in zip(names, preference, strict=True)),
+        preference=dict(zip(names, preference, strict=True)),
+        coefficients={n: end[i].tolist() for i, n in enumerate(checkpoints)},
+        proxy_losses=dict(zip(names, loss.losses(end).tolist(), strict=True)),
+        weighted_loss_per_step=[float(p @ loss.losses(x)) for x in iterates],
+    )
 
 
 def _weighted_gradient(loss: ProxyLoss, p: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """The gradient of ``Σ_j p_j L_j`` in the coefficients, ``[K, G]``."""
     return lambda x: np.tensordot(p, loss.gradients(x)[1], axes=1)
-
-
-# ------------------------------------------------------------------------------ the sampler
-
-
-class FrankWolfeSampler(optuna.samplers.BaseSampler):
-    """``sampler: {name: fw}``: the study's trials are the Frank-Wolfe endpoints, nothing else.
-
-    Written here because Optuna has no sampler that uses gradients, and none could compute these
-    inside ``study.ask``: the paths need the pool, the model and backward passes. They are
-    computed before the study is created (:func:`propose`) and enqueued; a trial popped from
-    the queue takes its fixed parameters without asking the sampler, and the config caps the
-    budget at the number of paths, so this sampler is asked for nothing.
-    """
-
-    def __init__(self, seed: int | None = None) -> None:
-        self._seed = seed  # accepted like every sampler's; the paths are deterministic
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
-    ) -> dict[str, optuna.distributions.BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self,
-        study: optuna.Study,
-        trial: optuna.trial.FrozenTrial,
-        search_space: dict[str, optuna.distributions.BaseDistribution],
-    ) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: optuna.trial.FrozenTrial,
-        param_name: str,
-        param_distribution: optuna.distributions.BaseDistribution,
-    ) -> Any:
-        raise UserError(
-            f"sampler fw: trial {trial.number} is not a Frank-Wolfe endpoint; the fw sampler "
-            "runs only the endpoints enqueued when the study was created"
-        )

@@ -1,0 +1,122 @@
+"""The Fisher cache of a study (``merge.fisher``, for methods that read Fishers).
+
+A strategy of the study loop (:mod:`search.study.features`): :class:`FisherCalibration` checks
+the ``merge.fisher`` section, reads the calibration examples (a file, or the objectives'
+search-split examples), puts their description into the study's signature (other Fishers are
+another merge), fills the cache once before the workers start, and loads the Fishers into each
+worker's pool and into an export's. The cache itself is :mod:`search.fisher.cache`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from search.study.features import Feature, parse_settings
+from search.study.storage import sqlite_path
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from search.engine.pool import CheckpointPool
+    from search.fisher.cache import Calibration
+    from search.study.features import Scratch
+    from search.study.worker import Runtime
+
+SIGNATURE_KEY = "fisher"  # the search space signature's entry: the calibration's description
+
+
+class FisherConfig(BaseModel):
+    """``merge.fisher``: each checkpoint's Fisher is computed on this calibration data.
+
+    Exactly one of ``data`` (a local file) and ``tasks: from_objectives`` (the prompts and gold
+    targets of the objectives' search-split examples, the texts of perplexity objectives).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path | None = None  # .txt (one text per line) or .jsonl (text, or prompt + target)
+    tasks: Literal["from_objectives"] | None = None
+    # N, the examples per Fisher (one backward pass each, per checkpoint): 256 as in FusionBench
+    examples: int = Field(default=256, ge=1)
+    # None: ".fisher" beside the SQLite file of the study, else studies/.fisher
+    cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FisherConfig:
+        if (self.data is None) == (self.tasks is None):
+            raise ValueError(
+                "expected exactly one of data: FILE.txt|FILE.jsonl and tasks: from_objectives"
+            )
+        return self
+
+
+class FisherCalibration(Feature):
+    """The Fisher strategy (see the module docstring)."""
+
+    name = "fisher"
+
+    def check(self) -> None:
+        self.settings = parse_settings(FisherConfig, self.cfg.merge.fisher, "merge.fisher")
+        self._calibration: Calibration | None = None
+
+    def files(self) -> list[tuple[str, Path]]:
+        data = self.settings.data
+        return [("merge.fisher.data", data)] if data is not None else []
+
+    @property
+    def calibration(self) -> Calibration:
+        """The calibration examples (read once: bad data fails here, before any work)."""
+        if self._calibration is None:
+            self._calibration = self._read_calibration()
+        return self._calibration
+
+    def _read_calibration(self) -> Calibration:
+        from evaluators.proxy import interleave, objective_proxies
+        from search.fisher.cache import Calibration, calibration_from_file
+
+        spec, cfg = self.settings, self.cfg
+        if spec.data is not None:
+            return calibration_from_file(spec.data, spec.examples, "merge.fisher.data")
+        proxies = objective_proxies(cfg.objectives, cfg.eval_spec(), spec.examples, cfg.eval.seed)
+        sources = list(dict.fromkeys(p.label for o in proxies for p in o.parts))
+        label = f"tasks: from_objectives ({', '.join(sources)})"
+        return Calibration.of(label, interleave(proxies, spec.examples), "merge.fisher")
+
+    @property
+    def cache_dir(self) -> Path:
+        """``merge.fisher.cache_dir``, else ``.fisher`` beside the study's SQLite file."""
+        if self.settings.cache_dir is not None:
+            return self.settings.cache_dir
+        db = sqlite_path(self.cfg.storage)
+        return (db.parent if db is not None else Path("studies")) / ".fisher"
+
+    def signature(self) -> Mapping[str, Any]:
+        return {SIGNATURE_KEY: self.calibration.describe()}
+
+    def needs_precompute(self, new_study: bool) -> bool:
+        return True  # fill the cache once, not in every worker
+
+    def precompute(self, scratch: Scratch, new_study: bool) -> list[str]:
+        done = self.load(scratch.pool, scratch.model, scratch.tokenizer)
+        k = len(scratch.pool.names)
+        return [
+            f"Fishers of {k} checkpoints on {len(self.calibration.examples)} examples "
+            f"({self.calibration.label}): {len(done.computed)} computed "
+            f"({done.backward_passes} backward passes), {k - len(done.computed)} from the cache "
+            f"{self.cache_dir}, in {done.seconds:.1f} s"
+        ]
+
+    def prepare_runtime(self, runtime: Runtime) -> None:
+        self.load(runtime.pool, runtime.model, runtime.tokenizer)
+
+    def prepare_export(self, pool: CheckpointPool) -> None:
+        self.load(pool)
+
+    def load(self, pool: CheckpointPool, model: Any = None, tokenizer: Any = None) -> Any:
+        """Every checkpoint's Fisher into ``pool``: from the cache, the missing ones computed."""
+        from search.fisher.cache import load_fishers
+
+        return load_fishers(pool, self.calibration, self.cache_dir, model, tokenizer)

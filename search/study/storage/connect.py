@@ -1,0 +1,117 @@
+"""Opening the study's RDB storage: SQLite for one host, PostgreSQL for several."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import sqlalchemy
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from search.errors import UserError
+
+if TYPE_CHECKING:
+    from search.study.config import StudyConfig, WorkersConfig
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Hide Optuna's "experimental feature" warnings for the APIs this module relies on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        yield
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL (relative to the working directory)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///") :])
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: nothing to hide
+        return url
+
+
+def open_storage(
+    cfg: StudyConfig, url: str | None = None, *, create: bool = False
+) -> optuna.storages.RDBStorage:
+    """The study's RDB storage with heartbeats and retry of a dead worker's trial.
+
+    Args:
+        cfg: the study config (``workers`` section: heartbeat, grace period, retries).
+        url: overrides ``cfg.storage``.
+        create: allow creating a missing SQLite file (``launch`` only); otherwise a missing
+            file is a ``UserError`` and nothing is written.
+    """
+    return connect(url or cfg.storage, cfg.workers, create=create)
+
+
+def connect(
+    url: str, workers: WorkersConfig | None = None, *, create: bool = False
+) -> optuna.storages.RDBStorage:
+    """Open an Optuna RDB storage by its plain URL (``sqlite:///…``, ``postgresql://…``).
+
+    ``postgresql://`` is what every Optuna tool expects; SQLAlchemy maps it to psycopg 3, which
+    merge-search depends on. With ``workers`` the storage writes heartbeats and retries the
+    trial of a worker that died (at most ``workers.max_retry`` times); without, it is a plain
+    reader (the dashboard). A missing SQLite file is a ``UserError`` unless ``create``.
+    """
+
+    db = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if db is not None:
+        if not db.is_file():
+            if not create:
+                raise UserError(
+                    f"storage: {db} does not exist; create the study with `merge-search launch`"
+                )
+            db.parent.mkdir(parents=True, exist_ok=True)
+        # several worker processes share the file: wait for its write lock instead of failing
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        with quiet_experimental():
+            liveness: dict[str, Any] = {}
+            if workers is not None:
+                liveness = {
+                    "heartbeat_interval": workers.heartbeat_s,
+                    "grace_period": workers.grace_s or 2 * workers.heartbeat_s,
+                    "heartbeat_stale_trial_callback": (
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(
+                            max_retry=workers.max_retry
+                        )
+                    ),
+                }
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"storage: cannot open {redact(url)}: {first}") from None
+
+
+def load_study(
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
+    """The existing study named ``cfg.name`` (``UserError`` naming the storage if missing)."""
+
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+    except KeyError:
+        url = getattr(storage, "url", cfg.storage)
+        raise UserError(
+            f"study {cfg.name!r} not found in {redact(url)}; "
+            "create it with `merge-search launch CONFIG`"
+        ) from None
