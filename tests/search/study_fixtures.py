@@ -148,7 +148,9 @@ def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
     A SQLite file is opened read-only: opening a new file through Optuna creates its tables and
     stamps their version, and a poll doing so while the launcher creates the same file makes
     one of the two fail (seen as an IntegrityError on ``alembic_version``). Read-only, the poll
-    never writes; before the launcher is done it gets an OperationalError and waits.
+    never writes; before the launcher is done it gets an OperationalError (or, when the tables
+    exist but Optuna's version row does not yet, the StorageInternalError Optuna wraps the
+    refused write in) and waits.
     """
     if storage.startswith("sqlite:///"):
         path = Path(storage[len("sqlite:///") :])
@@ -157,7 +159,7 @@ def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
         storage = f"sqlite:///file:{path}?mode=ro&uri=true"
     try:
         return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except (KeyError, sqlalchemy.exc.OperationalError):
+    except (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
         return []
 
 

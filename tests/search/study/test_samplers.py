@@ -56,7 +56,7 @@ def test_constraints_reach_the_sampler_and_the_dashboard_attr() -> None:
     study.optimize(objective, n_trials=8)
     for t in study.trials:
         assert (
-            list(t.system_attrs["constraints"]) == TrialRecord.from_trial(t).constraints
+            tuple(t.system_attrs["constraints"]) == TrialRecord.from_trial(t).constraints
         )  # what optuna-dashboard reads
     feasible = {t.number for t in study.trials if TrialRecord.from_trial(t).constraints[0] <= 0}
     assert {t.number for t in study.best_trials} <= feasible
