@@ -18,7 +18,7 @@ from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.engine.registry import get_method
 from search.errors import UserError
-from search.export.folder import export_merge
+from search.export.folder import check_output, check_room, export_bytes, export_merge
 from search.report.pareto import best_point, parse_prefer, prefer_point
 from search.report.plots import lead_text
 from search.report.scores import (
@@ -211,14 +211,11 @@ def export_chosen(
             since the study scored them; all before anything is written.
     """
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(
-            f"--out {out}: already exists; choose a new folder or pass --force to replace it"
-        )
     view = open_view(config, storage)
-    row, how = pick_row(view, trial=trial, best=best, knee=knee, prefer=prefer)
     cfg = view.cfg
+    protected = study_inputs(cfg, config, storage)
+    out = check_output(out, force=force, protected=protected)
+    row, how = pick_row(view, trial=trial, best=best, knee=knee, prefer=prefer)
     pool = CheckpointPool.open(
         cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype, placement=cfg.pool
     )
@@ -228,6 +225,7 @@ def export_chosen(
         config,
         f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
     )
+    check_room(out, export_bytes(pool, pool.dtype))  # before any re-scoring
     if knee or prefer is not None:  # judged again on the held-out split, when there is one
         heldout = heldout_values(view, runtime_factory)
         row, how = pick_row(view, knee=knee, prefer=prefer, heldout=heldout)
@@ -240,9 +238,37 @@ def export_chosen(
     if get_method(plan.method).needs_fisher:
         _load_study_fishers(view, pool, config)
     path = export_merge(
-        plan, pool, out, force=force, card_extra=model_card_extra(view, row, how, config, test)
+        plan,
+        pool,
+        out,
+        force=force,
+        card_extra=model_card_extra(view, row, how, config, test),
+        protected=protected,
     )
     return row, how, path, view, test
+
+
+def study_inputs(
+    cfg: Any, config: str | Path, storage: str | None = None
+) -> list[tuple[str, str | Path]]:
+    """What an export of the study must keep clear of, as ``(what, path)``: the checkpoints,
+    the base, the tasks folder, the study's SQLite file (and its lock), the Fisher cache, the
+    config (see :func:`search.export.folder.check_output`)."""
+    from search.study.fisher_cache import cache_dir
+    from search.study.storage import sqlite_path
+
+    items: list[tuple[str, str | Path]] = [("an input checkpoint", p) for p in cfg.checkpoints]
+    if cfg.base_model is not None:
+        items.append(("the base model", cfg.base_model))
+    if cfg.tasks_path is not None:
+        items.append(("the tasks folder", cfg.tasks_path))
+    db = sqlite_path(storage or cfg.storage)
+    if db is not None:
+        items += [("the study's SQLite file", db), ("the study's lock file", Path(f"{db}.lock"))]
+    if cfg.merge.fisher is not None:
+        items.append(("the Fisher cache", cache_dir(cfg)))
+    items.append(("the study config", config))
+    return items
 
 
 def _load_study_fishers(view: StudyView, pool: CheckpointPool, config: str | Path) -> None:
