@@ -12,6 +12,7 @@ Session fixtures shared across packages:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ import pytest
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# checkpoint digests (search.engine.digests) are cached here, not in the user's ~/.cache
+os.environ["MERGE_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="merge-search-digests-")
 
 REPO = Path(__file__).resolve().parent.parent
 

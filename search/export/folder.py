@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from search.engine.materialize import effective_weights, merge_into, resolve
 from search.engine.plan import MergePlan
@@ -264,9 +263,22 @@ def _make_parents(folder: Path) -> list[Path]:
     return made
 
 
+# safetensors' dtype codes of the dtypes a pool can be written in
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+}
+
+
 def _write_weights(
     resolved, pool: CheckpointPool, folder: Path, dtype: torch.dtype, max_shard: int
 ) -> None:
+    """Write the merged weights, sharded above ``max_shard`` bytes, one tensor at a time:
+    each shard's header is known before any tensor is merged (names, shapes, dtype), so every
+    merged tensor is written to its shard as soon as it is made and dropped (peak memory: one
+    merged tensor and what its method needs, not a shard; ``bench/export_memory.py``)."""
 
     size = torch.tensor([], dtype=dtype).element_size()
     shards: list[list[str]] = [[]]
@@ -287,21 +299,41 @@ def _write_weights(
     total = 0
     with torch.no_grad():
         for file, names in zip(files, shards, strict=True):
-            outs = {
-                name: torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
-                for name in names
-            }
-            merge_into(resolved, pool, outs)
-            tensors = {name: out.cpu() for name, out in outs.items()}
-            for name, out in outs.items():
-                weight_map[name] = file
-                total += out.numel() * size
-            del outs
-            save_file(tensors, str(folder / file), metadata={"format": "pt"})
-            del tensors
+            total += _stream_shard(resolved, pool, folder / file, names, dtype)
+            weight_map.update(dict.fromkeys(names, file))
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _stream_shard(
+    resolved, pool: CheckpointPool, path: Path, names: Sequence[str], dtype: torch.dtype
+) -> int:
+    """One safetensors file (the format's header, then each tensor's bytes in order, merged
+    one at a time); returns the data bytes written."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        n_bytes = size * _numel(pool.shapes[name])
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(pool.shapes[name]),
+            "data_offsets": [offset, offset + n_bytes],
+        }
+        offset += n_bytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name in names:
+            out = torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
+            merge_into(resolved, pool, {name: out})
+            host = out.cpu().reshape(-1)
+            f.write(memoryview(host.view(torch.uint8).numpy()))
+            del out, host
+    return offset
 
 
 def _write_configs(pool: CheckpointPool, folder: Path, dtype_name: str) -> None:

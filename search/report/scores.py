@@ -107,7 +107,7 @@ def score_split(
     cache = cached_split(view, split)
     missing = {k: p for k, p in plans.items() if k not in cache}
     if missing:
-        runtime = _runtime(view.cfg, split, runtime_factory)
+        runtime = _runtime(view, split, runtime_factory)
         spec = split_spec_key(view.cfg, split)
         what = "held-out" if split == "heldout" else split
         for i, (key, plan) in enumerate(missing.items(), 1):
@@ -277,7 +277,7 @@ def find_baselines(
         runtime = None
         for label, kind, plan in missing:
             if plan.key not in cache:
-                runtime = runtime or _runtime(view.cfg, "search", runtime_factory)
+                runtime = runtime or _runtime(view, "search", runtime_factory)
                 print(f"scoring baseline {label!r} (no seed trial)", file=sys.stderr, flush=True)
                 scores, _, _ = runtime.score(plan)
                 cache[plan.key] = _scores_dict(scores)
@@ -312,13 +312,27 @@ def _pool_names(view: StudyView) -> list[str]:
     return names or [Path(p).name for p in view.cfg.checkpoints]
 
 
-def _runtime(cfg: Any, split: str, factory: Callable[..., Any] | None) -> Any:
+def _runtime(view: StudyView, split: str, factory: Callable[..., Any] | None) -> Any:
     """A runtime scoring ``split`` (``factory(cfg, heldout=...)``; the test split by
-    ``factory(cfg, split="test")``)."""
+    ``factory(cfg, split="test")``), refused when its checkpoints are not the files the study
+    scored (whole-content fingerprint): re-scores would be cached under other weights."""
+    from search.study.storage import check_fingerprint
+
+    cfg = view.cfg
     if factory is None:
         from search.study.worker import Runtime
 
         factory = Runtime.create
-    if split == "test":
-        return factory(cfg, split="test")
-    return factory(cfg, heldout=split == "heldout")
+    runtime = (
+        factory(cfg, split="test") if split == "test" else factory(cfg, heldout=split == "heldout")
+    )
+    pool = getattr(runtime, "pool", None)
+    if pool is not None:
+        check_fingerprint(
+            view.study,
+            pool.fingerprint(),
+            f"study {cfg.name!r}",
+            "re-scoring other weights under its trials is refused; restore the files or use a "
+            "new study",
+        )
+    return runtime

@@ -540,7 +540,21 @@ class StudyConfig(_Strict):
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as JSON, as the study records it: the storage URL without its password
+        (a study's attrs are served by optuna-dashboard to whoever reaches its port)."""
+        data = self.model_dump(mode="json")
+        data["storage"] = redact_url(self.storage)
+        return data
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (SQLAlchemy's own rendering)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: nothing to hide
+        return url
 
 
 def _check_param(field: str, spec: Any, value: Any) -> None:

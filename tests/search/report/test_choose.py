@@ -314,3 +314,33 @@ def test_export_into_a_full_or_read_only_folder_stops_before_any_re_scoring(
     assert (
         optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs == attrs
     )
+
+
+def test_export_refuses_a_checkpoint_changed_in_the_middle(exportable, tiny_zoo, tmp_path, capsys):
+    """Same size, mtime set back: the whole-content fingerprint still sees it."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    config, _ = exportable
+    home = tmp_path / "pool"
+    for path in (*tiny_zoo.checkpoints, tiny_zoo.base):
+        shutil.copytree(path, home / path.name)
+    shutil.copy(config.parent / "studies.db", home / "studies.db")
+    zoo = SimpleNamespace(
+        checkpoints=[home / p.name for p in tiny_zoo.checkpoints], base=home / "base"
+    )
+    copied = write_study_config(home, "exportable", zoo, seed_trials=[])
+    out = tmp_path / "out"
+    assert main(["export", str(copied), "--trial", "0", "--out", str(out)]) == 0
+    file = home / "ft_a" / "model.safetensors"
+    stat = file.stat()
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = tmp_path / "again"
+    assert main(["export", str(copied), "--trial", "0", "--out", str(again)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints[ft_a].content_sha256" in err and err.count("\n") == 1
+    assert not again.exists()
