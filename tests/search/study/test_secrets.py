@@ -77,7 +77,7 @@ def test_a_password_in_the_url_reaches_no_row_no_line_and_no_dashboard_answer(
         assert main(["launch", str(config), "--workers", "1"]) == 0
         printed = capfd.readouterr()
         assert secret not in printed.out + printed.err
-        assert f"{user}:***@{host}" in printed.out  # the launch names the storage, redacted
+        assert f"{user}:***@{host}" in printed.err  # the launch names the storage, redacted
         study = optuna.load_study(study_name=name, storage=postgres)
         assert len(study.trials) == 2
         assert study.user_attrs["config"]["storage"] == f"postgresql://{user}:***@{host}"
