@@ -573,7 +573,7 @@ def main(argv=None) -> int:
             f"{load['cold_1'] / load[f'cold_{n}']:.2f}x"
         )
         print(
-            f"whole-content fingerprint (sha256 of every file): warm load {n} threads with "
+            f"whole-content fingerprint (XXH3-128 of every file): warm load {n} threads with "
             f"hashing {load[f'warm_{n}']:.2f} s vs digests cached {load['warm_cached']:.2f} s -> "
             f"{load[f'warm_{n}'] / load['warm_cached']:.2f}x; hashing alone {load['hash_only']:.2f}"
             f" s = {load['hash_only'] / load['warm_cached']:.2f}x the cached load"

@@ -40,8 +40,9 @@ class Checkpoint:
     stamps: Mapping[Path, FileStamp] = field(default_factory=dict)
 
     def fingerprint(self, digests: Mapping[Path, str]) -> dict[str, Any]:
-        """Name, bytes, header digest, and the sha256 of every byte of its files (``digests``:
-        file → sha256; for one file the content digest is that file's ``sha256sum``)."""
+        """Name, bytes, header digest, and the XXH3-128 of every byte of its files
+        (``digests``: file → digest; for one file the content digest is that file's own;
+        shards: the sha256 of their ``name digest`` lines)."""
         if len(self.files) == 1:
             content = digests[self.files[0]]
         else:
@@ -51,7 +52,7 @@ class Checkpoint:
             "name": self.name,
             "bytes": self.n_bytes,
             "header_sha256": self.header_sha256,
-            "content_sha256": content,
+            "content_xxh3_128": content,
             # kept so that studies recorded before content digests still compare (storage)
             "data_sample_sha256": self.sample_sha256(),
         }

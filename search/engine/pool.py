@@ -185,7 +185,7 @@ class CheckpointPool:
         # where the Fishers came from (calibration data, N, cache keys): for the model card
         self.fisher_source: dict[str, Any] | None = None
         self.fisher_records: tuple[dict[str, str], ...] = ()
-        # whole-file sha256 of every checkpoint file (search.engine.digests), once known
+        # whole-file XXH3-128 of every checkpoint file (search.engine.digests), once known
         self._digests: dict[Path, str] = {}
         self._digest_cache = digest_cache
 
@@ -513,7 +513,7 @@ class CheckpointPool:
 
     def fingerprint(self) -> dict[str, Any]:
         """JSON-able identity of the inputs, per checkpoint and base: name, safetensors bytes,
-        sha256 of the headers and of every byte of the files (:meth:`content_digests`)."""
+        sha256 of the headers, XXH3-128 of every byte of the files (:meth:`content_digests`)."""
         known = self.content_digests(base=True)
         return {
             "checkpoints": [c.fingerprint(known) for c in self._checkpoints],
@@ -529,7 +529,7 @@ class CheckpointPool:
         return out
 
     def content_digests(self, executor: Any = None, *, base: bool = True) -> dict[Path, str]:
-        """sha256 of every checkpoint file (and the base's with ``base``): from the digest cache
+        """XXH3-128 of every checkpoint file (and the base's with ``base``): from the digest cache
         when a file's stamp is unchanged since it was hashed, else read and hashed (in
         ``executor``'s threads, else up to :data:`LOAD_THREADS`); ``UserError`` naming a file
         that changed since the pool was opened (:mod:`search.engine.digests`)."""
@@ -634,7 +634,7 @@ def _check_distinct_content(opened: Sequence[Checkpoint], cache: DigestCache) ->
         seen: dict[str, Checkpoint] = {}
         for c in group:
             known = digests(c.files, c.stamps, cache)
-            content = c.fingerprint(known)["content_sha256"]
+            content = c.fingerprint(known)["content_xxh3_128"]
             if content in seen:
                 raise UserError(
                     f"checkpoints: {c.path} holds the same weights as {seen[content].path} "

@@ -258,7 +258,7 @@ def check_fingerprint(
 
 def _as_recorded(old: Any, new: dict[str, Any]) -> dict[str, Any]:
     """``new`` with only the keys of ``old``'s entries, for a study recorded before whole-content
-    digests (``content_sha256``): it is compared on what it kept."""
+    digests (``content_xxh3_128``): it is compared on what it kept."""
     if not isinstance(old, Mapping):
         return new
     out = dict(new)
@@ -269,7 +269,7 @@ def _as_recorded(old: Any, new: dict[str, Any]) -> dict[str, Any]:
             entries = [(was, now)]
         kept = [
             {k: v for k, v in b.items() if k in a}
-            if isinstance(a, Mapping) and isinstance(b, Mapping) and "content_sha256" not in a
+            if isinstance(a, Mapping) and isinstance(b, Mapping) and "content_xxh3_128" not in a
             else b
             for a, b in entries
         ]

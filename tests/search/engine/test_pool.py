@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from safetensors import safe_open
 
 from search.engine.pool import CheckpointPool
@@ -119,15 +119,15 @@ def test_a_tensor_changed_in_the_middle_changes_the_fingerprint(tiny_zoo, tmp_pa
     before = pool.fingerprint()
     entry = before["checkpoints"][0]
     assert (
-        entry["content_sha256"]
-        == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        entry["content_xxh3_128"]
+        == xxhash.xxh3_128((folder / "model.safetensors").read_bytes()).hexdigest()
     )
     _flip_middle_byte(folder / "model.safetensors")
     with pytest.raises(UserError, match=f"{folder / 'model.safetensors'}: changed since the pool"):
         pool.check_unchanged()  # what a worker runs before each trial
     again = CheckpointPool.open([folder, tiny_zoo.checkpoints[2]], placement=placement)
     after = again.load().fingerprint()
-    assert after["checkpoints"][0]["content_sha256"] != entry["content_sha256"]
+    assert after["checkpoints"][0]["content_xxh3_128"] != entry["content_xxh3_128"]
     assert after["checkpoints"][0]["header_sha256"] == entry["header_sha256"]
     assert after["checkpoints"][1] == before["checkpoints"][1]
     again.check_unchanged()
@@ -141,14 +141,16 @@ def test_digests_are_cached_by_stamp_and_hashed_again_after_a_write(tiny_zoo, tm
     file = folder / "model.safetensors"
     first = CheckpointPool.open([folder], placement="disk").fingerprint()
     cache = DigestCache()
-    assert cache.get(file, FileStamp.of(file)) == first["checkpoints"][0]["content_sha256"]
+    assert cache.get(file, FileStamp.of(file)) == first["checkpoints"][0]["content_xxh3_128"]
     cache.put(file, FileStamp.of(file), "0" * 64)  # a cached digest is believed while the
     cache.save()  # stamp matches: the file is not read again
     fp = CheckpointPool.open([folder], placement="disk").fingerprint()
-    assert fp["checkpoints"][0]["content_sha256"] == "0" * 64
+    assert fp["checkpoints"][0]["content_xxh3_128"] == "0" * 64
     _flip_middle_byte(file)  # the ctime moved: hashed again
     fp = CheckpointPool.open([folder], placement="disk").fingerprint()
-    assert fp["checkpoints"][0]["content_sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    assert (
+        fp["checkpoints"][0]["content_xxh3_128"] == xxhash.xxh3_128(file.read_bytes()).hexdigest()
+    )
 
 
 def test_layer_groups_split_blocks_embeddings_first_head_last(tiny_zoo):

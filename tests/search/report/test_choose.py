@@ -342,5 +342,5 @@ def test_export_refuses_a_checkpoint_changed_in_the_middle(exportable, tiny_zoo,
     again = tmp_path / "again"
     assert main(["export", str(copied), "--trial", "0", "--out", str(again)]) == 2
     err = capsys.readouterr().err
-    assert "checkpoints[ft_a].content_sha256" in err and err.count("\n") == 1
+    assert "checkpoints[ft_a].content_xxh3_128" in err and err.count("\n") == 1
     assert not again.exists()
