@@ -151,7 +151,9 @@ def trials(name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
         storage = f"sqlite:///file:{path}?mode=ro&uri=true"
     try:
         return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except (KeyError, sqlalchemy.exc.OperationalError):
+    except (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+        # StorageInternalError: the file exists but its tables are not stamped yet, and the
+        # read-only poll's attempt to stamp them failed ("attempt to write a readonly database")
         return []
 
 
