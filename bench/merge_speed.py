@@ -16,7 +16,10 @@ In one run it
    the peak RSS (VmHWM) and the peak CUDA memory of the trials;
 4. in another child, the resident load with one reading thread against several, from a warm and
    from a cold page cache (``posix_fadvise(DONTNEED)`` evicts the files first), and the ``disk``
-   read with maps kept open against reopening the file per tensor;
+   read with maps kept open against reopening the file per tensor; and the cost of the
+   whole-content fingerprint: the warm load that hashes every file as it reads it against the
+   same load once the digests are cached (by path, size, mtime, ctime, inode), and the hashing
+   alone;
 5. runs mergekit's ``run_merge`` (in a subprocess, to disk) for the same linear merge.
 
 Fractions of the bound (time the bound allows / measured time):
@@ -357,6 +360,8 @@ def run_load(args, folders: list[Path]) -> dict:
         for n in (1, threads):
             if cache == "cold":
                 evict(folders)
+            # no digest known: the load hashes every file as it reads it (the fingerprint)
+            os.environ["MERGE_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="merge-speed-digests-")
             pool = CheckpointPool.open(folders[1:], dtype=args.dtype, device=args.device)
             start = time.perf_counter()
             pool.load(threads=n)
@@ -365,6 +370,21 @@ def run_load(args, folders: list[Path]) -> dict:
             pool.close()
             del pool
             gc.collect()
+    # the same warm load once the digests are cached by stamp (what loading unchanged files
+    # costs from then on: no hashing), and the hashing alone from a warm cache
+    pool = CheckpointPool.open(folders[1:], dtype=args.dtype, device=args.device)
+    start = time.perf_counter()
+    pool.load(threads=threads)
+    sync(pool.device)
+    out["warm_cached"] = time.perf_counter() - start
+    pool.close()
+    os.environ["MERGE_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="merge-speed-digests-")
+    pool = CheckpointPool.open(folders[1:], dtype=args.dtype, device=args.device)
+    start = time.perf_counter()
+    pool.content_digests()
+    out["hash_only"] = time.perf_counter() - start
+    del pool
+    gc.collect()
     dtype = getattr(torch, args.dtype)
     read_bandwidth(folders[1:], dtype)  # warm the cache again
     out["read_open"] = read_bandwidth(folders[1:], dtype, keep_open=True)
@@ -551,6 +571,12 @@ def main(argv=None) -> int:
             f"{load['warm_1'] / load[f'warm_{n}']:.2f}x; cold cache 1 thread "
             f"{load['cold_1']:.2f} s, {n} threads {load[f'cold_{n}']:.2f} s -> "
             f"{load['cold_1'] / load[f'cold_{n}']:.2f}x"
+        )
+        print(
+            f"whole-content fingerprint (XXH3-128 of every file): warm load {n} threads with "
+            f"hashing {load[f'warm_{n}']:.2f} s vs digests cached {load['warm_cached']:.2f} s -> "
+            f"{load[f'warm_{n}'] / load['warm_cached']:.2f}x; hashing alone {load['hash_only']:.2f}"
+            f" s = {load['hash_only'] / load['warm_cached']:.2f}x the cached load"
         )
         print(
             f"disk read path: maps kept open {load['read_open'] / GB:.2f} GB/s, reopened per "

@@ -204,6 +204,7 @@ def resolve_tasks(
         raise UserError(f"tasks_path {str(tasks_path)!r}: expected a folder of lm-eval task YAMLs")
     manager, built_in = None, True
     if tasks_path is not None:
+        check_yaml_syntax(Path(tasks_path))
         manager = TaskManager(include_path=str(tasks_path), include_defaults=False)
     local = set(manager.all_tasks) if manager else set()
     if manager is None or any(n not in local for n in names):
@@ -229,6 +230,28 @@ def resolve_tasks(
 
 
 _KINDS = {"GROUP": "group", "TAG": "tag", "TASK": "task", "PY_TASK": "task"}
+
+
+def check_yaml_syntax(tasks_path: Path) -> None:
+    """``UserError`` naming the file and line of the first task YAML under ``tasks_path`` that
+    does not parse: lm-eval's ``TaskManager`` skips such a file with a log line, and its task
+    would then be reported as unknown. Tags (``!function``) are not constructed, only parsed.
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    for file in sorted(tasks_path.rglob("*.yaml")):
+        try:
+            with open(file, encoding="utf-8") as f:
+                for _ in yaml.compose_all(f, Loader=loader):
+                    pass
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = f":{mark.line + 1}" if mark is not None else ""
+            what = " ".join(str(exc.problem or exc.context or "syntax error").split())
+            raise UserError(
+                f"{file}{line}: not valid YAML ({what}); lm-eval would skip this task file"
+            ) from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{file}: unreadable task YAML ({exc})") from None
 
 
 class _UnknownMember(UserError):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search.engine.digests import FileStamp
 from search.engine.files import TensorInfo, read_table
 from search.errors import UserError
 
@@ -26,7 +27,8 @@ _SAMPLE = 1 << 16  # bytes hashed from the start and the end of each file's data
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One opened folder: its config, tensor table and header digest."""
+    """One opened folder: its config, tensor table, header digest and its files' stamps (taken
+    when the headers were read: :mod:`search.engine.digests`)."""
 
     name: str
     path: Path
@@ -35,9 +37,28 @@ class Checkpoint:
     files: tuple[Path, ...]
     n_bytes: int
     header_sha256: str
+    stamps: Mapping[Path, FileStamp] = field(default_factory=dict)
 
-    def fingerprint(self) -> dict[str, Any]:
-        """Name, bytes, header digest, and a digest of a data sample (retrained weights differ)."""
+    def fingerprint(self, digests: Mapping[Path, str]) -> dict[str, Any]:
+        """Name, bytes, header digest, and the XXH3-128 of every byte of its files
+        (``digests``: file → digest; for one file the content digest is that file's own;
+        shards: the sha256 of their ``name digest`` lines)."""
+        if len(self.files) == 1:
+            content = digests[self.files[0]]
+        else:
+            lines = "".join(f"{f.name} {digests[f]}\n" for f in self.files)
+            content = hashlib.sha256(lines.encode()).hexdigest()
+        return {
+            "name": self.name,
+            "bytes": self.n_bytes,
+            "header_sha256": self.header_sha256,
+            "content_xxh3_128": content,
+            # kept so that studies recorded before content digests still compare (storage)
+            "data_sample_sha256": self.sample_sha256(),
+        }
+
+    def sample_sha256(self) -> str:
+        """sha256 of 64 KiB at each end of each file's data: a cheap first look for copies."""
         sample = hashlib.sha256()
         for file in self.files:
             with open(file, "rb") as f:
@@ -46,12 +67,7 @@ class Checkpoint:
                 sample.update(f.read(_SAMPLE))
                 f.seek(max(8 + length, file.stat().st_size - _SAMPLE))
                 sample.update(f.read(_SAMPLE))
-        return {
-            "name": self.name,
-            "bytes": self.n_bytes,
-            "header_sha256": self.header_sha256,
-            "data_sample_sha256": sample.hexdigest(),
-        }
+        return sample.hexdigest()
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
@@ -89,17 +105,21 @@ def open_checkpoint(path: Path, name: str) -> Checkpoint:
     tensors: dict[str, TensorInfo] = {}
     digest = hashlib.sha256()
     n_bytes = 0
+    stamps: dict[Path, FileStamp] = {}
     for file, expected in files.items():
         if not file.is_file():
             raise UserError(f"{file}: missing (listed in {path / INDEX_FILE})")
+        stamps[file] = FileStamp.of(file)
         table, raw = read_table(file)
         digest.update(raw)
-        n_bytes += file.stat().st_size
+        n_bytes += stamps[file].size
         tensors.update(table)
         for n in expected or ():
             if n not in table:
                 raise UserError(f"{file}: tensor {n} listed in {INDEX_FILE} but not in the file")
-    return Checkpoint(name, path, config, tensors, tuple(files), n_bytes, digest.hexdigest())
+    return Checkpoint(
+        name, path, config, tensors, tuple(files), n_bytes, digest.hexdigest(), stamps
+    )
 
 
 def _index_files(path: Path) -> dict[Path, list[str]]:

@@ -47,6 +47,7 @@ from search.engine.checkpoint import (
     unique_names,
 )
 from search.engine.device import resolve_device
+from search.engine.digests import DigestCache, FileStamp, changed_files, digests
 from search.engine.files import TensorInfo, read_header, read_table
 from search.engine.kernels import KERNELS, choose_fisher_kernel, choose_kernel
 from search.engine.placement import (
@@ -141,6 +142,7 @@ class CheckpointPool:
         *,
         block_bytes: int = BLOCK_BYTES,
         choice: PlacementChoice | None = None,
+        digest_cache: DigestCache | None = None,
     ) -> None:
 
         self._checkpoints = tuple(checkpoints)
@@ -183,6 +185,9 @@ class CheckpointPool:
         # where the Fishers came from (calibration data, N, cache keys): for the model card
         self.fisher_source: dict[str, Any] | None = None
         self.fisher_records: tuple[dict[str, str], ...] = ()
+        # whole-file XXH3-128 of every checkpoint file (search.engine.digests), once known
+        self._digests: dict[Path, str] = {}
+        self._digest_cache = digest_cache
 
     # -- construction ------------------------------------------------------------------------
 
@@ -223,12 +228,15 @@ class CheckpointPool:
             raise UserError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
         if placement not in PLACEMENTS:
             raise UserError(f"pool: expected one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        _check_listed_once(checkpoints)
         names = unique_names([Path(p) for p in checkpoints])
         opened = [open_checkpoint(Path(p), n) for p, n in zip(checkpoints, names, strict=True)]
         base = open_checkpoint(Path(base_model), Path(base_model).name) if base_model else None
         reference = base or opened[0]
         for other in opened if base else opened[1:]:
             check_compatible(reference, other)
+        cache = DigestCache()
+        _check_distinct_content(opened, cache)
         shapes = {n: i.shape for n, i in reference.tensors.items()}
         sizes = _sizes(shapes, len(opened), torch_dtype, needs_base=base is not None, linear=False)
         choice = choose_placement(
@@ -246,6 +254,7 @@ class CheckpointPool:
             choice.placement,
             block_bytes=block_bytes,
             choice=choice,
+            digest_cache=cache,
         )
 
     def choose_placement(
@@ -286,10 +295,22 @@ class CheckpointPool:
         if not todo:
             return self
         n = threads or min(LOAD_THREADS, os.cpu_count() or 1)
+        resident = self.placement in ("device", "host")
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pool-load") as executor:
+            # resident placements read every file now: hash them at the same time (the page
+            # cache serves the second reader), so the fingerprint costs no second disk read
+            hashing = (
+                executor.submit(self.content_digests, executor if n > 1 else None, base=base)
+                if resident
+                else None
+            )
             for key, store in todo.items():
                 store.load(executor if n > 1 else None)  # type: ignore[union-attr]
                 self._loaded[key] = True
+            if hashing is not None:
+                hashing.result()
+        if resident:
+            self.check_unchanged()  # the bytes loaded are the bytes hashed
         return self
 
     def stack(self, name: str) -> torch.Tensor:
@@ -492,11 +513,47 @@ class CheckpointPool:
 
     def fingerprint(self) -> dict[str, Any]:
         """JSON-able identity of the inputs, per checkpoint and base: name, safetensors bytes,
-        sha256 of the headers and of a 128 KiB data sample per file (reads no full file)."""
+        sha256 of the headers, XXH3-128 of every byte of the files (:meth:`content_digests`)."""
+        known = self.content_digests(base=True)
         return {
-            "checkpoints": [c.fingerprint() for c in self._checkpoints],
-            "base": self._base.fingerprint() if self._base else None,
+            "checkpoints": [c.fingerprint(known) for c in self._checkpoints],
+            "base": self._base.fingerprint(known) if self._base else None,
         }
+
+    @property
+    def stamps(self) -> dict[Path, FileStamp]:
+        """Every checkpoint and base file's stamp (size, mtime, ctime, inode) taken at open."""
+        out: dict[Path, FileStamp] = {}
+        for c in (*self._checkpoints, *([self._base] if self._base else [])):
+            out.update(c.stamps)
+        return out
+
+    def content_digests(self, executor: Any = None, *, base: bool = True) -> dict[Path, str]:
+        """XXH3-128 of every checkpoint file (and the base's with ``base``): from the digest cache
+        when a file's stamp is unchanged since it was hashed, else read and hashed (in
+        ``executor``'s threads, else up to :data:`LOAD_THREADS`); ``UserError`` naming a file
+        that changed since the pool was opened (:mod:`search.engine.digests`)."""
+        members = (*self._checkpoints, *([self._base] if self._base and base else []))
+        files = [f for c in members for f in c.files if f not in self._digests]
+        if files:
+            stamps = self.stamps
+            cache = self._digest_cache or DigestCache()
+            if executor is None and len(files) > 1:
+                n = min(LOAD_THREADS, os.cpu_count() or 1, len(files))
+                with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pool-hash") as pool:
+                    self._digests.update(digests(files, stamps, cache, pool))
+            else:
+                self._digests.update(digests(files, stamps, cache, executor))
+        return dict(self._digests)
+
+    def check_unchanged(self) -> None:
+        """``UserError`` naming the first checkpoint file whose size, mtime, ctime or inode
+        changed since the pool was opened (one ``stat`` per file): what a worker runs before
+        each trial, so a checkpoint rewritten during a study is never scored unnoticed."""
+        changed = changed_files(self.stamps)
+        if changed:
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            raise UserError(changed[0] + more)
 
     def tokenizer_path(self) -> Path | None:
         """Folder the tokenizer comes from: the base if it has tokenizer files, else the first."""
@@ -550,6 +607,40 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
             f"dtype: expected one of float32, bfloat16, float16, float64, got {dtype!r}"
         )
     return DTYPES[key]
+
+
+def _check_listed_once(checkpoints: Sequence[str | Path]) -> None:
+    """``UserError`` when two entries of the list are the same folder (after resolving)."""
+    seen: dict[Path, str | Path] = {}
+    for entry in checkpoints:
+        real = Path(entry).resolve()
+        if real in seen:
+            raise UserError(
+                f"checkpoints: {entry} is listed twice (also as {seen[real]}, the same folder "
+                f"{real}); list each checkpoint once"
+            )
+        seen[real] = entry
+
+
+def _check_distinct_content(opened: Sequence[Checkpoint], cache: DigestCache) -> None:
+    """``UserError`` when two checkpoints hold the same bytes (a copy listed beside its
+    original). Only checkpoints alike in size, headers and a data sample are hashed in full."""
+    alike: dict[tuple[int, str, str], list[Checkpoint]] = {}
+    for c in opened:
+        alike.setdefault((c.n_bytes, c.header_sha256, c.sample_sha256()), []).append(c)
+    for group in alike.values():
+        if len(group) < 2:
+            continue
+        seen: dict[str, Checkpoint] = {}
+        for c in group:
+            known = digests(c.files, c.stamps, cache)
+            content = c.fingerprint(known)["content_xxh3_128"]
+            if content in seen:
+                raise UserError(
+                    f"checkpoints: {c.path} holds the same weights as {seen[content].path} "
+                    "(identical files); list each checkpoint once"
+                )
+            seen[content] = c
 
 
 def _sizes(

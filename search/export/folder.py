@@ -9,11 +9,20 @@ YAML names, and the card records the data and N. Everything is written into a te
 folder beside the target and renamed into place at the end, so a failed export leaves nothing
 half-written; an existing target is replaced only with ``force``, and the old folder is removed
 only after the new one is in place.
+
+Every folder written here holds a marker, ``merge_search.json`` (what wrote it, the plan key, the
+inputs), next to ``mergekit_config.yml``. ``force`` replaces only a folder that holds both: a
+folder merge-search did not write is the user's and is never deleted (:func:`check_output`).
+No output folder may be, contain or lie inside an input (a checkpoint, the base, the tasks
+folder, the study's database, the config: ``protected``). :func:`check_room` checks, before any
+work, that the folder's filesystem has room for the merged weights and can be written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 import uuid
@@ -22,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from search.engine.materialize import effective_weights, merge_into, resolve
 from search.engine.plan import MergePlan
@@ -33,6 +41,10 @@ from search.export.mergekit_yaml import plan_to_yaml, read_config
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 CALIBRATION_FILE = "fisher_calibration.jsonl"
+MARKER_FILE = "merge_search.json"  # what wrote the folder: --force replaces only such folders
+YAML_FILE = "mergekit_config.yml"
+MADE_BY = "merge-search"
+_ROOM_SLACK = 2**20  # bytes beyond the weights: configs, card, YAML, marker
 
 
 def export_merge(
@@ -44,6 +56,7 @@ def export_merge(
     card_extra: Mapping[str, Any] | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     dtype: str | torch.dtype | None = None,
+    protected: Sequence[tuple[str, str | Path]] = (),
 ) -> Path:
     """Write the merge ``plan`` of ``pool`` as a loadable Hugging Face folder; returns its path.
 
@@ -51,22 +64,18 @@ def export_merge(
         plan: what to merge; checked against the pool first (``UserError``).
         pool: the opened checkpoints.
         out_dir: the folder to create; refused if it exists unless ``force``.
-        force: replace an existing ``out_dir`` (never one of the pool's input folders).
+        force: replace an existing ``out_dir`` that merge-search wrote (it holds
+            ``merge_search.json``); never a folder that is, holds or lies inside an input.
         card_extra: extra model-card sections, title → content (text, or data shown as JSON).
         max_shard_size: bytes per safetensors shard before splitting.
         dtype: dtype of the written weights (default: the pool's).
+        protected: more inputs the folder must keep clear of, as ``(what, path)`` (the tasks
+            folder, the study's database, the config); the pool's folders always are.
     """
 
     resolved = resolve(plan, pool)
     out_dtype = resolve_dtype(dtype) if dtype is not None else pool.dtype
-    target = Path(out_dir).absolute()
-    inputs = {p.resolve() for p in (*pool.paths, pool.base_path) if p is not None}
-    if target.resolve() in inputs:
-        raise UserError(f"{target}: is one of the input checkpoints; choose another output folder")
-    if target.exists() and not force:
-        raise UserError(f"{target}: already exists; pass --force (force=True) to replace it")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"{target}: exists and is not a folder")
+    target = check_output(out_dir, force=force, protected=[*pool_inputs(pool), *protected])
     if max_shard_size <= 0:
         raise UserError(
             f"max_shard_size: expected a positive number of bytes, got {max_shard_size}"
@@ -103,30 +112,175 @@ def export_merge(
         extra=card_extra,
     )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    tok = pool.tokenizer_path()
+    check_room(target, export_bytes(pool, out_dtype))
+    made = _make_parents(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _write_weights(resolved, pool, tmp, out_dtype, max_shard_size)
         _write_configs(pool, tmp, dtype_name)
-        tok = pool.tokenizer_path()
         for name in TOKENIZER_FILES:
             if tok is not None and (tok / name).is_file():
                 shutil.copy2(tok / name, tmp / name)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        (tmp / "mergekit_config.yml").write_text(yaml_text, encoding="utf-8")
+        (tmp / YAML_FILE).write_text(yaml_text, encoding="utf-8")
         if resolved.method.needs_fisher:
             lines = [json.dumps(r, ensure_ascii=False) for r in pool.fisher_records]
             (tmp / CALIBRATION_FILE).write_text("".join(f"{x}\n" for x in lines), "utf-8")
+        marker = provenance(plan, pool, dtype_name)
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _swap_in(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(exc, OSError):  # a disk that filled up meanwhile, a folder made read-only
+            raise UserError(
+                f"{target}: writing the merge failed ({exc.strerror or exc}); nothing was left "
+                "behind"
+            ) from None
         raise
     return target
+
+
+def provenance(plan: MergePlan, pool: CheckpointPool, dtype_name: str) -> dict[str, Any]:
+    """The marker ``merge_search.json``: what wrote the folder and from which inputs."""
+    return {
+        "made_by": MADE_BY,
+        "format": 1,
+        "method": plan.method,
+        "plan_key": plan.key,
+        "checkpoints": [str(p) for p in pool.paths],
+        "base_model": str(pool.base_path) if pool.base_path else None,
+        "dtype": dtype_name,
+    }
+
+
+def pool_inputs(pool: CheckpointPool) -> list[tuple[str, Path]]:
+    """The pool's folders as ``(what, path)`` for :func:`check_output`."""
+    items = [("an input checkpoint", p) for p in pool.paths]
+    return items + ([("the base model", pool.base_path)] if pool.base_path else [])
+
+
+def written_by_merge_search(folder: Path) -> bool:
+    """Whether ``folder`` holds the marker and YAML that :func:`export_merge` writes."""
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("made_by") == MADE_BY
+        and (folder / YAML_FILE).is_file()
+    )
+
+
+def check_output(
+    out_dir: str | Path, *, force: bool, protected: Sequence[tuple[str, str | Path]] = ()
+) -> Path:
+    """The absolute output folder, or ``UserError`` (one line, nothing touched) when it may not
+    be written: it is, holds or lies inside a ``protected`` path (``(what, path)``); it exists
+    and ``force`` is off; or ``force`` is on but the folder is not one merge-search wrote."""
+    target = Path(out_dir).absolute()
+    real = target.resolve()
+    for what, path in protected:
+        other = Path(path).absolute().resolve()
+        if real == other:
+            relation = "is"
+        elif real in other.parents:
+            relation = "contains"
+        elif other in real.parents:
+            relation = "lies inside"
+        else:
+            continue
+        named = "" if relation == "is" else f" {path}"
+        raise UserError(f"{target}: {relation} {what}{named}; choose another output folder")
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if not force:
+        raise UserError(f"{target}: already exists; pass --force to replace a merge-search export")
+    if not target.is_dir() or target.is_symlink():
+        raise UserError(f"{target}: exists and is not a folder; --force replaces only exports")
+    if not written_by_merge_search(target):
+        raise UserError(
+            f"{target}: not written by merge-search (no {MARKER_FILE} beside {YAML_FILE}); "
+            "--force replaces only merge-search exports: remove it yourself or choose another "
+            "folder"
+        )
+    return target
+
+
+def export_bytes(pool: CheckpointPool, dtype: torch.dtype) -> int:
+    """Bytes an export of ``pool`` writes, about: the weights in ``dtype`` and the tokenizer."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    weights = sum(_numel(s) for s in pool.shapes.values()) * size
+    tok = pool.tokenizer_path()
+    extra = sum((tok / n).stat().st_size for n in TOKENIZER_FILES if tok and (tok / n).is_file())
+    return weights + extra + _ROOM_SLACK
+
+
+def check_room(target: str | Path, n_bytes: int) -> None:
+    """``UserError`` (one line, nothing left behind) unless ``target``'s nearest existing folder
+    can be written and its filesystem has ``n_bytes`` free (the old folder is removed only once
+    the new one is in place, so a replaced export needs the room too)."""
+    target = Path(target).absolute()
+    where = target.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=where)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UserError(
+            f"{target}: cannot write in {where} ({exc.strerror or exc}); choose another folder"
+        ) from None
+    free = shutil.disk_usage(where).free
+    if free < n_bytes:
+        raise UserError(
+            f"{target}: needs {_mb(n_bytes)} for the merged model but {where} has {_mb(free)} "
+            "free; free some space or choose another folder"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    try:
+        for f in reversed(missing):
+            f.mkdir()
+            made.append(f)
+    except OSError as exc:
+        for f in reversed(made):
+            f.rmdir()
+        raise UserError(f"{missing[0]}: cannot create ({exc.strerror or exc})") from None
+    return made
+
+
+# safetensors' dtype codes of the dtypes a pool can be written in
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+}
 
 
 def _write_weights(
     resolved, pool: CheckpointPool, folder: Path, dtype: torch.dtype, max_shard: int
 ) -> None:
+    """Write the merged weights, sharded above ``max_shard`` bytes, one tensor at a time:
+    each shard's header is known before any tensor is merged (names, shapes, dtype), so every
+    merged tensor is written to its shard as soon as it is made and dropped (peak memory: one
+    merged tensor and what its method needs, not a shard; ``bench/export_memory.py``)."""
 
     size = torch.tensor([], dtype=dtype).element_size()
     shards: list[list[str]] = [[]]
@@ -147,21 +301,41 @@ def _write_weights(
     total = 0
     with torch.no_grad():
         for file, names in zip(files, shards, strict=True):
-            outs = {
-                name: torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
-                for name in names
-            }
-            merge_into(resolved, pool, outs)
-            tensors = {name: out.cpu() for name, out in outs.items()}
-            for name, out in outs.items():
-                weight_map[name] = file
-                total += out.numel() * size
-            del outs
-            save_file(tensors, str(folder / file), metadata={"format": "pt"})
-            del tensors
+            total += _stream_shard(resolved, pool, folder / file, names, dtype)
+            weight_map.update(dict.fromkeys(names, file))
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _stream_shard(
+    resolved, pool: CheckpointPool, path: Path, names: Sequence[str], dtype: torch.dtype
+) -> int:
+    """One safetensors file (the format's header, then each tensor's bytes in order, merged
+    one at a time); returns the data bytes written."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        n_bytes = size * _numel(pool.shapes[name])
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(pool.shapes[name]),
+            "data_offsets": [offset, offset + n_bytes],
+        }
+        offset += n_bytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name in names:
+            out = torch.empty(pool.shapes[name], dtype=dtype, device=pool.device)
+            merge_into(resolved, pool, {name: out})
+            host = out.cpu().reshape(-1)
+            f.write(memoryview(host.view(torch.uint8).numpy()))
+            del out, host
+    return offset
 
 
 def _write_configs(pool: CheckpointPool, folder: Path, dtype_name: str) -> None:
@@ -250,9 +424,13 @@ def merge_from_yaml(
     """
 
     request = read_config(config)
-    out = Path(out_dir)
-    if out.exists() and not force:
-        raise UserError(f"{out}: already exists; pass --force to replace it")
+    protected: list[tuple[str, str | Path]] = [("the merge config", config)]
+    if request.fisher_data is not None:
+        protected.append(("the Fisher calibration data", request.fisher_data))
+    inputs = [("an input checkpoint", p) for p in request.checkpoints]
+    if request.base_model is not None:
+        inputs.append(("the base model", request.base_model))
+    out = check_output(out_dir, force=force, protected=[*inputs, *protected])
     pool = CheckpointPool.open(
         request.checkpoints,
         request.base_model,
@@ -260,6 +438,7 @@ def merge_from_yaml(
         dtype=dtype or request.dtype or "float32",
         placement=placement,
     )
+    check_room(out, export_bytes(pool, pool.dtype))  # before the Fishers' backward passes
     if request.method.needs_fisher:
         if load_fishers is None or request.fisher_data is None:
             raise UserError(f"{config}: merge_method {request.method.name} needs its Fishers")
@@ -271,6 +450,7 @@ def merge_from_yaml(
         pool,
         out,
         force=force,
+        protected=protected,
         card_extra={
             "Source config": f"Merged from `{Path(config).name}` with `merge-search merge`."
         },

@@ -17,7 +17,7 @@ from typing import Any
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
-from search.export.folder import export_merge
+from search.export.folder import check_output, check_room, export_bytes, export_merge
 from search.report.frontier import best_point, parse_prefer, prefer_point
 from search.report.scores import (
     TestComparison,
@@ -28,7 +28,7 @@ from search.report.scores import (
 )
 from search.report.table import lead_text
 from search.report.view import Row, StudyView, open_view
-from search.study.storage import FINGERPRINT_ATTR, SPACE_ATTR, check_fingerprint
+from search.study.storage import FINGERPRINT_ATTR, SPACE_ATTR, check_fingerprint, sqlite_path
 
 ON_HELDOUT = "on held-out re-scores (eval.heldout)"
 
@@ -208,14 +208,11 @@ def export_chosen(
             since the study scored them; all before anything is written.
     """
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(
-            f"--out {out}: already exists; choose a new folder or pass --force to replace it"
-        )
     view = open_view(config, storage)
-    row, how = pick_row(view, trial=trial, best=best, knee=knee, prefer=prefer)
     cfg = view.cfg
+    protected = study_inputs(cfg, config, storage)
+    out = check_output(out, force=force, protected=protected)
+    row, how = pick_row(view, trial=trial, best=best, knee=knee, prefer=prefer)
     pool = CheckpointPool.open(
         cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype, placement=cfg.pool
     )
@@ -225,6 +222,7 @@ def export_chosen(
         config,
         f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
     )
+    check_room(out, export_bytes(pool, pool.dtype))  # before any re-scoring
     if knee or prefer is not None:  # judged again on the held-out split, when there is one
         heldout = heldout_values(view, runtime_factory)
         row, how = pick_row(view, knee=knee, prefer=prefer, heldout=heldout)
@@ -236,7 +234,12 @@ def export_chosen(
     test = compare_on_test(view, row, how, runtime_factory)
     _prepare_export(view, pool, config)
     path = export_merge(
-        plan, pool, out, force=force, card_extra=model_card_extra(view, row, how, config, test)
+        plan,
+        pool,
+        out,
+        force=force,
+        card_extra=model_card_extra(view, row, how, config, test),
+        protected=protected,
     )
     return row, how, path, view, test
 
@@ -253,3 +256,22 @@ def _prepare_export(view: StudyView, pool: CheckpointPool, config: str | Path) -
                     f"{recorded[key]}); the export would not be the merge that was scored"
                 )
         feature.prepare_export(pool)
+
+
+def study_inputs(
+    cfg: Any, config: str | Path, storage: str | None = None
+) -> list[tuple[str, str | Path]]:
+    """What an export of the study must keep clear of, as ``(what, path)``: the checkpoints,
+    the base, the tasks folder, the study's SQLite file (and its lock), what its strategies
+    keep (the Fisher cache), the config (see :func:`search.export.folder.check_output`)."""
+    items: list[tuple[str, str | Path]] = [("an input checkpoint", p) for p in cfg.checkpoints]
+    if cfg.base_model is not None:
+        items.append(("the base model", cfg.base_model))
+    if cfg.tasks_path is not None:
+        items.append(("the tasks folder", cfg.tasks_path))
+    db = sqlite_path(storage or cfg.storage)
+    if db is not None:
+        items += [("the study's SQLite file", db), ("the study's lock file", Path(f"{db}.lock"))]
+    items += [item for feature in cfg.features for item in feature.protected()]
+    items.append(("the study config", config))
+    return items

@@ -31,7 +31,7 @@ from search.engine.plan import MergePlan
 from search.engine.registry import METHODS
 from search.report.view import StudyView
 from search.study.record import decode_examples, encode_examples, json_stderr
-from search.study.storage import FINGERPRINT_ATTR
+from search.study.storage import FINGERPRINT_ATTR, check_fingerprint
 
 log = logging.getLogger(__name__)  # progress of long re-scoring; the CLI shows it on stderr
 
@@ -179,7 +179,7 @@ def score_split(
     cache = cached_split(view, split)
     missing = {k: p for k, p in plans.items() if k not in cache}
     if missing:
-        runtime = _runtime(view.cfg, split, runtime_factory)
+        runtime = _runtime(view, split, runtime_factory)
         spec = split_spec_key(view.cfg, split)
         what = "held-out" if split == "heldout" else split
         for i, (key, plan) in enumerate(missing.items(), 1):
@@ -337,7 +337,7 @@ def find_baselines(
         runtime = None
         for label, kind, plan in missing:
             if plan.key not in cache:
-                runtime = runtime or _runtime(view.cfg, "search", runtime_factory)
+                runtime = runtime or _runtime(view, "search", runtime_factory)
                 log.info("scoring baseline %r (no seed trial)", label)
                 scores, _, _ = runtime.score(plan)
                 cache[plan.key] = SplitScores.of(scores).to_json()
@@ -370,10 +370,23 @@ def _pool_names(view: StudyView) -> list[str]:
     return names or [Path(p).name for p in view.cfg.checkpoints]
 
 
-def _runtime(cfg: Any, split: str, factory: Callable[..., Any] | None) -> Any:
-    """A runtime scoring ``split``: ``factory(cfg, split)`` (default ``Runtime.create``)."""
+def _runtime(view: StudyView, split: str, factory: Callable[..., Any] | None) -> Any:
+    """A runtime scoring ``split``: ``factory(cfg, split)`` (default ``Runtime.create``),
+    refused when its checkpoints are not the files the study scored (whole-content
+    fingerprint): re-scores would be cached under other weights."""
+    cfg = view.cfg
     if factory is None:
         from search.study.worker import Runtime
 
         factory = Runtime.create
-    return factory(cfg, split)
+    runtime = factory(cfg, split)
+    pool = getattr(runtime, "pool", None)
+    if pool is not None:
+        check_fingerprint(
+            view.study,
+            pool.fingerprint(),
+            f"study {cfg.name!r}",
+            "re-scoring other weights under its trials is refused; restore the files or use a "
+            "new study",
+        )
+    return runtime

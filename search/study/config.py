@@ -452,7 +452,13 @@ class StudyConfig(_Strict):
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as JSON, as the study records it: the storage URL without its password
+        (a study's attrs are served by optuna-dashboard to whoever reaches its port)."""
+        from search.study.storage.connect import redact
+
+        data = self.model_dump(mode="json")
+        data["storage"] = redact(self.storage)
+        return data
 
 
 def _check_param(field: str, spec: Any, value: Any) -> None:

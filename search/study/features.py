@@ -85,6 +85,10 @@ class Feature:
         """Files its settings name, ``(field, path)``: they must exist before a study starts."""
         return []
 
+    def protected(self) -> list[tuple[str, Path]]:
+        """What it keeps on disk, ``(what, path)``: an export must never replace it."""
+        return []
+
     def trial_cap(self) -> int | None:
         """The most trials a study can run with this strategy on (``None``: no cap)."""
         return None

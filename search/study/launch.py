@@ -611,6 +611,11 @@ def _worker_main(
         code = _worker_body(cfg, index, threads, deadline, events, go, device, placement)
     except KeyboardInterrupt:
         code = 130
+    # the body is done (its trial handed back or finished): a stop from now on would only
+    # interrupt the interpreter's own exit (atexit, finalizers) and print a traceback there
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
     sys.exit(code)
 
 

@@ -125,7 +125,12 @@ class Runtime:
         return runtime
 
     def merge(self, plan: MergePlan) -> float:
-        """Materialize ``plan`` into the resident model; seconds taken."""
+        """Materialize ``plan`` into the resident model; seconds taken.
+
+        First one ``stat`` per checkpoint file (:meth:`CheckpointPool.check_unchanged`): a file
+        rewritten during the study is refused (``UserError``) rather than scored unnoticed.
+        """
+        self.pool.check_unchanged()
         start = time.perf_counter()
         materialize(plan, self.pool, self.model)
         if self.pool.device.type == "cuda":

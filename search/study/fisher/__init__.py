@@ -66,6 +66,9 @@ class FisherCalibration(Feature):
         data = self.settings.data
         return [("merge.fisher.data", data)] if data is not None else []
 
+    def protected(self) -> list[tuple[str, Path]]:
+        return [("the Fisher cache", self.cache_dir)]
+
     @property
     def calibration(self) -> Calibration:
         """The calibration examples (read once: bad data fails here, before any work)."""

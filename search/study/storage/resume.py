@@ -101,12 +101,37 @@ def check_fingerprint(
     if old is None and not required:
         return
     new = json.loads(json.dumps(fingerprint))  # as the storage keeps it: lists, not tuples
+    new = _as_recorded(old, new)
     if old != new:
         where = _first_difference(old, new)
         raise UserError(
             f"{config_path}: checkpoints: the files changed since the study was created "
             f"({where or 'fingerprint differs'}); {consequence}"
         )
+
+
+def _as_recorded(old: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with only the keys of ``old``'s entries, for a study recorded before whole-content
+    digests (``content_xxh3_128``): it is compared on what it kept."""
+    if not isinstance(old, Mapping):
+        return new
+    out = dict(new)
+    for key in ("checkpoints", "base"):
+        was, now = old.get(key), new.get(key)
+        entries = [(a, b) for a, b in zip(was or [], now or [], strict=False)]
+        if isinstance(was, Mapping) and isinstance(now, Mapping):
+            entries = [(was, now)]
+        kept = [
+            {k: v for k, v in b.items() if k in a}
+            if isinstance(a, Mapping) and isinstance(b, Mapping) and "content_xxh3_128" not in a
+            else b
+            for a, b in entries
+        ]
+        if isinstance(now, list) and len(was or []) == len(now):
+            out[key] = kept
+        elif isinstance(now, Mapping) and kept:
+            out[key] = kept[0]
+    return out
 
 
 def create_or_resume(

@@ -163,3 +163,56 @@ def test_truncated_checkpoint_is_one_line_before_anything_is_written(tiny_zoo, t
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(file) in err and "truncated" in err
     assert not (tmp_path / "out").exists()
+
+
+def _snapshot(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        (".", "contains an input checkpoint"),
+        ("ft_b", "is an input checkpoint"),
+        ("base/x", "lies inside the base model"),
+        ("cfg", "contains the merge config"),
+    ],
+)
+def test_force_never_replaces_an_input_folder(tiny_zoo, tmp_path, capsys, where, words):
+    import shutil
+    from types import SimpleNamespace
+
+    home = tmp_path / "pool"
+    for path in (*tiny_zoo.checkpoints, tiny_zoo.base):
+        shutil.copytree(path, home / path.name)
+    zoo = SimpleNamespace(
+        checkpoints=[home / p.name for p in tiny_zoo.checkpoints], base=home / "base"
+    )
+    config = home / "cfg" / "merge.yml"
+    config.parent.mkdir()
+    config.write_text(_yaml(zoo, "ties", "lambda: 1.0", ", density: 0.5"))
+    for folder in (home, home / "ft_b", home / "cfg"):  # a marker does not make an input safe
+        (folder / "merge_search.json").write_text('{"made_by": "merge-search"}')
+        (folder / "mergekit_config.yml").write_text("merge_method: linear\n")
+    before = _snapshot(home)
+    assert main(["merge", str(config), str(home / where), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert _snapshot(home) == before
+
+
+def test_force_replaces_a_merge_output_but_not_a_user_folder(tiny_zoo, tmp_path, capsys):
+    config = tmp_path / "merge.yml"
+    config.write_text(_yaml(tiny_zoo, "linear", "normalize: true", "", False))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["merge", str(config), str(out), "--force"]) == 2
+    assert "not written by merge-search" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    out.rmdir()
+    assert main(["merge", str(config), str(out)]) == 0
+    assert main(["merge", str(config), str(out), "--force"]) == 0
+    assert (out / "merge_search.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merge.yml", "out"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from safetensors import safe_open
 
 from search.engine.pool import CheckpointPool
@@ -72,11 +75,82 @@ def test_fingerprint_is_json_and_follows_the_files(tiny_zoo, tmp_path, checkpoin
     assert other["checkpoints"][1:] == fp["checkpoints"][1:]
 
 
-def test_duplicate_folder_names_are_made_unique(tiny_zoo, tmp_path):
-    copy = tmp_path / "x" / "ft_a"
-    shutil.copytree(tiny_zoo.checkpoints[0], copy)
-    pool = CheckpointPool.open([tiny_zoo.checkpoints[0], copy])
+def test_duplicate_folder_names_are_made_unique(tiny_zoo, tmp_path, checkpoint_writer):
+    other = tmp_path / "x" / "ft_a"
+    checkpoint_writer(other, seed=98, base_state=_read_all(tiny_zoo.base))
+    pool = CheckpointPool.open([tiny_zoo.checkpoints[0], other])
     assert pool.names == ("ft_a", "ft_a-2")
+
+
+def test_a_checkpoint_listed_twice_is_one_line(tiny_zoo, tmp_path, monkeypatch):
+    a, b = tiny_zoo.checkpoints[:2]
+    monkeypatch.chdir(a.parent)
+    with pytest.raises(UserError, match=r"checkpoints: ft_a is listed twice \(also as .*ft_a"):
+        CheckpointPool.open([a, b, "ft_a"])
+    link = tmp_path / "link"
+    link.symlink_to(a)
+    with pytest.raises(UserError, match="listed twice"):
+        CheckpointPool.open([a, link])
+    copy = tmp_path / "copy" / "ft_a"
+    shutil.copytree(a, copy)
+    with pytest.raises(UserError, match=f"{copy} holds the same weights as {a}"):
+        CheckpointPool.open([a, b, copy])
+    sharded = tmp_path / "copy" / "ft_b"  # sharded: compared over all its files
+    shutil.copytree(b, sharded)
+    with pytest.raises(UserError, match="holds the same weights"):
+        CheckpointPool.open([b, sharded])
+
+
+def _flip_middle_byte(file: Path) -> None:
+    """Change one byte in the middle of the file's data, same size, mtime set back."""
+    before = file.stat()
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert file.stat().st_size == before.st_size
+
+
+@pytest.mark.parametrize("placement", ["device", "disk"])
+def test_a_tensor_changed_in_the_middle_changes_the_fingerprint(tiny_zoo, tmp_path, placement):
+    folder = tmp_path / "ft_a"
+    shutil.copytree(tiny_zoo.checkpoints[0], folder)
+    pool = CheckpointPool.open([folder, tiny_zoo.checkpoints[2]], placement=placement).load()
+    before = pool.fingerprint()
+    entry = before["checkpoints"][0]
+    assert (
+        entry["content_xxh3_128"]
+        == xxhash.xxh3_128((folder / "model.safetensors").read_bytes()).hexdigest()
+    )
+    _flip_middle_byte(folder / "model.safetensors")
+    with pytest.raises(UserError, match=f"{folder / 'model.safetensors'}: changed since the pool"):
+        pool.check_unchanged()  # what a worker runs before each trial
+    again = CheckpointPool.open([folder, tiny_zoo.checkpoints[2]], placement=placement)
+    after = again.load().fingerprint()
+    assert after["checkpoints"][0]["content_xxh3_128"] != entry["content_xxh3_128"]
+    assert after["checkpoints"][0]["header_sha256"] == entry["header_sha256"]
+    assert after["checkpoints"][1] == before["checkpoints"][1]
+    again.check_unchanged()
+
+
+def test_digests_are_cached_by_stamp_and_hashed_again_after_a_write(tiny_zoo, tmp_path):
+    from search.engine.digests import DigestCache, FileStamp
+
+    folder = tmp_path / "ft_c"
+    shutil.copytree(tiny_zoo.checkpoints[2], folder)
+    file = folder / "model.safetensors"
+    first = CheckpointPool.open([folder], placement="disk").fingerprint()
+    cache = DigestCache()
+    assert cache.get(file, FileStamp.of(file)) == first["checkpoints"][0]["content_xxh3_128"]
+    cache.put(file, FileStamp.of(file), "0" * 64)  # a cached digest is believed while the
+    cache.save()  # stamp matches: the file is not read again
+    fp = CheckpointPool.open([folder], placement="disk").fingerprint()
+    assert fp["checkpoints"][0]["content_xxh3_128"] == "0" * 64
+    _flip_middle_byte(file)  # the ctime moved: hashed again
+    fp = CheckpointPool.open([folder], placement="disk").fingerprint()
+    assert (
+        fp["checkpoints"][0]["content_xxh3_128"] == xxhash.xxh3_128(file.read_bytes()).hexdigest()
+    )
 
 
 def test_layer_groups_split_blocks_embeddings_first_head_last(tiny_zoo):

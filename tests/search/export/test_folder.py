@@ -129,24 +129,106 @@ def test_exported_yaml_reproduces_in_mergekit(
         torch.testing.assert_close(theirs[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_existing_target_is_refused_unless_forced(pool, tmp_path):
+def test_force_replaces_only_a_folder_merge_search_wrote(pool, tmp_path):
     plan = MergePlan.create("linear", [1.0, 1.0, 1.0])
     target = tmp_path / "out"
     target.mkdir()
     (target / "mine.txt").write_text("user data")
     with pytest.raises(UserError, match="already exists"):
         export_merge(plan, pool, target)
-    assert (target / "mine.txt").read_text() == "user data"
-    export_merge(plan, pool, target, force=True)
-    assert not (target / "mine.txt").exists() and (target / "model.safetensors").is_file()
+    with pytest.raises(UserError, match=r"not written by merge-search \(no merge_search.json"):
+        export_merge(plan, pool, target, force=True)
+    assert [p.name for p in target.iterdir()] == ["mine.txt"]
+    (target / "mine.txt").unlink()
+    target.rmdir()
+    export_merge(plan, pool, target)
+    marker = json.loads((target / "merge_search.json").read_text())
+    assert marker["made_by"] == "merge-search" and marker["plan_key"] == plan.key
+    assert marker["checkpoints"] == [str(p) for p in pool.paths]
+    (target / "extra.txt").write_text("left by someone")
+    other = MergePlan.create("linear", [2.0, 1.0, 1.0])
+    export_merge(other, pool, target, force=True)
+    assert json.loads((target / "merge_search.json").read_text())["plan_key"] == other.key
+    assert not (target / "extra.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old folder left
+    # a marker without the YAML beside it (or a marker of someone else) is not enough
+    (target / "mergekit_config.yml").unlink()
+    with pytest.raises(UserError, match="not written by merge-search"):
+        export_merge(plan, pool, target, force=True)
+    (target / "mergekit_config.yml").write_text("merge_method: linear\n")
+    (target / "merge_search.json").write_text('{"made_by": "someone"}')
+    with pytest.raises(UserError, match="not written by merge-search"):
+        export_merge(plan, pool, target, force=True)
+    file = tmp_path / "file.bin"
+    file.write_bytes(b"x")
+    with pytest.raises(UserError, match="not a folder"):
+        export_merge(plan, pool, file, force=True)
+    assert file.read_bytes() == b"x"
+
+
+def _snapshot(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        (".", "contains an input checkpoint"),
+        ("ft_a", "is an input checkpoint"),
+        ("ft_a/sub", "lies inside an input checkpoint"),
+        ("base", "is the base model"),
+        ("tasks", "is the tasks folder"),
+        ("tasks/out", "lies inside the tasks folder"),
+        ("study.db", "is the study's SQLite file"),
+    ],
+)
+def test_force_never_replaces_an_input_even_with_a_marker(tiny_zoo, tmp_path, where, words):
+    import shutil
+
+    home = tmp_path / "home"
+    for path in (*tiny_zoo.checkpoints, tiny_zoo.base):
+        shutil.copytree(path, home / path.name)
+    (home / "tasks").mkdir()
+    (home / "tasks" / "t.yaml").write_text("task: t\n")
+    (home / "study.db").write_bytes(b"SQLite format 3\x00")
+    for folder in (home, home / "ft_a", home / "base", home / "tasks"):  # markers do not help
+        (folder / "merge_search.json").write_text('{"made_by": "merge-search"}')
+        (folder / "mergekit_config.yml").write_text("merge_method: linear\n")
+    before = _snapshot(home)
+    names = [p.name for p in tiny_zoo.checkpoints]
+    pool = CheckpointPool.open([home / n for n in names], home / "base")
+    protected = [
+        ("the tasks folder", home / "tasks"),
+        ("the study's SQLite file", home / "study.db"),
+    ]
+    with pytest.raises(UserError, match=words):
+        export_merge(
+            MergePlan.create("linear", [1.0] * 3),
+            pool,
+            home / where,
+            force=True,
+            protected=protected,
+        )
+    assert _snapshot(home) == before
 
 
 def test_export_never_overwrites_an_input_and_checks_the_plan_first(pool, tiny_zoo, tmp_path):
-    with pytest.raises(UserError, match="input checkpoints"):
+    with pytest.raises(UserError, match="is an input checkpoint"):
         export_merge(
             MergePlan.create("linear", [1.0] * 3), pool, tiny_zoo.checkpoints[0], force=True
         )
     with pytest.raises(UserError, match="2 weight rows"):
         export_merge(MergePlan.create("linear", [1.0] * 2), pool, tmp_path / "x")
     assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_full_or_read_only_filesystem_is_refused_before_writing(pool, tmpfs, tmp_path):
+    plan = MergePlan.create("linear", [1.0, 1.0, 1.0])
+    small = tmpfs("small", "size=16k")
+    with pytest.raises(UserError, match=r"needs \d+\.\d MB for the merged model but .* free"):
+        export_merge(plan, pool, small / "deep" / "out")
+    assert list(small.iterdir()) == []  # not even the parent folders
+    readonly = tmpfs("readonly", "ro,size=64m")
+    with pytest.raises(UserError, match=r"cannot write in .*readonly \(Read-only file system\)"):
+        export_merge(plan, pool, readonly / "out")
+    assert list(readonly.iterdir()) == []

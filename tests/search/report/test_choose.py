@@ -91,19 +91,67 @@ def test_export_writes_a_loadable_model_with_scores_and_provenance(
         assert model.config.num_hidden_layers == 4
 
 
-def test_export_refuses_an_existing_folder_unless_forced(exportable, tmp_path, capsys):
+def test_export_refuses_an_existing_folder_and_forces_only_over_its_own(
+    exportable, tmp_path, capsys
+):
     config, _ = exportable
     out = tmp_path / "mine"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    assert main(["export", str(config), "--knee", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert (
-        err.startswith("merge-search: error: --out") and "--force" in err and err.count("\n") == 1
+    for force in ([], ["--force"]):
+        assert main(["export", str(config), "--knee", "--out", str(out), *force]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"merge-search: error: {out}: ") and err.count("\n") == 1
+        assert ("not written by merge-search" in err) == bool(force)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert main(["export", str(config), "--knee", "--out", str(out)]) == 0
+    assert main(["export", str(config), "--trial", "0", "--out", str(out), "--force"]) == 0
+    assert (out / "config.json").is_file() and (out / "merge_search.json").is_file()
+    assert "| trial | 0 |" in (out / "README.md").read_text()
+
+
+def _snapshot(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        (".", "contains an input checkpoint"),
+        ("tasks", "is the tasks folder"),
+        ("studies.db", "is the study's SQLite file"),
+        ("base/sub", "lies inside the base model"),
+    ],
+)
+def test_export_force_never_deletes_the_pool(
+    exportable, tiny_zoo, demo_tasks_path, tmp_path, capsys, where, words
+):
+    """The issue's worst case: `export --out <the folder holding the pool> --force`."""
+    import shutil
+    from types import SimpleNamespace
+
+    config, _ = exportable
+    home = tmp_path / "pool"
+    for path in (*tiny_zoo.checkpoints, tiny_zoo.base):
+        shutil.copytree(path, home / path.name)
+    shutil.copytree(demo_tasks_path, home / "tasks")
+    shutil.copy(config.parent / "studies.db", home / "studies.db")
+    zoo = SimpleNamespace(
+        checkpoints=[home / p.name for p in tiny_zoo.checkpoints], base=home / "base"
     )
-    assert (out / "keep.txt").read_text() == "user data"
-    assert main(["export", str(config), "--knee", "--out", str(out), "--force"]) == 0
-    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+    copied = write_study_config(
+        home, "exportable", zoo, seed_trials=[], tasks_path=str(home / "tasks")
+    )
+    (home / "merge_search.json").write_text('{"made_by": "merge-search"}')  # no help either
+    (home / "mergekit_config.yml").write_text("merge_method: linear\n")
+    before = _snapshot(home)
+    out = home / where
+    assert main(["export", str(copied), "--trial", "0", "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert _snapshot(home) == before
 
 
 @pytest.mark.parametrize(
@@ -248,3 +296,54 @@ def test_without_held_out_tasks_the_knee_is_the_search_knee(exportable, tmp_path
     printed = capsys.readouterr().out
     assert "exported trial 3 (knee of the Pareto front; " in printed
     assert "held-out" not in printed and "test split" not in printed
+
+
+def test_export_into_a_full_or_read_only_folder_stops_before_any_re_scoring(
+    rechosen, tmpfs, capsys
+):
+    from search.report.choose import export_chosen
+
+    config, study = rechosen
+    attrs = dict(study.user_attrs)
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("re-scoring started before the output folder was checked")
+
+    for options, words in (("size=16k", "for the merged model but"), ("ro", "Read-only")):
+        point = tmpfs(options.replace("=", ""), options)
+        with pytest.raises(UserError, match=words):
+            export_chosen(config, point / "knee", knee=True, runtime_factory=no_scoring)
+        assert list(point.iterdir()) == []
+    assert (
+        optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs == attrs
+    )
+
+
+def test_export_refuses_a_checkpoint_changed_in_the_middle(exportable, tiny_zoo, tmp_path, capsys):
+    """Same size, mtime set back: the whole-content fingerprint still sees it."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    config, _ = exportable
+    home = tmp_path / "pool"
+    for path in (*tiny_zoo.checkpoints, tiny_zoo.base):
+        shutil.copytree(path, home / path.name)
+    shutil.copy(config.parent / "studies.db", home / "studies.db")
+    zoo = SimpleNamespace(
+        checkpoints=[home / p.name for p in tiny_zoo.checkpoints], base=home / "base"
+    )
+    copied = write_study_config(home, "exportable", zoo, seed_trials=[])
+    out = tmp_path / "out"
+    assert main(["export", str(copied), "--trial", "0", "--out", str(out)]) == 0
+    file = home / "ft_a" / "model.safetensors"
+    stat = file.stat()
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = tmp_path / "again"
+    assert main(["export", str(copied), "--trial", "0", "--out", str(again)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints[ft_a].content_xxh3_128" in err and err.count("\n") == 1
+    assert not again.exists()

@@ -84,3 +84,26 @@ def test_a_stop_right_after_the_claim_fails_the_trial_and_queues_it_again(
     assert [t.state for t in rest] == [TrialState.WAITING]
     assert rest[0].system_attrs["failed_trial"] == first.number
     assert first.params == rest[0].params
+
+
+def test_a_checkpoint_rewritten_during_the_study_stops_the_worker_before_its_next_merge(
+    tiny_zoo: Any, tmp_path: Path
+) -> None:
+    """The worker's per-trial check (one stat per file): the file is named, nothing is scored."""
+    from search.engine.plan import MergePlan
+    from search.errors import UserError
+
+    paths = build_pool_and_tasks(tmp_path, tiny_zoo)
+    cfg = parse_config(study_config(paths, "rewrite", f"sqlite:///{tmp_path / 'r.db'}"))
+    threads = torch.get_num_threads()
+    try:
+        runtime = Runtime.create(cfg)
+        plan = MergePlan.create("linear", [1.0] * len(runtime.pool.names), {"normalize": True})
+        assert runtime.merge(plan) >= 0  # unchanged files: merges
+        target = sorted(Path(cfg.checkpoints[1]).glob("*.safetensors"))[0]
+        data = target.read_bytes()
+        target.write_bytes(data)  # same bytes, rewritten: a new mtime (and ctime)
+        with pytest.raises(UserError, match=f"{target}: changed since the pool was opened"):
+            runtime.merge(plan)
+    finally:
+        torch.set_num_threads(threads)

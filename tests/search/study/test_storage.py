@@ -79,3 +79,23 @@ def test_the_fingerprint_check_names_what_changed() -> None:
     changed = {"checkpoints": [{"name": "a", "bytes": 11}], "base": None}
     with pytest.raises(UserError, match=r"^cfg\.yaml: checkpoints: .*checkpoints\[a\]\.bytes"):
         check_fingerprint(study, changed, "cfg.yaml", "use a new study name")
+
+
+def test_a_fingerprint_recorded_before_content_digests_is_compared_on_what_it_kept(tiny_zoo):
+    from search.engine.pool import CheckpointPool
+
+    now = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base).fingerprint()
+    old = json.loads(json.dumps(now))
+    for entry in (*old["checkpoints"], old["base"]):
+        del entry["content_xxh3_128"]  # what studies recorded before whole-content digests
+    study = optuna.create_study()
+    study.set_user_attr("fingerprint", old)
+    check_fingerprint(study, now, "c.yml", "x", required=True)
+    old["checkpoints"][1]["data_sample_sha256"] = "0" * 64
+    study.set_user_attr("fingerprint", old)
+    with pytest.raises(UserError, match=r"checkpoints\[ft_b\]\.data_sample_sha256"):
+        check_fingerprint(study, now, "c.yml", "x", required=True)
+    # a study with content digests is compared on them
+    study.set_user_attr("fingerprint", {**now, "base": {**now["base"], "content_xxh3_128": "0"}})
+    with pytest.raises(UserError, match=r"base\.content_xxh3_128"):
+        check_fingerprint(study, now, "c.yml", "x", required=True)
