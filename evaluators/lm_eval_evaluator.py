@@ -264,7 +264,6 @@ class LmEvalEvaluator(Evaluator):
         """Score the resident model as its weights are now (on ``docs`` only, when given)."""
         if model is not self._model:
             raise ValueError("LmEvalEvaluator scores the model object it was built with")
-        self.sync_weights()
         out = self.run_tasks(docs)
         return reduce_results(out, self._terms, self._set.tasks)
 
@@ -282,13 +281,20 @@ class LmEvalEvaluator(Evaluator):
         return time.perf_counter() - start
 
     def run_tasks(
-        self, docs: Mapping[str, Sequence[int]] | None = None, *, log_samples: bool = True
+        self,
+        docs: Mapping[str, Sequence[int]] | None = None,
+        *,
+        log_samples: bool = True,
+        sync: bool = True,
     ) -> dict[str, Any]:
-        """One harness pass over every task: lm-eval's output (``results``, ``samples``).
+        """One harness pass over every task, on the weights the model holds now: lm-eval's
+        output (``results``, ``samples``).
 
         ``log_samples=False`` is the mean-only path (no per-sample records; the benchmark's
-        baseline).
+        baseline). ``sync=False``: the caller has just called :meth:`sync_weights`.
         """
+        if sync:
+            self.sync_weights()
 
         limit, samples = self._limit, self._samples or None
         if docs is not None:

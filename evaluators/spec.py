@@ -84,8 +84,9 @@ class VllmSpec(_Strict):
     # GPU: fraction of the device's memory vLLM may take (weights + KV cache). vLLM's own
     # default, 0.9, leaves no room for the pool; 0.4 does for a pool of a few models.
     gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1)
-    # CPU: KV cache space in GiB (vLLM's VLLM_CPU_KVCACHE_SPACE; its default is 4 GiB per
-    # engine, one engine per worker). 1 GiB holds ~8 k tokens of a 7 B model in bfloat16.
+    # CPU: the KV cache in GiB (vLLM's kv_cache_memory_bytes; without it vLLM reserves a share
+    # of the host's memory per engine, one engine per worker). 1 GiB holds ~2 k tokens of a 7 B
+    # Llama in bfloat16 (0.5 MB a token), far more for small models.
     cpu_kv_cache_gib: float = Field(default=1.0, gt=0)
     # skip CUDA graphs / compilation: faster start-up, slower decoding. Start-up happens once per
     # worker, so compiled decoding pays off on studies of more than a handful of trials.

@@ -45,16 +45,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lm_eval.models.vllm_causallms import VLLM
 
 from evaluators.spec import EvalSpec
 from search.errors import UserError
 
 
-def engine_env(spec: EvalSpec) -> None:
-    """The environment vLLM reads when an engine starts (in-process engine; CPU KV cache)."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process: reloadable
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{spec.vllm.cpu_kv_cache_gib:g}"
+def _lm_eval_vllm() -> type:
+    """lm-eval's ``VLLM`` class, imported so that it finds vLLM's version under either name.
+
+    lm-eval 0.4.13 asks ``importlib.metadata.version("vllm")`` at import and in ``VLLM``'s
+    constructor; vLLM's CPU build is distributed as ``vllm-cpu``, which that lookup does not
+    find (``PackageNotFoundError``). The lookup lm-eval uses then answers as vLLM's own
+    platform detection does (``vllm-cpu``'s version + ``+cpu``).
+    """
+    import importlib
+    import importlib.metadata as metadata
+
+    from vllm.platforms import current_platform
+
+    current_platform.device_type  # noqa: B018  (detect the platform with the real lookup)
+    real = metadata.version
+
+    def version(name: str) -> str:
+        try:
+            return real(name)
+        except metadata.PackageNotFoundError:
+            if name == "vllm":  # as vLLM's own platform detection names the CPU build
+                return real("vllm-cpu") + "+cpu"
+            raise
+
+    metadata.version = version  # only while lm-eval's module is imported
+    try:
+        module = importlib.import_module("lm_eval.models.vllm_causallms")
+    finally:
+        metadata.version = real
+    module.version = version  # the name lm-eval's module calls later
+    return module.VLLM
+
+
+VLLM = _lm_eval_vllm()
+
+
+def engine_env() -> None:
+    """The environment vLLM reads when an engine starts: the engine runs in this process."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # UniProcExecutor: its weights reloadable
 
 
 def engine_kwargs(spec: EvalSpec, dtype: torch.dtype | str) -> dict[str, Any]:
@@ -71,6 +105,10 @@ def engine_kwargs(spec: EvalSpec, dtype: torch.dtype | str) -> dict[str, Any]:
         kwargs["max_model_len"] = max_len
     if settings.max_num_seqs is not None:
         kwargs["max_num_seqs"] = settings.max_num_seqs
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():  # a fixed KV cache (else a share of the host's memory)
+        kwargs["kv_cache_memory_bytes"] = int(settings.cpu_kv_cache_gib * 2**30)
     kwargs.update(settings.engine_args)
     return kwargs
 
@@ -93,7 +131,7 @@ class ResidentVLLM(VLLM):
         spec: EvalSpec,
         chat_template_args: dict[str, Any] | None = None,
     ) -> None:
-        engine_env(spec)
+        engine_env()
         kwargs = engine_kwargs(spec, model.dtype)
         max_len = kwargs.pop("max_model_len", None)
         super().__init__(
@@ -105,6 +143,18 @@ class ResidentVLLM(VLLM):
             chat_template_args=chat_template_args,
             **kwargs,
         )
+
+    @staticmethod
+    def modify_gen_kwargs(
+        gen_kwargs: dict[str, Any], eos: Any = None, default_max_gen_toks: int = 256
+    ) -> tuple[dict[str, Any], list[str], int]:
+        """lm-eval's, but the text is decoded as the ``hf`` back end decodes it: special tokens
+        skipped (lm-eval's ``VLLM`` keeps them, so an ``<unk>`` in a generation would score
+        differently), unless the task's ``generation_kwargs`` say otherwise."""
+        kwargs, until, max_gen_toks = VLLM.modify_gen_kwargs(gen_kwargs, eos, default_max_gen_toks)
+        if "skip_special_tokens" not in gen_kwargs:
+            kwargs["skip_special_tokens"] = True
+        return kwargs, until, max_gen_toks
 
     @property
     def model_runner(self) -> Any:
@@ -159,7 +209,8 @@ def check_engine(spec: EvalSpec, model_dir: Path, dtype: str | torch.dtype = "au
             f"eval.backend: vllm: vLLM {vllm.__version__} does not support the architecture of "
             f"{model_dir} ({shown}); set eval.backend: hf"
         )
-    engine_env(spec)
+    _check_head_size(config, model_dir)
+    engine_env()
     kwargs = engine_kwargs(spec, dtype)
     try:
         EngineArgs(model=str(model_dir), **kwargs).create_engine_config()
@@ -171,6 +222,25 @@ def check_engine(spec: EvalSpec, model_dir: Path, dtype: str | torch.dtype = "au
             f"{where}: vLLM rejects the engine settings for {model_dir}: {text[:300]}; "
             "change the setting or set eval.backend: hf"
         ) from None
+
+
+def _check_head_size(config: dict[str, Any], model_dir: Path) -> None:
+    """vLLM's CPU attention runs a few head sizes only; it fails at the first forward pass
+    (not at start-up) on others, so check them here."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    heads = config.get("num_attention_heads")
+    size = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else None)
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if size is not None and size not in supported:
+        raise UserError(
+            f"eval.backend: vllm: vLLM's CPU attention does not run the head size {size} of "
+            f"{model_dir} (it runs {', '.join(map(str, supported))}); set eval.backend: hf"
+        )
 
 
 # EngineArgs that merge-search sets itself

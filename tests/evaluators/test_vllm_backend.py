@@ -18,7 +18,7 @@ from evaluators.spec import VllmSpec
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("vllm_available")]
 
-LIMIT = 40  # examples per demo task: enough that different weights score differently
+LIMIT = 40  # examples per demo task
 # small engines: a quarter GiB of KV cache each; eager (no compilation at start-up)
 ENGINE = VllmSpec(cpu_kv_cache_gib=0.25, enforce_eager=True)
 SYSTEM = "Answer in one word."
@@ -32,12 +32,12 @@ def _pair(spec: EvalSpec, objectives, model, tok):
 
 
 @pytest.fixture(scope="module")
-def pool(demo_zoo):
+def pool(vllm_zoo):
     """The demo pool, read, with its resident model (the one both back ends score)."""
     from search.engine.pool import CheckpointPool
 
     pool = CheckpointPool.open(
-        list(demo_zoo.checkpoints), demo_zoo.base, device="cpu", dtype="float32"
+        list(vllm_zoo.checkpoints), vllm_zoo.base, device="cpu", dtype="float32"
     )
     pool.load()
     model, tok = pool.load_model()
@@ -45,23 +45,23 @@ def pool(demo_zoo):
 
 
 @pytest.fixture(scope="module")
-def generate_pair(pool, demo_zoo):
+def generate_pair(pool, vllm_zoo):
     _, model, tok = pool
     objectives = [
         ObjectiveSpec(name="instruct", tasks=(TaskRef(task="demo_instruct"),)),
         ObjectiveSpec(name="code", tasks=(TaskRef(task="demo_code"),)),
     ]
-    spec = EvalSpec(tasks_path=demo_zoo.tasks_path, limit=LIMIT, batch_size=16)
+    spec = EvalSpec(tasks_path=vllm_zoo.tasks_path, limit=LIMIT, batch_size=16)
     return _pair(spec, objectives, model, tok)
 
 
-def _states(pool, demo_zoo):
+def _states(pool, vllm_zoo):
     """Weight states written into the resident model in place: merges and checkpoints."""
     from search.engine.materialize import materialize
     from search.engine.plan import MergePlan
 
     _, model, _ = pool
-    k = len(demo_zoo.checkpoints)
+    k = len(vllm_zoo.checkpoints)
     plans = {
         "uniform": MergePlan.create("linear", [1.0] * k),
         "code_heavy": MergePlan.create("linear", [3.0, 2.0, 1.0] + [0.2] * (k - 3)),
@@ -69,16 +69,16 @@ def _states(pool, demo_zoo):
     for name, plan in plans.items():
         materialize(plan, pool[0], model)
         yield name
-    for folder in (demo_zoo.checkpoints[0], demo_zoo.checkpoints[-1]):
+    for folder in (vllm_zoo.checkpoints[0], vllm_zoo.checkpoints[-1]):
         copy_weights_in_place(model, folder)
         yield folder.name
 
 
-def test_greedy_generation_scores_equal_hf_after_every_weight_change(pool, generate_pair, demo_zoo):
+def test_greedy_generation_scores_equal_hf_after_every_weight_change(pool, generate_pair, vllm_zoo):
     _, model, tok = pool
     hf, vllm = generate_pair
     seen = []
-    for state in _states(pool, demo_zoo):
+    for state in _states(pool, vllm_zoo):
         want = hf.evaluate(model, tok)
         got = vllm.evaluate(model, tok)
         assert got.tasks == want.tasks, state
@@ -86,18 +86,29 @@ def test_greedy_generation_scores_equal_hf_after_every_weight_change(pool, gener
         assert got.examples == want.examples, state  # per example, in document order
         assert got.task_stderr == pytest.approx(want.task_stderr, nan_ok=True), state
         assert got.stderr == pytest.approx(want.stderr, nan_ok=True), state
-        seen.append(tuple(want.examples["demo_code/exact_match"]))
-    # the states score differently, so equal scores mean the reload reached the engine
-    assert len(set(seen)) > 1
+        texts = _generations(hf.run_tasks())
+        assert _generations(vllm.run_tasks()) == texts, state  # the generated strings
+        seen.append(texts)
+    # the states generate differently, so equal outputs mean each reload reached the engine
+    assert len(set(seen)) == len(seen)
 
 
-def test_staged_calls_on_some_documents_equal_hf(pool, generate_pair, demo_zoo):
+def _generations(out) -> tuple[str, ...]:
+    """Every generated string, by task and document."""
+    return tuple(
+        s["resps"][0][0]
+        for task in sorted(out["samples"])
+        for s in sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    )
+
+
+def test_staged_calls_on_some_documents_equal_hf(pool, generate_pair, vllm_zoo):
     from search.engine.materialize import materialize
     from search.engine.plan import MergePlan
 
     _, model, tok = pool
     hf, vllm = generate_pair
-    k = len(demo_zoo.checkpoints)
+    k = len(vllm_zoo.checkpoints)
     materialize(MergePlan.create("linear", [1.0] + [0.5] * (k - 1)), pool[0], model)
     docs = {"demo_code": [1, 5, 9, 30], "demo_instruct": [0, 2, 3]}
     want, got = hf.evaluate(model, tok, docs), vllm.evaluate(model, tok, docs)
@@ -106,7 +117,7 @@ def test_staged_calls_on_some_documents_equal_hf(pool, generate_pair, demo_zoo):
     assert vllm.combine(got.examples).objectives == hf.combine(want.examples).objectives
 
 
-def test_gen_kwargs_reach_the_engine(pool, demo_zoo):
+def test_gen_kwargs_reach_the_engine(pool, vllm_zoo):
     _, model, tok = pool
     short = [
         ObjectiveSpec(
@@ -114,9 +125,9 @@ def test_gen_kwargs_reach_the_engine(pool, demo_zoo):
             tasks=(TaskRef(task="demo_code", gen_kwargs={"max_gen_toks": 1}),),
         )
     ]
-    spec = EvalSpec(tasks_path=demo_zoo.tasks_path, limit=LIMIT, batch_size=16)
+    spec = EvalSpec(tasks_path=vllm_zoo.tasks_path, limit=LIMIT, batch_size=16)
     hf, vllm = _pair(spec, short, model, tok)
-    copy_weights_in_place(model, demo_zoo.checkpoints[0])
+    copy_weights_in_place(model, vllm_zoo.checkpoints[0])
     want = hf.run_tasks()["samples"]["demo_code"]
     got = vllm.run_tasks()["samples"]["demo_code"]
     assert [s["resps"] for s in got] == [s["resps"] for s in want]
@@ -135,7 +146,7 @@ def _loglikelihoods(out, task):
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat_template"])
-def test_multiple_choice_and_loglikelihoods_equal_hf(pool, suite, demo_zoo, chat):
+def test_multiple_choice_and_loglikelihoods_equal_hf(pool, suite, vllm_zoo, chat):
     _, model, tok = pool
     objectives = [
         ObjectiveSpec(name="pick", tasks=(TaskRef(task="pick_group", metric="acc"),)),
@@ -144,7 +155,7 @@ def test_multiple_choice_and_loglikelihoods_equal_hf(pool, suite, demo_zoo, chat
     settings = {"apply_chat_template": True, "system_instruction": SYSTEM} if chat else {}
     spec = EvalSpec(tasks_path=suite, batch_size=4, **settings)
     hf, vllm = _pair(spec, objectives, model, tok)
-    for folder in (demo_zoo.checkpoints[1], demo_zoo.base):
+    for folder in (vllm_zoo.checkpoints[1], vllm_zoo.base):
         copy_weights_in_place(model, folder)
         want, got = hf.evaluate(model, tok), vllm.evaluate(model, tok)
         assert got.tasks.keys() == want.tasks.keys()
