@@ -8,37 +8,41 @@ plans.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import yaml
-from study_fixtures import complete, trials, write_config
+from study_fixtures import CHOICES, complete, trials, write_choice_task, write_config
 
 from search.cli import main
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("vllm_available")]
 
 
-def _config(demo_zoo: Any, root: Path, **eval_settings: Any) -> dict[str, Any]:
-    tasks = {"demo_instruct": "instruct", "demo_code": "code"}
+def _config(vllm_zoo: Any, root: Path, **eval_settings: Any) -> dict[str, Any]:
+    """Two objectives: the demo instruction task (generation, exact_match) and a multiple-choice
+    task (acc, which moves with these random weights), with held-out and test splits."""
+    tasks = root / "tasks"
+    shutil.copytree(vllm_zoo.tasks_path, tasks)
+    for split in ("", "_heldout", "_test"):
+        write_choice_task(tasks, f"c1_pick{split}", CHOICES)
+    pairs = {"demo_instruct": "instruct", "c1_pick": "pick"}
     return {
         "name": "vllm_demo",
         "storage": f"sqlite:///{root / 'vllm_demo.db'}",
-        "checkpoints": [str(c) for c in demo_zoo.checkpoints[:4]],
-        "base_model": str(demo_zoo.base),
+        "checkpoints": [str(c) for c in vllm_zoo.checkpoints],
+        "base_model": str(vllm_zoo.base),
         "merge": {"method": "linear", "weights": {"normalize": True}},
-        "objectives": [
-            {"name": name, "tasks": [{"task": task, "metric": "exact_match"}]}
-            for task, name in tasks.items()
-        ],
-        "tasks_path": str(demo_zoo.tasks_path),
+        "objectives": [{"name": name, "tasks": [{"task": task}]} for task, name in pairs.items()],
+        "tasks_path": str(tasks),
         "eval": {
             "limit": 16,
             "batch_size": 16,
-            "heldout": {t: f"{t}_heldout" for t in tasks},
-            "test": {t: f"{t}_test" for t in tasks},
+            "heldout": {t: f"{t}_heldout" for t in pairs},
+            "test": {t: f"{t}_test" for t in pairs},
             "racing": {"rungs": [0.5, 1.0]},
             **eval_settings,
         },
@@ -55,9 +59,9 @@ VLLM = {"backend": "vllm", "vllm": {"cpu_kv_cache_gib": 0.25, "enforce_eager": T
 
 
 @pytest.fixture(scope="module")
-def study(demo_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def study(vllm_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("vllm_study")
-    data = _config(demo_zoo, root, **VLLM)
+    data = _config(vllm_zoo, root, **VLLM)
     config = write_config(root / "vllm.yaml", data)
     first = main(["launch", str(config), "--workers", "2"])
     before = trials(data["name"], data["storage"])
@@ -91,7 +95,7 @@ def test_two_workers_run_resume_and_export(study: dict[str, Any]) -> None:
 
 
 def test_trials_score_as_the_hf_back_end_scores_their_plans(
-    study: dict[str, Any], demo_zoo: Any
+    study: dict[str, Any], vllm_zoo: Any
 ) -> None:
     from search.engine.plan import MergePlan
     from search.study.config import StudyConfig
@@ -110,5 +114,5 @@ def test_trials_score_as_the_hf_back_end_scores_their_plans(
     assert scored
     for t in scored:
         scores, _, _ = runtime.score(MergePlan.from_dict(t.user_attrs["plan"]))
-        assert list(t.values) == [scores.objectives[n] for n in ("instruct", "code")], t.number
+        assert list(t.values) == [scores.objectives[n] for n in ("instruct", "pick")], t.number
         assert t.user_attrs["task_scores"] == pytest.approx(scores.tasks), t.number
