@@ -50,6 +50,13 @@ from evaluators.spec import EvalSpec
 from search.errors import UserError
 
 
+def _quiet_vllm() -> None:
+    """vLLM logs INFO lines to stdout by default, into a command's output (``eval --json``):
+    warnings and errors only, on stderr, unless the user chose otherwise (read at import)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+
+
 def _lm_eval_vllm() -> type:
     """lm-eval's ``VLLM`` class, imported so that it finds vLLM's version under either name.
 
@@ -61,6 +68,7 @@ def _lm_eval_vllm() -> type:
     import importlib
     import importlib.metadata as metadata
 
+    _quiet_vllm()
     from vllm.platforms import current_platform
 
     current_platform.device_type  # noqa: B018  (detect the platform with the real lookup)
