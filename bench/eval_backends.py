@@ -125,8 +125,11 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> dict:
     from search.engine.plan import MergePlan
     from search.engine.pool import CheckpointPool
 
+    # both back ends compute in this process, on its torch threads (set before vLLM starts: its
+    # CPU worker turns torch.set_num_threads into a no-op)
+    torch.set_num_threads(args.threads)
     base, folders = write_pool(root, size, args.k, args.seed)
-    tasks = write_task(root / size, args.examples, args.new_tokens)
+    tasks = write_task(root, args.examples, args.new_tokens)
     pool = CheckpointPool.open(folders, None, device="cpu", dtype="float32")
     pool.load()
     model, tok = pool.load_model()
@@ -142,7 +145,6 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> dict:
     start = time.perf_counter()
     evaluators["vllm"] = build_evaluator(objectives, vllm_spec, model, tok)
     startup["vllm"] = time.perf_counter() - start
-    torch.set_num_threads(args.threads)  # vLLM's CPU worker sets its own; the same for both
 
     torch.manual_seed(args.seed)  # the Dirichlet draws below
     parts: dict[str, dict[str, list[float]]] = {
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
+            (Path(tmp) / size).mkdir()
             report(bench_size(size, args, Path(tmp) / size), args)
     return 0
 
