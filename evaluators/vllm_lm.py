@@ -14,7 +14,8 @@ then the model's parameters, named as in the checkpoint files, go to the model r
 gate/up projections, its CPU kernels' packed layouts) with the model's own ``load_weights``, then
 re-runs its post-load processing. No file is written and the engine (its KV cache, compiled graphs
 and scheduler) is not rebuilt. The cost is one pass over the weights: a copy of each tensor into
-vLLM's parameter plus the re-packing, ~0.03 s for the demo model on 2 CPU cores
+vLLM's parameter plus the re-packing, measured on 2 busy CPU cores at 0.17 s for the demo model's
+shape and 1.2 s for a 100 M Llama, ~1.5 % of a trial with 96-token generations
 (``bench/eval_backends.md``); on a GPU it is a device-to-device copy, a few milliseconds per GB.
 Why this path: it is vLLM's supported way to swap weights in place (restarting the engine costs
 seconds to minutes per trial; writing the merge to disk for a new engine costs a full save and
@@ -22,10 +23,10 @@ load); ``model.load_weights`` after start-up fails on CPU (the parameters were r
 0). After a reload the prefix cache is reset: cached KV blocks were computed with the previous
 weights.
 
-The weights are handed over on every :meth:`evaluate <evaluators.lm_eval_evaluator.LmEvalEvaluator.
-evaluate>` call, so any caller that changes the resident model's weights (a trial, a rung of
-staged scoring, a checkpoint copied in) is scored on what the model holds now; staged scoring
-reloads once per rung (a small fraction of the rung, see the benchmark).
+The weights are handed over at every harness pass
+(:meth:`~evaluators.lm_eval_evaluator.LmEvalEvaluator.run_tasks`, which ``evaluate`` runs), so
+any caller that changes the resident model's weights (a trial, a checkpoint copied in) is scored
+on what the model holds now, with no hook to call; staged scoring reloads once per rung.
 
 Memory: the engine holds its own copy of the weights next to the resident model and the pool,
 and a KV cache (``eval.vllm.gpu_memory_utilization`` on a GPU, ``eval.vllm.cpu_kv_cache_gib`` on
