@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from evaluators.base import Evaluator, Layout, Scores
@@ -121,15 +123,50 @@ def build_evaluator(
     return parts[0] if len(parts) == 1 else CompositeEvaluator(parts)
 
 
-def check_objectives(objectives: Sequence[ObjectiveSpec], spec: EvalSpec) -> None:
-    """What can be checked without a model: task names, group members, data, consent.
+def check_objectives(
+    objectives: Sequence[ObjectiveSpec],
+    spec: EvalSpec,
+    model_dir: Path | None = None,
+    dtype: str = "auto",
+) -> None:
+    """What can be checked without a model: task names, group members, data, consent, and the
+    scoring back end (:func:`check_backend`, with ``model_dir`` the folder the resident model
+    will be loaded from, in ``dtype``).
 
     Raises:
         UserError: one line naming the objective, the task and what is wrong.
     """
+    if any(o.evaluator == "lm_eval" for o in objectives):
+        check_backend(spec, model_dir, dtype)
     kinds: dict[str, list[ObjectiveSpec]] = {}
     for obj in objectives:
         kinds.setdefault(obj.evaluator, []).append(obj)
     for kind, group in kinds.items():
         if kind in CHECKS:
             CHECKS[kind](group, spec)
+
+
+def check_backend(spec: EvalSpec, model_dir: Path | None, dtype: str = "auto") -> None:
+    """``backend: vllm``: vLLM imports, knows the model's architecture and accepts the settings
+    (:func:`evaluators.vllm_lm.check_engine`; only the import without ``model_dir``).
+
+    Raises:
+        UserError: one line naming the field and what to do.
+    """
+    if spec.backend != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "eval.backend: vllm needs vLLM, which is not installed here: pip install -e '.[vllm]' "
+            "(GPU) or `make vllm-venv` (CPU, .venv-vllm); or set eval.backend: hf"
+        )
+    try:
+        from evaluators.vllm_lm import check_engine  # lazy: imports vllm
+    except Exception as exc:  # a broken install fails in many ways
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"eval.backend: vllm: vLLM is installed but does not import ({reason}); reinstall it "
+            "(`make vllm-venv` on CPU) or set eval.backend: hf"
+        ) from None
+    if model_dir is not None:
+        check_engine(spec, Path(model_dir), dtype)

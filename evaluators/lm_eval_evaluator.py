@@ -18,6 +18,7 @@ import contextlib
 import io
 import random
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +113,9 @@ class LmEvalEvaluator(Evaluator):
     Args:
         objectives: objectives with ``evaluator == "lm_eval"``.
         spec: tasks path, limit, batch size, few-shot count, seed, chat settings, context length.
-        model: the resident ``transformers`` model (wrapped once in ``HFLM``).
+        model: the resident ``transformers`` model (wrapped once in ``HFLM``; with
+            ``spec.backend == "vllm"`` its folder and dtype start one vLLM engine, and its
+            weights are handed to the engine at every call).
         tokenizer: its tokenizer.
 
     Raises:
@@ -148,13 +151,21 @@ class LmEvalEvaluator(Evaluator):
             if run.limit is not None and self._limit is None
         }
         self._model = model
-        self.lm = ResidentHFLM(
-            pretrained=model,
-            tokenizer=tokenizer,
-            batch_size=spec.batch_size,
-            max_length=spec.max_length,
-            chat_template_args=_chat_template_args(tokenizer, spec.apply_chat_template),
-        )
+        if spec.apply_chat_template:
+            check_chat_template(tokenizer, spec.apply_chat_template)  # before an engine starts
+        chat_args = _chat_template_args(tokenizer, spec.apply_chat_template)
+        if spec.backend == "vllm":
+            from evaluators.vllm_lm import ResidentVLLM  # lazy: imports vllm
+
+            self.lm = ResidentVLLM(model, tokenizer, spec, chat_template_args=chat_args)
+        else:
+            self.lm = ResidentHFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=spec.batch_size,
+                max_length=spec.max_length,
+                chat_template_args=chat_args,
+            )
         if spec.apply_chat_template:
             _check_chat_template(self.lm, tokenizer, spec.apply_chat_template)
 
@@ -256,14 +267,34 @@ class LmEvalEvaluator(Evaluator):
         out = self.run_tasks(docs)
         return reduce_results(out, self._terms, self._set.tasks)
 
+    def sync_weights(self) -> float:
+        """Give the harness the resident model's weights as they are now; seconds taken.
+
+        ``hf`` scores the model object itself (nothing to do); ``vllm`` reloads the parameters
+        into its engine (:meth:`evaluators.vllm_lm.ResidentVLLM.load_weights`).
+        """
+        load = getattr(self.lm, "load_weights", None)
+        if load is None:
+            return 0.0
+        start = time.perf_counter()
+        load(self._model)
+        return time.perf_counter() - start
+
     def run_tasks(
-        self, docs: Mapping[str, Sequence[int]] | None = None, *, log_samples: bool = True
+        self,
+        docs: Mapping[str, Sequence[int]] | None = None,
+        *,
+        log_samples: bool = True,
+        sync: bool = True,
     ) -> dict[str, Any]:
-        """One harness pass over every task: lm-eval's output (``results``, ``samples``).
+        """One harness pass over every task, on the weights the model holds now: lm-eval's
+        output (``results``, ``samples``).
 
         ``log_samples=False`` is the mean-only path (no per-sample records; the benchmark's
-        baseline).
+        baseline). ``sync=False``: the caller has just called :meth:`sync_weights`.
         """
+        if sync:
+            self.sync_weights()
 
         limit, samples = self._limit, self._samples or None
         if docs is not None:

@@ -6,7 +6,7 @@ These pydantic models are the evaluators' input; the study config embeds them as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -72,6 +72,30 @@ class ObjectiveSpec(_Strict):
         return self
 
 
+class VllmSpec(_Strict):
+    """vLLM engine settings (``eval.backend: vllm``): one in-process engine per worker.
+
+    Defaults keep room for the merge engine beside vLLM on the same device: the checkpoint pool
+    and the resident model the merges are written into live there too.
+    """
+
+    # the engine's context (prompt + generated tokens); None: eval.max_length, else the model's
+    max_model_len: int | None = Field(default=None, ge=2)
+    # GPU: fraction of the device's memory vLLM may take (weights + KV cache). vLLM's own
+    # default, 0.9, leaves no room for the pool; 0.4 does for a pool of a few models.
+    gpu_memory_utilization: float = Field(default=0.4, gt=0, le=1)
+    # CPU: the KV cache in GiB (vLLM's kv_cache_memory_bytes; without it vLLM reserves a share
+    # of the host's memory per engine, one engine per worker). 1 GiB holds ~2 k tokens of a 7 B
+    # Llama in bfloat16 (0.5 MB a token), far more for small models.
+    cpu_kv_cache_gib: float = Field(default=1.0, gt=0)
+    # skip CUDA graphs / compilation: faster start-up, slower decoding. Start-up happens once per
+    # worker, so compiled decoding pays off on studies of more than a handful of trials.
+    enforce_eager: bool = False
+    max_num_seqs: int | None = Field(default=None, ge=1)  # sequences per step; None: vLLM's
+    # any other vllm.EngineArgs field (checked against vLLM before any worker starts)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
 class EvalSpec(_Strict):
     """How tasks are run. Defaults follow lm-eval's; fixed seeds keep trials comparable."""
 
@@ -89,6 +113,10 @@ class EvalSpec(_Strict):
     fewshot_as_multiturn: bool | None = None
     max_length: int | None = Field(default=None, ge=2)  # the model's context; None: its config's
     confirm_run_unsafe_code: bool = False  # run tasks marked unsafe_code (they execute output)
+    # who runs lm-eval's requests: hf (transformers, the default) or vllm (one resident vLLM
+    # engine per worker, each merge's weights reloaded into it: pip install -e .[vllm])
+    backend: Literal["hf", "vllm"] = "hf"
+    vllm: VllmSpec = Field(default_factory=VllmSpec)
 
     @model_validator(mode="after")
     def _check_chat(self) -> EvalSpec:

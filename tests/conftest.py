@@ -65,3 +65,56 @@ def tmpfs(tmp_path):
     yield mount
     for point in mounted:
         subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_available() -> None:
+    """vLLM can be imported; else skip, except under CI, where the vLLM tests must run.
+
+    ``.ci/run`` runs the tests marked ``vllm`` in the venv ``make vllm-venv`` builds; there, a
+    missing vLLM is an install step that broke, not a reason to skip.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI=true but vLLM is not installed: run the vllm tests in `make vllm-venv`")
+        pytest.skip("vLLM is not installed (make vllm-venv; make test-vllm runs these tests)")
+
+
+@pytest.fixture(scope="session")
+def vllm_zoo(tmp_path_factory: pytest.TempPathFactory):
+    """A pool of the demo model family that vLLM's CPU attention runs (head size 32; the tiny
+    demo pool's 16 is below its smallest): ``.base``, ``.checkpoints`` (four), ``.tasks_path``
+    (the demo tasks). Random weights, seeded: the base, then the base plus seeded noise of
+    growing size, so each checkpoint generates differently.
+    """
+    import types
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from search.zoo.model import char_tokenizer, llama_config
+
+    root = tmp_path_factory.mktemp("vllm_zoo")
+    config = llama_config(hidden=64, layers=2, heads=2, intermediate=128, context=64)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    base = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    tok = char_tokenizer()
+    folders = []
+    for i in range(5):
+        gen = torch.Generator().manual_seed(100 + i)
+        model.load_state_dict(
+            {
+                n: t + 0.3 * i * t.std() * torch.randn(t.shape, generator=gen)
+                for n, t in base.items()
+            }
+        )
+        folder = root / ("base" if i == 0 else f"ckpt_{i}")
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        folders.append(folder)
+    return types.SimpleNamespace(
+        base=folders[0], checkpoints=tuple(folders[1:]), tasks_path=REPO / "configs/tasks/demo"
+    )

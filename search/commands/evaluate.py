@@ -43,6 +43,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run tasks marked unsafe_code (they execute what the model writes)",
     )
+    p.add_argument(
+        "--backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="who runs the requests: transformers (hf) or a vLLM engine (pip install -e .[vllm])",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from search.engine.device import resolve_device
 
     objectives, spec = _request(args)
-    check_objectives(objectives, spec)  # before the model is loaded
+    check_objectives(objectives, spec, Path(args.model_dir))  # before the model is loaded
     device = str(resolve_device(args.device))
     scores = score_saved_model(args.model_dir, objectives, spec, device)
     counts = {k: len(v) for k, v in scores.examples.items()}
@@ -121,6 +127,7 @@ def _request(args: argparse.Namespace) -> tuple[list, object]:
         system_instruction=args.system_instruction,
         fewshot_as_multiturn=args.fewshot_as_multiturn,
         confirm_run_unsafe_code=args.confirm_run_unsafe_code,
+        backend=args.backend,
     )
     return objectives, spec
 

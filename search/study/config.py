@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from evaluators.spec import EvalSpec, ObjectiveSpec, check_chat_settings
+from evaluators.spec import EvalSpec, ObjectiveSpec, VllmSpec, check_chat_settings
 from search.engine.registry import METHODS
 from search.errors import UserError, one_line
 from search.study.features import Feature, build_features
@@ -138,6 +138,9 @@ class EvalConfig(_Strict):
     fewshot_as_multiturn: bool | None = None  # None: true exactly when a chat template applies
     max_length: int | None = Field(default=None, ge=2)  # model context; None: the model config's
     confirm_run_unsafe_code: bool = False  # allow tasks marked unsafe_code (they run model output)
+    # hf: transformers; vllm: one resident vLLM engine per worker (pip install -e .[vllm])
+    backend: Literal["hf", "vllm"] = "hf"
+    vllm: VllmSpec = Field(default_factory=VllmSpec)  # engine settings (evaluators.spec.VllmSpec)
 
     @model_validator(mode="after")
     def _check_chat(self) -> EvalConfig:
@@ -406,6 +409,8 @@ class StudyConfig(_Strict):
             fewshot_as_multiturn=self.eval.fewshot_as_multiturn,
             max_length=self.eval.max_length,
             confirm_run_unsafe_code=self.eval.confirm_run_unsafe_code,
+            backend=self.eval.backend,
+            vllm=self.eval.vllm,
         )
 
     def heldout_objectives(self) -> tuple[ObjectiveSpec, ...]:

@@ -241,12 +241,14 @@ def precompute(prepared: Prepared, say: Callable[[str], None]) -> None:
 
 def check_scoring(cfg: StudyConfig, config_path: str | Path) -> None:
     """The objectives' and held-out tasks' checks that need no model (names, group members,
-    consent to run code, data in the local caches), before any worker starts."""
+    consent to run code, data in the local caches; with ``eval.backend: vllm`` that vLLM is
+    installed, supports the model and accepts ``eval.vllm``), before any worker starts."""
     from evaluators import check_objectives
 
     spec = cfg.eval_spec()
+    reference = cfg.base_model or cfg.checkpoints[0]  # the folder workers load the model from
     try:
-        check_objectives(cfg.objectives, spec)
+        check_objectives(cfg.objectives, spec, reference, cfg.dtype)
         if cfg.eval.heldout:
             check_objectives(cfg.heldout_objectives(), spec)
     except UserError as exc:
