@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from search.report.pareto import KNEE_RULE
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     text = (
         "Print the Pareto front (knee marked) beside the input checkpoints and the uniform merge."
     )
-    p = sub.add_parser("pareto", help=text, description=text)
+    p = sub.add_parser(
+        "pareto",
+        help=text,
+        description=f"{text} The knee (what export --knee exports) is {KNEE_RULE}.",
+    )
     p.add_argument("config", help="study config YAML")
     p.add_argument("--storage", default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

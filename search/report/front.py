@@ -57,13 +57,15 @@ def build_report(
             f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the "
             f"constraints; nothing to report"
         )
-    knee = view.knee(front)
     front.sort(
         key=lambda r: [
             -v if d == "maximize" else v for v, d in zip(r.values, directions, strict=True)
         ]
     )
     baselines = find_baselines(view, runtime_factory)
+    uniform = next((b for b in baselines if b["kind"] == "uniform"), None)
+    reference = [uniform["values"][n] for n in names] if uniform else None
+    knee = view.knee(front, reference)
 
     heldout_scores: dict[str, dict] = {}
     heldout_note = None
@@ -91,8 +93,10 @@ def build_report(
     search_knee = knee
     knee_split = "search"
     by_key = {r.plan_key: [held(r.plan_key)[n] for n in names] for r in front if held(r.plan_key)}
+    held_uniform = held(uniform["plan_key"]) if uniform else None
     if by_key:  # as `export --knee` chooses: the front judged on its held-out re-scores
-        knee, knee_split = view.knee_on(front, by_key), "heldout"
+        held_reference = [held_uniform[n] for n in names] if held_uniform else None
+        knee, knee_split = view.knee_on(front, by_key, held_reference), "heldout"
     test = None
     test_note = None
     if not heldout:

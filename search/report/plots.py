@@ -364,8 +364,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines = [
         f"study {report['study']} ({report['storage']}): {counts_text(report['trial_counts'])}; "
         f"objectives: {arrows}",
-        f"Pareto front: {len(report['front'])} trial(s); * = knee (closest to the ideal point "
-        f"after normalizing each objective over the front"
+        f"Pareto front: {len(report['front'])} trial(s); * = knee (the largest smallest lead over "
+        f"the uniform merge across the objectives"
         + (", judged on the held-out re-scores: what export --knee picks)" if on_heldout else ")"),
     ]
     lines += [
@@ -427,7 +427,7 @@ def split_section(test: Mapping[str, Any], names: Sequence[str]) -> list[str]:
             ]
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    title = "test split: chosen merge vs inputs"
+    title = "test split: chosen merge vs the uniform merge and the inputs"
     if examples:
         title += f" (examples per task: {examples})"
     return [
@@ -436,6 +436,7 @@ def split_section(test: Mapping[str, Any], names: Sequence[str]) -> list[str]:
             "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
             for row in table
         ),
+        verdict_text(test),
     ]
 
 
@@ -516,3 +517,27 @@ def lead_text(baseline: Mapping[str, Any], key: str) -> str:
     diff = baseline["diff"][key]
     se = (baseline.get("diff_se") or {}).get(key)
     return f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
+def verdict_text(test: Mapping[str, Any]) -> str:
+    """One line: the chosen merge's test-split lead on the mean over the uniform merge and over
+    the best input, each ``± paired SE (z SE)``
+    (:func:`~search.report.scores.test_verdict`)."""
+    from search.report.scores import test_verdict
+
+    v = test_verdict(test)
+
+    def part(what: str, lead: Mapping[str, Any] | None) -> str:
+        if lead is None:
+            return ""
+        se = f" ± {lead['se']:.4f}" if lead["se"] is not None else ""
+        z = f" ({lead['z']:+.1f} SE)" if lead["z"] is not None else ""
+        return f"{what}: {lead['diff']:+.4f}{se}{z}"
+
+    parts = [
+        part("over the uniform merge", v["uniform"]),
+        part(f"over the best input ({v['best_input']['label']})", v["best_input"])
+        if v["best_input"]
+        else "",
+    ]
+    return "verdict, chosen − baseline on the test mean: " + "; ".join(p for p in parts if p)

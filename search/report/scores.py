@@ -28,7 +28,7 @@ import numpy as np
 from search.engine.plan import MergePlan
 from search.engine.registry import METHODS
 from search.report.view import StudyView
-from search.study.records import encode_examples, json_stderr
+from search.study.records import STOPPED_ATTR, encode_examples, json_stderr
 
 HELDOUT_ATTR = "heldout_scores"
 TEST_ATTR = "test_scores"
@@ -143,7 +143,8 @@ def compare_on_test(
         ``None`` without ``eval.test``; else ``{"chosen": entry, "baselines": [entry, ...]}``
         with ``entry = {"label", "trial", "plan_key", "objectives", "stderr", "tasks",
         "examples", "mean"}`` (``mean``: mean of the objectives, minimized ones negated;
-        ``examples``: examples per task) and, per baseline, ``"diff"``: chosen minus it, per
+        ``examples``: examples per task) and, per baseline, ``"kind"`` (``"uniform"`` or
+        ``"single"``), ``"diff"``: chosen minus it, per
         objective and on the mean, with ``"diff_se"``: the paired standard errors of those
         differences (the same examples; from the per-example values, ``None`` where an
         objective has none, e.g. perplexity).
@@ -151,8 +152,8 @@ def compare_on_test(
     if not split_configured(view.cfg, "test") or "plan" not in chosen.user_attrs:
         return None
     plans = {chosen.plan_key: MergePlan.from_dict(chosen.user_attrs["plan"])}
-    labels = [(label, plan) for label, _kind, plan in baseline_plans(_pool_names(view))]
-    plans.update({plan.key: plan for _, plan in labels})
+    labels = baseline_plans(_pool_names(view))
+    plans.update({plan.key: plan for _, _, plan in labels})
     scores = score_split(view, plans, "test", runtime_factory)
 
     def entry(label: str, trial: int | None, key: str) -> dict[str, Any]:
@@ -175,13 +176,35 @@ def compare_on_test(
     best = entry(how, chosen.number, chosen.plan_key)
     terms = paired_objectives(view.cfg.split_objectives("test"), scores[chosen.plan_key])
     baselines = []
-    for label, plan in labels:
+    for label, kind, plan in labels:
         b = entry(label, None, plan.key)
+        b["kind"] = kind  # "uniform" or "single"
         b["diff"] = {n: best["objectives"][n] - b["objectives"][n] for n in view.names}
         b["diff"]["mean"] = best["mean"] - b["mean"]
         b["diff_se"] = _paired_se(terms, scores[chosen.plan_key], scores[plan.key])
         baselines.append(b)
     return {"chosen": best, "baselines": baselines}
+
+
+def test_verdict(test: Mapping[str, Any]) -> dict[str, Any]:
+    """The verdict of a test comparison (:func:`compare_on_test`): the chosen merge's lead on
+    the mean of the objectives over the uniform merge, over the best input (highest mean) and
+    the smallest lead over any input, each ``{"label", "diff", "se", "z"}`` (``se``/``z``
+    ``None`` without per-example values); ``beats_all``: every lead positive."""
+
+    def lead(b: Mapping[str, Any]) -> dict[str, Any]:
+        diff, se = b["diff"]["mean"], (b.get("diff_se") or {}).get("mean")
+        z = diff / se if se else None
+        return {"label": b["label"], "diff": diff, "se": se, "z": z}
+
+    baselines = test["baselines"]
+    uniform = next((b for b in baselines if b.get("kind", b["label"]) == "uniform"), None)
+    singles = [b for b in baselines if b is not uniform]
+    out: dict[str, Any] = {"uniform": lead(uniform) if uniform else None}
+    out["best_input"] = lead(max(singles, key=lambda b: b["mean"])) if singles else None
+    out["weakest_lead"] = lead(min(singles, key=lambda b: b["diff"]["mean"])) if singles else None
+    out["beats_all"] = all(b["diff"]["mean"] > 0 for b in baselines)
+    return out
 
 
 def paired_objectives(objectives: Sequence[Any], scored: Mapping[str, Any]) -> list[Any]:
@@ -295,6 +318,50 @@ def find_baselines(
     order = ["uniform", *pool_names]
     return sorted(
         found.values(), key=lambda b: order.index(b["label"]) if b["label"] in order else 99
+    )
+
+
+def uniform_values(
+    view: StudyView, split: str, runtime_factory: Callable[..., Any] | None = None
+) -> list[float]:
+    """The uniform merge's objective values on ``split`` (``"search"`` or ``"heldout"``): the
+    reference ``export --knee`` / ``--prefer`` measure leads from.
+
+    Search split: the ``uniform`` seed trial, else scored once and cached as a baseline (as
+    :func:`find_baselines`); held-out split: scored once and cached (:func:`score_heldout`).
+    """
+    label, _kind, plan = baseline_plans(_pool_names(view))[0]
+    if split == "heldout":
+        got = score_heldout(view, {plan.key: plan}, runtime_factory)[plan.key]
+        return [float(got["objectives"][n]) for n in view.names]
+    for row in view.rows:
+        if STOPPED_ATTR not in row.user_attrs and (
+            row.plan_key == plan.key or _is_uniform(row.user_attrs.get("plan"), plan)
+        ):
+            return list(row.values)
+    cache = dict(view.study.user_attrs.get(BASELINE_ATTR) or {})
+    if plan.key not in cache:
+        runtime = _runtime(view.cfg, "search", runtime_factory)
+        print("scoring baseline 'uniform' (no seed trial)", file=sys.stderr, flush=True)
+        scores, _, _ = runtime.score(plan)
+        cache[plan.key] = _scores_dict(scores)
+        view.study.set_user_attr(BASELINE_ATTR, cache)
+    return [float(cache[plan.key]["objectives"][n]) for n in view.names]
+
+
+def _is_uniform(recorded: Mapping[str, Any] | None, uniform: MergePlan) -> bool:
+    """Whether a trial's recorded plan is the uniform merge: linear with the uniform plan's
+    params and one equal positive weight everywhere (any scale: the weights are normalized)."""
+    if not recorded:
+        return False
+    plan = MergePlan.from_dict(recorded)
+    weights = {w for row in plan.weights for w in row}
+    return (
+        plan.method == uniform.method
+        and dict(plan.params) == dict(uniform.params)
+        and len(plan.weights) == len(uniform.weights)
+        and len(weights) == 1
+        and next(iter(weights)) > 0
     )
 
 
