@@ -134,6 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "test mean a longer search finds; 0: none)",
     )
     p.add_argument("--limit-sampler", default="nsga2+fw", help="variant of the --limit-trials run")
+    p.add_argument(
+        "--split-limit",
+        type=int,
+        default=None,
+        help="with --test: examples per task on the held-out and test splits (default: all)",
+    )
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)
 
@@ -480,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"limit run: {len(values)} trials in {seconds:.0f} s", file=sys.stderr)
         del runtime  # one resident model per split below
-        test_report = test_table(runs, samplers, cfg, directions, space, limit_run)
+        split_cfg = cfg
+        if args.split_limit is not None:
+            split_eval = cfg.eval.model_copy(update={"limit": args.split_limit})
+            split_cfg = cfg.model_copy(update={"eval": split_eval})
+        test_report = test_table(runs, samplers, split_cfg, directions, space, limit_run)
     print_at_table(runs, samplers, at)
     if args.heldout:
         heldout_table(runs, samplers, load_config(fcfg_path or cfg_path), directions)
