@@ -167,3 +167,23 @@ def test_unknown_recipe_is_refused_before_any_work(tmp_path, capsys):
         main(["zoo", "build", str(tmp_path / "z"), "--recipe", "soup"])
     assert "invalid choice: 'soup'" in capsys.readouterr().err
     assert not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "recipe", "folder"),
+    [
+        ("demo.yaml", "recycle", "studies/zoo"),
+        ("mixtures.yaml", "mixtures", "studies/zoo-mixtures"),
+    ],
+)
+def test_committed_configs_list_their_recipe_pool(config, recipe, folder):
+    """configs/demo.yaml is the recycling pool (as `make demo` builds it), configs/mixtures.yaml
+    the mixtures pool: every checkpoint of the recipe, in the recipe's order."""
+    from pathlib import Path
+
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[3] / "configs" / config).read_text())
+    names = RECIPES[recipe]["full"].checkpoint_names()
+    assert data["checkpoints"] == [f"{folder}/{n}" for n in names]
+    assert data["base_model"] == f"{folder}/base"
