@@ -42,7 +42,7 @@ test: setup
 	$(BIN)/python -m pytest -q -m "not vllm"
 
 demo: setup
-	$(BIN)/merge-search zoo build studies/zoo
+	$(BIN)/merge-search zoo build studies/zoo --recipe recycle
 	$(BIN)/merge-search launch configs/demo.yaml --workers 2
 	$(BIN)/merge-search pareto configs/demo.yaml --plot studies/demo/pareto.html
 	$(BIN)/merge-search export configs/demo.yaml --knee --out studies/demo/export --force

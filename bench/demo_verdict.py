@@ -1,11 +1,13 @@
-"""Does the demo's verdict hold? The exported merge against every input, on the test split.
+"""Does the demo's verdict hold? The exported merge against the uniform merge and every input,
+on the test split.
 
 For each zoo seed, as ``make demo`` does but from scratch: build the demo pool
 (``merge-search zoo build DIR --seed N`` into a new folder), run the demo study
 (``merge-search launch configs/demo.yaml --workers 2``, the config's pool and storage pointed
 into that folder), print its report (``merge-search pareto``: the front, held-out re-scores,
 the test section) and export the knee (``merge-search export --knee``: chosen on the held-out
-re-scores). Then score the exported folder and every input checkpoint on the test split
+re-scores). Then score the exported folder, the uniform merge (the mean of the inputs' tensors,
+what one mergekit line makes) and every input checkpoint on the test split
 (``eval.test``: data neither the search nor the choice saw) with lm-eval's per-example results
 and print, per seed:
 
@@ -16,13 +18,14 @@ and print, per seed:
   (``0.5 · sqrt(var(d_a)/n_a + var(d_b)/n_b)``), and how many SEs that is;
 - the ratio exported / best input on the mean.
 
-The verdict of a seed holds when the export beats every input by at least ``--min-se``
-(default 2) paired standard errors. Seeds run one after the other; each takes several minutes
-on 2 cores (the build most of it).
+The verdict of a seed holds when the export beats the uniform merge and every input by at least
+``--min-se`` (default 2) paired standard errors. Seeds run one after the other; each takes
+several minutes on 2 cores (the build most of it).
 
 Usage (from the repository root)::
 
-    python bench/demo_verdict.py --seeds 0 1 2 [--workdir DIR] [--json FILE]
+    python bench/demo_verdict.py --seeds 0 1 2 [--recipe recycle] [--workdir DIR] [--json FILE]
+    python bench/demo_verdict.py --recipe mixtures --config configs/mixtures.yaml
 
 The standard errors are computed here, from lm-eval's ``log_samples`` output; the library's own
 scores carry no per-example results yet.
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    p.add_argument("--recipe", default="recycle", help="zoo recipe (configs/demo.yaml's pool)")
     p.add_argument("--workdir", default=None, help="where pools and studies go (default: temp)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--min-se", type=float, default=2.0, help="paired SEs the export must lead by")
@@ -126,12 +130,17 @@ class SplitScorer:
 
     def score(self, folder: Path) -> dict[str, list[float]]:
         """``{task: [exact match per example, in doc order]}`` of the model saved in ``folder``."""
-        import torch
-        from lm_eval.evaluator import evaluate
         from safetensors.torch import load_file
 
+        return self.score_state(load_file(str(folder / "model.safetensors")))
+
+    def score_state(self, state: dict[str, Any]) -> dict[str, list[float]]:
+        """As :meth:`score`, for a state dict in memory."""
+        import torch
+        from lm_eval.evaluator import evaluate
+
         with torch.no_grad():
-            self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
+            self.model.load_state_dict(state)
         with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's progress bars
             out = evaluate(
                 lm=self.lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True
@@ -141,6 +150,17 @@ class SplitScorer:
             samples = sorted(out["samples"][task], key=lambda d: d["doc_id"])
             per[task] = [float(d["exact_match"]) for d in samples]
         return per
+
+
+def uniform(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The uniform merge of the config's checkpoints: the mean of their tensors (float32)."""
+    from safetensors.torch import load_file
+
+    total: dict[str, Any] = {}
+    for path in cfg["checkpoints"]:
+        for k, t in load_file(str(Path(path) / "model.safetensors")).items():
+            total[k] = total[k] + t.float() if k in total else t.float().clone()
+    return {k: t / len(cfg["checkpoints"]) for k, t in total.items()}
 
 
 def mean(xs: list[float]) -> float:
@@ -172,13 +192,15 @@ def summarize(per: dict[str, dict[str, list[float]]], tasks: list[str]) -> dict[
         d = mean([mean(diffs[t]) for t in tasks])
         se = math.sqrt(sum(var(diffs[t]) / len(diffs[t]) for t in tasks)) / len(tasks)
         rows[name].update(diff=d, diff_se=se, z=d / se if se > 0 else math.inf)
-    inputs = [n for n in per if n != "export"]
+    inputs = [n for n in per if n not in ("export", "uniform")]
     best = max(inputs, key=lambda n: rows[n]["mean"])
     return {
         "rows": rows,
         "best_input": best,
         "ratio": rows["export"]["mean"] / rows[best]["mean"],
-        "min_z": min(rows[n]["z"] for n in inputs),
+        "ratio_uniform": rows["export"]["mean"] / rows["uniform"]["mean"],
+        "uniform_z": rows["uniform"]["z"],
+        "min_z": min(rows[n]["z"] for n in (*inputs, "uniform")),
     }
 
 
@@ -202,7 +224,9 @@ def print_seed(seed: int, result: dict[str, Any], tasks: list[str], min_se: floa
     holds = result["min_z"] >= min_se
     print(
         f"exported / best input ({result['best_input']}) on the mean: {result['ratio']:.3f}; "
-        f"smallest lead {result['min_z']:+.1f} paired SEs: verdict "
+        f"exported / uniform merge: {result['ratio_uniform']:.3f} "
+        f"(lead {result['uniform_z']:+.1f} paired SEs); smallest lead over the uniform merge "
+        f"and every input {result['min_z']:+.1f} paired SEs: verdict "
         f"{'holds' if holds else 'does NOT hold'} (needs >= {min_se:g})"
     )
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items())
@@ -219,7 +243,9 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         zoo = Path(args.zoos) / f"seed{seed}" / "zoo"
         log.write_text(f"(pool reused from {zoo})\n")
     else:
-        seconds["zoo build"] = cli("zoo", "build", str(zoo), "--seed", str(seed), log=log)
+        seconds["zoo build"] = cli(
+            "zoo", "build", str(zoo), "--seed", str(seed), "--recipe", args.recipe, log=log
+        )
     config = demo_config(Path(args.config), zoo, folder, f"demo-seed{seed}")
     seconds["launch"] = cli("launch", str(config), "--workers", str(args.workers), log=log)
     seconds["pareto"] = cli("pareto", str(config), log=log)
@@ -232,7 +258,7 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     tasks = [test[t["task"]] for o in cfg["objectives"] for t in o["tasks"]]
     scorer = SplitScorer(zoo / "base", zoo / "tasks", tasks, cfg["eval"].get("batch_size", 64))
     start = time.perf_counter()
-    per = {"export": scorer.score(export)}
+    per = {"export": scorer.score(export), "uniform": scorer.score_state(uniform(cfg))}
     for path in cfg["checkpoints"]:
         per[Path(path).name] = scorer.score(Path(path))
     result = summarize(per, tasks)
@@ -263,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     held = [r for r in results if r["min_z"] >= args.min_se]
     print(
         f"\nverdict holds for {len(held)}/{len(results)} seeds "
-        f"(export beats every input on the test-split mean by >= {args.min_se:g} paired SEs)"
+        f"(export beats the uniform merge and every input on the test-split mean by >= "
+        f"{args.min_se:g} paired SEs)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

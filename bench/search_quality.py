@@ -119,6 +119,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also re-score every run's front on the held-out tasks (eval.heldout)",
     )
+    p.add_argument(
+        "--test",
+        action="store_true",
+        help="re-score every run's front on the held-out and test tasks (eval.heldout, eval.test):"
+        " the front's test hypervolume (reference: the worst input per objective on the test "
+        "split) and the test mean of the run's export (export --knee's rule on held-out scores)",
+    )
+    p.add_argument(
+        "--limit-trials",
+        type=int,
+        default=0,
+        help="with --test: also run --limit-sampler for this many trials (the limit: the best "
+        "test mean a longer search finds; 0: none)",
+    )
+    p.add_argument("--limit-sampler", default="nsga2+fw", help="variant of the --limit-trials run")
+    p.add_argument(
+        "--split-limit",
+        type=int,
+        default=None,
+        help="with --test: examples per task on the held-out and test splits (default: all)",
+    )
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)
 
@@ -441,6 +462,28 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         args, cfg, baselines, grid_k, len(grid_values), reference_front, ref, hv_ref, runs, samplers
     )
+    test_report = None
+    if args.test:
+        limit_run = None
+        if args.limit_trials:
+            long_args = argparse.Namespace(**{**vars(args), "trials": args.limit_trials})
+            values, seconds, labels = run_study(
+                run_config(base, workdir, args.limit_sampler, 0, long_args), runtime, proposals
+            )
+            limit_run = {
+                "sampler": f"{args.limit_sampler} x{args.limit_trials}",
+                "seed": 0,
+                "values": values,
+                "seconds": seconds,
+                "plans": [plan for _, plan in labels],
+            }
+            print(f"limit run: {len(values)} trials in {seconds:.0f} s", file=sys.stderr)
+        del runtime  # one resident model per split below
+        split_cfg = cfg
+        if args.split_limit is not None:
+            split_eval = cfg.eval.model_copy(update={"limit": args.split_limit})
+            split_cfg = cfg.model_copy(update={"eval": split_eval})
+        test_report = test_table(runs, samplers, split_cfg, directions, space, limit_run)
     print_at_table(runs, samplers, at)
     if args.heldout:
         heldout_table(runs, samplers, load_config(fcfg_path or cfg_path), directions)
@@ -487,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                     "runs": runs,
                     "fw": proposals.record if proposals is not None else None,
                     "fisher_cost": fisher_cost,
+                    "test": test_report,
                 },
                 indent=1,
             )
@@ -604,6 +648,155 @@ def heldout_table(
         sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
         ratio = f"{base[s] / base['nsga2']:.3f}" if base.get("nsga2") else "-"
         print(f"  {s:<24} held-out HV {base[s]:.4f}±{sd:.4f}  / nsga2 {ratio}")
+
+
+def paired_lead(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
+    """Mean over the score keys of ``a - b`` (per-example values on the same examples) and its
+    paired standard error (keys are disjoint tasks: independent)."""
+    diffs, var_sum = [], 0.0
+    for key in a:
+        d = [x - y for x, y in zip(a[key], b[key], strict=True)]
+        diffs.append(statistics.fmean(d))
+        var_sum += statistics.variance(d) / len(d) if len(d) > 1 else 0.0
+    return statistics.fmean(diffs), math.sqrt(var_sum) / len(diffs)
+
+
+def test_table(
+    runs: list[dict[str, Any]],
+    samplers: list[str],
+    cfg: Any,
+    directions: list[str],
+    space: Any,
+    limit_run: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Every run's front on the held-out and test splits; the run's export and its test mean.
+
+    The export is what ``export --knee`` picks: among the front's members Pareto-optimal on
+    their held-out scores, the largest smallest lead over the uniform merge's held-out scores.
+    The test hypervolume's reference point is the worst input on each objective (test split).
+    Each distinct plan is scored once per split.
+    """
+    from search.engine.plan import MergePlan
+    from search.report.frontier import knee_point
+    from search.study.worker import Runtime
+
+    seeds = dict(space.seed_trials(["uniform", "singles"]))
+    base_plans = {label: space.plan(params) for label, params in seeds.items()}
+    cache: dict[tuple[str, str], Any] = {}
+
+    def scored(runtime: Any, split: str, plan: Any) -> Any:
+        if (split, plan.key) not in cache:
+            scores, _, _ = runtime.score(plan)
+            cache[split, plan.key] = scores
+        return cache[split, plan.key]
+
+    def values(scores: Any) -> list[float]:
+        return [float(scores.objectives[n]) for n in cfg.objective_names]
+
+    everyone = [*runs, *([limit_run] if limit_run else [])]
+    for r in everyone:
+        r["front_plans"] = list(
+            {
+                MergePlan.from_dict(r["plans"][i]).key: MergePlan.from_dict(r["plans"][i])
+                for i in pareto_front(r["values"], directions)
+            }.values()
+        )
+    held_rt = Runtime.create(cfg, split="heldout")
+    uniform_held = values(scored(held_rt, "heldout", base_plans["uniform"]))
+    for r in everyone:
+        held = [values(scored(held_rt, "heldout", p)) for p in r["front_plans"]]
+        own = pareto_front(held, directions)
+        pick = own[knee_point([held[i] for i in own], directions, uniform_held)]
+        r["export_plan"] = r["front_plans"][pick]
+        r["export_heldout"] = held[pick]
+    del held_rt
+    test_rt = Runtime.create(cfg, split="test")
+    base_test = {label: scored(test_rt, "test", p) for label, p in base_plans.items()}
+    inputs = [values(v) for k, v in base_test.items() if k != "uniform"]
+    ref = [
+        min(v[i] for v in inputs) if d == "maximize" else max(v[i] for v in inputs)
+        for i, d in enumerate(directions)
+    ]
+    uniform_t = base_test["uniform"]
+    best_input = max(
+        (k for k in base_test if k != "uniform"),
+        key=lambda k: mean_obj(values(base_test[k]), directions),
+    )
+    for r in everyone:
+        test_front = [values(scored(test_rt, "test", p)) for p in r["front_plans"]]
+        r["test_hv"] = hypervolume(test_front, directions, ref)
+        r["test_best_mean"] = max(mean_obj(v, directions) for v in test_front)
+        chosen = scored(test_rt, "test", r["export_plan"])
+        r["export_test"] = values(chosen)
+        r["export_test_mean"] = mean_obj(r["export_test"], directions)
+        r["export_vs_uniform"] = paired_lead(chosen.examples, uniform_t.examples)
+        r["export_vs_best_input"] = paired_lead(chosen.examples, base_test[best_input].examples)
+        r.pop("front_plans")
+        r["export_plan"] = r["export_plan"].to_dict()
+    n = min(len(v) for v in uniform_t.examples.values())
+    uniform_mean = mean_obj(values(uniform_t), directions)
+    print(
+        f"\ntest split ({n} examples per task; {len(cache)} split scorings): hypervolume of each "
+        "run's front re-scored on the test split, reference = worst input per objective ("
+        + ", ".join(f"{v:.3f}" for v in ref)
+        + f"); export = the held-out knee (max-min lead over the uniform merge). Uniform merge "
+        f"test mean {uniform_mean:.4f}; best input {best_input} "
+        f"{mean_obj(values(base_test[best_input]), directions):.4f}"
+    )
+    head = [
+        "variant",
+        "test HV (mean±sd)",
+        "/random",
+        "export test mean",
+        "export − uniform",
+        "export − best input",
+        "best front test mean",
+    ]
+    rows = [head]
+    random_hv = [r["test_hv"] for r in runs if r["sampler"] == "random"]
+    for s in samplers:
+        rs = [r for r in runs if r["sampler"] == s]
+        hv = [r["test_hv"] for r in rs]
+        sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
+        denominator = statistics.fmean(random_hv) if random_hv else 0.0
+        ratio = statistics.fmean(hv) / denominator if denominator > 0 else float("nan")
+        em = [r["export_test_mean"] for r in rs]
+        leads = "; ".join(f"{d:+.3f}±{se:.3f}" for d, se in (r["export_vs_uniform"] for r in rs))
+        leads_b = "; ".join(
+            f"{d:+.3f}±{se:.3f}" for d, se in (r["export_vs_best_input"] for r in rs)
+        )
+        rows.append(
+            [
+                f"{s} ({len(rs)})",
+                f"{statistics.fmean(hv):.4f}±{sd:.4f}",
+                f"{ratio:.3f}",
+                f"{statistics.fmean(em):.4f} ({', '.join(f'{x:.3f}' for x in em)})",
+                leads,
+                leads_b,
+                f"{statistics.fmean(r['test_best_mean'] for r in rs):.4f}",
+            ]
+        )
+    if limit_run:
+        rows.append(
+            [
+                limit_run["sampler"],
+                f"{limit_run['test_hv']:.4f}",
+                "",
+                f"{limit_run['export_test_mean']:.4f}",
+                "{:+.3f}±{:.3f}".format(*limit_run["export_vs_uniform"]),
+                "{:+.3f}±{:.3f}".format(*limit_run["export_vs_best_input"]),
+                f"{limit_run['test_best_mean']:.4f}",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+    return {
+        "reference": ref,
+        "uniform_mean": uniform_mean,
+        "best_input": best_input,
+        "limit": limit_run,
+    }
 
 
 def print_at_table(runs: list[dict[str, Any]], samplers: list[str], at: list[int]) -> None:

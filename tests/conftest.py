@@ -33,11 +33,12 @@ def demo_tasks_path() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_zoo(tmp_path_factory: pytest.TempPathFactory):
-    """``ZooManifest`` of a tiny demo pool: ``.base``, ``.checkpoints``, ``.tasks_path``."""
+    """``ZooManifest`` of a tiny demo pool (the eight-checkpoint ``mixtures`` recipe, the
+    smaller one): ``.base``, ``.checkpoints``, ``.tasks_path``."""
     from search.zoo import build_zoo
 
     folder = tmp_path_factory.mktemp("demo_zoo") / "zoo"
-    return build_zoo(folder, seed=0, size="tiny", progress=False)
+    return build_zoo(folder, seed=0, size="tiny", progress=False, recipe="mixtures")
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from search.report.frontier import KNEE_RULE, PREFER_RULE
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     text = "Export one trial's merge as a Hugging Face model folder."
@@ -19,11 +21,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     pick = p.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="trial number")
     pick.add_argument("--best", metavar="OBJECTIVE", help="best trial on one objective")
-    pick.add_argument("--knee", action="store_true", help="knee point of the Pareto front")
+    pick.add_argument(
+        "--knee",
+        action="store_true",
+        help="the default choice: " + KNEE_RULE,
+    )
     pick.add_argument(
         "--prefer",
         metavar="A=0.7,B=0.3",
-        help="best trial by a weighted sum of normalized objectives",
+        help="weighted choice: " + PREFER_RULE,
     )
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--storage", default=None)
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 def comparison_lines(test: Any, names: tuple[str, ...]) -> str:
     """The test split comparison: the chosen merge, then each input and its lead over it."""
-    from search.report.table import lead_text
+    from search.report.table import lead_text, verdict_text
 
     chosen = test.chosen
     examples = ", ".join(f"{k} {v}" for k, v in chosen.examples.items())
@@ -75,4 +81,5 @@ def comparison_lines(test: Any, names: tuple[str, ...]) -> str:
             + ", ".join(f"{n} {lead_text(b, n)}" for n in names)
             + ")"
         )
+    lines.append(verdict_text(test))
     return "\n".join(lines)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from search.report.frontier import KNEE_RULE
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     text = (
         "Print the Pareto front (knee marked) beside the input checkpoints and the uniform merge."
     )
     description = (
-        f"{text} With eval.heldout / eval.test the front and the inputs are re-scored on those "
-        "splits; the re-scores are cached in the study (user attrs heldout_scores, test_scores, "
-        "baseline_scores), so the first run writes to the study's storage and later runs are "
-        "instant. --no-heldout skips the re-scoring."
+        f"{text} The knee (what export --knee exports) is {KNEE_RULE}. With eval.heldout / "
+        "eval.test the front and the inputs are re-scored on those splits; the re-scores are "
+        "cached in the study (user attrs heldout_scores, test_scores, baseline_scores), so the "
+        "first run writes to the study's storage and later runs are instant. --no-heldout skips "
+        "the re-scoring."
     )
     p = sub.add_parser("pareto", help=text, description=description)
     p.add_argument("config", help="study config YAML")

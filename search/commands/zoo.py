@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from search.zoo.recipe import DEFAULT_RECIPE, RECIPES
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     zoo = sub.add_parser("zoo", help="The built-in demo pool of checkpoints.")
@@ -14,11 +16,21 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed for data, init and training (default: 0)"
     )
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=DEFAULT_RECIPE,
+        help="recycle (default, the demo's): 12 checkpoints of the kinds a team throws away — the "
+        "mixtures runs at several stages, an early checkpoint, a run on a skill neither objective "
+        "measures, a too-hot run, an over-trained run; mixtures: 8 checkpoints of three runs on "
+        "mixtures of both skills",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from search.zoo import build_zoo
 
-    build_zoo(args.out_dir, seed=args.seed)  # prints its own progress and score table
+    # prints its own progress and score table
+    build_zoo(args.out_dir, seed=args.seed, recipe=args.recipe)
     return 0

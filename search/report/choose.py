@@ -18,15 +18,16 @@ from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
 from search.export.folder import check_output, check_room, export_bytes, export_merge
-from search.report.frontier import best_point, parse_prefer, prefer_point
+from search.report.frontier import KNEE_RULE, PREFER_RULE, best_point, parse_prefer, prefer_point
 from search.report.scores import (
     TestComparison,
     cached_heldout,
     compare_on_test,
     heldout_configured,
     score_heldout,
+    uniform_values,
 )
-from search.report.table import lead_text
+from search.report.table import lead_text, verdict_text
 from search.report.view import Row, StudyView, open_view
 from search.study.storage import FINGERPRINT_ATTR, SPACE_ATTR, check_fingerprint, sqlite_path
 
@@ -53,11 +54,16 @@ def pick_row(
     knee: bool = False,
     prefer: str | None = None,
     heldout: Mapping[str, Sequence[float]] | None = None,
+    reference: Sequence[float] | None = None,
 ) -> tuple[Row, str]:
     """The chosen completed trial and a phrase saying how it was chosen (``UserError`` if none).
 
     ``heldout`` (``{plan_key: values}``, from :func:`heldout_values`): ``knee`` and ``prefer``
-    judge the front members on these values instead of their search scores.
+    judge the front members on these values instead of their search scores. ``reference``: the
+    uniform merge's values on the same split (:func:`~search.report.scores.uniform_values`);
+    ``knee`` and ``prefer`` maximize the smallest (weighted) lead over it
+    (:func:`~search.report.frontier.knee_point`); without it they fall back to normalizing over
+    the front.
     """
     if trial is not None:
         by_number = {r.number: r for r in view.rows}
@@ -91,15 +97,19 @@ def pick_row(
     front = view.front() or _no_feasible(view)
     values = [r.values for r in front]
     rescored = bool(heldout) and any(r.plan_key in heldout for r in front)
+    lead = " (max-min lead over the uniform merge)" if reference is not None else ""
     if knee:
         if rescored:
-            return view.knee_on(front, heldout), f"knee of the Pareto front {ON_HELDOUT}"
-        return view.knee(front), "knee of the Pareto front"
+            row = view.knee_on(front, heldout, reference)
+            return row, f"knee of the Pareto front{lead} {ON_HELDOUT}"
+        return view.knee(front, reference), f"knee of the Pareto front{lead}"
     if weights is not None:
+        lead = lead.replace("max-min lead", "max-min weighted lead")
         if rescored:
-            return view.prefer_on(front, heldout, weights), f"preferred by {prefer} {ON_HELDOUT}"
-        row = front[prefer_point(values, view.directions, weights)]
-        return row, f"preferred by {prefer}"
+            row = view.prefer_on(front, heldout, weights, reference)
+            return row, f"preferred by {prefer}{lead} {ON_HELDOUT}"
+        row = front[prefer_point(values, view.directions, weights, reference)]
+        return row, f"preferred by {prefer}{lead}"
     raise UserError("export: give one of --trial N, --best OBJECTIVE, --knee, --prefer A=W,B=W")
 
 
@@ -142,8 +152,13 @@ def model_card_extra(
         held_errors = {**heldout.stderr, **heldout.task_stderr}
         if held_errors:
             extra["Held-out standard errors"] = held_errors
+    if "knee" in how or "preferred" in how:
+        rule = KNEE_RULE if "knee" in how else PREFER_RULE
+        extra["How it was chosen"] = f"`export` chose {rule}."
     if test:
-        extra["Test split: chosen merge vs inputs"] = comparison_table(test, view.names)
+        extra["Test split: chosen merge vs the uniform merge and the inputs"] = comparison_table(
+            test, view.names
+        )
     sampler = view.cfg.sampler
     extra["Provenance"] = {
         "study": view.cfg.name,
@@ -175,6 +190,7 @@ def comparison_table(test: TestComparison, names: Sequence[str]) -> str:
     examples = ", ".join(f"{k} {v}" for k, v in chosen.examples.items())
     if examples:
         lines += ["", f"Examples per task: {examples}."]
+    lines += ["", verdict_text(test) + " (paired standard errors: the same test examples)."]
     return "\n".join(lines)
 
 
@@ -225,7 +241,9 @@ def export_chosen(
     check_room(out, export_bytes(pool, pool.dtype))  # before any re-scoring
     if knee or prefer is not None:  # judged again on the held-out split, when there is one
         heldout = heldout_values(view, runtime_factory)
-        row, how = pick_row(view, knee=knee, prefer=prefer, heldout=heldout)
+        split = "heldout" if heldout else "search"
+        reference = uniform_values(view, split, runtime_factory)
+        row, how = pick_row(view, knee=knee, prefer=prefer, heldout=heldout, reference=reference)
     if row.record.plan is None:
         raise UserError(
             f"trial {row.number}: has no recorded plan; it was not made by merge-search"

@@ -1,4 +1,5 @@
-"""Pure functions on objective vectors: Pareto front, knee point, hypervolume, preference pick.
+"""Pure functions on objective vectors: Pareto front, the choice of ``--knee`` / ``--prefer``
+(each row's smallest lead over the uniform merge, maximized), hypervolume.
 
 Every function takes the objective values as rows (one row per trial, one column per
 objective) plus the study's directions (``"maximize"`` / ``"minimize"`` per column) and returns
@@ -14,6 +15,18 @@ from collections.abc import Sequence
 import numpy as np
 
 Directions = Sequence[str]
+
+# What ``--knee`` and ``--prefer`` maximize, in one sentence each (the CLI help, the pareto
+# report and the model card say it).
+KNEE_RULE = (
+    "the front member whose smallest lead over the uniform merge across the objectives is "
+    "largest (on held-out scores when the study has them): a member that beats the uniform "
+    "merge on every objective wins, and no other member's values can move the choice"
+)
+PREFER_RULE = (
+    "the front member with the largest smallest lead over the uniform merge after dividing "
+    "each objective's lead by its weight (on held-out scores when the study has them)"
+)
 
 
 def to_losses(values: Sequence[Sequence[float]], directions: Directions) -> np.ndarray:
@@ -62,21 +75,42 @@ def normalized_utilities(values: Sequence[Sequence[float]], directions: Directio
     return out
 
 
-def knee_point(values: Sequence[Sequence[float]], directions: Directions) -> int:
-    """Index of the knee of a front: the row closest to the utopia point after normalization.
+def leads(
+    values: Sequence[Sequence[float]], directions: Directions, reference: Sequence[float]
+) -> np.ndarray:
+    """Each row's lead over ``reference`` (a value vector) per objective, positive = better:
+    ``value - reference`` for maximized objectives, ``reference - value`` for minimized ones."""
+    return to_losses([reference], directions)[0] - to_losses(values, directions)
 
-    Method: every objective is normalized to [0, 1] over the given rows (1 = best, see
-    :func:`normalized_utilities`); the utopia point is then ``(1, ..., 1)`` and the knee is the row
-    with the smallest Euclidean distance to it, i.e. the most balanced compromise. This works in
-    any number of objectives (unlike the distance to the line through the two extremes, which
-    is only defined for two). Ties go to the row with the larger sum of utilities, then to the
-    earlier row. Pass the front itself (the normalization depends on the rows given).
+
+def knee_point(
+    values: Sequence[Sequence[float]],
+    directions: Directions,
+    reference: Sequence[float] | None = None,
+) -> int:
+    """Index of the row ``export --knee`` chooses.
+
+    With ``reference`` (the uniform merge's values; what every caller in merge-search passes):
+    the row whose smallest lead over the reference across the objectives is largest (max-min,
+    :func:`leads`, in the objectives' own units). A row's score depends on that row and the
+    reference alone, so adding or removing other rows (a single checkpoint that is extreme on
+    one objective, say) never changes which of the remaining rows is chosen, and a row that
+    beats the reference on every objective always wins over one that does not. Ties go to the
+    larger sum of leads, then to the earlier row.
+
+    Without ``reference``: the row closest to the utopia point after normalizing every
+    objective to [0, 1] over the given rows (:func:`normalized_utilities`; ties: larger sum of
+    utilities, then earlier row). That normalization lets an extreme row stretch an axis and
+    drag the choice; use it only where no reference exists.
 
     Raises:
         ValueError: when ``values`` is empty.
     """
     if len(values) == 0:
         raise ValueError("knee_point: no rows")
+    if reference is not None:
+        lead = leads(values, directions, reference)
+        return _argmax_min(lead.min(axis=1), lead.sum(axis=1))
     util = normalized_utilities(values, directions)
     distance = np.linalg.norm(1.0 - util, axis=1)
     order = sorted(
@@ -86,12 +120,23 @@ def knee_point(values: Sequence[Sequence[float]], directions: Directions) -> int
 
 
 def prefer_point(
-    values: Sequence[Sequence[float]], directions: Directions, weights: Sequence[float]
+    values: Sequence[Sequence[float]],
+    directions: Directions,
+    weights: Sequence[float],
+    reference: Sequence[float] | None = None,
 ) -> int:
-    """Index of the row with the largest weighted sum of normalized utilities.
+    """Index of the row ``export --prefer`` chooses, for non-negative ``weights`` (one per
+    objective, not all 0; they need not sum to 1).
 
-    Weights are non-negative, one per objective (they need not sum to 1). Utilities are
-    normalized over the given rows as in :func:`knee_point`; ties go to the earlier row.
+    With ``reference`` (the uniform merge's values): the row with the largest
+    ``min_i lead_i / w_i`` over the objectives with ``w_i > 0`` (:func:`leads`; the reference-
+    point achievement function: how far the row reaches from the reference in the direction
+    ``w``). Equal weights give :func:`knee_point`'s choice; like it, a row's score depends on
+    that row and the reference alone, and a row that beats the reference on every weighted
+    objective wins over one that does not. Ties: larger weighted sum of leads, then earlier row.
+
+    Without ``reference``: the largest weighted sum of utilities normalized over the given rows
+    (pulled by extreme rows, as :func:`knee_point` without one).
 
     Raises:
         ValueError: when ``values`` is empty or the weights are malformed.
@@ -101,8 +146,22 @@ def prefer_point(
     w = np.asarray(weights, dtype=float)
     if w.shape != (len(directions),) or np.any(w < 0) or not np.any(w > 0):
         raise ValueError("prefer_point: expected one non-negative weight per objective, not all 0")
+    if reference is not None:
+        lead = leads(values, directions, reference)
+        used = w > 0
+        scaled = lead[:, used] / w[used]
+        return _argmax_min(scaled.min(axis=1), lead @ w)
     score = normalized_utilities(values, directions) @ w
     return int(np.argmax(np.round(score, 12)))
+
+
+def _argmax_min(worst: np.ndarray, total: np.ndarray) -> int:
+    """The row with the largest ``worst``; ties: the larger ``total``, then the earlier row."""
+
+    def key(i: int) -> tuple[float, float, int]:
+        return (-round(float(worst[i]), 12), -round(float(total[i]), 12), i)
+
+    return min(range(len(worst)), key=key)
 
 
 def best_point(values: Sequence[Sequence[float]], directions: Directions, objective: int) -> int:

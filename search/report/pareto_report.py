@@ -32,6 +32,7 @@ from search.report.scores import (
     Baseline,
     SplitScores,
     TestComparison,
+    cached_heldout,
     compare_on_test,
     find_baselines,
     heldout_configured,
@@ -140,19 +141,26 @@ def build_report(
             f"study {view.cfg.name!r}: none of the {len(view.rows)} completed trials meets the "
             f"constraints; nothing to report"
         )
-    search_knee = view.knee(front)
     front.sort(
         key=lambda r: [
             v if d == "minimize" else -v for v, d in zip(r.values, directions, strict=True)
         ]
     )
     baselines, baseline_plans = find_baselines(view, runtime_factory)
-    rescored, heldout_note = _heldout_scores(view, front, baseline_plans, heldout, runtime_factory)
+    uniform = next((b for b in baselines if b.kind == "uniform"), None)
+    # the knee: the largest smallest lead over the uniform merge (frontier.KNEE_RULE)
+    search_knee = view.knee(front, [uniform.values[n] for n in names] if uniform else None)
+    reference = {uniform.plan_key: baseline_plans[uniform.plan_key]} if uniform else {}
+    rescored, heldout_note = _heldout_scores(view, front, reference, heldout, runtime_factory)
+    if heldout:  # inputs re-scored earlier (by an older pareto) are shown too
+        rescored = {**cached_heldout(view), **rescored}
     held = {k: {n: float(s.objectives[n]) for n in names} for k, s in rescored.items()}
     held_se = {k: stderr_of(s.stderr, names) for k, s in rescored.items()}
     by_key = {r.plan_key: [held[r.plan_key][n] for n in names] for r in front if r.plan_key in held}
+    held_uniform = held.get(uniform.plan_key) if uniform else None
+    held_reference = [held_uniform[n] for n in names] if held_uniform else None
     # as `export --knee` chooses: the front judged on its held-out re-scores
-    knee = view.knee_on(front, by_key) if by_key else search_knee
+    knee = view.knee_on(front, by_key, held_reference) if by_key else search_knee
     test, test_note = _test_comparison(view, knee, heldout, bool(by_key), runtime_factory)
     indistinct = cannot_tell_apart(view, front)
     rows = [_front_row(r, names, r is knee, held, held_se, indistinct) for r in front]
@@ -179,17 +187,19 @@ def build_report(
 def _heldout_scores(
     view: StudyView,
     front: Sequence[Row],
-    baseline_plans: Mapping[str, MergePlan],
+    reference: Mapping[str, MergePlan],
     heldout: bool,
     runtime_factory: Callable[..., Any] | None,
 ) -> tuple[dict[str, SplitScores], str | None]:
-    """The front's and the baselines' held-out re-scores ``{plan_key: scores}``, or why none."""
+    """The held-out re-scores ``{plan_key: scores}`` the choice needs: the front's and the
+    ``reference``'s (the uniform merge); or why none. The inputs are compared on the test split
+    (:func:`_test_comparison`), so they are not re-scored here too."""
     if not heldout:
         return {}, "skipped (--no-heldout)"
     if not heldout_configured(view.cfg):
         return {}, "no held-out tasks in the config (eval.heldout)"
     plans = {r.plan_key: MergePlan.from_dict(r.record.plan) for r in front if r.record.plan}
-    plans.update(baseline_plans)
+    plans.update(reference)
     return score_heldout(view, plans, runtime_factory), None
 
 

@@ -118,6 +118,7 @@ class TestEntry:
     tasks: dict[str, float]
     examples: dict[str, int]  # examples per task
     mean: float
+    kind: str = "chosen"  # "chosen", "uniform" or "single"
     diff: dict[str, float] | None = None  # chosen − it, per objective and "mean"
     diff_se: dict[str, float | None] | None = None  # paired SEs of those differences
 
@@ -128,6 +129,26 @@ class TestComparison:
 
     chosen: TestEntry
     baselines: list[TestEntry]
+
+
+@dataclass(frozen=True)
+class Lead:
+    """The chosen merge's lead over one baseline on the mean of the objectives (test split)."""
+
+    label: str
+    diff: float
+    se: float | None  # paired standard error (None without per-example values)
+    z: float | None  # diff / se
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the test split says of the chosen merge (:func:`test_verdict`)."""
+
+    uniform: Lead | None  # over the uniform merge
+    best_input: Lead | None  # over the input with the highest mean
+    weakest_lead: Lead | None  # the smallest lead over any input
+    beats_all: bool  # every lead positive
 
 
 def split_spec_key(cfg: Any, split: str) -> str:
@@ -220,8 +241,8 @@ def compare_on_test(
     if not split_configured(view.cfg, "test") or chosen.record.plan is None:
         return None
     plans = {chosen.plan_key: MergePlan.from_dict(chosen.record.plan)}
-    labels = [(label, plan) for label, _kind, plan in baseline_plans(_pool_names(view))]
-    plans.update({plan.key: plan for _, plan in labels})
+    labels = baseline_plans(_pool_names(view))
+    plans.update({plan.key: plan for _, _, plan in labels})
     scores = score_split(view, plans, "test", runtime_factory)
 
     def entry(label: str, trial: int | None, key: str, **lead: Any) -> TestEntry:
@@ -243,13 +264,32 @@ def compare_on_test(
     keys = list(scores[chosen.plan_key].examples)
     terms = paired_objectives(view.cfg.split_objectives("test"), keys)
     baselines = []
-    for label, plan in labels:
-        b = entry(label, None, plan.key)
+    for label, kind, plan in labels:
+        b = entry(label, None, plan.key, kind=kind)
         diff = {n: best.objectives[n] - b.objectives[n] for n in view.names}
         diff["mean"] = best.mean - b.mean
         se = _paired_se(terms, scores[chosen.plan_key], scores[plan.key])
         baselines.append(dataclasses.replace(b, diff=diff, diff_se=se))
     return TestComparison(best, baselines)
+
+
+def test_verdict(test: TestComparison) -> Verdict:
+    """The chosen merge's lead on the mean of the objectives over the uniform merge, over the
+    best input (the highest mean) and the smallest lead over any input, each with its paired
+    standard error; ``beats_all``: every lead positive."""
+
+    def lead(b: TestEntry) -> Lead:
+        diff, se = (b.diff or {})["mean"], (b.diff_se or {}).get("mean")
+        return Lead(b.label, diff, se, diff / se if se else None)
+
+    uniform = next((b for b in test.baselines if b.kind == "uniform"), None)
+    singles = [b for b in test.baselines if b.kind == "single"]
+    return Verdict(
+        uniform=lead(uniform) if uniform else None,
+        best_input=lead(max(singles, key=lambda b: b.mean)) if singles else None,
+        weakest_lead=lead(min(singles, key=lambda b: (b.diff or {})["mean"])) if singles else None,
+        beats_all=all((b.diff or {})["mean"] > 0 for b in test.baselines),
+    )
 
 
 def paired_objectives(objectives: Sequence[Any], keys: Sequence[str]) -> list[Any]:
@@ -333,16 +373,11 @@ def find_baselines(
             (lb, kind, plan) for lb, kind, plan in baseline_plans(pool_names) if lb not in found
         ]
     if missing:
-        cache = dict(view.study.user_attrs.get(BASELINE_ATTR) or {})
-        runtime = None
+        got_all = _search_scores(
+            view, [(label, plan) for label, _, plan in missing], runtime_factory
+        )
         for label, kind, plan in missing:
-            if plan.key not in cache:
-                runtime = runtime or _runtime(view, "search", runtime_factory)
-                log.info("scoring baseline %r (no seed trial)", label)
-                scores, _, _ = runtime.score(plan)
-                cache[plan.key] = SplitScores.of(scores).to_json()
-                view.study.set_user_attr(BASELINE_ATTR, cache)
-            got = SplitScores.from_json(cache[plan.key])
+            got = got_all[plan.key]
             found[label] = Baseline(
                 label=label,
                 kind=kind,
@@ -355,6 +390,63 @@ def find_baselines(
     order = ["uniform", *pool_names]
     ranked = sorted(found.values(), key=lambda b: order.index(b.label) if b.label in order else 99)
     return ranked, plans
+
+
+def _search_scores(
+    view: StudyView,
+    plans: Sequence[tuple[str, MergePlan]],
+    runtime_factory: Callable[..., Any] | None,
+) -> dict[str, SplitScores]:
+    """Search-split scores of baseline plans that no trial scored: cached in the study's
+    ``baseline_scores``, the missing ones scored (one runtime for all of them)."""
+    cache = dict(view.study.user_attrs.get(BASELINE_ATTR) or {})
+    runtime = None
+    for label, plan in plans:
+        if plan.key not in cache:
+            runtime = runtime or _runtime(view, "search", runtime_factory)
+            log.info("scoring baseline %r (no seed trial)", label)
+            scores, _, _ = runtime.score(plan)
+            cache[plan.key] = SplitScores.of(scores).to_json()
+            view.study.set_user_attr(BASELINE_ATTR, cache)
+    return {plan.key: SplitScores.from_json(cache[plan.key]) for _, plan in plans}
+
+
+def uniform_values(
+    view: StudyView, split: str, runtime_factory: Callable[..., Any] | None = None
+) -> list[float]:
+    """The uniform merge's objective values on ``split`` (``"search"`` or ``"heldout"``): the
+    reference ``export --knee`` / ``--prefer`` measure leads from.
+
+    Search split: a trial that merged it (by plan key, or equal weights, any scale), else scored
+    once and cached as a baseline; held-out split: scored once and cached (:func:`score_heldout`).
+    """
+    label, _kind, plan = baseline_plans(_pool_names(view))[0]
+    if split == "heldout":
+        got = score_heldout(view, {plan.key: plan}, runtime_factory)[plan.key]
+        return [float(got.objectives[n]) for n in view.names]
+    for row in view.rows:
+        if not row.record.stopped and (
+            row.plan_key == plan.key or _is_uniform(row.record.plan, plan)
+        ):
+            return list(row.values)
+    got = _search_scores(view, [(label, plan)], runtime_factory)[plan.key]
+    return [float(got.objectives[n]) for n in view.names]
+
+
+def _is_uniform(recorded: Mapping[str, Any] | None, uniform: MergePlan) -> bool:
+    """Whether a trial's recorded plan is the uniform merge: linear with the uniform plan's
+    params and one equal positive weight everywhere (any scale: the weights are normalized)."""
+    if not recorded:
+        return False
+    plan = MergePlan.from_dict(recorded)
+    weights = {w for row in plan.weights for w in row}
+    return (
+        plan.method == uniform.method
+        and dict(plan.params) == dict(uniform.params)
+        and len(plan.weights) == len(uniform.weights)
+        and len(weights) == 1
+        and next(iter(weights)) > 0
+    )
 
 
 def stderr_of(stderr: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, float | None]:

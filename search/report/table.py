@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from search.report.pareto_report import Report
-    from search.report.scores import Baseline, TestComparison, TestEntry
+    from search.report.scores import Baseline, Lead, TestComparison, TestEntry
 
 TOP_COEFFICIENTS = 3  # coefficients shown per front row in the table
 
@@ -18,18 +18,14 @@ def format_report(report: Report) -> str:
     arrows = ", ".join(
         f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}" for o in report.objectives
     )
-    on_heldout = report.knee_split == "heldout"
+    judged = ", judged on the held-out re-scores: what export --knee picks"
     return "\n".join(
         [
             f"study {report.study} ({report.storage}): {counts_text(report.trial_counts)}; "
             f"objectives: {arrows}",
-            f"Pareto front: {len(report.front)} trial(s); * = knee (closest to the ideal point "
-            f"after normalizing each objective over the front"
-            + (
-                ", judged on the held-out re-scores: what export --knee picks)"
-                if on_heldout
-                else ")"
-            ),
+            f"Pareto front: {len(report.front)} trial(s); * = knee (the largest smallest lead over "
+            f"the uniform merge across the objectives"
+            f"{judged if report.knee_split == 'heldout' else ''})",
             *_aligned(_front_table(report)),
             *_notes(report),
         ]
@@ -132,10 +128,10 @@ def split_section(test: TestComparison, names: Sequence[str]) -> list[str]:
                 lead_text(b, "mean"),
             ]
         )
-    title = "test split: chosen merge vs inputs"
+    title = "test split: chosen merge vs the uniform merge and the inputs"
     if examples:
         title += f" (examples per task: {examples})"
-    return [title, *_aligned(table)]
+    return [title, *_aligned(table), verdict_text(test)]
 
 
 def _baseline_status(b: Baseline) -> str:
@@ -200,3 +196,25 @@ def lead_text(baseline: TestEntry, key: str) -> str:
     diff = (baseline.diff or {})[key]
     se = (baseline.diff_se or {}).get(key)
     return f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
+def verdict_text(test: TestComparison) -> str:
+    """One line: the chosen merge's test-split lead on the mean over the uniform merge and over
+    the best input, each ``± paired SE (z SE)`` (:func:`~search.report.scores.test_verdict`)."""
+    from search.report.scores import test_verdict
+
+    v = test_verdict(test)
+
+    def part(what: str, lead: Lead | None) -> str:
+        if lead is None:
+            return ""
+        se = f" ± {lead.se:.4f}" if lead.se is not None else ""
+        z = f" ({lead.z:+.1f} SE)" if lead.z is not None else ""
+        return f"{what}: {lead.diff:+.4f}{se}{z}"
+
+    best = v.best_input
+    parts = [
+        part("over the uniform merge", v.uniform),
+        part(f"over the best input ({best.label})", best) if best else "",
+    ]
+    return "verdict, chosen − baseline on the test mean: " + "; ".join(p for p in parts if p)

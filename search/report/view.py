@@ -58,10 +58,11 @@ class StudyView:
         rows = self.distinct_feasible()
         return [rows[i] for i in pareto_front([r.values for r in rows], self.directions)]
 
-    def knee(self, front: Sequence[Row]) -> Row:
-        """The knee of ``front`` (:func:`~search.report.frontier.knee_point`; ties: lower trial)."""
+    def knee(self, front: Sequence[Row], reference: Sequence[float] | None = None) -> Row:
+        """The knee of ``front`` (:func:`~search.report.frontier.knee_point`: with ``reference``,
+        the uniform merge's values, the largest smallest lead over it; ties: lower trial)."""
         front = sorted(front, key=lambda r: r.number)
-        return front[knee_point([r.values for r in front], self.directions)]
+        return front[knee_point([r.values for r in front], self.directions, reference)]
 
     def rescored_front(
         self, front: Sequence[Row], values: Mapping[str, Sequence[float]]
@@ -73,19 +74,31 @@ class StudyView:
         points = [values[r.plan_key] for r in rows]
         return [rows[i] for i in pareto_front(points, self.directions)]
 
-    def knee_on(self, front: Sequence[Row], values: Mapping[str, Sequence[float]]) -> Row:
-        """The knee of ``front`` judged on ``values`` (``{plan_key: values}``): the knee of the
-        members' own front on those values (:meth:`rescored_front`)."""
+    def knee_on(
+        self,
+        front: Sequence[Row],
+        values: Mapping[str, Sequence[float]],
+        reference: Sequence[float] | None = None,
+    ) -> Row:
+        """The knee of ``front`` judged on ``values`` (``{plan_key: values}``) and ``reference``
+        (the uniform merge's values on the same split): the knee of the members' own front on
+        those values (:meth:`rescored_front`)."""
         rows = self.rescored_front(front, values)
-        return rows[knee_point([values[r.plan_key] for r in rows], self.directions)]
+        points = [values[r.plan_key] for r in rows]
+        return rows[knee_point(points, self.directions, reference)]
 
     def prefer_on(
-        self, front: Sequence[Row], values: Mapping[str, Sequence[float]], weights: Sequence[float]
+        self,
+        front: Sequence[Row],
+        values: Mapping[str, Sequence[float]],
+        weights: Sequence[float],
+        reference: Sequence[float] | None = None,
     ) -> Row:
-        """The member of ``front`` with the best weighted normalized ``values`` (as ``--prefer``)
-        among the members' own front on those values."""
+        """The member of ``front`` ``--prefer`` chooses on ``values`` (and ``reference``, as
+        :meth:`knee_on`) among the members' own front on those values."""
         rows = self.rescored_front(front, values)
-        return rows[prefer_point([values[r.plan_key] for r in rows], self.directions, weights)]
+        points = [values[r.plan_key] for r in rows]
+        return rows[prefer_point(points, self.directions, weights, reference)]
 
     def require_completed(self) -> None:
         if not self.rows:

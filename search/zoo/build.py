@@ -2,8 +2,10 @@
 
 Layout of ``OUT_DIR``: ``base/`` and one folder per fine-tuning run (Hugging Face Llama
 folders: safetensors, config, tokenizer), ``tasks/`` (the demo task YAMLs and data, identical
-to ``configs/tasks/demo``) and ``zoo.json`` (the manifest: seed, size, recipe key, scores).
-A second build with the same seed, size and recipe finds the manifest and returns at once.
+to ``configs/tasks/demo``) and ``zoo.json`` (the manifest: recipe, seed, size, recipe key,
+scores). A second build with the same recipe, seed and size finds the manifest and returns at
+once. Recipes (:data:`~search.zoo.recipe.RECIPES`): ``recycle`` (the default, the demo's) and
+``mixtures``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import UserError
-from search.zoo.recipe import RECIPES, Size
+from search.zoo.recipe import DEFAULT_RECIPE, RECIPES, SIZES, Size
 
 MANIFEST = "zoo.json"
 SEARCH_TASKS = {"code": "demo_code", "instruct": "demo_instruct"}
@@ -38,6 +40,7 @@ class ZooManifest:
     tasks_path: Path
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     build_s: float = 0.0
+    recipe: str = DEFAULT_RECIPE
     cached: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -64,6 +67,7 @@ class ZooManifest:
             tasks_path=out_dir / data["tasks_path"],
             scores={k: dict(v) for k, v in data.get("scores", {}).items()},
             build_s=float(data.get("build_s", 0.0)),
+            recipe=str(data.get("recipe", "mixtures")),
             cached=True,
         )
 
@@ -74,28 +78,35 @@ def build_zoo(
     size: Size = "full",
     progress: bool = True,
     score: bool = True,
+    recipe: str = DEFAULT_RECIPE,
 ) -> ZooManifest:
     """Build (or find cached) the demo pool in ``out_dir``.
 
     Args:
-        out_dir: target folder; an existing folder that is not a pool is refused.
+        out_dir: target folder; an existing folder that is not a pool is refused (a pool of
+            another recipe, seed or size is rebuilt in place).
         seed: seed of data order, initialization and training.
         size: ``"full"`` (the demo) or ``"tiny"`` (seconds; for tests).
         progress: show a progress bar and print the score table.
         score: score every checkpoint on both search tasks (the manifest's ``scores``).
+        recipe: which pool (:data:`~search.zoo.recipe.RECIPES`): ``"recycle"`` or
+            ``"mixtures"``.
 
     Raises:
-        UserError: unknown size, or ``out_dir`` exists and is not a demo pool.
+        UserError: unknown recipe or size, or ``out_dir`` exists and is not a demo pool.
     """
-    if size not in RECIPES:
-        raise UserError(f"zoo size {size!r}: expected one of {', '.join(RECIPES)}")
-    recipe = RECIPES[size]
+    if recipe not in RECIPES:
+        raise UserError(f"zoo recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+    if size not in SIZES:
+        raise UserError(f"zoo size {size!r}: expected one of {', '.join(SIZES)}")
+    name = recipe
+    spec = RECIPES[name][size]
     out = Path(out_dir)
-    key = recipe.key(seed)
+    key = spec.key(seed)
     cached = _cached(out, key)
     if cached is not None:
         if progress:
-            print(f"zoo: {out} is up to date (seed {seed}, size {size}, recipe {key})")
+            print(f"zoo: {out} is up to date (recipe {name}, seed {seed}, size {size}, key {key})")
             if cached.scores:
                 print(format_scores(cached.scores))
         return cached
@@ -109,18 +120,19 @@ def build_zoo(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        with _torch_threads(recipe.threads):
-            scores = _build(tmp, size, seed, progress, score)
+        with _torch_threads(spec.threads):
+            scores = _build(tmp, name, size, seed, progress, score)
         manifest = ZooManifest(
             out_dir=out,
             seed=seed,
             size=size,
             key=key,
             base=out / "base",
-            checkpoints=tuple(out / name for name in recipe.checkpoint_names()),
+            checkpoints=tuple(out / c for c in spec.checkpoint_names()),
             tasks_path=out / "tasks",
             scores=scores,
             build_s=round(time.perf_counter() - start, 1),
+            recipe=name,
         )
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         if out.exists():
@@ -166,7 +178,7 @@ def _cached(out: Path, key: str) -> ZooManifest | None:
 
 
 def _build(
-    tmp: Path, size: str, seed: int, progress: bool, score: bool
+    tmp: Path, name: str, size: str, seed: int, progress: bool, score: bool
 ) -> dict[str, dict[str, float]]:
     """Train the base and every run into ``tmp``; score each; return the scores."""
     from tqdm import tqdm
@@ -174,7 +186,7 @@ def _build(
     from search.zoo.runs import fine_tune_all, train_base
     from search.zoo.skills import write_demo_tasks
 
-    recipe = RECIPES[size]
+    recipe = RECIPES[name][size]
     tasks_path = write_demo_tasks(tmp / "tasks")
     total = recipe.base_steps + sum(r.steps for r in recipe.runs)
     with tqdm(total=total, desc="zoo: base", unit="step", disable=not progress) as bar:
@@ -185,7 +197,7 @@ def _build(
 
         with _torch_threads(recipe.base_threads):
             train_base(recipe, seed, tmp / "base", step)
-        fine_tune_all(size, seed, tmp / "base", tmp, step)
+        fine_tune_all(name, size, seed, tmp / "base", tmp, step)
     if not score:
         return {}
     names = ["base", *recipe.checkpoint_names()]

@@ -1,4 +1,6 @@
-"""What the demo pool is: model size, base pretraining and the fine-tuning runs, per size.
+"""What the demo pools are: model size, base pretraining and the fine-tuning runs, per recipe
+(``mixtures``, ``recycle``: the three mixture runs below plus the kinds of checkpoint a team
+throws away, see ``_RECYCLE_RUNS``) and size.
 
 Like the recycled checkpoints of Khalifa et al., every fine-tune starts from one base: a
 checkpoint taken in the middle of pretraining (no learning-rate decay) on a mix of both skills.
@@ -15,18 +17,20 @@ trained to the end with a decayed rate on a balanced mixture would beat those me
 recycled pools, this one has none.
 
 The full recipe was sized on this machine's 2 cores: 800 base steps and 1,200 fine-tuning steps
-of a 0.9 M-parameter model, one torch thread per process, two runs at a time.
+of a 0.9 M-parameter model, one torch thread per process, two runs at a time (``recycle`` adds
+260 steps: 2,260 in all, 349 CPU-seconds; see bench/recycle_pool.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 Size = Literal["full", "tiny"]
+SIZES: tuple[Size, ...] = ("full", "tiny")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Run:
     fixed_examples: int | None = None  # cycle over this many examples (over-training)
     save_at: tuple[int, ...] = ()  # steps whose checkpoints the pool keeps; (): the last one
     note: str = ""
+    skill: str | None = None  # train on this skill only (search.zoo.skills.GENERATORS), not a mix
 
     @property
     def checkpoints(self) -> tuple[tuple[int, str], ...]:
@@ -97,22 +102,51 @@ class Recipe:
 
 # Three runs from the base at a high constant rate, each leaving checkpoints along the way. The
 # rates differ (code learns best at a lower one); each run has its own seed and data order.
-_FULL_RUNS = (
+_MIXTURE_RUNS = (
     Run("code_heavy", 0.95, 450, 2e-3, save_at=(150, 300, 450), note="95% code"),
     Run("instruct_heavy", 0.10, 450, 3e-3, save_at=(150, 300, 450), note="90% instructions"),
     Run("balanced", 0.5, 300, 2.5e-3, save_at=(150, 300), note="half code, half instructions"),
 )
 
-RECIPES: dict[str, Recipe] = {
-    "full": Recipe(
+# What a team throws away (Khalifa et al.'s recycling setting): the three mixture runs above, kept
+# at several stages (skill-heavy runs and a balanced one, each a decent merge ingredient), and
+# what else lies around from the same base: an early checkpoint of the balanced run, a run on a
+# skill neither search objective measures (addition), a run at a too-high learning rate and one
+# over-trained on a small data set. The uniform soup averages the harmful ones in; a searched
+# merge can leave them out. The mixture runs come first, so their checkpoints are the same
+# tensors as the ``mixtures`` pool's (a run's seed follows its index).
+_RECYCLE_RUNS = (
+    *_MIXTURE_RUNS[:2],
+    replace(_MIXTURE_RUNS[2], save_at=(20, 150, 300), note="half and half; step 20: early"),
+    Run("arith", 0.0, 100, 3e-3, skill="arith", note="addition: neither objective measures it"),
+    Run("too_hot", 0.5, 60, 2e-2, note="half and half at 8x the learning rate"),
+    Run("overfit", 0.5, 100, 3e-3, fixed_examples=32, note="32 examples seen 100 times"),
+)
+
+
+def _tiny(runs: tuple[Run, ...]) -> tuple[Run, ...]:
+    """The same runs with 1/50 of the steps (at least 2)."""
+    return tuple(
+        replace(
+            r,
+            steps=max(2, r.steps // 50),
+            fixed_examples=r.fixed_examples and 16,
+            save_at=tuple(sorted({max(1, s // 50) for s in r.save_at})),
+        )
+        for r in runs
+    )
+
+
+def _full(runs: tuple[Run, ...], base_steps: int = 800) -> Recipe:
+    return Recipe(
         hidden=128,
         layers=4,
         heads=4,
         intermediate=384,
         batch_size=32,
-        base_steps=800,
+        base_steps=base_steps,
         base_lr=2e-3,
-        runs=_FULL_RUNS,
+        runs=runs,
         eval_limit=100,
         base_anneal=False,
         # One thread: two were 1.4x faster on 2 idle cores, but 15x slower (3 s a step) when
@@ -120,9 +154,12 @@ RECIPES: dict[str, Recipe] = {
         base_threads=1,
         threads=1,  # one thread per run: two runs fill the 2 cores, no slowdown when busy
         workers=2,  # two fine-tunes at a time on the demo's 2 cores
-    ),
-    # Same recipe, far smaller: builds in seconds for tests (scores are not meaningful).
-    "tiny": Recipe(
+    )
+
+
+def _small(runs: tuple[Run, ...]) -> Recipe:
+    """Same recipe, far smaller: builds in seconds for tests (scores are not meaningful)."""
+    return Recipe(
         hidden=32,
         layers=2,
         heads=2,
@@ -133,18 +170,15 @@ RECIPES: dict[str, Recipe] = {
         eval_limit=8,
         base_anneal=False,
         threads=1,  # tensors this small gain nothing from a second thread, and lose a lot when busy
-        runs=tuple(
-            Run(
-                r.name,
-                r.code_share,
-                max(2, r.steps // 50),
-                r.lr,
-                r.anneal,
-                r.fixed_examples and 16,
-                tuple(max(1, s // 50) for s in r.save_at),
-                r.note,
-            )
-            for r in _FULL_RUNS
-        ),
-    ),
+        runs=_tiny(runs),
+    )
+
+
+DEFAULT_RECIPE = "recycle"  # what `merge-search zoo build` and `make demo` use
+# recipe name -> size -> Recipe. "mixtures": eight checkpoints of three runs, every one a decent
+# mixture of both skills (their uniform soup is near the best merge); "recycle": twelve
+# checkpoints, the kinds a team throws away (the uniform soup is far from the best merge).
+RECIPES: dict[str, dict[str, Recipe]] = {
+    "mixtures": {"full": _full(_MIXTURE_RUNS), "tiny": _small(_MIXTURE_RUNS)},
+    "recycle": {"full": _full(_RECYCLE_RUNS), "tiny": _small(_RECYCLE_RUNS)},
 }

@@ -50,8 +50,10 @@ def train_base(recipe: Recipe, seed: int, folder: Path, on_step: Progress) -> No
     save(model, folder, {"name": "base", "steps": recipe.base_steps, "lr": recipe.base_lr})
 
 
-def fine_tune(size: str, index: int, seed: int, base: Path, out: Path, progress: Any = None) -> str:
-    """Train run ``index`` of ``RECIPES[size]`` from the base folder; save each of its
+def fine_tune(
+    name: str, size: str, index: int, seed: int, base: Path, out: Path, progress: Any = None
+) -> str:
+    """Train run ``index`` of ``RECIPES[name][size]`` from the base folder; save each of its
     checkpoints (``Run.checkpoints``) to ``out / <folder name>``.
 
     Runs in a worker process as well as in the caller's: ``progress`` is a queue receiving
@@ -64,14 +66,16 @@ def fine_tune(size: str, index: int, seed: int, base: Path, out: Path, progress:
     from search.zoo.skills import eval_prompts
     from search.zoo.train import batches, mixture_texts, train
 
-    recipe = RECIPES[size]
+    recipe = RECIPES[name][size]
     run = recipe.runs[index]
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     model = LlamaForCausalLM(LlamaConfig.from_pretrained(base))
     model.load_state_dict(load_file(str(base / "model.safetensors")))
     run_seed = seed * 1000 + index + 1
-    texts = mixture_texts(run.code_share, run_seed, eval_prompts(), run.fixed_examples)
+    texts = mixture_texts(
+        run.code_share, run_seed, eval_prompts(), run.fixed_examples, skill=run.skill
+    )
     count = {"done": 0, "sent": 0}
 
     def step(loss: float) -> None:
@@ -102,26 +106,35 @@ def fine_tune(size: str, index: int, seed: int, base: Path, out: Path, progress:
 
 
 def fine_tune_all(
-    size: str, seed: int, base: Path, out: Path, on_step: Progress, workers: int | None = None
+    name: str,
+    size: str,
+    seed: int,
+    base: Path,
+    out: Path,
+    on_step: Progress,
+    workers: int | None = None,
 ) -> None:
-    """Every run of the recipe, ``workers`` (default ``Recipe.workers``) at a time."""
+    """Every run of recipe ``name`` at ``size``, ``workers`` (default ``Recipe.workers``) at a
+    time."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    recipe = RECIPES[size]
+    recipe = RECIPES[name][size]
     workers = recipe.workers if workers is None else workers
     indices = range(len(recipe.runs))
     if workers <= 1:
         local: queue_module.SimpleQueue = queue_module.SimpleQueue()
         for i in indices:
-            fine_tune(size, i, seed, base, out, local)
+            fine_tune(name, size, i, seed, base, out, local)
             while not local.empty():
                 on_step(*local.get())
         return
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         messages = manager.Queue()
-        pending = {pool.submit(fine_tune, size, i, seed, base, out, messages) for i in indices}
+        pending = {
+            pool.submit(fine_tune, name, size, i, seed, base, out, messages) for i in indices
+        }
         while pending:
             finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in finished:

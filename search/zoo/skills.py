@@ -80,9 +80,17 @@ def instruct_example(rng: random.Random) -> tuple[str, str]:
     return f"{name}: {word}?", _INSTRUCTIONS[name](word)
 
 
+def arith_example(rng: random.Random) -> tuple[str, str]:
+    """Two-digit addition, e.g. ``37+45?`` -> ``82``: a skill neither search objective measures
+    (the recycling pool's off-target run trains on it; it has no evaluation split)."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"{a}+{b}?", str(a + b)
+
+
 GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "code": code_example,
     "instruct": instruct_example,
+    "arith": arith_example,  # training only (not in SKILLS: no evaluation split)
 }
 
 

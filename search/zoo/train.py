@@ -20,19 +20,27 @@ IGNORE = -100  # label value cross-entropy skips
 
 
 def mixture_texts(
-    code_share: float, seed: int, exclude: set[str], fixed_examples: int | None = None
+    code_share: float,
+    seed: int,
+    exclude: set[str],
+    fixed_examples: int | None = None,
+    skill: str | None = None,
 ) -> Iterator[str]:
     """Endless training texts: each is a code example with probability ``code_share``.
 
     With ``fixed_examples`` the stream cycles over that many texts (a small data set seen
-    many times: the over-trained run).
+    many times: the over-trained run). With ``skill`` (a key of
+    :data:`~search.zoo.skills.GENERATORS`) every text is of that skill instead.
     """
-    streams = {skill: training_stream(skill, seed, exclude) for skill in SKILLS}
+    streams = {s: training_stream(s, seed, exclude) for s in ((skill,) if skill else SKILLS)}
     pick = random.Random(f"mixture:{seed}")
 
     def draw() -> Iterator[str]:
         while True:
-            yield next(streams["code" if pick.random() < code_share else "instruct"])
+            if skill:
+                yield next(streams[skill])
+            else:
+                yield next(streams["code" if pick.random() < code_share else "instruct"])
 
     if fixed_examples is None:
         yield from draw()

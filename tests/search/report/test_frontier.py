@@ -11,6 +11,7 @@ from search.report.frontier import (
     hypervolume,
     hypervolume_history,
     knee_point,
+    leads,
     normalized_utilities,
     pareto_front,
     parse_prefer,
@@ -105,6 +106,86 @@ def test_hypervolume_history_is_monotone_and_ends_at_the_total():
     assert hist[0] == 0.0
     assert hist[-1] == pytest.approx(hypervolume(values, MAX2, ref))
     assert hist[-1] == pytest.approx(0.25)  # (0.6-0.1)^2, the last row dominates all
+
+
+def test_leads_over_a_reference_follow_the_directions():
+    got = leads([(0.5, 2.0)], ("maximize", "minimize"), (0.4, 3.0))
+    assert np.allclose(got, [[0.1, 1.0]])
+
+
+def test_knee_with_a_reference_maximizes_the_smallest_lead():
+    front = [(0.70, 0.20), (0.52, 0.50), (0.45, 0.60), (0.10, 0.95)]
+    soup = (0.50, 0.45)
+    # smallest leads: -0.25, +0.02, -0.05, -0.40
+    assert knee_point(front, MAX2, soup) == 1
+    assert knee_point([(0.4, 0.4)], MAX2, soup) == 0  # one row: itself, even behind the soup
+    # ties on the smallest lead go to the larger sum of leads, then the earlier row
+    assert knee_point([(0.6, 0.5), (0.7, 0.5), (0.7, 0.5)], MAX2, soup) == 1
+    # minimized objectives: lead = reference - value
+    assert knee_point([(0.3, 0.9), (0.42, 0.42)], ("minimize", "minimize"), (0.5, 0.5)) == 1
+
+
+def test_prefer_with_a_reference_divides_each_lead_by_its_weight():
+    front = [(0.70, 0.46), (0.55, 0.55), (0.46, 0.80)]
+    soup = (0.45, 0.45)
+    # leads (0.25, 0.01), (0.10, 0.10), (0.01, 0.35)
+    assert prefer_point(front, MAX2, [1.0, 1.0], soup) == knee_point(front, MAX2, soup) == 1
+    assert prefer_point(front, MAX2, [1.0, 0.0], soup) == 0  # code only: largest lead there
+    assert prefer_point(front, MAX2, [0.9, 0.05], soup) == 0  # 0.01/0.05 = 0.2 > 0.1/0.05
+    assert prefer_point(front, MAX2, [0.05, 0.9], soup) == 2
+
+
+def _random_front(rng: np.random.Generator, m: int) -> np.ndarray:
+    """A non-dominated set of 3-12 points in [0, 1]^m (maximized)."""
+    points = rng.uniform(0.2, 0.8, size=(int(rng.integers(3, 13)), m))
+    return points[pareto_front(points, ("maximize",) * m)]
+
+
+def test_a_single_checkpoint_extreme_never_moves_the_choice():
+    """Seeded random fronts around a uniform merge: adding an extreme point (strong on one
+    objective, weak on the others, as a single checkpoint is) anywhere in the rows leaves the
+    chosen member unchanged, for --knee and for --prefer."""
+    rng = np.random.default_rng(0)
+    moved_without_reference = 0
+    for case in range(300):
+        m = 2 + case % 2
+        dirs = ("maximize",) * m
+        front = _random_front(rng, m)
+        soup = rng.uniform(0.3, 0.6, size=m)
+        extreme = np.full(m, rng.uniform(0.0, 0.15))
+        extreme[int(rng.integers(m))] = rng.uniform(0.85, 1.0)
+        at = int(rng.integers(len(front) + 1))
+        rows = np.insert(front, at, extreme, axis=0)
+        before = front[knee_point(front, dirs, soup)]
+        after = rows[knee_point(rows, dirs, soup)]
+        assert np.array_equal(before, after), case
+        weights = rng.uniform(0.1, 1.0, size=m)
+        before = front[prefer_point(front, dirs, weights, soup)]
+        after = rows[prefer_point(rows, dirs, weights, soup)]
+        assert np.array_equal(before, after), case
+        moved_without_reference += not np.array_equal(
+            front[knee_point(front, dirs)], rows[knee_point(rows, dirs)]
+        )
+    assert moved_without_reference > 0  # the normalized rule is pulled: the property can fail
+
+
+def test_a_member_beating_the_uniform_merge_everywhere_is_preferred():
+    """Seeded random fronts: whenever some member beats the uniform merge on every objective,
+    the choice (--knee, and --prefer with positive weights) is such a member."""
+    rng = np.random.default_rng(1)
+    checked = 0
+    for case in range(300):
+        m = 2 + case % 2
+        dirs = ("maximize",) * m
+        front = _random_front(rng, m)
+        soup = rng.uniform(0.3, 0.6, size=m)
+        beats = np.all(front > soup, axis=1)
+        if not beats.any() or beats.all():
+            continue
+        checked += 1
+        assert beats[knee_point(front, dirs, soup)], case
+        assert beats[prefer_point(front, dirs, rng.uniform(0.05, 1.0, size=m), soup)], case
+    assert checked > 50
 
 
 def test_prefer_moves_along_the_front_with_the_weights():

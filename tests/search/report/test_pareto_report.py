@@ -170,7 +170,8 @@ def test_pareto_compares_the_chosen_knee_with_the_inputs_on_the_test_split(launc
     assert main(["pareto", str(launched)]) == 0
     text = capsys.readouterr().out
     assert (
-        "test split: chosen merge vs inputs (examples per task: c2_pick_test 6, text.txt 3)" in text
+        "test split: chosen merge vs the uniform merge and the inputs (examples per task: "
+        "c2_pick_test 6, text.txt 3)" in text
     )
     assert f"chosen: trial {report['knee_trial']}" in text
     assert "judged on the held-out re-scores: what export --knee picks" in text

@@ -30,7 +30,7 @@ def test_layout_is_a_pool_of_hf_llama_folders(demo_zoo):
     from transformers import AutoConfig, AutoTokenizer
 
     names = [p.name for p in demo_zoo.checkpoints]
-    assert names == RECIPES["tiny"].checkpoint_names() and len(names) >= 6
+    assert names == RECIPES["mixtures"]["tiny"].checkpoint_names() and len(names) >= 6
     for folder in (demo_zoo.base, *demo_zoo.checkpoints):
         assert AutoConfig.from_pretrained(folder).model_type == "llama"
         assert set(_tensors(folder)) == set(_tensors(demo_zoo.base))
@@ -53,19 +53,23 @@ def test_fine_tunes_differ_from_the_base_and_each_other(demo_zoo):
 
 def test_second_build_is_a_cache_hit(demo_zoo):
     stamp = (demo_zoo.base / "model.safetensors").stat().st_mtime_ns
-    again = build_zoo(demo_zoo.out_dir, seed=0, size="tiny", progress=False)
+    again = build_zoo(demo_zoo.out_dir, seed=0, size="tiny", progress=False, recipe="mixtures")
     assert again.cached
     assert again.checkpoints == demo_zoo.checkpoints and again.scores == demo_zoo.scores
     assert (demo_zoo.base / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_same_seed_same_tensors_other_seed_other_tensors(demo_zoo, tmp_path):
-    same = build_zoo(tmp_path / "same", seed=0, size="tiny", progress=False, score=False)
+    same = build_zoo(
+        tmp_path / "same", seed=0, size="tiny", progress=False, score=False, recipe="mixtures"
+    )
     pairs = zip((demo_zoo.base, *demo_zoo.checkpoints), (same.base, *same.checkpoints), strict=True)
     for a, b in pairs:
         ta, tb = _tensors(a), _tensors(b)
         assert all(bool((ta[k] == tb[k]).all()) for k in ta), a.name
-    other = build_zoo(tmp_path / "other", seed=1, size="tiny", progress=False, score=False)
+    other = build_zoo(
+        tmp_path / "other", seed=1, size="tiny", progress=False, score=False, recipe="mixtures"
+    )
     assert other.key != demo_zoo.key
     ta, tb = _tensors(demo_zoo.checkpoints[0]), _tensors(other.checkpoints[0])
     assert not all(bool((ta[k] == tb[k]).all()) for k in ta)
@@ -105,8 +109,81 @@ def test_fine_tunes_in_worker_processes_match_the_sequential_build(demo_zoo, tmp
     from search.zoo.runs import fine_tune_all
 
     steps = []
-    fine_tune_all("tiny", 0, demo_zoo.base, tmp_path, lambda n, name: steps.append(n), workers=2)
-    assert sum(steps) == sum(r.steps for r in RECIPES["tiny"].runs)
+    fine_tune_all(
+        "mixtures", "tiny", 0, demo_zoo.base, tmp_path, lambda n, name: steps.append(n), workers=2
+    )
+    assert sum(steps) == sum(r.steps for r in RECIPES["mixtures"]["tiny"].runs)
     for folder in demo_zoo.checkpoints:
         ta, tb = _tensors(folder), _tensors(tmp_path / folder.name)
         assert all(bool((ta[k] == tb[k]).all()) for k in ta), folder.name
+
+
+def test_recycle_recipe_builds_its_pool_of_recycled_kinds(demo_zoo, tmp_path):
+    """The default recipe (``--recipe recycle``): twelve checkpoints from one base: the
+    ``mixtures`` runs (the same tensors), an early checkpoint, an off-target run (arithmetic),
+    a too-hot and an over-trained run; deterministic; a pool of another recipe in the same
+    folder is rebuilt, not reused."""
+    from search.zoo.recipe import DEFAULT_RECIPE
+
+    assert DEFAULT_RECIPE == "recycle"
+    full = RECIPES["recycle"]["full"]
+    names = full.checkpoint_names()
+    assert len(names) == 12 and len(set(names)) == 12
+    runs = {r.name: r for r in full.runs}
+    assert runs["arith"].skill == "arith" and runs["overfit"].fixed_examples
+    assert runs["too_hot"].lr >= 5 * max(r.lr for r in full.runs if r.name != "too_hot")
+    assert min(runs["balanced"].save_at) <= full.runs[0].steps // 10  # the early checkpoint
+
+    a = build_zoo(tmp_path / "a", size="tiny", progress=False, score=False)
+    tiny = RECIPES["recycle"]["tiny"].checkpoint_names()
+    assert a.recipe == "recycle" and [p.name for p in a.checkpoints] == tiny and len(tiny) == 12
+    b = build_zoo(tmp_path / "b", size="tiny", progress=False, score=False)
+    for x, y in zip((a.base, *a.checkpoints), (b.base, *b.checkpoints), strict=True):
+        tx, ty = _tensors(x), _tensors(y)
+        assert all(bool((tx[k] == ty[k]).all()) for k in tx), x.name
+    assert a.key != demo_zoo.key
+    for folder in demo_zoo.checkpoints:  # the mixtures pool's runs, trained identically
+        tx, ty = _tensors(folder), _tensors(a.out_dir / folder.name)
+        assert all(bool((tx[k] == ty[k]).all()) for k in tx), folder.name
+    other = build_zoo(tmp_path / "a", size="tiny", progress=False, score=False, recipe="mixtures")
+    assert not other.cached and other.recipe == "mixtures"
+    assert [p.name for p in other.checkpoints] == RECIPES["mixtures"]["tiny"].checkpoint_names()
+
+
+def test_off_target_run_trains_on_arithmetic_only():
+    from search.zoo.train import mixture_texts
+
+    texts = list(islice(mixture_texts(0.5, 3, eval_prompts(), skill="arith"), 50))
+    for text in texts:
+        prompt, answer = text.rstrip("\n").split("?")
+        x, y = prompt.split("+")
+        assert int(x) + int(y) == int(answer)
+
+
+def test_unknown_recipe_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(UserError, match="zoo recipe 'soup': expected one of mixtures, recycle"):
+        build_zoo(tmp_path / "z", recipe="soup", progress=False)
+    with pytest.raises(SystemExit):
+        main(["zoo", "build", str(tmp_path / "z"), "--recipe", "soup"])
+    assert "invalid choice: 'soup'" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "recipe", "folder"),
+    [
+        ("demo.yaml", "recycle", "studies/zoo"),
+        ("mixtures.yaml", "mixtures", "studies/zoo-mixtures"),
+    ],
+)
+def test_committed_configs_list_their_recipe_pool(config, recipe, folder):
+    """configs/demo.yaml is the recycling pool (as `make demo` builds it), configs/mixtures.yaml
+    the mixtures pool: every checkpoint of the recipe, in the recipe's order."""
+    from pathlib import Path
+
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[3] / "configs" / config).read_text())
+    names = RECIPES[recipe]["full"].checkpoint_names()
+    assert data["checkpoints"] == [f"{folder}/{n}" for n in names]
+    assert data["base_model"] == f"{folder}/base"
