@@ -118,8 +118,12 @@ def test_pareto_json_after_launch(launched, capsys):
     baselines = {b["label"]: b for b in report["baselines"]}
     assert list(baselines) == ["uniform", "ft_a", "ft_b", "ft_c"]
     assert baselines["uniform"]["trial"] == 0  # the seed trial
+    # held-out: the uniform merge (the knee's reference) is re-scored, the inputs are not (they
+    # are compared on the test split)
+    assert baselines["uniform"]["heldout"] is not None
     assert all(
-        baselines[n]["trial"] is None and baselines[n]["heldout"] for n in ("ft_a", "ft_b", "ft_c")
+        baselines[n]["trial"] is None and baselines[n]["heldout"] is None
+        for n in ("ft_a", "ft_b", "ft_c")
     )
     hv = report["hypervolume"]
     # the front's hypervolume is the history's last value (every distinct trial seen)
