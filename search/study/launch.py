@@ -29,11 +29,15 @@ named events below.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
+import hashlib
 import multiprocessing
 import os
 import queue
+import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -65,14 +69,15 @@ from search.study.space import SearchSpace
 from search.study.storage import (
     EVALUATION_SIZE_ATTR,
     Budget,
-    check_resume,
     create_or_resume,
     examples_spent,
     finished,
     full_evaluations,
+    load_checked,
     load_study,
     open_storage,
     redact,
+    release_trials,
     signature,
     sqlite_path,
     trial_counts,
@@ -211,8 +216,7 @@ def prepare(
     if storage is not None and (
         storage_must_exist or cfg.name in optuna.get_all_study_names(storage)
     ):
-        study = load_study(cfg, storage)
-        check_resume(study, cfg, sig, config_path)
+        study = load_checked(cfg, storage, sig, config_path)
     return Prepared(cfg, config_path, pool, space, sig, storage, study)
 
 
@@ -288,13 +292,12 @@ def launch(
     )
     console.say(choice.reason)
     study = None
+    storage = prepared.storage
+    group = WorkerGroup(cfg, n_workers, threads, deadline, devices, choice.placement)
     try:
-        with (
-            ctrl_c() as pressed,
-            WorkerGroup(cfg, n_workers, threads, deadline, devices, choice.placement) as group,
-        ):
+        with ctrl_c() as pressed, group:
             first = group.wait_first_ready(pressed)
-            storage = prepared.storage or open_storage(cfg, create=True)
+            storage = storage or open_storage(cfg, create=True)
             study, created = create_or_resume(
                 cfg, storage, prepared.space, prepared.pool.fingerprint(), config_path
             )
@@ -302,7 +305,7 @@ def launch(
                 f"study {cfg.name!r} {'created' if created else 'resumed'} in "
                 f"{redact(cfg.storage)}: {n_workers} worker(s), budget {budget_text(cfg)}"
             )
-            group.go()
+            group.go(fresh=created)
             console.say(
                 f"first trial {time.time() - started:.1f} s after the start; {first.describe()}"
             )
@@ -310,15 +313,20 @@ def launch(
                 while group.alive():
                     for line in group.messages():
                         progress.write(line)
+                    for line in group.release(study, storage):
+                        progress.write(line)
                     progress.refresh()
-                    time.sleep(1.0)
-                    if pressed.is_set():  # a Ctrl-C whose KeyboardInterrupt was dropped
+                    if pressed.wait(1.0):  # Ctrl-C (ctrl_c)
                         raise KeyboardInterrupt
                 for line in group.messages():
                     progress.write(line)
+                for line in group.release(study, storage):
+                    progress.write(line)
                 progress.refresh()
     except KeyboardInterrupt:
-        if study is not None:
+        if study is not None and storage is not None:
+            for line in group.release(study, storage):
+                console.say(line)
             console.say(
                 f"study {cfg.name!r}: stopped at {finished(trial_counts(study))}/"
                 f"{cfg.n_trials} finished trials; run the same command to continue"
@@ -339,12 +347,14 @@ def summary(
     records = [TrialRecord.from_trial(t) for t in everything]
     done = finished(trial_counts(study))
     dup = sum(1 for r in records if r.duplicate_of is not None)
+    rescored = rescored_plans(everything)
+    again = f", {rescored} scored a plan another trial scored at the same time" if rescored else ""
     retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
     extra = "".join(f", {text}" for f in cfg.features if (text := f.summary(records)))
     line = (
         f"study {cfg.name!r}: {done}/{cfg.n_trials} trials finished "
-        f"({dup} reused a scored plan, {len(retried)} retried after a failure or interruption"
-        f"{extra}), {examples_text(cfg, study, everything)} in {seconds:.0f} s"
+        f"({dup} reused a scored plan{again}, {len(retried)} retried after a failure or "
+        f"interruption{extra}), {examples_text(cfg, study, everything)} in {seconds:.0f} s"
     )
     if not budget_of(cfg, study).allows_another(everything):
         return LaunchResult(0, f"{line}; next: merge-search pareto {config_path}")
@@ -355,6 +365,22 @@ def summary(
     if group.user_errors:
         raise UserError(group.user_errors[0])
     return LaunchResult(1, f"{line}; workers failed (see above); run the same command to continue")
+
+
+def rescored_plans(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Complete trials that scored a plan an earlier complete trial had scored too (not reused:
+    both ran at once): the plans scored twice, counted truthfully."""
+    seen: set[str] = set()
+    again = 0
+    for t in sorted(trials, key=lambda t: t.number):
+        record = TrialRecord.from_trial(t)
+        if t.state != optuna.trial.TrialState.COMPLETE or record.duplicate_of is not None:
+            continue
+        if record.plan_key is None:
+            continue
+        again += record.plan_key in seen
+        seen.add(record.plan_key)
+    return again
 
 
 def examples_text(
@@ -369,16 +395,29 @@ def examples_text(
 
 
 def worker_sampler(
-    cfg: StudyConfig, study: optuna.Study, worker: int
+    cfg: StudyConfig, study: optuna.Study, worker: int, launch_token: int | None
 ) -> optuna.samplers.BaseSampler:
-    """The sampler of one worker: the config's, its seed varied by the worker's index and the
-    trials already in the study, the constraints of the config and the strategies wired in."""
+    """The sampler of one worker: the config's, its seed varied by the worker's index, the
+    trials already in the study and (:func:`worker_nonce`) this process and its launch, the
+    constraints of the config and the strategies wired in.
+
+    ``launch_token`` ``None``: the launch that created the study (seeds as they always were).
+    """
     return build_sampler(
         cfg.sampler,
         constraints=constraints_func(bool(cfg.constraints), cfg.features),
         worker=worker,
         salt=len(study.get_trials(deepcopy=False)),
+        nonce=0 if launch_token is None else worker_nonce(launch_token),
     )
+
+
+def worker_nonce(launch_token: int) -> int:
+    """A 63-bit number unique to this process of this launch: the host, the pid and the
+    launch's random token, so two launches on one study (on one host or several) never give
+    two workers the same sampler seed."""
+    text = f"{socket.gethostname()}:{os.getpid()}:{launch_token}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1 or 1
 
 
 # --------------------------------------------------------------------------------------- join
@@ -400,7 +439,7 @@ def join(cfg: StudyConfig, config_path: str | Path, console: Console) -> LaunchR
         f"first trial {time.time() - started:.1f} s after the start; "
         f"{Ready(0, runtime.load_s).describe().removeprefix('worker 0 ')}"
     )
-    study.sampler = worker_sampler(cfg, study, JOIN_SEED_OFFSET + os.getpid() % 100_000)
+    study.sampler = worker_sampler(cfg, study, JOIN_SEED_OFFSET, secrets.randbits(63))
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     with console.progress(cfg, study) as progress:
         result = run_worker(
@@ -449,11 +488,13 @@ def pool_placement(
 
 @contextmanager
 def ctrl_c() -> Iterator[threading.Event]:
-    """Ctrl-C that cannot be lost: the handler sets the event and raises KeyboardInterrupt.
+    """Ctrl-C that cannot be lost and breaks nothing: the handler only sets the event, and the
+    launcher's loops (each waits at most a second) raise KeyboardInterrupt when they see it.
 
-    Python runs a signal handler at the next bytecode, which may be inside a garbage-collector
-    weakref callback, where the KeyboardInterrupt is printed and dropped; the launcher's loops
-    check the event, so the stop still happens within a second.
+    Raised from the handler, it could land anywhere: inside a garbage-collector callback (where
+    it is printed and dropped) or inside the storage's session, leaving a SQLite read
+    transaction open that blocks every worker's write (the stopping workers then cannot hand
+    their trials back and are killed after ``STOP_GRACE_S``, their trials left RUNNING).
     """
     pressed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -462,7 +503,6 @@ def ctrl_c() -> Iterator[threading.Event]:
 
     def handler(signum: int, frame: Any) -> None:
         pressed.set()
-        raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -489,13 +529,26 @@ class WorkerGroup:
         ctx = multiprocessing.get_context("spawn")
         self._events: Any = ctx.Queue()
         self._go = ctx.Event()
+        # 0 for the launch that created the study, else a random token (worker_sampler)
+        self._launch_token: Any = ctx.Value("q", 0)
         devices = list(devices or [cfg.device] * n_workers)
         self._procs = [
             ctx.Process(
                 target=_worker_main,
                 name=f"merge-search-worker-{i}",
                 daemon=False,
-                args=(cfg, i, threads, deadline, self._events, self._go, devices[i], placement),
+                args=(
+                    cfg,
+                    i,
+                    threads,
+                    deadline,
+                    self._events,
+                    self._go,
+                    self._launch_token,
+                    devices[i],
+                    placement,
+                    os.getpid(),
+                ),
             )
             for i in range(n_workers)
         ]
@@ -503,6 +556,7 @@ class WorkerGroup:
         self.timed_out = False
         self._ready = 0
         self._reported: set[int] = set()
+        self._released: set[int] = set()
 
     def __enter__(self) -> WorkerGroup:  # noqa: PYI034
         for p in self._procs:
@@ -524,7 +578,9 @@ class WorkerGroup:
         end = time.time() + STOP_GRACE_S
         for p in self._procs:
             p.join(max(0.0, end - time.time()))
-            if p.is_alive():
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGUSR1)  # its stack to stderr (faulthandler): why stuck
+                p.join(1.0)
                 p.kill()
                 p.join()
 
@@ -559,7 +615,9 @@ class WorkerGroup:
             raise RuntimeError(f"no worker could start: {detail}")
         return first
 
-    def go(self) -> None:
+    def go(self, *, fresh: bool = False) -> None:
+        """Start the workers; ``fresh``: this launch created the study."""
+        self._launch_token.value = 0 if fresh else secrets.randbits(62) + 1
         self._go.set()
 
     def alive(self) -> bool:
@@ -584,10 +642,20 @@ class WorkerGroup:
         for index, p in enumerate(self._procs):
             if p.exitcode is not None and p.exitcode < 0 and index not in self._reported:
                 self._reported.add(index)
-                yield (
-                    f"worker {index} was killed by signal {-p.exitcode}; "
-                    "its trial is retried once its heartbeat goes stale"
-                )
+                yield f"worker {index} was killed by signal {-p.exitcode}"
+
+    def release(self, study: optuna.Study, storage: optuna.storages.RDBStorage) -> Iterator[str]:
+        """Fail and queue again the running trials of workers killed by a signal (by the stop
+        after ``STOP_GRACE_S``, or by anything else): lines saying which."""
+        host = socket.gethostname()
+        for index, p in enumerate(self._procs):
+            if p.exitcode is None or p.exitcode >= 0 or index in self._released:
+                continue
+            self._released.add(index)
+            numbers = release_trials(study, storage, f"{host}:{p.pid}:")
+            if numbers:
+                listed = ", ".join(str(n) for n in numbers)
+                yield f"worker {index}: its trial {listed} failed and queued again"
 
 
 def _worker_main(
@@ -597,22 +665,32 @@ def _worker_main(
     deadline: float | None,
     events: Any,
     go: Any,
+    launch_token: Any,
     device: str,
     placement: str | None,
+    parent: int,
 ) -> None:
     """Entry point of one spawned worker process.
 
     Ctrl-C reaches the launcher only (SIGINT ignored here); the launcher stops workers with
-    SIGTERM, which unwinds the trial in progress: it is failed and queued again.
+    SIGTERM, which unwinds the trial in progress: it is failed and queued again. A worker
+    whose launcher dies (even by SIGKILL) gets the same SIGTERM (:func:`die_with_parent`).
     """
     os.environ["TQDM_DISABLE"] = "1"  # before lm-eval / transformers import tqdm
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_system_exit)
     signal.signal(signal.SIGALRM, _raise_system_exit)
+    sys.unraisablehook = _quiet_dropped_stop
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a worker that will not stop
+    die_with_parent(parent)
     try:
-        code = _worker_body(cfg, index, threads, deadline, events, go, device, placement)
+        code = _worker_body(
+            cfg, index, threads, deadline, events, go, launch_token, device, placement
+        )
     except KeyboardInterrupt:
         code = 130
+    except SystemExit as exc:  # stopped (SIGTERM) while loading or waiting for the go
+        code = exc.code if isinstance(exc.code, int) else 1
     # the body is done (its trial handed back or finished): a stop from now on would only
     # interrupt the interpreter's own exit (atexit, finalizers) and print a traceback there
     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -628,6 +706,7 @@ def _worker_body(
     deadline: float | None,
     events: Any,
     go: Any,
+    launch_token: Any,
     device: str,
     placement: str | None,
 ) -> int:
@@ -641,14 +720,13 @@ def _worker_body(
         events.put(Failed(index, traceback.format_exc(), user_error=False))
         return 1
     events.put(Ready(index, runtime.load_s))
-    parent = os.getppid()
-    while not go.wait(1.0):
-        if os.getppid() != parent:  # the launcher is gone
-            return 1
+    while not go.wait(1.0):  # a launcher that dies meanwhile stops this (die_with_parent)
+        pass
     try:
         storage = open_storage(cfg)
         study = load_study(cfg, storage)
-        study.sampler = worker_sampler(cfg, study, index)
+        token = launch_token.value
+        study.sampler = worker_sampler(cfg, study, index, token or None)
         result = run_worker(cfg, study, storage, runtime, deadline=deadline)
     except UserError as exc:
         events.put(Failed(index, str(exc), user_error=True))
@@ -658,6 +736,48 @@ def _worker_body(
         return 1
     events.put(Done(index, result.n_trials, result.stopped))
     return 0
+
+
+PARENT_POLL_S = 1.0  # how often a worker checks that its launcher is alive (without prctl)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Stop this worker (SIGTERM: its trial is failed and queued again) when ``parent`` dies.
+
+    Linux delivers the signal itself once the parent exits (``prctl(PR_SET_PDEATHSIG)``, also
+    after a SIGKILL of the parent); a daemon thread checks the parent every ``PARENT_POLL_S``
+    as well (other systems, and a parent gone before the prctl took effect).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _quiet_dropped_stop(unraisable: Any) -> None:
+    """Say nothing of a stop raised where Python drops exceptions (a garbage-collector
+    callback, any library's): it is delivered again (:func:`_raise_system_exit`); nor, once
+    the worker is stopping (the re-delivery armed, or disarmed by the trial's hand-back), of
+    the finalizers of objects the stop cut short (e.g. a ``tqdm`` whose ``__init__`` it
+    interrupted)."""
+    stopping = (
+        signal.getitimer(signal.ITIMER_REAL)[0] > 0
+        or signal.getsignal(signal.SIGALRM) == signal.SIG_IGN
+    )
+    if isinstance(unraisable.exc_value, SystemExit) or stopping:
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:

@@ -214,6 +214,7 @@ def build_sampler(
     constraints: Callable[[optuna.trial.FrozenTrial], Sequence[float]] | None = None,
     worker: int = 0,
     salt: int = 0,
+    nonce: int = 0,
 ) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler.
 
@@ -224,10 +225,14 @@ def build_sampler(
         worker: index of the worker; with ``salt`` it varies the seed so that parallel workers
             and resumed runs do not replay the same random stream (unless ``shared_seed``).
         salt: e.g. the number of trials already in the study.
+        nonce: what sets this worker apart from every other worker of every launch (its host,
+            its process and its launch, :func:`search.study.launch.worker_nonce`); ``0`` only
+            for the launch that created the study, whose workers keep the seeds they always
+            had (a one-worker study is reproducible).
     """
     entry = SAMPLERS[cfg.name]
     kwargs: dict[str, Any] = {**(entry.defaults or {}), **cfg.options}
-    kwargs["seed"] = _seed(cfg.seed, worker, salt, entry.shared_seed)
+    kwargs["seed"] = _seed(cfg.seed, worker, salt, entry.shared_seed, nonce)
     if constraints is not None and entry.constraints:
         kwargs["constraints_func"] = constraints
     with warnings.catch_warnings():
@@ -238,8 +243,8 @@ def build_sampler(
         return entry.optuna_type()(**kwargs)
 
 
-def _seed(seed: int | None, worker: int, salt: int, shared: bool) -> int | None:
-    if seed is None or shared or (worker == 0 and salt == 0):
+def _seed(seed: int | None, worker: int, salt: int, shared: bool, nonce: int = 0) -> int | None:
+    if seed is None or shared or (worker == 0 and salt == 0 and nonce == 0):
         return seed
-
-    return int(np.random.SeedSequence([seed, worker, salt]).generate_state(1)[0])
+    entropy = [seed, worker, salt] + ([nonce] if nonce else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

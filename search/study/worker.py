@@ -167,18 +167,20 @@ class TrialObjective:
             self.scorer = next((s for s in scorers if s is not None), None)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        plan = self.space.suggest(trial)  # optuna.TrialPruned when a group cannot be normalized
+        with stops_held():  # suggest_* write to the storage
+            plan = self.space.suggest(trial)  # optuna.TrialPruned: a group cannot be normalized
         coefficients = effective_weights(plan)
         record = TrialRecord(
             number=trial.number,
-            worker=f"{socket.gethostname()}:{os.getpid()}:{self.runtime.pool.device}",
+            worker=worker_tag(self.runtime.pool.device),
             plan=plan.to_dict(),
             plan_key=plan.key,
             params=dict(plan.params),
             coefficients=dict(zip(self.space.names, coefficients, strict=True)),
         )
-        record.write(trial, PLAN_FIELDS)  # what was merged, before it is scored
-        earlier = self.find_scored(plan.key)
+        with stops_held():  # a stop inside a storage call would leave its session open
+            record.write(trial, PLAN_FIELDS)  # what was merged, before it is scored
+            earlier = self.find_scored(plan.key)
         if earlier is not None:
             self.duplicates += 1
             record = record.with_scores_of(
@@ -195,7 +197,8 @@ class TrialObjective:
             record = dataclasses.replace(
                 record, constraints=tuple(self.cfg.constraint_values(by_name))
             )
-        record.write(trial, [f for f in record.to_attrs() if f not in PLAN_FIELDS])
+        with stops_held():
+            record.write(trial, [f for f in record.to_attrs() if f not in PLAN_FIELDS])
         return list(record.values)
 
     def score(self, plan: MergePlan, trial: optuna.Trial) -> tuple[TrialRecord, float, float, int]:
@@ -271,7 +274,7 @@ def run_worker(
         trial: optuna.Trial | None = None
         try:
             with stops_held():  # a stop during the claim is delivered here, the trial known
-                trial = claim_trial(study, storage, budget)
+                trial = claim_trial(study, storage, budget, worker=worker_tag(runtime.pool.device))
             if trial is None:
                 if trial_counts(study).get("running", 0) == 0:
                     break
@@ -281,9 +284,11 @@ def run_worker(
                 try:
                     values = objective(trial)
                 except optuna.TrialPruned:
-                    frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                    with stops_held():
+                        frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
                 else:
-                    frozen = study.tell(trial, values, skip_if_finished=True)
+                    with stops_held():
+                        frozen = study.tell(trial, values, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
         except BaseException as exc:
@@ -353,6 +358,12 @@ def _give_up(
     retry = storage.get_heartbeat_stale_trial_callback()
     if requeue and retry is not None:
         retry(study, storage.get_trial(trial._trial_id))
+
+
+def worker_tag(device: object) -> str:
+    """``host:pid:device``: who runs a trial (``TrialRecord.worker``; the launcher releases a
+    killed worker's trials by it, :func:`search.study.storage.release_trials`)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{device}"
 
 
 def quiet_libraries() -> None:

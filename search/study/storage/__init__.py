@@ -22,6 +22,7 @@ from search.study.storage.budget import (
     examples_spent,
     finished,
     full_evaluations,
+    release_trials,
     trial_counts,
 )
 from search.study.storage.connect import (
@@ -41,6 +42,7 @@ from search.study.storage.resume import (
     check_fingerprint,
     check_resume,
     create_or_resume,
+    load_checked,
     signature,
 )
 
@@ -62,10 +64,12 @@ __all__ = [
     "examples_spent",
     "finished",
     "full_evaluations",
+    "load_checked",
     "load_study",
     "open_storage",
     "quiet_experimental",
     "redact",
+    "release_trials",
     "signature",
     "sqlite_path",
     "trial_counts",

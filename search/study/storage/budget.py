@@ -93,13 +93,18 @@ class Budget:
 
 
 def claim_trial(
-    study: optuna.Study, storage: optuna.storages.RDBStorage, budget: Budget
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    budget: Budget,
+    worker: str | None = None,
 ) -> optuna.Trial | None:
     """Start the next trial if ``budget`` allows another (:meth:`Budget.allows_another`).
 
     Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
-    waiting trials, popped before new ones), counts, asks, and records the first heartbeat so
-    a worker that dies right after the claim still leaves a trial that goes stale. An exception
+    waiting trials, popped before new ones) and running trials that never got a heartbeat,
+    counts, asks, and records the first heartbeat (and ``worker``, the trial's
+    ``TrialRecord.worker`` tag) so a worker that dies right after the claim still leaves a
+    trial that goes stale (or that its launcher releases, :func:`release_trials`). An exception
     inside ``ask`` (a sampler's error, or a stop where the caller does not hold stops as
     :func:`search.study.worker.run_worker` does) would leave a running trial without a
     heartbeat, which never goes stale: it is failed and queued again before the error goes on.
@@ -107,6 +112,7 @@ def claim_trial(
 
     with budget_lock(storage, study.study_name), quiet_experimental():
         optuna.storages.fail_stale_trials(study)
+        _fail_without_heartbeat(study, storage)
         trials = study.get_trials(deepcopy=False)
         if not budget.allows_another(trials):
             return None
@@ -116,10 +122,37 @@ def claim_trial(
         try:
             trial = study.ask()
             storage.record_heartbeat(trial._trial_id)
+            if worker is not None:  # who holds it, before anyone else can see it
+                TrialRecord(number=trial.number, worker=worker).write(trial)
         except BaseException:
             _undo_claim(study, storage, running)
             raise
         return trial
+
+
+def _fail_without_heartbeat(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail and queue again the running trials that never got a heartbeat.
+
+    Every claim records its trial's first heartbeat before it releases the lock, so under the
+    lock such a trial belongs to a worker that died inside its claim (a SIGKILL while the
+    sampler proposed): Optuna finds stale trials by their heartbeat only and would wait for it
+    forever.
+    """
+    query = sqlalchemy.text(
+        "SELECT t.trial_id FROM trials t WHERE t.study_id = :study AND t.state = 'RUNNING' "
+        "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)"
+    )
+    with storage.engine.connect() as conn:
+        orphans = [row[0] for row in conn.execute(query, {"study": study._study_id})]
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in orphans:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if retry is not None:
+            retry(study, storage.get_trial(trial_id))
 
 
 def _undo_claim(
@@ -134,6 +167,34 @@ def _undo_claim(
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         if retry is not None:
             retry(study, storage.get_trial(t._trial_id))
+
+
+def release_trials(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, worker: str
+) -> list[int]:
+    """Fail and queue again the running trials of a worker that is gone (killed, or stopped
+    without handing its trial back), under :func:`budget_lock`; their numbers.
+
+    ``worker`` is the start of the trials' ``TrialRecord.worker`` tag (``host:pid:``), which
+    :func:`claim_trial` writes under the lock; a trial whose claim died before that has no
+    heartbeat either and is failed and queued again too.
+    """
+    released = []
+    with budget_lock(storage, study.study_name):
+        _fail_without_heartbeat(study, storage)  # a claim it died inside
+        retry = storage.get_heartbeat_stale_trial_callback()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not (TrialRecord.from_trial(t).worker or "").startswith(worker):
+                continue
+            try:
+                if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # finished meanwhile
+            released.append(t.number)
+            if retry is not None:
+                retry(study, storage.get_trial(t._trial_id))
+    return released
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

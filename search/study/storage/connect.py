@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
 from search.errors import UserError
@@ -94,10 +96,37 @@ def connect(
                         )
                     ),
                 }
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
+            with creation_lock(url, db):
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"storage: cannot open {redact(url)}: {first}") from None
+
+
+@contextlib.contextmanager
+def creation_lock(url: str, db: Path | None) -> Iterator[None]:
+    """One process at a time opens the storage, which creates Optuna's tables in a new
+    database and stamps their version (two at once: "UNIQUE constraint failed:
+    alembic_version"). SQLite: ``flock`` on ``<database>.lock`` (the budget lock's file; never
+    taken while that is held); PostgreSQL: a transaction-level advisory lock."""
+    if db is not None:
+        with open(f"{db}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": TABLES_KEY})
+            yield
+    finally:
+        engine.dispose()
+
+
+TABLES_KEY = 0x6D65726765  # "merge": the advisory lock key of creating Optuna's tables
 
 
 def load_study(

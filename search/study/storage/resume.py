@@ -11,6 +11,7 @@ import optuna
 
 from search.errors import UserError
 from search.study.record import TrialRecord
+from search.study.storage.budget import budget_lock
 from search.study.storage.connect import load_study, quiet_experimental
 
 if TYPE_CHECKING:
@@ -151,13 +152,38 @@ def create_or_resume(
         ``(study, created)``.
     """
     sig = signature(cfg, space, fingerprint)
-    try:
-        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=cfg.directions)
-    except optuna.exceptions.DuplicatedStudyError:
+    with budget_lock(storage, cfg.name):  # a study is never seen without its signature
+        try:
+            study = optuna.create_study(
+                study_name=cfg.name, storage=storage, directions=cfg.directions
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            study = load_study(cfg, storage)
+            check_resume(study, cfg, sig, config_path)
+            study.set_user_attr(CONFIG_ATTR, cfg.to_json())  # the latest budget, sampler, ...
+            return study, False
+        _record_new(study, cfg, space, sig)
+    return study, True
+
+
+def load_checked(
+    cfg: StudyConfig,
+    storage: optuna.storages.RDBStorage,
+    sig: Mapping[str, Any],
+    config_path: str | Path,
+) -> optuna.Study:
+    """The existing study, after :func:`check_resume`, read under the study's lock so that a
+    study being created at this moment is read once its signature is stored."""
+    with budget_lock(storage, cfg.name):
         study = load_study(cfg, storage)
         check_resume(study, cfg, sig, config_path)
-        study.set_user_attr(CONFIG_ATTR, cfg.to_json())  # the latest budget, sampler, ...
-        return study, False
+    return study
+
+
+def _record_new(
+    study: optuna.Study, cfg: StudyConfig, space: SearchSpace, sig: Mapping[str, Any]
+) -> None:
+    """A new study's signature, config, metric names, seed trials and strategies' attrs."""
     for key, value in sig.items():
         study.set_user_attr(key, value)
     study.set_user_attr(CONFIG_ATTR, cfg.to_json())
@@ -168,7 +194,6 @@ def create_or_resume(
     for feature in cfg.features:
         for key, value in feature.study_attrs().items():
             study.set_user_attr(key, value)
-    return study, True
 
 
 def seed_trials(cfg: StudyConfig, space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:

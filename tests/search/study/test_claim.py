@@ -63,8 +63,8 @@ def test_a_stop_right_after_the_claim_fails_the_trial_and_queues_it_again(
     threads = torch.get_num_threads()  # the runtime sets the worker's; restored below
     runtime = Runtime.create(cfg)
 
-    def claim_then_stop(*args: Any) -> optuna.Trial | None:
-        trial = claim_trial(*args)
+    def claim_then_stop(*args: Any, **kwargs: Any) -> optuna.Trial | None:
+        trial = claim_trial(*args, **kwargs)
         signal.raise_signal(signal.SIGTERM)  # its handler would raise before the caller's try
         return trial
 
@@ -107,3 +107,44 @@ def test_a_checkpoint_rewritten_during_the_study_stops_the_worker_before_its_nex
             runtime.merge(plan)
     finally:
         torch.set_num_threads(threads)
+
+
+SLOW_ASK = """
+import sys, time, optuna
+from search.study.config import WorkersConfig
+from search.study.storage import Budget, claim_trial, connect
+
+class Slow(optuna.samplers.RandomSampler):
+    def before_trial(self, study, trial):
+        print("asking", flush=True)
+        time.sleep(600)  # killed here: the trial is RUNNING, its heartbeat not yet written
+
+storage = connect(sys.argv[1], WorkersConfig(heartbeat_s=1))
+study = optuna.load_study(study_name="orphan", storage=storage, sampler=Slow(seed=0))
+claim_trial(study, storage, Budget(n_trials=5))
+"""
+
+
+def test_a_worker_killed_inside_its_claim_leaves_a_trial_that_is_retried(tmp_path) -> None:
+    """SIGKILL while the sampler proposes (the trial RUNNING, no heartbeat yet: Optuna alone
+    would never find it stale); the next claim fails it and runs it again."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'orphan.db'}"
+    storage = connect(url, WorkersConfig(heartbeat_s=1), create=True)
+    study = optuna.create_study(study_name="orphan", storage=storage)
+    study.enqueue_trial({"x": 0.5})
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_ASK, url], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline() == "asking\n"
+    child.kill()
+    child.wait()
+    (orphan,) = study.get_trials(deepcopy=False)
+    assert orphan.state == TrialState.RUNNING
+    trial = claim_trial(study, storage, Budget(n_trials=5))
+    assert trial is not None and trial.suggest_float("x", 0, 1) == 0.5  # the same parameters
+    first, retry = study.get_trials(deepcopy=False)
+    assert first.state == TrialState.FAIL
+    assert retry.system_attrs["failed_trial"] == first.number

@@ -86,3 +86,29 @@ def test_check_sampler_accepts_single_objective_cmaes() -> None:
     )
     with pytest.raises(ValueError, match="cmaes optimizes one objective"):
         check_sampler(SamplerConfig(name="cmaes"), n_objectives=2, constrained=False)
+
+
+def test_every_worker_of_every_launch_gets_its_own_seed_but_the_first_launch_keeps_its_own() -> (
+    None
+):
+    """The launch that created the study (nonce 0) keeps the seeds it always had (worker 0 with
+    nothing in the study: the configured seed; a one-worker study is reproducible); another
+    launch's workers (their nonces: host, pid, launch token) never get the same seed."""
+    from search.study.launch import worker_nonce
+    from search.study.samplers import _seed
+
+    assert _seed(7, 0, 0, False) == 7
+    assert _seed(7, 0, 3, False) == _seed(7, 0, 3, False, nonce=0)  # as before the nonces
+    first_launch = {_seed(7, w, 3, False) for w in range(4)}
+    nonces = {worker_nonce(token) for token in (1, 2, 3)}
+    assert len(nonces) == 3 and all(0 < n < 2**63 for n in nonces)
+    others = {_seed(7, w, 3, False, nonce=n) for w in range(4) for n in nonces}
+    assert len(first_launch) == 4 and len(others) == 12 and not first_launch & others
+    assert _seed(7, 0, 0, True, nonce=5) == 7  # a shared-seed sampler coordinates by itself
+
+    def first_x(nonce: int) -> float:
+        cfg = SamplerConfig(name="random", seed=7)
+        study = optuna.create_study(sampler=build_sampler(cfg, nonce=nonce))
+        return study.ask().suggest_float("x", 0.0, 1.0)
+
+    assert first_x(0) == first_x(0) != first_x(5)

@@ -9,7 +9,6 @@ searched for it. With ``CI`` set the test fails instead of skipping when the ser
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,20 +21,14 @@ import pytest
 import sqlalchemy
 from report_fixtures import free_port
 from study_fixtures import build_pool_and_tasks, study_config, write_config
-from test_workers import _postgres_url
+from test_workers import postgres_or_skip
 
 from search.cli import main
 
 
 @pytest.fixture(scope="module")
 def postgres() -> str:
-    url = _postgres_url()
-    if url is None:
-        message = "PostgreSQL not reachable at 127.0.0.1:5432/test"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return url
+    return postgres_or_skip()
 
 
 def _dashboard_get(url: str, path: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 from report_fixtures import free_port
-from test_workers import _postgres_url
+from test_workers import postgres_or_skip
 
 from search.errors import UserError
 from search.study.storage import check_fingerprint, connect, sqlite_path
@@ -21,10 +21,7 @@ from search.study.storage import check_fingerprint, connect, sqlite_path
 
 @pytest.fixture(scope="module")
 def postgres() -> str:
-    url = _postgres_url()
-    if url is None:
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432/test")
-    return url
+    return postgres_or_skip()
 
 
 def _dashboard_studies(url: str) -> list[str]:

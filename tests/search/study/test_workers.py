@@ -1,7 +1,8 @@
 """Several workers: an exact budget on SQLite and PostgreSQL, and a killed worker's trial retried.
 
 The PostgreSQL cases need PostgreSQL at 127.0.0.1:5432 (database ``test``; these machines and
-CI's run it before a session starts); they skip with the reason when it is unreachable. Trials
+CI's run it before a session starts); they skip with the reason when it is unreachable, and
+fail instead with ``CI`` set. Trials
 here score a longer perplexity file one text at a time, so a trial takes long enough for two
 workers to share the budget and for a kill to land inside a trial.
 """
@@ -52,12 +53,21 @@ def _postgres_url() -> str | None:
 SLOW_TEXTS = 600  # lines of perplexity text per trial, scored one at a time
 
 
-@pytest.fixture(scope="module")
-def postgres() -> str:
+def postgres_or_skip() -> str:
+    """The shared PostgreSQL's URL; skip when unreachable, but fail with ``CI`` set (CI runs
+    the server: a skip there would hide a failure)."""
     url = _postgres_url()
     if url is None:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432/test as {' or '.join(ROLES)}")
+        message = f"PostgreSQL not reachable at 127.0.0.1:5432/test as {' or '.join(ROLES)}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return url
+
+
+@pytest.fixture(scope="module")
+def postgres() -> str:
+    return postgres_or_skip()
 
 
 @pytest.fixture(scope="module")
