@@ -21,12 +21,14 @@ work, that the folder's filesystem has room for the merged weights and can be wr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +146,32 @@ def export_merge(
     return target
 
 
-def provenance(plan: MergePlan, pool: CheckpointPool, dtype_name: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Provenance:
     """The marker ``merge_search.json``: what wrote the folder and from which inputs."""
-    return {
-        "made_by": MADE_BY,
-        "format": 1,
-        "method": plan.method,
-        "plan_key": plan.key,
-        "checkpoints": [str(p) for p in pool.paths],
-        "base_model": str(pool.base_path) if pool.base_path else None,
-        "dtype": dtype_name,
-    }
+
+    made_by: str
+    format: int
+    method: str
+    plan_key: str
+    checkpoints: list[str]
+    base_model: str | None
+    dtype: str
+
+
+def provenance(plan: MergePlan, pool: CheckpointPool, dtype_name: str) -> dict[str, Any]:
+    """The marker's JSON (:class:`Provenance`)."""
+    return dataclasses.asdict(
+        Provenance(
+            made_by=MADE_BY,
+            format=1,
+            method=plan.method,
+            plan_key=plan.key,
+            checkpoints=[str(p) for p in pool.paths],
+            base_model=str(pool.base_path) if pool.base_path else None,
+            dtype=dtype_name,
+        )
+    )
 
 
 def pool_inputs(pool: CheckpointPool) -> list[tuple[str, Path]]:

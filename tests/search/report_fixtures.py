@@ -8,6 +8,10 @@ the commands end to end.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -282,3 +286,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def dashboard_get(url: str, path: str) -> str:
+    """Start this venv's optuna-dashboard on ``url`` and GET ``path``; the body."""
+    port = free_port()
+    command = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen(
+        [str(command), url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60  # a guard against hanging, not a timed assertion
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.read().decode()
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"optuna-dashboard did not answer: {proc.communicate()[0][-500:]}")
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -9,17 +9,12 @@ searched for it. With ``CI`` set the test fails instead of skipping when the ser
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
-from report_fixtures import free_port
+from report_fixtures import dashboard_get
 from study_fixtures import build_pool_and_tasks, study_config, write_config
 from test_workers import postgres_or_skip
 
@@ -29,30 +24,6 @@ from search.cli import main
 @pytest.fixture(scope="module")
 def postgres() -> str:
     return postgres_or_skip()
-
-
-def _dashboard_get(url: str, path: str) -> str:
-    """Start this venv's optuna-dashboard on ``url`` and GET ``path``; the body."""
-    port = free_port()
-    command = Path(sys.executable).with_name("optuna-dashboard")
-    proc = subprocess.Popen(
-        [str(command), url, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60  # a guard against hanging, not a timed assertion
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                    return r.read().decode()
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError(f"optuna-dashboard did not answer: {proc.communicate()[0][-500:]}")
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.postgres
@@ -84,7 +55,7 @@ def test_a_password_in_the_url_reaches_no_row_no_line_and_no_dashboard_answer(
                     assert secret not in repr(rows), f"the password is stored in table {table}"
         finally:
             engine.dispose()
-        body = _dashboard_get(postgres, f"/api/studies/{study._study_id}?after=0")
+        body = dashboard_get(postgres, f"/api/studies/{study._study_id}?after=0")
         assert json.loads(body)["name"] == name and "***" in body
         assert secret not in body
     finally:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-from report_fixtures import free_port
+from report_fixtures import dashboard_get
 from test_workers import postgres_or_skip
 
 from search.errors import UserError
@@ -25,27 +21,10 @@ def postgres() -> str:
 
 
 def _dashboard_studies(url: str) -> list[str]:
-    """Start the optuna-dashboard command of this venv on ``url``; the study names it serves."""
-    port = free_port()
-    command = Path(sys.executable).with_name("optuna-dashboard")
-    proc = subprocess.Popen(
-        [str(command), url, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60  # a guard against hanging, not a timed assertion
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    return [s["study_name"] for s in json.load(r)["study_summaries"]]
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError(f"optuna-dashboard did not answer: {proc.communicate()[0][-500:]}")
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """The study names the optuna-dashboard command of this venv serves for ``url``."""
+    return [
+        s["study_name"] for s in json.loads(dashboard_get(url, "/api/studies"))["study_summaries"]
+    ]
 
 
 @pytest.mark.postgres
