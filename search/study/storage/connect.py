@@ -96,7 +96,7 @@ def connect(
                         )
                     ),
                 }
-            with creation_lock(url, db):
+            with creation_lock(url, db, create=create):
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -104,11 +104,18 @@ def connect(
 
 
 @contextlib.contextmanager
-def creation_lock(url: str, db: Path | None) -> Iterator[None]:
+def creation_lock(url: str, db: Path | None, *, create: bool = False) -> Iterator[None]:
     """One process at a time opens the storage, which creates Optuna's tables in a new
     database and stamps their version (two at once: "UNIQUE constraint failed:
     alembic_version"). SQLite: ``flock`` on ``<database>.lock`` (the budget lock's file; never
-    taken while that is held); PostgreSQL: a transaction-level advisory lock."""
+    taken while that is held); PostgreSQL: a transaction-level advisory lock.
+
+    A SQLite reader (``create`` false: pareto, export, the dashboard) takes the lock only when the
+    file exists: a launch makes it before the database, so a database without it was complete
+    before any reader came, and a read command leaves nothing new beside the user's files."""
+    if db is not None and not create and not Path(f"{db}.lock").exists():
+        yield
+        return
     if db is not None:
         with open(f"{db}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
