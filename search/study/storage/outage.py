@@ -73,9 +73,8 @@ class Outage:
     def wait(self, exc: BaseException) -> None:
         elapsed = time.monotonic() - self.start
         if elapsed >= self.limit_s:
-            raise UserError(
-                f"{self.what} unreachable for {elapsed:.0f} s ({first_line(exc)})"
-            ) from None
+            waited = f" for {elapsed:.0f} s" if self.limit_s else ""  # 0: gave up at once
+            raise UserError(f"{self.what} unreachable{waited} ({first_line(exc)})") from None
         time.sleep(min(self.delay, self.limit_s - elapsed))
         self.delay = min(self.delay * 2, CAP_S)
 
