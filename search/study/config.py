@@ -185,6 +185,10 @@ class WorkersConfig(_Strict):
     heartbeat_s: int = Field(default=30, ge=1)  # each running trial writes a heartbeat this often
     grace_s: int | None = Field(default=None, ge=1)  # stale after this long; None: 2 x heartbeat_s
     max_retry: int = Field(default=3, ge=0)  # retries of one trial whose worker died
+    # how long workers and the launcher wait out a storage outage (a PostgreSQL restart, a network
+    # blip, SQLite's "database is locked") before giving up: a restart takes seconds, a failover
+    # a minute or two; 0: give up at the first error
+    storage_retry_s: float = Field(default=300, ge=0)
     # torch threads per worker on CPU; None: cores / local workers. Small models run best with 1:
     # on a busy 2-core machine two threads made a demo trial 5x slower than one.
     threads: int | None = Field(default=None, ge=1)

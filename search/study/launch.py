@@ -73,11 +73,13 @@ from search.study.storage import (
     examples_spent,
     finished,
     full_evaluations,
+    is_outage,
     load_checked,
     load_study,
     open_storage,
     redact,
     release_trials,
+    retrying,
     signature,
     sqlite_path,
     trial_counts,
@@ -313,16 +315,12 @@ def launch(
                 while group.alive():
                     for line in group.messages():
                         progress.write(line)
-                    for line in group.release(study, storage):
-                        progress.write(line)
-                    progress.refresh()
+                    poll(group, study, storage, progress)
                     if pressed.wait(1.0):  # Ctrl-C (ctrl_c)
                         raise KeyboardInterrupt
                 for line in group.messages():
                     progress.write(line)
-                for line in group.release(study, storage):
-                    progress.write(line)
-                progress.refresh()
+                poll(group, study, storage, progress)
     except KeyboardInterrupt:
         if study is not None and storage is not None:
             for line in group.release(study, storage):
@@ -332,7 +330,31 @@ def launch(
                 f"{cfg.n_trials} finished trials; run the same command to continue"
             )
         raise
-    return summary(cfg, study, group, config_path, time.time() - started)
+    # the workers waited out any outage; one that gave up on the storage: the summary does not wait
+    limit = 0 if group.user_errors else cfg.workers.storage_retry_s
+    return retrying(
+        lambda: summary(cfg, study, group, config_path, time.time() - started),
+        f"storage {redact(cfg.storage)}",
+        limit,
+    )
+
+
+def poll(
+    group: WorkerGroup,
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    progress: Any,
+) -> None:
+    """Release killed workers' trials and refresh the progress display; skipped while the
+    storage is out (:func:`~search.study.storage.is_outage`): the workers wait it out (or give
+    up, each saying so) and the next poll catches up."""
+    try:
+        for line in group.release(study, storage):
+            progress.write(line)
+        progress.refresh()
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
 
 
 def summary(
@@ -651,8 +673,8 @@ class WorkerGroup:
         for index, p in enumerate(self._procs):
             if p.exitcode is None or p.exitcode >= 0 or index in self._released:
                 continue
-            self._released.add(index)
             numbers = release_trials(study, storage, f"{host}:{p.pid}:")
+            self._released.add(index)  # after: a release cut short by an outage is tried again
             if numbers:
                 listed = ", ".join(str(n) for n in numbers)
                 yield f"worker {index}: its trial {listed} failed and queued again"
@@ -723,10 +745,13 @@ def _worker_body(
     while not go.wait(1.0):  # a launcher that dies meanwhile stops this (die_with_parent)
         pass
     try:
-        storage = open_storage(cfg)
-        study = load_study(cfg, storage)
+        where, limit = f"storage {redact(cfg.storage)}", cfg.workers.storage_retry_s
+        storage = retrying(lambda: open_storage(cfg), where, limit)
+        study = retrying(lambda: load_study(cfg, storage), where, limit)
         token = launch_token.value
-        study.sampler = worker_sampler(cfg, study, index, token or None)
+        study.sampler = retrying(
+            lambda: worker_sampler(cfg, study, index, token or None), where, limit
+        )
         result = run_worker(cfg, study, storage, runtime, deadline=deadline)
     except UserError as exc:
         events.put(Failed(index, str(exc), user_error=True))

@@ -14,6 +14,7 @@ The study's ``examples_per_evaluation`` user attr is what one full evaluation sc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -41,7 +42,11 @@ from search.study.storage import (
     EVALUATION_SIZE_ATTR,
     Budget,
     Heartbeat,
+    Outage,
     claim_trial,
+    is_outage,
+    redact,
+    retrying,
     trial_counts,
 )
 
@@ -254,6 +259,11 @@ def run_worker(
     While the budget is taken but other workers still run trials, the worker waits: if one of
     them dies, its trial goes stale, is re-queued, and this worker runs it.
 
+    A storage outage (:func:`~search.study.storage.is_outage`) is a pause: the worker backs off
+    and tries again for up to ``workers.storage_retry_s``, then fails and queues again the trial
+    it held (scored or not: it was not told) and goes on; past that limit, a ``UserError`` (one
+    line naming the storage).
+
     Args:
         deadline: ``time.time()`` after which no new trial is started (``budget.timeout_s``).
         on_trial: called with each trial this worker finishes (progress display).
@@ -261,12 +271,14 @@ def run_worker(
     space = SearchSpace.build(cfg, runtime.pool.names)
     objective = TrialObjective(cfg, runtime, space, study)
     per_trial = runtime.examples_per_evaluation()
-    if study.user_attrs.get(EVALUATION_SIZE_ATTR) != per_trial:
-        study.set_user_attr(EVALUATION_SIZE_ATTR, per_trial)
+    where, limit = f"storage {redact(storage.url)}", cfg.workers.storage_retry_s
+    if retrying(lambda: study.user_attrs.get(EVALUATION_SIZE_ATTR), where, limit) != per_trial:
+        retrying(lambda: study.set_user_attr(EVALUATION_SIZE_ATTR, per_trial), where, limit)
     budget = Budget(
         n_trials if n_trials is not None else cfg.n_trials, cfg.budget.examples, per_trial
     )
     result = WorkerResult()
+    outage: Outage | None = None  # the storage out since this, unless None
     while True:
         if deadline is not None and time.time() >= deadline:
             result.stopped = "timeout"
@@ -275,6 +287,7 @@ def run_worker(
         try:
             with stops_held():  # a stop during the claim is delivered here, the trial known
                 trial = claim_trial(study, storage, budget, worker=worker_tag(runtime.pool.device))
+            outage = None
             if trial is None:
                 if trial_counts(study).get("running", 0) == 0:
                     break
@@ -292,13 +305,20 @@ def run_worker(
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
         except BaseException as exc:
-            stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
-            if stopped:
-                stop_redelivery()
-            if trial is not None:
-                with stops_held():  # a second stop must not leave the trial half given up
-                    _give_up(study, storage, trial, requeue=stopped)
-            raise
+            if not is_outage(exc):
+                stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+                if stopped:
+                    stop_redelivery()
+                if trial is not None:
+                    with stops_held():  # a second stop must not leave the trial half given up
+                        _give_up(study, storage, trial, requeue=stopped)
+                raise
+            outage = outage or Outage(where, limit)
+            outage.wait(exc)  # past the limit: UserError, the trial left to go stale
+            if trial is not None:  # not told: fail it and queue it again (another may run it)
+                with stops_held():
+                    outage.retry(functools.partial(_give_up, study, storage, trial, requeue=True))
+            continue
         if frozen.state == TrialState.FAIL:
             continue  # the same, found at tell
         result.n_trials += 1

@@ -8,7 +8,8 @@ A study lives in an Optuna RDB storage (SQLite for one host, PostgreSQL for seve
   checkpoints, the search space and the scoring are unchanged;
 - :mod:`.budget`: claim trials under a lock so the budget is exact across workers and resumes;
 - :mod:`.heartbeat`: the heartbeat thread of a running trial: a worker that dies leaves a trial
-  that goes stale and is retried.
+  that goes stale and is retried;
+- :mod:`.outage`: a storage outage is waited out with bounded backoff (``workers.storage_retry_s``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from search.study.storage.connect import (
     sqlite_path,
 )
 from search.study.storage.heartbeat import Heartbeat
+from search.study.storage.outage import Outage, is_outage, retrying
 from search.study.storage.resume import (
     CONFIG_ATTR,
     FINGERPRINT_ATTR,
@@ -54,6 +56,7 @@ __all__ = [
     "SPACE_ATTR",
     "Budget",
     "Heartbeat",
+    "Outage",
     "budget_lock",
     "check_fingerprint",
     "check_resume",
@@ -64,12 +67,14 @@ __all__ = [
     "examples_spent",
     "finished",
     "full_evaluations",
+    "is_outage",
     "load_checked",
     "load_study",
     "open_storage",
     "quiet_experimental",
     "redact",
     "release_trials",
+    "retrying",
     "signature",
     "sqlite_path",
     "trial_counts",

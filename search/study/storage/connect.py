@@ -100,7 +100,8 @@ def connect(
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"storage: cannot open {redact(url)}: {first}") from None
+        # the cause kept: an outage (``is_outage``) is retried by whoever waits it out
+        raise UserError(f"storage: cannot open {redact(url)}: {first}") from exc
 
 
 @contextlib.contextmanager

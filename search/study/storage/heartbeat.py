@@ -7,9 +7,14 @@ import threading
 
 import optuna
 
+from search.study.storage.outage import is_outage
+
 
 class Heartbeat:
-    """Records a trial's heartbeat every ``interval`` seconds on a daemon thread while in use."""
+    """Records a trial's heartbeat every ``interval`` seconds on a daemon thread while in use.
+
+    A beat lost to a storage outage is skipped (:func:`~search.study.storage.outage.is_outage`).
+    """
 
     def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float) -> None:
         self._storage = storage
@@ -28,4 +33,9 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self._storage.record_heartbeat(self._trial_id)
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                # the storage is out: beat again next time; the worker's own calls wait it out
