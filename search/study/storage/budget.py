@@ -11,7 +11,6 @@ resume.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,7 +22,7 @@ from optuna.trial import TrialState
 
 from search.errors import UserError
 from search.study.record import TrialRecord
-from search.study.storage.connect import quiet_experimental, sqlite_path
+from search.study.storage.connect import file_lock, quiet_experimental, sqlite_path
 
 # Study user attr: examples one full evaluation scores (set by the workers, read by the launcher).
 EVALUATION_SIZE_ATTR = "examples_per_evaluation"
@@ -39,12 +38,8 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
     """
     db = sqlite_path(storage.url)
     if db is not None:
-        with open(f"{db}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(db):
+            yield
         return
     if storage.engine.dialect.name != "postgresql":
         raise UserError(

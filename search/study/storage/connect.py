@@ -105,6 +105,18 @@ def connect(
 
 
 @contextlib.contextmanager
+def file_lock(db: Path) -> Iterator[None]:
+    """``flock`` on ``<database>.lock`` beside a SQLite file (released by the kernel when the
+    process dies): the one lock file the budget lock and the creation lock share."""
+    with open(f"{db}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def creation_lock(url: str, db: Path | None, *, create: bool = False) -> Iterator[None]:
     """One process at a time opens the storage, which creates Optuna's tables in a new
     database and stamps their version (two at once: "UNIQUE constraint failed:
@@ -118,12 +130,8 @@ def creation_lock(url: str, db: Path | None, *, create: bool = False) -> Iterato
         yield
         return
     if db is not None:
-        with open(f"{db}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(db):
+            yield
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
