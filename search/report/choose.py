@@ -97,14 +97,18 @@ def pick_row(
     front = view.front() or _no_feasible(view)
     values = [r.values for r in front]
     rescored = bool(heldout) and any(r.plan_key in heldout for r in front)
-    lead = " (max-min lead over the uniform merge)" if reference is not None else ""
+    lead = (
+        " (largest mean lead over the uniform merge, ahead on every objective)"
+        if reference is not None
+        else ""
+    )
     if knee:
         if rescored:
             row = view.knee_on(front, heldout, reference)
             return row, f"knee of the Pareto front{lead} {ON_HELDOUT}"
         return view.knee(front, reference), f"knee of the Pareto front{lead}"
     if weights is not None:
-        lead = lead.replace("max-min lead", "max-min weighted lead")
+        lead = lead.replace("largest mean lead", "largest weighted lead")
         if rescored:
             row = view.prefer_on(front, heldout, weights, reference)
             return row, f"preferred by {prefer}{lead} {ON_HELDOUT}"

@@ -1,5 +1,6 @@
 """Pure functions on objective vectors: Pareto front, the choice of ``--knee`` / ``--prefer``
-(each row's smallest lead over the uniform merge, maximized), hypervolume.
+(the largest mean lead over the uniform merge among the rows that beat it on every
+objective), hypervolume.
 
 Every function takes the objective values as rows (one row per trial, one column per
 objective) plus the study's directions (``"maximize"`` / ``"minimize"`` per column) and returns
@@ -19,13 +20,15 @@ Directions = Sequence[str]
 # What ``--knee`` and ``--prefer`` maximize, in one sentence each (the CLI help, the pareto
 # report and the model card say it).
 KNEE_RULE = (
-    "the front member whose smallest lead over the uniform merge across the objectives is "
-    "largest (on held-out scores when the study has them): a member that beats the uniform "
-    "merge on every objective wins, and no other member's values can move the choice"
+    "among the front members that beat the uniform merge on every objective, the one with the "
+    "largest mean lead over it (on held-out scores when the study has them; when no member beats "
+    "it on every objective, the one whose smallest lead is largest): no other member's values "
+    "can move the choice"
 )
 PREFER_RULE = (
-    "the front member with the largest smallest lead over the uniform merge after dividing "
-    "each objective's lead by its weight (on held-out scores when the study has them)"
+    "among the front members that beat the uniform merge on every objective of positive weight, "
+    "the one with the largest weighted sum of leads over it (on held-out scores when the study "
+    "has them; when none does, the largest smallest lead divided by its weight)"
 )
 
 
@@ -91,12 +94,16 @@ def knee_point(
     """Index of the row ``export --knee`` chooses.
 
     With ``reference`` (the uniform merge's values; what every caller in merge-search passes):
-    the row whose smallest lead over the reference across the objectives is largest (max-min,
-    :func:`leads`, in the objectives' own units). A row's score depends on that row and the
-    reference alone, so adding or removing other rows (a single checkpoint that is extreme on
-    one objective, say) never changes which of the remaining rows is chosen, and a row that
-    beats the reference on every objective always wins over one that does not. Ties go to the
-    larger sum of leads, then to the earlier row.
+    among the rows that beat the reference on every objective, the one with the largest sum
+    of leads (:func:`leads`, in the objectives' own units: the largest mean lead); when no row
+    does, the row whose smallest lead is largest (max-min). Why the mean among the rows ahead
+    on every objective: the verdict users check is the lead on the mean of the objectives, and
+    requiring a lead on each keeps the choice from trading one skill below the uniform merge
+    for the other. A row's score depends on that row and the reference alone, so adding or
+    removing other rows (a single checkpoint that is extreme on one objective, say) never
+    changes which of the remaining rows is chosen, and a row that beats the reference on every
+    objective always wins over one that does not. Ties go to the earlier row (max-min: to the
+    larger sum of leads first).
 
     Without ``reference``: the row closest to the utopia point after normalizing every
     objective to [0, 1] over the given rows (:func:`normalized_utilities`; ties: larger sum of
@@ -110,7 +117,7 @@ def knee_point(
         raise ValueError("knee_point: no rows")
     if reference is not None:
         lead = leads(values, directions, reference)
-        return _argmax_min(lead.min(axis=1), lead.sum(axis=1))
+        return _choose(lead.min(axis=1), lead.sum(axis=1))
     util = normalized_utilities(values, directions)
     distance = np.linalg.norm(1.0 - util, axis=1)
     order = sorted(
@@ -128,12 +135,13 @@ def prefer_point(
     """Index of the row ``export --prefer`` chooses, for non-negative ``weights`` (one per
     objective, not all 0; they need not sum to 1).
 
-    With ``reference`` (the uniform merge's values): the row with the largest
-    ``min_i lead_i / w_i`` over the objectives with ``w_i > 0`` (:func:`leads`; the reference-
-    point achievement function: how far the row reaches from the reference in the direction
-    ``w``). Equal weights give :func:`knee_point`'s choice; like it, a row's score depends on
-    that row and the reference alone, and a row that beats the reference on every weighted
-    objective wins over one that does not. Ties: larger weighted sum of leads, then earlier row.
+    With ``reference`` (the uniform merge's values): among the rows that beat the reference on
+    every objective with ``w_i > 0``, the largest weighted sum of leads ``lead @ w``; when no
+    row does, the largest ``min_i lead_i / w_i`` over those objectives (the reference-point
+    achievement function: how far the row reaches from the reference in the direction ``w``).
+    Equal weights give :func:`knee_point`'s choice; like it, a row's score depends on that row
+    and the reference alone, and a row that beats the reference on every weighted objective
+    wins over one that does not. Ties: the earlier row (max-min: the larger weighted sum first).
 
     Without ``reference``: the largest weighted sum of utilities normalized over the given rows
     (pulled by extreme rows, as :func:`knee_point` without one).
@@ -150,16 +158,19 @@ def prefer_point(
         lead = leads(values, directions, reference)
         used = w > 0
         scaled = lead[:, used] / w[used]
-        return _argmax_min(scaled.min(axis=1), lead @ w)
+        return _choose(scaled.min(axis=1), lead @ w)
     score = normalized_utilities(values, directions) @ w
     return int(np.argmax(np.round(score, 12)))
 
 
-def _argmax_min(worst: np.ndarray, total: np.ndarray) -> int:
-    """The row with the largest ``worst``; ties: the larger ``total``, then the earlier row."""
+def _choose(worst: np.ndarray, total: np.ndarray) -> int:
+    """The rows ahead on every objective (``worst > 0``) first, the largest ``total`` among
+    them (ties: the earlier row); without such a row the largest ``worst`` (ties: the larger
+    ``total``, then the earlier row)."""
 
-    def key(i: int) -> tuple[float, float, int]:
-        return (-round(float(worst[i]), 12), -round(float(total[i]), 12), i)
+    def key(i: int) -> tuple[int, float, float, int]:
+        w, t = round(float(worst[i]), 12), round(float(total[i]), 12)
+        return (0, -t, 0.0, i) if w > 0 else (1, -w, -t, i)
 
     return min(range(len(worst)), key=key)
 

@@ -52,6 +52,7 @@ DASHBOARD_GRAPH_ID = "merge-search-hypervolume"
 class ObjectiveInfo:
     name: str
     direction: str  # "maximize" | "minimize"
+    signal: bool = False  # searched on its signal: its search values are not in its tasks' units
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def build_report(
     )
     baselines, baseline_plans = find_baselines(view, runtime_factory)
     uniform = next((b for b in baselines if b.kind == "uniform"), None)
-    # the knee: the largest smallest lead over the uniform merge (frontier.KNEE_RULE)
+    # the knee: the largest mean lead over the uniform merge among the members ahead of it on
+    # every objective (frontier.KNEE_RULE)
     search_knee = view.knee(front, [uniform.values[n] for n in names] if uniform else None)
     reference = {uniform.plan_key: baseline_plans[uniform.plan_key]} if uniform else {}
     rescored, heldout_note = _heldout_scores(view, front, reference, heldout, runtime_factory)
@@ -168,7 +170,10 @@ def build_report(
     return Report(
         study=view.cfg.name,
         storage=view.storage_url,
-        objectives=[ObjectiveInfo(n, d) for n, d in zip(names, directions, strict=True)],
+        objectives=[
+            ObjectiveInfo(n, d, bool(o.signal))
+            for n, d, o in zip(names, directions, view.cfg.objectives, strict=True)
+        ],
         trial_counts=dict(view.counts),
         knee_trial=knee.number,
         knee_split="heldout" if by_key else "search",
@@ -292,7 +297,9 @@ def cannot_tell_apart(view: StudyView, front: list[Any]) -> dict[int, list[int]]
     decoded = {r.number: r.record.per_example() for r in front if r.record.examples}
     if not decoded:
         return {}
-    objectives = paired_objectives(view.cfg.objectives, list(next(iter(decoded.values()))))
+    objectives = paired_objectives(
+        view.cfg.split_objectives("search"), list(next(iter(decoded.values())))
+    )
     if any(o is None for o in objectives):
         return {}
 

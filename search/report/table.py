@@ -23,8 +23,8 @@ def format_report(report: Report) -> str:
         [
             f"study {report.study} ({report.storage}): {counts_text(report.trial_counts)}; "
             f"objectives: {arrows}",
-            f"Pareto front: {len(report.front)} trial(s); * = knee (the largest smallest lead over "
-            f"the uniform merge across the objectives"
+            f"Pareto front: {len(report.front)} trial(s); * = knee (the largest mean lead over the "
+            f"uniform merge among the members ahead of it on every objective"
             f"{judged if report.knee_split == 'heldout' else ''})",
             *_aligned(_front_table(report)),
             *_notes(report),
@@ -68,6 +68,12 @@ def _notes(report: Report) -> list[str]:
     counts = _examples_text(report.examples)
     if counts:
         lines.append(f"value ± standard error; {counts}")
+    signalled = [o.name for o in report.objectives if o.signal]
+    if signalled:
+        lines.append(
+            f"search values of {', '.join(signalled)}: the objective's signal (what the sampler "
+            "and staged scoring saw); held-out and test values: its tasks"
+        )
     if any(r.indistinct_from for r in report.front):
         lines.append(
             "≈N: the data cannot tell this point from trial N (every objective within 2 paired "

@@ -60,7 +60,8 @@ class StudyView:
 
     def knee(self, front: Sequence[Row], reference: Sequence[float] | None = None) -> Row:
         """The knee of ``front`` (:func:`~search.report.frontier.knee_point`: with ``reference``,
-        the uniform merge's values, the largest smallest lead over it; ties: lower trial)."""
+        the uniform merge's values, the largest mean lead over it among the rows ahead of it on
+        every objective; ties: lower trial)."""
         front = sorted(front, key=lambda r: r.number)
         return front[knee_point([r.values for r in front], self.directions, reference)]
 

@@ -113,26 +113,33 @@ def test_leads_over_a_reference_follow_the_directions():
     assert np.allclose(got, [[0.1, 1.0]])
 
 
-def test_knee_with_a_reference_maximizes_the_smallest_lead():
+def test_knee_with_a_reference_takes_the_largest_mean_lead_among_rows_ahead_everywhere():
     front = [(0.70, 0.20), (0.52, 0.50), (0.45, 0.60), (0.10, 0.95)]
     soup = (0.50, 0.45)
-    # smallest leads: -0.25, +0.02, -0.05, -0.40
+    # leads (0.2, -0.25), (0.02, 0.05), (-0.05, 0.15), (-0.4, 0.5): only row 1 is ahead everywhere
     assert knee_point(front, MAX2, soup) == 1
+    # two rows ahead everywhere: the larger mean lead (0.12 > 0.10) wins, not the larger
+    # smallest lead (0.02 < 0.05); the extreme row is behind on code
+    assert knee_point([(0.55, 0.50), (0.60, 0.47), (0.90, 0.20)], MAX2, soup) == 1
+    # no row ahead everywhere: the largest smallest lead (-0.1 > -0.15)
+    assert knee_point([(0.40, 0.40), (0.45, 0.30)], MAX2, soup) == 0
     assert knee_point([(0.4, 0.4)], MAX2, soup) == 0  # one row: itself, even behind the soup
-    # ties on the smallest lead go to the larger sum of leads, then the earlier row
+    # ties on the mean lead go to the earlier row
     assert knee_point([(0.6, 0.5), (0.7, 0.5), (0.7, 0.5)], MAX2, soup) == 1
     # minimized objectives: lead = reference - value
     assert knee_point([(0.3, 0.9), (0.42, 0.42)], ("minimize", "minimize"), (0.5, 0.5)) == 1
 
 
-def test_prefer_with_a_reference_divides_each_lead_by_its_weight():
+def test_prefer_with_a_reference_weighs_the_leads():
     front = [(0.70, 0.46), (0.55, 0.55), (0.46, 0.80)]
     soup = (0.45, 0.45)
-    # leads (0.25, 0.01), (0.10, 0.10), (0.01, 0.35)
-    assert prefer_point(front, MAX2, [1.0, 1.0], soup) == knee_point(front, MAX2, soup) == 1
+    # leads (0.25, 0.01), (0.10, 0.10), (0.01, 0.35): all ahead everywhere; sums 0.26, 0.20, 0.36
+    assert prefer_point(front, MAX2, [1.0, 1.0], soup) == knee_point(front, MAX2, soup) == 2
     assert prefer_point(front, MAX2, [1.0, 0.0], soup) == 0  # code only: largest lead there
-    assert prefer_point(front, MAX2, [0.9, 0.05], soup) == 0  # 0.01/0.05 = 0.2 > 0.1/0.05
+    assert prefer_point(front, MAX2, [0.9, 0.05], soup) == 0  # 0.2255 > 0.095 > 0.0265
     assert prefer_point(front, MAX2, [0.05, 0.9], soup) == 2
+    # none ahead of (0.6, 0.6) everywhere: the largest smallest weighted lead
+    assert prefer_point(front, MAX2, [1.0, 1.0], (0.6, 0.6)) == 1  # -0.14, -0.05, -0.14
 
 
 def _random_front(rng: np.random.Generator, m: int) -> np.ndarray:
