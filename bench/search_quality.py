@@ -671,8 +671,9 @@ def test_table(
 ) -> dict[str, Any]:
     """Every run's front on the held-out and test splits; the run's export and its test mean.
 
-    The export is what ``export --knee`` picks: among the front's members Pareto-optimal on
-    their held-out scores, the largest smallest lead over the uniform merge's held-out scores.
+    The export is what ``export --knee`` picks (:data:`search.report.frontier.KNEE_RULE`) among
+    the front's members Pareto-optimal on their held-out scores, against the uniform merge's
+    held-out scores.
     The test hypervolume's reference point is the worst input on each objective (test split).
     Each distinct plan is scored once per split.
     """
@@ -739,7 +740,7 @@ def test_table(
         f"\ntest split ({n} examples per task; {len(cache)} split scorings): hypervolume of each "
         "run's front re-scored on the test split, reference = worst input per objective ("
         + ", ".join(f"{v:.3f}" for v in ref)
-        + f"); export = the held-out knee (max-min lead over the uniform merge). Uniform merge "
+        + f"); export = the held-out knee (export --knee's rule). Uniform merge "
         f"test mean {uniform_mean:.4f}; best input {best_input} "
         f"{mean_obj(values(base_test[best_input]), directions):.4f}"
     )

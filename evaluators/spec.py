@@ -50,6 +50,13 @@ class ObjectiveSpec(_Strict):
 
     ``evaluator`` picks who computes it: ``lm_eval`` (``tasks``) or ``perplexity`` (``data``, a
     local .txt or .jsonl file with a ``text`` field; lower is better).
+
+    ``signal`` (lm_eval objectives): tasks the *search* scores this objective by instead of
+    ``tasks``, a lower-variance measure of the same skill (the gold answer's log-likelihood on
+    the same examples rather than 0/1 exact match: AI2's "Signal and Noise", 2025). The sampler,
+    the front and staged scoring see the signal; the held-out and test re-scores, the choice
+    (``export --knee``) and the verdict score ``tasks``, so a study with a signal needs
+    ``eval.heldout``.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -57,6 +64,12 @@ class ObjectiveSpec(_Strict):
     evaluator: Literal["lm_eval", "perplexity"] = "lm_eval"
     tasks: tuple[TaskRef, ...] = ()
     data: Path | None = None
+    signal: tuple[TaskRef, ...] = ()
+
+    @property
+    def search_tasks(self) -> tuple[TaskRef, ...]:
+        """What the search split scores: ``signal`` when set, else ``tasks``."""
+        return self.signal or self.tasks
 
     @model_validator(mode="after")
     def _check_kind(self) -> ObjectiveSpec:
@@ -68,6 +81,11 @@ class ObjectiveSpec(_Strict):
             raise ValueError(
                 f"objective {self.name!r}: perplexity objectives need 'data' "
                 "(a .txt or .jsonl file)"
+            )
+        if self.signal and self.evaluator != "lm_eval":
+            raise ValueError(
+                f"objective {self.name!r}: signal applies to lm_eval objectives (their tasks), "
+                "not to perplexity ones"
             )
         return self
 

@@ -253,6 +253,17 @@ class StudyConfig(_Strict):
                     f"constraints[{i}].objective: unknown objective {con.objective!r}; "
                     f"expected one of: {', '.join(names)}"
                 )
+            if self.objectives[names.index(con.objective)].signal:
+                raise ValueError(
+                    f"constraints[{i}].objective: {con.objective!r} searches on its signal, whose "
+                    "values are not in the units of its tasks; bound an objective without signal"
+                )
+        signalled = [o.name for o in self.objectives if o.signal]
+        if signalled and not self.eval.heldout:
+            raise ValueError(
+                f"objectives: {signalled[0]!r} has a signal, which needs eval.heldout (the choice "
+                "of the merge is judged on its tasks, on data the search never saw)"
+            )
         self._check_heldout()
         self._check_merge()
         check_sampler(
@@ -425,20 +436,24 @@ class StudyConfig(_Strict):
         return self.split_objectives("heldout")
 
     def split_objectives(self, split: Split) -> tuple[ObjectiveSpec, ...]:
-        """The objectives scored on ``split``: ``"search"`` (as configured), ``"heldout"``
-        (``eval.heldout``) or ``"test"`` (``eval.test``); () when that split has no mapping.
+        """The objectives scored on ``split``: ``"search"`` (each objective's ``signal`` when it
+        has one, else its tasks), ``"heldout"`` (``eval.heldout``) or ``"test"`` (``eval.test``;
+        both map ``tasks``, never the signal); () when that split has no mapping.
 
         Perplexity objectives have no task to map and are kept as they are.
         """
         if split == "search":
-            return self.objectives
+            return tuple(
+                o.model_copy(update={"tasks": o.search_tasks, "signal": ()}) if o.signal else o
+                for o in self.objectives
+            )
         mapping = self.eval.heldout if split == "heldout" else self.eval.test
         if not mapping:
             return ()
         mapped = []
         for obj in self.objectives:
             tasks = tuple(t.model_copy(update={"task": mapping[t.task]}) for t in obj.tasks)
-            mapped.append(obj.model_copy(update={"tasks": tasks}))
+            mapped.append(obj.model_copy(update={"tasks": tasks, "signal": ()}))
         return tuple(mapped)
 
     @property

@@ -254,7 +254,7 @@ def check_scoring(cfg: StudyConfig, config_path: str | Path) -> None:
     spec = cfg.eval_spec()
     reference = cfg.base_model or cfg.checkpoints[0]  # the folder workers load the model from
     try:
-        check_objectives(cfg.objectives, spec, reference, cfg.dtype)
+        check_objectives(cfg.split_objectives("search"), spec, reference, cfg.dtype)
         if cfg.eval.heldout:
             check_objectives(cfg.heldout_objectives(), spec)
     except UserError as exc:
