@@ -55,9 +55,12 @@ def signature(
 
 
 def _objective_signature(objective: Any) -> dict[str, Any]:
-    """An objective as the signature keeps it; a task's ``gen_kwargs`` only when set."""
+    """An objective as the signature keeps it; a task's ``gen_kwargs`` and the objective's
+    ``signal`` only when set (studies created before them resume)."""
     data = objective.model_dump(mode="json")
-    for task in data.get("tasks", []):
+    if not data.get("signal"):
+        data.pop("signal", None)
+    for task in [*data.get("tasks", []), *data.get("signal", [])]:
         if task.get("gen_kwargs") is None:
             task.pop("gen_kwargs", None)
     return data

@@ -524,6 +524,7 @@ def test_scoring_settings_are_part_of_the_resume_signature_only_when_set(
     # a study made before these settings existed keeps its signature, so it still resumes
     assert set(plain["scoring"]) == {"objectives", "limit", "num_fewshot", "seed"}
     assert "gen_kwargs" not in plain["scoring"]["objectives"][0]["tasks"][0]
+    assert "signal" not in plain["scoring"]["objectives"][0]
     chat = copy.deepcopy(good_config())
     chat["eval"].update(apply_chat_template=True, system_instruction="Be brief.", max_length=64)
     chat["objectives"][1]["tasks"][0]["gen_kwargs"] = {"max_gen_toks": 4}
