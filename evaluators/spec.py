@@ -66,11 +66,6 @@ class ObjectiveSpec(_Strict):
     data: Path | None = None
     signal: tuple[TaskRef, ...] = ()
 
-    @property
-    def search_tasks(self) -> tuple[TaskRef, ...]:
-        """What the search split scores: ``signal`` when set, else ``tasks``."""
-        return self.signal or self.tasks
-
     @model_validator(mode="after")
     def _check_kind(self) -> ObjectiveSpec:
         if self.evaluator == "lm_eval" and not self.tasks:

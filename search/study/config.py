@@ -444,7 +444,7 @@ class StudyConfig(_Strict):
         """
         if split == "search":
             return tuple(
-                o.model_copy(update={"tasks": o.search_tasks, "signal": ()}) if o.signal else o
+                o.model_copy(update={"tasks": o.signal, "signal": ()}) if o.signal else o
                 for o in self.objectives
             )
         mapping = self.eval.heldout if split == "heldout" else self.eval.test

@@ -148,17 +148,24 @@ def _random_front(rng: np.random.Generator, m: int) -> np.ndarray:
     return points[pareto_front(points, ("maximize",) * m)]
 
 
+def _fronts_around_a_soup(seed: int, cases: int = 300):
+    """Seeded cases ``(case, rng, dirs, front, soup)``: two or three maximized objectives, a
+    random front and a uniform merge's values; the caller may draw more from ``rng``."""
+    rng = np.random.default_rng(seed)
+    for case in range(cases):
+        m = 2 + case % 2
+        front = _random_front(rng, m)
+        soup = rng.uniform(0.3, 0.6, size=m)
+        yield case, rng, ("maximize",) * m, front, soup
+
+
 def test_a_single_checkpoint_extreme_never_moves_the_choice():
     """Seeded random fronts around a uniform merge: adding an extreme point (strong on one
     objective, weak on the others, as a single checkpoint is) anywhere in the rows leaves the
     chosen member unchanged, for --knee and for --prefer."""
-    rng = np.random.default_rng(0)
     moved_without_reference = 0
-    for case in range(300):
-        m = 2 + case % 2
-        dirs = ("maximize",) * m
-        front = _random_front(rng, m)
-        soup = rng.uniform(0.3, 0.6, size=m)
+    for case, rng, dirs, front, soup in _fronts_around_a_soup(seed=0):
+        m = len(dirs)
         extreme = np.full(m, rng.uniform(0.0, 0.15))
         extreme[int(rng.integers(m))] = rng.uniform(0.85, 1.0)
         at = int(rng.integers(len(front) + 1))
@@ -179,13 +186,9 @@ def test_a_single_checkpoint_extreme_never_moves_the_choice():
 def test_a_member_beating_the_uniform_merge_everywhere_is_preferred():
     """Seeded random fronts: whenever some member beats the uniform merge on every objective,
     the choice (--knee, and --prefer with positive weights) is such a member."""
-    rng = np.random.default_rng(1)
     checked = 0
-    for case in range(300):
-        m = 2 + case % 2
-        dirs = ("maximize",) * m
-        front = _random_front(rng, m)
-        soup = rng.uniform(0.3, 0.6, size=m)
+    for case, rng, dirs, front, soup in _fronts_around_a_soup(seed=1):
+        m = len(dirs)
         beats = np.all(front > soup, axis=1)
         if not beats.any() or beats.all():
             continue
