@@ -28,6 +28,12 @@ size ``N_U``) — the shared prefix held fixed, an audit sample drawn per trial 
 is unbiased over the audit draw alone, for predictions that may depend on anything but the
 audit draw (the shared prefix's values included).
 
+Small samples of 0/1 values. With a good model most residuals are 0, a sample of 10 often has
+none but zeros, and ``s_r`` understates the spread: measured on the demo pool the 95 % interval
+covered the true mean in 78–91 % of draws at n = 10. ``prior_variance`` pools ``s_r²`` with a
+variance known before the draw (the predictions' own ``mean p(1 − p)``) weighted as ``prior_df``
+residuals, as moderated t-tests do; with 5 the coverage measured 0.94–0.98 for n = 10..40.
+
 Two trials a and b scored on the same examples: the difference estimator of ``θ_a − θ_b``
 applied to ``p_a − p_b`` and ``y_a − y_b`` (:func:`paired_difference`); its SE is the spread of
 the *difference* of residuals, small when the two merges agree on most examples.
@@ -73,6 +79,8 @@ def difference_estimate(
     values: np.ndarray,
     sample: Sequence[int] | np.ndarray,
     census: Sequence[int] | np.ndarray = (),
+    prior_variance: float | None = None,
+    prior_df: float = 0.0,
 ) -> Estimate:
     """The difference estimator of the mean of ``values`` over all N examples (see the module).
 
@@ -83,6 +91,12 @@ def difference_estimate(
         sample: indices drawn uniformly without replacement from the examples not in
             ``census``.
         census: indices observed whatever the draw (their values enter exactly).
+        prior_variance: a residual variance known before the draw (for 0/1 values and
+            calibrated predictions, ``mean_j p_j (1 − p_j)``), pooled with the sample's as
+            ``((n − 1) s² + ν₀ σ₀²) / (n − 1 + ν₀)``, ``ν₀ = prior_df``: a few residuals of
+            0/1 values are often all 0, and their ``s²`` understates the spread (the
+            moderated variance of small-sample tests). The mean is unchanged.
+        prior_df: ``ν₀``, the prior's weight in residuals (0: the sample's ``s²`` alone).
     """
     p = np.asarray(predictions, float)
     y = np.asarray(values, float)
@@ -100,10 +114,15 @@ def difference_estimate(
     est = (float(y[c].sum()) + float(p[outside].sum()) + rest * mean_r) / total
     if n == rest:
         se = 0.0
-    elif n < 2:
+    elif n < 2 and not (prior_variance is not None and prior_df > 0):
         se = math.nan
     else:
-        se = rest / total * float(r.std(ddof=1)) / math.sqrt(n) * math.sqrt(1.0 - n / rest)
+        s2 = float(r.var(ddof=1)) * (n - 1) if n >= 2 else 0.0
+        if prior_variance is not None and prior_df > 0:
+            s2 = (s2 + prior_df * prior_variance) / (max(n - 1, 0) + prior_df)
+        else:
+            s2 = s2 / (n - 1)
+        se = rest / total * math.sqrt(s2 / n) * math.sqrt(1.0 - n / rest)
     return Estimate(est, se, int(n + c.size), int(total))
 
 

@@ -139,3 +139,15 @@ def test_too_few_examples():
     assert math.isnan(difference_estimate(p, y, [3]).se)
     with pytest.raises(ValueError, match="sample"):
         difference_estimate(p, y, np.arange(N), census=[0])
+
+
+def test_prior_variance_pools_with_the_sample():
+    y, p = pool(13)
+    s = np.arange(10)
+    r = (y - p)[s]
+    e = difference_estimate(p, y, s, prior_variance=0.2, prior_df=5)
+    pooled = (r.var(ddof=1) * 9 + 5 * 0.2) / 14
+    assert e.se == pytest.approx(math.sqrt(pooled / 10 * (1 - 10 / N)))
+    assert e.mean == difference_estimate(p, y, s).mean
+    # all residuals 0 in the sample: the prior keeps the SE above 0
+    assert difference_estimate(y, y, s, prior_variance=0.1, prior_df=5).se > 0
