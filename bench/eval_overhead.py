@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.zoo import build_zoo
 
     zoo = build_zoo(args.zoo, seed=args.seed, size=args.size, progress=True)
+    print(zoo.summary())
     pool = CheckpointPool.open(zoo.checkpoints, zoo.base)
     model, tokenizer = pool.load_model()
     clock = ForwardClock(model)

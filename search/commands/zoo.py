@@ -31,6 +31,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from search.zoo import build_zoo
 
-    # prints its own progress and score table
-    build_zoo(args.out_dir, seed=args.seed, recipe=args.recipe)
+    manifest = build_zoo(args.out_dir, seed=args.seed, recipe=args.recipe)
+    print(manifest.summary())
     return 0

@@ -43,6 +43,16 @@ class ZooManifest:
     recipe: str = DEFAULT_RECIPE
     cached: bool = False
 
+    def summary(self) -> str:
+        """What ``merge-search zoo build`` prints: the score table, then built or up to date."""
+        lines = [format_scores(self.scores)] if self.scores else []
+        if self.cached:
+            what = f"recipe {self.recipe}, seed {self.seed}, size {self.size}, key {self.key}"
+            lines.insert(0, f"zoo: {self.out_dir} is up to date ({what})")
+        else:
+            lines.append(f"zoo: built {self.out_dir} in {self.build_s:.0f} s")
+        return "\n".join(lines)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("cached")
@@ -80,17 +90,21 @@ def build_zoo(
     score: bool = True,
     recipe: str = DEFAULT_RECIPE,
 ) -> ZooManifest:
-    """Build (or find cached) the demo pool in ``out_dir``.
+    """Build (or find cached) the demo pool in ``out_dir``; prints nothing but the progress bar.
 
     Args:
         out_dir: target folder; an existing folder that is not a pool is refused (a pool of
             another recipe, seed or size is rebuilt in place).
         seed: seed of data order, initialization and training.
         size: ``"full"`` (the demo) or ``"tiny"`` (seconds; for tests).
-        progress: show a progress bar and print the score table.
+        progress: show a progress bar while training (on standard error).
         score: score every checkpoint on both search tasks (the manifest's ``scores``).
         recipe: which pool (:data:`~search.zoo.recipe.RECIPES`): ``"recycle"`` or
             ``"mixtures"``.
+
+    Returns:
+        What was built, or found (``cached=True``): the folders, the scores, the build time;
+        :meth:`ZooManifest.summary` is the text ``merge-search zoo build`` prints.
 
     Raises:
         UserError: unknown recipe or size, or ``out_dir`` exists and is not a demo pool.
@@ -105,10 +119,6 @@ def build_zoo(
     key = spec.key(seed)
     cached = _cached(out, key)
     if cached is not None:
-        if progress:
-            print(f"zoo: {out} is up to date (recipe {name}, seed {seed}, size {size}, key {key})")
-            if cached.scores:
-                print(format_scores(cached.scores))
         return cached
     ours = out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())
     if out.exists() and not ours:
@@ -140,10 +150,6 @@ def build_zoo(
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if progress:
-        if scores:
-            print(format_scores(scores))
-        print(f"zoo: built {out} in {manifest.build_s:.0f} s")
     return manifest
 
 

@@ -51,12 +51,23 @@ def test_fine_tunes_differ_from_the_base_and_each_other(demo_zoo):
         seen.append(t)
 
 
-def test_second_build_is_a_cache_hit(demo_zoo):
+def test_second_build_is_a_cache_hit(demo_zoo, capsys):
     stamp = (demo_zoo.base / "model.safetensors").stat().st_mtime_ns
-    again = build_zoo(demo_zoo.out_dir, seed=0, size="tiny", progress=False, recipe="mixtures")
+    again = build_zoo(demo_zoo.out_dir, seed=0, size="tiny", progress=True, recipe="mixtures")
     assert again.cached
     assert again.checkpoints == demo_zoo.checkpoints and again.scores == demo_zoo.scores
     assert (demo_zoo.base / "model.safetensors").stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out == ""  # the library returns; `zoo build` prints the summary
+    assert again.summary().splitlines()[0].startswith(f"zoo: {demo_zoo.out_dir} is up to date")
+
+
+def test_summary_is_the_score_table_then_the_build_time(demo_zoo):
+    lines = demo_zoo.summary().splitlines()
+    assert lines[0].split() == ["checkpoint", "code", "instruct", "mean"]
+    assert [row.split()[0] for row in lines[1:-1]] == list(demo_zoo.scores)
+    base = demo_zoo.scores["base"]
+    assert lines[1].split()[1:3] == [f"{base['code']:.3f}", f"{base['instruct']:.3f}"]
+    assert lines[-1] == f"zoo: built {demo_zoo.out_dir} in {demo_zoo.build_s:.0f} s"
 
 
 def test_same_seed_same_tensors_other_seed_other_tensors(demo_zoo, tmp_path):
