@@ -7,6 +7,8 @@ Session fixtures shared across packages:
   once per session into a temporary folder. Scores of tiny checkpoints mean nothing.
 * ``demo_tasks_path``: the committed demo task folder ``configs/tasks/demo``.
 * ``tmpfs``: mounts a small real filesystem (full, read-only) for export tests; needs root.
+
+Tests marked ``gpu`` run only where torch sees a CUDA device (``pytest -m gpu`` on a GPU host).
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MERGE_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="merge-search-digests-")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` skip where torch sees no CUDA device (``-m gpu`` runs only them)."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from study_fixtures import choice_task
+from tests.checkpoint_files import read_tensors
+from tests.toy_tasks import TOY_CHOICES, write_choice_task
 
 # A real lm-eval task with continuous scores (rolling log-likelihood), so that two weight sets
 # of a tiny model give different values; its data sits in a subfolder (relative to the YAML).
@@ -62,9 +63,8 @@ def load(folder: Path) -> tuple[Any, Any]:
 def copy_weights_in_place(model: Any, folder: Path) -> None:
     """Write a saved checkpoint's tensors into ``model``'s parameters (same storage)."""
     import torch
-    from safetensors.torch import load_file
 
-    state = load_file(str(folder / "model.safetensors"))
+    state = read_tensors(folder)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             tensor.copy_(state[name])
@@ -75,20 +75,7 @@ def copy_weights_in_place(model: Any, folder: Path) -> None:
 # chat template changes, a code task that runs the model's program (unsafe_code, local metric)
 # and a group that lists an unknown task. Data paths are absolute: lm-eval's own
 # simple_evaluate reads these YAMLs too.
-PICKS = [
-    ("ab+c=", ["abc", "cab", "bca"], 0),
-    ("1+2=", ["3", "4", "5"], 0),
-    ("dog:", ["god", "odg", "dgo"], 0),
-    ("x*y=", ["xy", "yx", "xx"], 1),
-    ("red.", ["der", "erd", "red"], 2),
-    ("9-4=", ["5", "6", "4"], 0),
-    ("sun!", ["nus", "uns", "sun"], 0),
-    ("(a)", ["a", "b", "c"], 0),
-    ("go,", ["og", "go", "oo"], 1),
-    ("7/7=", ["1", "7", "0"], 0),
-    ("cat;", ["tac", "act", "cta"], 0),
-    ("2*3=", ["6", "5", "9"], 0),
-]
+PICKS = TOY_CHOICES[:12]
 PROGRAMS = [  # the prompt ends a complete program in a comment: whatever follows runs as one
     ("print(2+3) #", "5"),
     ("print(4*4) #", "16"),
@@ -114,14 +101,6 @@ def run_program(doc, results):
 '''
 
 
-def _pick_task(name: str, data: Path, tag: str | None = None) -> dict[str, Any]:
-    metrics = [{"metric": "acc"}, {"metric": "acc_norm"}]
-    task = choice_task(name, data, metric_list=metrics, metadata={"version": 1.0})
-    if tag:
-        task["tag"] = tag
-    return task
-
-
 def write_suite_folder(root: Path) -> Path:
     """``root``: the suite described above; returns ``root``."""
     import yaml
@@ -136,10 +115,13 @@ def write_suite_folder(root: Path) -> Path:
     def dump(name: str, data: dict[str, Any]) -> None:
         (root / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
-    picks = [{"question": q, "choices": c, "answer": a} for q, c, a in PICKS]
-    dump("pick_a", _pick_task("pick_a", jsonl("pick_a", picks[:8]), tag="pick_tag"))
-    dump("pick_b", _pick_task("pick_b", jsonl("pick_b", picks[8:]), tag="pick_tag"))
-    dump("pick_c", _pick_task("pick_c", jsonl("pick_c", picks[2:7])))
+    both = {
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+        "metadata": {"version": 1.0},
+    }
+    write_choice_task(root, "pick_a", PICKS[:8], tag="pick_tag", **both)
+    write_choice_task(root, "pick_b", PICKS[8:], tag="pick_tag", **both)
+    write_choice_task(root, "pick_c", PICKS[2:7], **both)
     agg = [{"metric": "acc", "aggregation": "mean", "weight_by_size": True}]
     dump(
         "pick_group",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from eval_fixtures import TEXTS, copy_weights_in_place, load, write_task_folder
 
 from evaluators import (
     EVALUATORS,
@@ -16,6 +15,7 @@ from evaluators import (
     build_evaluator,
 )
 from search.errors import UserError
+from tests.evaluators.eval_fixtures import TEXTS, copy_weights_in_place, load, write_task_folder
 
 
 @pytest.fixture(scope="module")

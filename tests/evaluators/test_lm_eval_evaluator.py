@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from eval_fixtures import copy_weights_in_place, load, write_task_folder
 
 from evaluators import EvalSpec, ObjectiveSpec, TaskRef, build_evaluator
 from evaluators.lm_eval_evaluator import LmEvalEvaluator, weighted_mean
 from search.errors import UserError
+from tests.evaluators.eval_fixtures import copy_weights_in_place, load, write_task_folder
 
 LIMIT = 6
 

@@ -11,12 +11,12 @@ import math
 from pathlib import Path
 
 import pytest
-from eval_fixtures import load, write_suite_folder
-from study_fixtures import choice_task
 
 from evaluators import EvalSpec, ObjectiveSpec, TaskRef, build_evaluator
 from evaluators.stats import mean_stderr
 from search.errors import UserError
+from tests.evaluators.eval_fixtures import load, write_suite_folder
+from tests.toy_tasks import choice_task
 
 SYSTEM = "Answer in one word."
 

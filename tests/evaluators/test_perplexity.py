@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
-from eval_fixtures import TEXTS, copy_weights_in_place, load
 
 from evaluators import EvalSpec, ObjectiveSpec
 from evaluators.perplexity import PerplexityEvaluator, token_windows
 from search.errors import UserError
+from tests.evaluators.eval_fixtures import TEXTS, copy_weights_in_place, load
 
 
 @pytest.fixture(scope="module")

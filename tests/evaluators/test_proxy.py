@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from study_fixtures import write_choice_task
 
 from evaluators.lm_tasks import load_tasks
 from evaluators.proxy import (
@@ -21,12 +20,9 @@ from evaluators.proxy import (
 from evaluators.proxy import tokenize as tokenize_examples
 from evaluators.spec import EvalSpec, ObjectiveSpec
 from search.errors import UserError
+from tests.toy_tasks import TOY_CHOICES, write_choice_task
 
-CHOICES = [
-    ("ab+c=", ["abc", "cab", "bca"], 0),
-    ("x*y=", ["xy", "yx", "xx"], 1),
-    ("red.", ["der", "erd", "red"], 2),
-]
+CHOICES = TOY_CHOICES[3:6]  # gold answers 1, 2, 0
 
 
 @pytest.fixture(scope="module")

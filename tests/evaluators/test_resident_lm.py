@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from eval_fixtures import copy_weights_in_place, load, write_task_folder
+
+from tests.evaluators.eval_fixtures import copy_weights_in_place, load, write_task_folder
 
 TASKS = ["demo_code", "demo_instruct", "tiny_ppl"]  # generate_until and loglikelihood_rolling
 

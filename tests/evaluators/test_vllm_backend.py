@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from eval_fixtures import copy_weights_in_place, write_suite_folder
 
 from evaluators import EvalSpec, ObjectiveSpec, TaskRef, build_evaluator
 from evaluators.spec import VllmSpec
+from tests.evaluators.eval_fixtures import copy_weights_in_place, write_suite_folder
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("vllm_available")]
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.checkpoint_files import read_tensors
+
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
 
@@ -133,24 +135,30 @@ def checkpoint_writer():
 
 @pytest.fixture(scope="session")
 def mergekit_merge():
-    """``merge(yaml_text, out_dir) -> {name: tensor}``: mergekit 0.1.5's real run_merge on CPU."""
+    """``merge(yaml_text, out_dir) -> {name: tensor}``: mergekit's real run_merge on CPU.
+
+    mergekit is the ``compare`` extra (``make setup`` installs it): without it the comparison
+    tests skip, except under CI, where a missing reference is an install step that broke.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("mergekit") is None:
+        message = "mergekit is not installed (pip install -e '.[compare]'; make setup does)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
 
     def merge(yaml_text: str, out_dir: Path) -> dict:
         import yaml
         from mergekit.config import MergeConfiguration
         from mergekit.merge import run_merge
         from mergekit.options import MergeOptions
-        from safetensors import safe_open
 
         config = MergeConfiguration.model_validate(yaml.safe_load(yaml_text))
         options = MergeOptions(
             device="cpu", quiet=True, copy_tokenizer=False, write_model_card=False
         )
         run_merge(config, str(out_dir), options)
-        tensors = {}
-        for file in sorted(Path(out_dir).glob("*.safetensors")):
-            with safe_open(str(file), framework="pt") as f:
-                tensors.update({k: f.get_tensor(k) for k in f.keys()})
-        return tensors
+        return read_tensors(out_dir)
 
     return merge

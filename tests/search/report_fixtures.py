@@ -17,12 +17,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from study_fixtures import write_choice_task
 
 from search.cli import main
 from search.engine.plan import MergePlan
 from search.report.view import view_of
 from search.study.record import TrialRecord
+from tests.toy_tasks import TOY_CHOICES, write_choice_task
 
 MAX2 = [optuna.study.StudyDirection.MAXIMIZE] * 2
 
@@ -218,30 +218,8 @@ def rechosen(tiny_zoo, tmp_path_factory):
     return path, study
 
 
-PICK = [
-    ("ab+c=", ["abc", "cab", "bca"], 0),
-    ("1+2=", ["3", "4", "5"], 0),
-    ("dog:", ["god", "odg", "dgo"], 0),
-    ("x*y=", ["xy", "yx", "xx"], 1),
-    ("red.", ["der", "erd", "red"], 2),
-    ("9-4=", ["5", "6", "4"], 0),
-]
-PICK_HELDOUT = [
-    ("sun!", ["nus", "uns", "sun"], 0),
-    ("(a)", ["a", "b", "c"], 0),
-    ("go,", ["og", "go", "oo"], 1),
-    ("7/7=", ["1", "7", "0"], 0),
-    ("b+a=", ["ab", "ba", "aa"], 1),
-    ("cat.", ["tac", "act", "cta"], 0),
-]
-PICK_TEST = [
-    ("sat?", ["tas", "ats", "sat"], 2),
-    ("2*3=", ["6", "5", "9"], 0),
-    ("up!", ["pu", "up", "uu"], 1),
-    ("mat.", ["tam", "mat", "atm"], 1),
-    ("8-1=", ["7", "6", "9"], 0),
-    ("ox,", ["xo", "ox", "oo"], 1),
-]
+# the search, held-out and test splits of the launched study: three disjoint sixes
+PICK, PICK_HELDOUT, PICK_TEST = TOY_CHOICES[:6], TOY_CHOICES[6:12], TOY_CHOICES[12:18]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Shared by the launch and worker tests: a tiny pool, real lm-eval tasks, a study config, polling.
+"""Shared by the launch and worker tests: a tiny pool, real lm-eval tasks, a study config, polling,
+a launch in a process group of its own, the shared PostgreSQL.
 
 The pool is a copy of the ``tiny_zoo`` checkpoints (so a test may change a file); the tasks are
 a multiple-choice lm-eval task (``acc``, varies with the weights) and a perplexity text file.
@@ -6,33 +7,24 @@ a multiple-choice lm-eval task (``acc``, varies with the weights) and a perplexi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 import sqlalchemy.exc
 import yaml
 
+from tests.toy_tasks import TOY_CHOICES, write_choice_task
+
 REPO = Path(__file__).resolve().parents[2]
-CHOICES = [
-    ("ab+c=", ["abc", "cab", "bca"], 0),
-    ("1+2=", ["3", "4", "5"], 0),
-    ("dog:", ["god", "odg", "dgo"], 0),
-    ("x*y=", ["xy", "yx", "xx"], 1),
-    ("red.", ["der", "erd", "red"], 2),
-    ("9-4=", ["5", "6", "4"], 0),
-    ("sun!", ["nus", "uns", "sun"], 0),
-    ("(a)", ["a", "b", "c"], 0),
-    ("go,", ["og", "go", "oo"], 1),
-    ("7/7=", ["1", "7", "0"], 0),
-]
+CHOICES = TOY_CHOICES[:10]
 TEXT = [
     "the cat sat on the mat.",
     "one plus two is three.",
@@ -41,36 +33,6 @@ TEXT = [
     "upper: abc? abc",
     "a=4;b=a+3;print(b)? 7",
 ]
-
-
-def choice_task(name: str, data: Path, **extra: Any) -> dict[str, Any]:
-    """The lm-eval YAML of a local multiple-choice task ``name`` (metric ``acc`` unless
-    ``extra`` says otherwise) over a JSON-lines file of ``{question, choices, answer}``."""
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{question}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{answer}}",
-        "metric_list": [{"metric": "acc"}],
-        **extra,
-    }
-
-
-def write_choice_task(
-    folder: Path, name: str, items: Sequence[tuple[str, list[str], int]], **extra: Any
-) -> Path:
-    """A local multiple-choice lm-eval task ``name`` in ``folder`` (:func:`choice_task`): its
-    data ``<name>.jsonl`` from ``(question, choices, answer index)`` items and ``<name>.yaml``."""
-    data = folder / f"{name}.jsonl"
-    data.write_text(
-        "".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in items)
-    )
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(choice_task(name, data, **extra)))
-    return folder
 
 
 def build_pool_and_tasks(root: Path, tiny_zoo: Any) -> dict[str, Any]:
@@ -186,3 +148,48 @@ def wait_for(
 
 def complete(ts: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     return [t for t in ts if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def launch_in_group(config: Path, *args: str, cwd: Path) -> subprocess.Popen:
+    """``merge-search launch CONFIG ARGS`` as a shell runs it: in a process group of its own
+    (Ctrl-C in a terminal reaches the whole group)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "launch", str(config), *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+ROLES = ("postgres", "root")
+
+
+def _postgres_url() -> str | None:
+    import sqlalchemy
+
+    for role in ROLES:
+        url = f"postgresql://{role}@127.0.0.1:5432/test"
+        try:
+            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
+            with engine.connect():
+                pass
+            engine.dispose()
+            return url
+        except Exception:  # noqa: BLE001, S112 - any failure means: not usable here
+            continue
+    return None
+
+
+def postgres_or_skip() -> str:
+    """The shared PostgreSQL's URL; skip when unreachable, but fail with ``CI`` set (CI runs
+    the server: a skip there would hide a failure)."""
+    url = _postgres_url()
+    if url is None:
+        message = f"PostgreSQL not reachable at 127.0.0.1:5432/test as {' or '.join(ROLES)}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url

@@ -8,7 +8,7 @@ semaphores registered ("resource_tracker: There appear to be N leaked semaphore 
 
 from __future__ import annotations
 
-from study_fixtures import build_pool_and_tasks, cli, study_config, write_config
+from tests.search.study_fixtures import build_pool_and_tasks, cli, study_config, write_config
 
 
 def test_a_refused_launch_prints_one_line_and_nothing_after(tiny_zoo, tmp_path):

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from search.cli import main
-
-
-def _tensors(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
+from tests.checkpoint_files import read_tensors
 
 
 def _yaml(zoo, method: str, params: str, per_model: str, base: bool = True) -> str:
@@ -42,7 +34,7 @@ def test_same_yaml_gives_mergekits_tensors(tiny_zoo, tmp_path, mergekit_merge, n
     config.write_text(_yaml(tiny_zoo, method, params, per_model, base))
     assert main(["merge", str(config), str(tmp_path / "ours")]) == 0
     theirs = mergekit_merge(config.read_text(), tmp_path / "theirs")
-    ours = _tensors(tmp_path / "ours")
+    ours = read_tensors(tmp_path / "ours")
     assert set(ours) == set(theirs)
     for tensor_name, tensor in ours.items():
         torch.testing.assert_close(
@@ -71,7 +63,7 @@ def test_relative_paths_resolve_against_the_current_directory(
     assert main(["merge", str(config), str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["merge", str(config), str(out), "--force"]) == 0
-    assert next(iter(_tensors(out).values())).dtype == torch.bfloat16
+    assert next(iter(read_tensors(out).values())).dtype == torch.bfloat16
 
 
 LINEAR = "merge_method: linear\nmodels:\n  - model: a\n"

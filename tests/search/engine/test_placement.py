@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from search.engine.files import read_table
 from search.engine.materialize import materialize, merged_tensors
@@ -25,11 +24,11 @@ from search.engine.placement import (
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
+from tests.checkpoint_files import read_tensors
 
 PLACEMENTS = ("device", "host", "disk")
 DTYPES = ("float32", "bfloat16", "float16")
 SMALL_BLOCKS = 1536  # bytes per block's K slices: the tiny tensors (1-2 k elements) are split
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 GB = 1e9
 
 
@@ -113,14 +112,6 @@ def test_materialize_writes_the_same_model_from_every_placement(tiny_zoo, placem
 # -- the store contract, for every placement --------------------------------------------------
 
 
-def _file_tensors(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
 def _tables(folders):
     tables = []
     for folder in folders:
@@ -148,7 +139,7 @@ def test_store_contract_get_and_stream(tiny_zoo, placement, options):
         placement, tables, shapes, torch.bfloat16, torch.device("cpu"), block_bytes=1536, **options
     )
     store.load()
-    files = [_file_tensors(f) for f in folders]
+    files = [read_tensors(f) for f in folders]
     name = "model.layers.1.mlp.down_proj.weight"  # [32, 64]: 2048 elements
     expected = torch.stack([f[name] for f in files]).bfloat16()
     got = store.get(name)
@@ -272,7 +263,7 @@ def test_pool_auto_resolves_at_open(tiny_zoo):
 # -- CUDA -------------------------------------------------------------------------------------
 
 
-@CUDA
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", list(METHODS))
 def test_cuda_placements_merge_to_the_same_bits(tiny_zoo, method, dtype):
@@ -282,7 +273,7 @@ def test_cuda_placements_merge_to_the_same_bits(tiny_zoo, method, dtype):
         _assert_bit_identical(got, expected, f"cuda {placement} {method} {dtype}")
 
 
-@CUDA
+@pytest.mark.gpu
 def test_cuda_host_stacks_are_page_locked_and_streamed(tiny_zoo):
     pool = _pool(tiny_zoo, "linear", "bfloat16", "host", device="cuda").load()
     store = pool.checkpoint_store

@@ -10,18 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import xxhash
-from safetensors import safe_open
 
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
-
-
-def _read_all(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
+from tests.checkpoint_files import read_tensors
 
 
 def test_open_names_paths_and_stacks_match_the_files(tiny_zoo):
@@ -31,14 +23,14 @@ def test_open_names_paths_and_stacks_match_the_files(tiny_zoo):
     assert pool.base_path == tiny_zoo.base
     assert pool.device == torch.device("cpu") and pool.dtype == torch.float32
     assert pool.n_layers == tiny_zoo.n_layers
-    files = [_read_all(p) for p in tiny_zoo.checkpoints]  # ft_b is sharded
+    files = [read_tensors(p) for p in tiny_zoo.checkpoints]  # ft_b is sharded
     assert set(pool.tensor_names) == set(files[0]) == set(files[1])
     for name in pool.tensor_names:
         stack = pool.stack(name)
         assert stack.shape == (3, *files[0][name].shape)
         for k in range(3):
             assert torch.equal(stack[k], files[k][name])
-    base = _read_all(tiny_zoo.base)
+    base = read_tensors(tiny_zoo.base)
     assert torch.equal(pool.base_tensor("model.norm.weight"), base["model.norm.weight"])
 
 
@@ -69,7 +61,7 @@ def test_fingerprint_is_json_and_follows_the_files(tiny_zoo, tmp_path, checkpoin
         assert len(entry["header_sha256"]) == 64
     # A retrained checkpoint (same names and shapes, other values) changes the fingerprint.
     retrained = tmp_path / "ft_a"
-    checkpoint_writer(retrained, seed=99, base_state=_read_all(tiny_zoo.base))
+    checkpoint_writer(retrained, seed=99, base_state=read_tensors(tiny_zoo.base))
     other = CheckpointPool.open([retrained, *tiny_zoo.checkpoints[1:]], tiny_zoo.base).fingerprint()
     assert other["checkpoints"][0] != fp["checkpoints"][0]
     assert other["checkpoints"][1:] == fp["checkpoints"][1:]
@@ -77,7 +69,7 @@ def test_fingerprint_is_json_and_follows_the_files(tiny_zoo, tmp_path, checkpoin
 
 def test_duplicate_folder_names_are_made_unique(tiny_zoo, tmp_path, checkpoint_writer):
     other = tmp_path / "x" / "ft_a"
-    checkpoint_writer(other, seed=98, base_state=_read_all(tiny_zoo.base))
+    checkpoint_writer(other, seed=98, base_state=read_tensors(tiny_zoo.base))
     pool = CheckpointPool.open([tiny_zoo.checkpoints[0], other])
     assert pool.names == ("ft_a", "ft_a-2")
 
@@ -176,7 +168,7 @@ def test_load_model_uses_base_weights_and_tokenizer(tiny_zoo):
     model, tok = pool.load_model()
     assert not model.training
     assert next(model.parameters()).dtype == torch.float32
-    base = _read_all(tiny_zoo.base)
+    base = read_tensors(tiny_zoo.base)
     assert torch.equal(
         model.state_dict()["model.layers.0.mlp.up_proj.weight"],
         base["model.layers.0.mlp.up_proj.weight"],
@@ -244,7 +236,7 @@ def test_missing_tensor_is_named(tiny_zoo, tmp_path):
 
     partial = tmp_path / "partial"
     shutil.copytree(tiny_zoo.checkpoints[0], partial)
-    tensors = _read_all(partial)
+    tensors = read_tensors(partial)
     del tensors["model.norm.weight"]
     save_file(tensors, str(partial / "model.safetensors"))
     message = _open_error([tiny_zoo.checkpoints[0], partial])

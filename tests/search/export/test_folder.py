@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import yaml
-from safetensors import safe_open
 
 from search.engine.materialize import materialize, merged_tensors
 from search.engine.plan import MergePlan
@@ -15,6 +14,7 @@ from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
 from search.errors import UserError
 from search.export.folder import export_merge
+from tests.checkpoint_files import read_tensors
 
 IDS = torch.tensor([[1, 4, 5, 6, 7, 8, 2]])
 
@@ -22,14 +22,6 @@ IDS = torch.tensor([[1, 4, 5, 6, 7, 8, 2]])
 @pytest.fixture(scope="module")
 def pool(tiny_zoo):
     return CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base)
-
-
-def _tensors(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def test_export_reloads_with_the_same_logits_as_the_in_memory_merge(pool, tmp_path):
@@ -60,7 +52,7 @@ def test_small_export_is_one_file_in_the_requested_dtype(pool, tmp_path):
     assert [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"]
     assert not (out / "model.safetensors.index.json").exists()
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    written = _tensors(out)
+    written = read_tensors(out)
     expected = dict(merged_tensors(plan, pool))
     for name, tensor in written.items():
         assert tensor.dtype == torch.bfloat16
@@ -123,7 +115,7 @@ def test_exported_yaml_reproduces_in_mergekit(
     plan = MergePlan.create(method, weights, params)
     out = export_merge(plan, pool, tmp_path / "ours")
     theirs = mergekit_merge((out / "mergekit_config.yml").read_text(), tmp_path / "mergekit")
-    ours = _tensors(out)
+    ours = read_tensors(out)
     assert set(theirs) == set(ours)
     for name, tensor in ours.items():
         torch.testing.assert_close(theirs[name], tensor, rtol=1e-5, atol=1e-6, msg=name)

@@ -12,7 +12,6 @@ import optuna
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from study_fixtures import build_pool_and_tasks, cli, study_config, write_config
 
 from search.cli import main
 from search.engine.materialize import merged_tensors
@@ -24,6 +23,7 @@ from search.fisher.cache import (
     load_fishers,
 )
 from search.study.record import TrialRecord
+from tests.search.study_fixtures import build_pool_and_tasks, cli, study_config, write_config
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,3 @@
 """Fixtures of the report tests (defined in ``tests/search/report_fixtures.py``)."""
 
-from report_fixtures import exportable, handmade, launched, rechosen  # noqa: F401
+from tests.search.report_fixtures import exportable, handmade, launched, rechosen  # noqa: F401

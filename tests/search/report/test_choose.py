@@ -7,13 +7,13 @@ import json
 
 import optuna
 import pytest
-from report_fixtures import MAX2, make_config, make_trial, write_study_config
 
 from search.cli import main
 from search.errors import UserError
 from search.report.choose import pick_row
 from search.report.view import view_of
 from search.study.record import TrialRecord
+from tests.search.report_fixtures import MAX2, make_config, make_trial, write_study_config
 
 KNEE = (
     "knee of the Pareto front (largest mean lead over the uniform merge, ahead on every objective)"

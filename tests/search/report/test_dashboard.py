@@ -10,9 +10,9 @@ import time
 import urllib.request
 
 import pytest
-from report_fixtures import free_port
 
 from search.cli import main
+from tests.search.report_fixtures import free_port
 
 
 @pytest.mark.parametrize("by", ["config", "url"])

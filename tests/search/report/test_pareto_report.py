@@ -6,7 +6,6 @@ import json
 
 import optuna
 import pytest
-from report_fixtures import MAX2, make_config, make_trial
 
 from search.cli import main
 from search.report.pareto_report import build_report
@@ -14,6 +13,7 @@ from search.report.plots import matplotlib_figure, plotly_figure, write_plot
 from search.report.scores import baseline_plans
 from search.report.table import format_report
 from search.report.view import view_of
+from tests.search.report_fixtures import MAX2, make_config, make_trial
 
 
 def test_report_of_the_handmade_study(handmade, tmp_path):

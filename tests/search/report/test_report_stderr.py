@@ -6,7 +6,6 @@ import json
 
 import optuna
 import pytest
-from report_fixtures import MAX2, make_config, make_trial
 
 from evaluators.stats import mean_stderr
 from search.cli import main
@@ -14,6 +13,7 @@ from search.report.pareto_report import build_report
 from search.report.table import format_report
 from search.report.view import view_of
 from search.study.record import encode_examples
+from tests.search.report_fixtures import MAX2, make_config, make_trial
 
 
 def test_values_and_standard_errors_side_by_side_in_json_and_table():

@@ -6,11 +6,17 @@ from typing import Any
 
 import optuna
 import pytest
-from study_fixtures import build_pool_and_tasks, complete, study_config, trials, write_config
 
 from search.cli import main
 from search.study.record import TrialRecord
 from search.study.storage import EVALUATION_SIZE_ATTR, Budget
+from tests.search.study_fixtures import (
+    build_pool_and_tasks,
+    complete,
+    study_config,
+    trials,
+    write_config,
+)
 
 PER_TRIAL = 12  # study_config: 6 examples of c1_pick (eval.limit 6) + the 6 perplexity texts
 

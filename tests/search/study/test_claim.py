@@ -11,13 +11,13 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from study_fixtures import build_pool_and_tasks, study_config
 
 from search.study import worker
 from search.study.config import WorkersConfig, parse_config
 from search.study.launch import _raise_system_exit
 from search.study.storage import Budget, claim_trial, connect
 from search.study.worker import Runtime, run_worker
+from tests.search.study_fixtures import build_pool_and_tasks, study_config
 
 
 class StopOnce(optuna.samplers.RandomSampler):

@@ -11,17 +11,17 @@ from typing import Any
 
 import optuna
 import pytest
-from study_fixtures import (
+
+from search.study.record import TrialRecord
+from tests.search.study_fixtures import (
     build_pool_and_tasks,
     cli,
     complete,
+    postgres_or_skip,
     study_config,
     trials,
     write_config,
 )
-from test_workers import postgres_or_skip
-
-from search.study.record import TrialRecord
 
 STARTERS = 6  # processes racing to create one study
 

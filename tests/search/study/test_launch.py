@@ -10,7 +10,12 @@ from typing import Any
 import optuna
 import pytest
 from safetensors.torch import load_file, save_file
-from study_fixtures import (
+
+from evaluators.stats import mean_stderr
+from search.cli import main
+from search.engine.plan import MergePlan
+from search.study.record import TrialRecord
+from tests.search.study_fixtures import (
     TEXT,
     build_pool_and_tasks,
     cli,
@@ -20,11 +25,6 @@ from study_fixtures import (
     wait_for,
     write_config,
 )
-
-from evaluators.stats import mean_stderr
-from search.cli import main
-from search.engine.plan import MergePlan
-from search.study.record import TrialRecord
 
 N_TRIALS = 30
 SLOW_TEXTS = 1500  # lines of the slow study's perplexity file: a trial takes seconds, not ms

@@ -26,11 +26,17 @@ import optuna
 import pytest
 import sqlalchemy
 import sqlalchemy.exc
-from study_fixtures import build_pool_and_tasks, study_config, trials, wait_for, write_config
-from test_stops import launch_in_group
 
 from search.errors import UserError
 from search.study.storage import is_outage, retrying
+from tests.search.study_fixtures import (
+    build_pool_and_tasks,
+    launch_in_group,
+    study_config,
+    trials,
+    wait_for,
+    write_config,
+)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-from study_fixtures import build_pool_and_tasks, study_config, write_config
 
 from search.cli import main
+from tests.search.study_fixtures import build_pool_and_tasks, study_config, write_config
 
 
 @pytest.fixture(scope="module")

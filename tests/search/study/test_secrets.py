@@ -14,16 +14,10 @@ import uuid
 import optuna
 import pytest
 import sqlalchemy
-from report_fixtures import dashboard_get
-from study_fixtures import build_pool_and_tasks, study_config, write_config
-from test_workers import postgres_or_skip
 
 from search.cli import main
-
-
-@pytest.fixture(scope="module")
-def postgres() -> str:
-    return postgres_or_skip()
+from tests.search.report_fixtures import dashboard_get
+from tests.search.study_fixtures import build_pool_and_tasks, study_config, write_config
 
 
 @pytest.mark.postgres

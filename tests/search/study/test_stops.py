@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-from study_fixtures import (
+
+from tests.search.study_fixtures import (
     build_pool_and_tasks,
     complete,
+    launch_in_group,
     study_config,
     trials,
     wait_for,
@@ -29,20 +29,6 @@ TRIES = 5  # Ctrl-C tries in the test; bench/stops.py runs 20 and times them
 def pool_paths(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("stops")
     return {"root": root, **build_pool_and_tasks(root, tiny_zoo)}
-
-
-def launch_in_group(config: Path, *args: str, cwd: Path) -> subprocess.Popen:
-    """``merge-search launch CONFIG ARGS`` as a shell runs it: in a process group of its own
-    (Ctrl-C in a terminal reaches the whole group)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "launch", str(config), *args],
-        cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def group_members(pgid: int) -> list[int]:

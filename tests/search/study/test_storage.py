@@ -8,16 +8,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from report_fixtures import dashboard_get
-from test_workers import postgres_or_skip
 
 from search.errors import UserError
 from search.study.storage import check_fingerprint, connect, sqlite_path
-
-
-@pytest.fixture(scope="module")
-def postgres() -> str:
-    return postgres_or_skip()
+from tests.search.report_fixtures import dashboard_get
 
 
 def _dashboard_studies(url: str) -> list[str]:

@@ -15,10 +15,11 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from study_fixtures import CHOICES, complete, trials, write_choice_task, write_config
 
 from search.cli import main
 from search.study.record import TrialRecord
+from tests.search.study_fixtures import CHOICES, complete, trials, write_config
+from tests.toy_tasks import write_choice_task
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("vllm_available")]
 

@@ -17,7 +17,10 @@ from typing import Any
 
 import optuna
 import pytest
-from study_fixtures import (
+
+from search.cli import main
+from search.study.record import TrialRecord
+from tests.search.study_fixtures import (
     TEXT,
     build_pool_and_tasks,
     cli,
@@ -28,46 +31,7 @@ from study_fixtures import (
     write_config,
 )
 
-from search.cli import main
-from search.study.record import TrialRecord
-
-ROLES = ("postgres", "root")
-
-
-def _postgres_url() -> str | None:
-    import sqlalchemy
-
-    for role in ROLES:
-        url = f"postgresql://{role}@127.0.0.1:5432/test"
-        try:
-            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
-            with engine.connect():
-                pass
-            engine.dispose()
-            return url
-        except Exception:  # noqa: BLE001, S112 - any failure means: not usable here
-            continue
-    return None
-
-
 SLOW_TEXTS = 600  # lines of perplexity text per trial, scored one at a time
-
-
-def postgres_or_skip() -> str:
-    """The shared PostgreSQL's URL; skip when unreachable, but fail with ``CI`` set (CI runs
-    the server: a skip there would hide a failure)."""
-    url = _postgres_url()
-    if url is None:
-        message = f"PostgreSQL not reachable at 127.0.0.1:5432/test as {' or '.join(ROLES)}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return url
-
-
-@pytest.fixture(scope="module")
-def postgres() -> str:
-    return postgres_or_skip()
 
 
 @pytest.fixture(scope="module")

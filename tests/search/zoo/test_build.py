@@ -18,12 +18,7 @@ from search.zoo.skills import (
     eval_split,
     training_stream,
 )
-
-
-def _tensors(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
+from tests.checkpoint_files import read_tensors
 
 
 def test_layout_is_a_pool_of_hf_llama_folders(demo_zoo):
@@ -33,7 +28,7 @@ def test_layout_is_a_pool_of_hf_llama_folders(demo_zoo):
     assert names == RECIPES["mixtures"]["tiny"].checkpoint_names() and len(names) >= 6
     for folder in (demo_zoo.base, *demo_zoo.checkpoints):
         assert AutoConfig.from_pretrained(folder).model_type == "llama"
-        assert set(_tensors(folder)) == set(_tensors(demo_zoo.base))
+        assert set(read_tensors(folder)) == set(read_tensors(demo_zoo.base))
     tok = AutoTokenizer.from_pretrained(demo_zoo.base)
     text = "a=4;b=a+3;print(b)?7\nreverse: Stone?"
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
@@ -43,10 +38,10 @@ def test_layout_is_a_pool_of_hf_llama_folders(demo_zoo):
 
 
 def test_fine_tunes_differ_from_the_base_and_each_other(demo_zoo):
-    base = _tensors(demo_zoo.base)["model.layers.0.mlp.up_proj.weight"]
+    base = read_tensors(demo_zoo.base)["model.layers.0.mlp.up_proj.weight"]
     seen = [base]
     for folder in demo_zoo.checkpoints:
-        t = _tensors(folder)["model.layers.0.mlp.up_proj.weight"]
+        t = read_tensors(folder)["model.layers.0.mlp.up_proj.weight"]
         assert all(not bool((t == s).all()) for s in seen), folder.name
         seen.append(t)
 
@@ -76,13 +71,13 @@ def test_same_seed_same_tensors_other_seed_other_tensors(demo_zoo, tmp_path):
     )
     pairs = zip((demo_zoo.base, *demo_zoo.checkpoints), (same.base, *same.checkpoints), strict=True)
     for a, b in pairs:
-        ta, tb = _tensors(a), _tensors(b)
+        ta, tb = read_tensors(a), read_tensors(b)
         assert all(bool((ta[k] == tb[k]).all()) for k in ta), a.name
     other = build_zoo(
         tmp_path / "other", seed=1, size="tiny", progress=False, score=False, recipe="mixtures"
     )
     assert other.key != demo_zoo.key
-    ta, tb = _tensors(demo_zoo.checkpoints[0]), _tensors(other.checkpoints[0])
+    ta, tb = read_tensors(demo_zoo.checkpoints[0]), read_tensors(other.checkpoints[0])
     assert not all(bool((ta[k] == tb[k]).all()) for k in ta)
 
 
@@ -125,7 +120,7 @@ def test_fine_tunes_in_worker_processes_match_the_sequential_build(demo_zoo, tmp
     )
     assert sum(steps) == sum(r.steps for r in RECIPES["mixtures"]["tiny"].runs)
     for folder in demo_zoo.checkpoints:
-        ta, tb = _tensors(folder), _tensors(tmp_path / folder.name)
+        ta, tb = read_tensors(folder), read_tensors(tmp_path / folder.name)
         assert all(bool((ta[k] == tb[k]).all()) for k in ta), folder.name
 
 
@@ -150,11 +145,11 @@ def test_recycle_recipe_builds_its_pool_of_recycled_kinds(demo_zoo, tmp_path):
     assert a.recipe == "recycle" and [p.name for p in a.checkpoints] == tiny and len(tiny) == 12
     b = build_zoo(tmp_path / "b", size="tiny", progress=False, score=False)
     for x, y in zip((a.base, *a.checkpoints), (b.base, *b.checkpoints), strict=True):
-        tx, ty = _tensors(x), _tensors(y)
+        tx, ty = read_tensors(x), read_tensors(y)
         assert all(bool((tx[k] == ty[k]).all()) for k in tx), x.name
     assert a.key != demo_zoo.key
     for folder in demo_zoo.checkpoints:  # the mixtures pool's runs, trained identically
-        tx, ty = _tensors(folder), _tensors(a.out_dir / folder.name)
+        tx, ty = read_tensors(folder), read_tensors(a.out_dir / folder.name)
         assert all(bool((tx[k] == ty[k]).all()) for k in tx), folder.name
     other = build_zoo(tmp_path / "a", size="tiny", progress=False, score=False, recipe="mixtures")
     assert not other.cached and other.recipe == "mixtures"

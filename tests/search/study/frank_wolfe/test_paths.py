@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
-from study_fixtures import build_pool_and_tasks, cli, study_config, write_config
 
 from search.engine.materialize import effective_weights
 from search.engine.pool import CheckpointPool
@@ -20,6 +19,7 @@ from search.study.frank_wolfe.sampler import FrankWolfeSampler
 from search.study.record import TrialRecord
 from search.study.space import SearchSpace
 from search.study.storage import create_or_resume, open_storage
+from tests.search.study_fixtures import build_pool_and_tasks, cli, study_config, write_config
 
 # ------------------------------------------------------------------------------ the algorithm
 

@@ -21,18 +21,18 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from study_fixtures import (
-    REPO,
-    build_pool_and_tasks,
-    complete,
-    study_config,
-    write_choice_task,
-    write_config,
-)
 
 from search.cli import main
 from search.study.record import TrialRecord, decode_examples
 from search.study.staged.racing import plan_rungs
+from tests.search.study_fixtures import (
+    REPO,
+    build_pool_and_tasks,
+    complete,
+    study_config,
+    write_config,
+)
+from tests.toy_tasks import write_choice_task
 
 ITEMS = 60  # items kept per built task: rungs of 25, 30, 60 (0.125 and 0.25 merge at 25)
 CANDIDATES = 2000  # items generated to find those
