@@ -9,6 +9,13 @@ Session fixtures shared across packages:
 * ``tmpfs``: mounts a small real filesystem (full, read-only) for export tests; needs root.
 
 Tests marked ``gpu`` run only where torch sees a CUDA device (``pytest -m gpu`` on a GPU host).
+
+Every folder under ``tests/`` is a package (``tests/test_layout.py`` checks it), so pytest puts
+the repository root on ``sys.path`` and shared test code is imported by its path:
+``tests.toy_tasks`` (the toy multiple-choice items and their lm-eval task writer),
+``tests.checkpoint_files`` (``read_tensors``), ``tests.search.study_fixtures``,
+``tests.search.report_fixtures`` and ``tests.evaluators.eval_fixtures``. Fixtures go in the
+``conftest.py`` of the narrowest folder that shares them; no test module imports another.
 """
 
 from __future__ import annotations
