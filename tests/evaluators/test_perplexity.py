@@ -45,10 +45,13 @@ def test_txt_and_jsonl_agree_and_batching_does_not_matter(model_tok, tmp_path):
     jsonl = PerplexityEvaluator(
         [_objective(tmp_path / "t.jsonl")], EvalSpec(batch_size=4), model, tok
     )
-    a = txt.evaluate(model, tok).objectives["ppl"]
-    b = jsonl.evaluate(model, tok).objectives["ppl"]
-    assert a == pytest.approx(b, rel=1e-5)
-    assert a > 1.0
+    a, b = txt.evaluate(model, tok), jsonl.evaluate(model, tok)
+    assert a.objectives["ppl"] == pytest.approx(b.objectives["ppl"], rel=1e-5)
+    per_text = a.examples["t.txt/perplexity"]
+    assert per_text == pytest.approx(b.examples["t.jsonl/perplexity"], rel=1e-5)
+    # every text (the blank lines are not texts), pooled: strictly inside the per-text range
+    assert len(per_text) == len(TEXTS)
+    assert min(per_text) < a.objectives["ppl"] < max(per_text)
 
 
 def test_follows_in_place_weight_changes(model_tok, demo_zoo, tmp_path):

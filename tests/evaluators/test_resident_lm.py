@@ -40,7 +40,13 @@ def test_same_responses_as_hflm_across_calls_and_weight_swaps(demo_zoo, task_dic
     first = _responses(resident, task_dict)
     assert first == _responses(plain, task_dict)
     memo = (len(resident._ids), len(resident._batches))
-    assert memo[0] > 0 and memo[1] > 0
+    # the memo holds what was asked: every request's text tokenized, and the batches of the
+    # generation requests (the only ones lm-eval pads through tok_batch_encode)
+    tasks = task_dict["tasks"]
+    asked = {n: {i.arguments[0] for i in task.instances} for n, task in tasks.items()}
+    assert set().union(*asked.values()) <= {key[0] for key in resident._ids}
+    batched = {text for key in resident._batches for text in key[0]}
+    assert batched == asked["demo_code"] | asked["demo_instruct"]
     assert _responses(resident, task_dict) == first  # answered from the memo
     assert (len(resident._ids), len(resident._batches)) == memo
 

@@ -10,9 +10,10 @@ import pytest
 from evaluators.stats import mean_stderr
 from search.cli import main
 from search.report.pareto_report import build_report
+from search.report.scores import HELDOUT_ATTR, SplitScores
 from search.report.table import format_report
 from search.report.view import view_of
-from search.study.record import encode_examples
+from search.study.record import decode_examples, encode_examples
 from tests.search.report_fixtures import MAX2, make_config, make_trial
 
 
@@ -48,17 +49,30 @@ def test_pareto_after_launch_carries_standard_errors(launched, capsys):
 
     assert main(["pareto", str(launched), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    rows = {r.number: r for r in open_view(launched).rows}
+    view = open_view(launched)
+    rows = {r.number: r for r in view.rows}
+    held = {  # the held-out scores `pareto` cached in the study, by plan key
+        key: SplitScores.from_json(data)
+        for key, data in view.study.user_attrs[HELDOUT_ATTR]["scores"].items()
+    }
+
+    def assert_heldout_stderr(entry, plan_key):
+        scores = held[plan_key]
+        picks = decode_examples(scores.examples)["c2_pick_heldout/acc"]
+        assert entry["heldout_stderr"]["pick"] == pytest.approx(mean_stderr(picks))
+        assert entry["heldout_stderr"]["ppl"] == pytest.approx(scores.stderr["ppl"])
+
     for r in report["front"]:
-        picks = rows[r["trial"]].record.per_example()["c2_pick/acc"]
+        record = rows[r["trial"]].record
+        picks = record.per_example()["c2_pick/acc"]
         assert r["stderr"]["pick"] == pytest.approx(mean_stderr(picks))
-        assert r["stderr"]["ppl"] > 0
-        assert r["heldout_stderr"]["pick"] is not None and r["heldout_stderr"]["ppl"] > 0
+        assert r["stderr"]["ppl"] == pytest.approx(record.stderr["ppl"])  # what the trial recorded
+        assert_heldout_stderr(r, record.plan_key)
     for b in report["baselines"]:  # seed trial or scored here: both with standard errors
-        assert b["stderr"]["pick"] is not None
+        assert None not in b["stderr"].values(), b
     # held-out: the uniform merge, the knee's reference, is re-scored with its standard errors
     (uniform,) = [b for b in report["baselines"] if b["kind"] == "uniform"]
-    assert uniform["heldout_stderr"]["pick"] is not None
+    assert_heldout_stderr(uniform, uniform["plan_key"])
     assert report["examples"] == {
         "search": {"c2_pick/acc": 6, "text.txt/perplexity": 3},
         "heldout": {"c2_pick_heldout/acc": 6, "text.txt/perplexity": 3},
