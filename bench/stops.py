@@ -1,11 +1,12 @@
 """How long Ctrl-C takes to stop a launch, and what it leaves (issue 20, item 4).
 
-Builds the tests' tiny pool and tasks (``tests/search/conftest.py``, ``study_fixtures.py``),
-then, ``--tries`` times: ``merge-search launch CONFIG --workers N`` in a process group of its
-own, waits until two more trials completed, sends SIGINT to the whole group (what a terminal's
-Ctrl-C does) and measures the seconds until the last process of the group is gone. Each try
-resumes the same study. Prints one row per try and the summary (median, max, mean ± SE), with
-how many tries left a trial RUNNING, exited with another code than 130 or printed a traceback.
+Builds the tests' tiny pool and tasks (``tests/search/conftest.py``,
+``tests/search/study_fixtures.py``), then, ``--tries`` times: ``merge-search launch CONFIG
+--workers N`` in a process group of its own, waits until two more trials completed, sends
+SIGINT to the whole group (what a terminal's Ctrl-C does) and measures the seconds until the
+last process of the group is gone. Each try resumes the same study. Prints one row per try and
+the summary (median, max, mean ± SE), with how many tries left a trial RUNNING, exited with
+another code than 130 or printed a traceback.
 
     python bench/stops.py --tries 20 --workers 2
 """
@@ -22,19 +23,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "search"), str(REPO / "tests" / "search" / "study")]
+sys.path.insert(0, str(REPO))  # the tests' fixtures are imported as tests.<path>
 
 import optuna  # noqa: E402
-from conftest import _build  # noqa: E402
-from study_fixtures import (  # noqa: E402
+
+from tests.search.conftest import _build  # noqa: E402
+from tests.search.study_fixtures import (  # noqa: E402
     build_pool_and_tasks,
     complete,
+    group_members,
+    launch_in_group,
     study_config,
     trials,
     wait_for,
     write_config,
 )
-from test_stops import group_members, launch_in_group  # noqa: E402
 
 
 def main() -> None:

@@ -150,6 +150,22 @@ def complete(ts: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTria
     return [t for t in ts if t.state == optuna.trial.TrialState.COMPLETE]
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (from /proc; zombies not counted)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def launch_in_group(config: Path, *args: str, cwd: Path) -> subprocess.Popen:
     """``merge-search launch CONFIG ARGS`` as a shell runs it: in a process group of its own
     (Ctrl-C in a terminal reaches the whole group)."""

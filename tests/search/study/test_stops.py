@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -15,6 +14,7 @@ import pytest
 from tests.search.study_fixtures import (
     build_pool_and_tasks,
     complete,
+    group_members,
     launch_in_group,
     study_config,
     trials,
@@ -29,22 +29,6 @@ TRIES = 5  # Ctrl-C tries in the test; bench/stops.py runs 20 and times them
 def pool_paths(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("stops")
     return {"root": root, **build_pool_and_tasks(root, tiny_zoo)}
-
-
-def group_members(pgid: int) -> list[int]:
-    """The live processes of process group ``pgid`` (from /proc; zombies not counted)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 def retries_before(t: optuna.trial.FrozenTrial) -> list[int]:
