@@ -8,7 +8,8 @@ TESTS = Path(__file__).resolve().parent
 
 
 def test_every_test_folder_is_a_package():
-    folders = {p.parent for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts}
+    holding = {p.parent for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts}
+    folders = {f for h in holding for f in (h, *h.parents) if f.is_relative_to(TESTS)}
     missing = sorted(
         str(f.relative_to(TESTS.parent)) for f in folders if not (f / "__init__.py").is_file()
     )
