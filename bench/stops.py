@@ -1,4 +1,4 @@
-"""How long Ctrl-C takes to stop a launch, and what it leaves (issue 20, item 4).
+"""How long Ctrl-C takes to stop a launch, and what it leaves.
 
 Builds the tests' tiny pool and tasks (``tests/search/conftest.py``,
 ``tests/search/study_fixtures.py``), then, ``--tries`` times: ``merge-search launch CONFIG
