@@ -27,7 +27,7 @@ Reported per sampler (mean over seeds):
 
 Seed trials (inputs, uniform) are left out of the runs so the whole budget is the sampler's own.
 
-Data-informed variants (issue 13):
+Data-informed variants:
 
 - ``fw``: the ``fw`` sampler, i.e. only the Frank-Wolfe paths' endpoints (``fw.preferences``
   trials; deterministic, so every seed gives the same); ``X+fw``: sampler ``X`` after the
@@ -171,7 +171,7 @@ def grid_applies(space: Any) -> bool:
     )
 
 
-# Used when --config does not exist: the demo study's objectives (README, issue 4).
+# Used when --config does not exist: the demo study's objectives (README).
 DEFAULT_STUDY: dict[str, Any] = {
     "merge": {
         "method": "linear",
