@@ -43,7 +43,8 @@ Contract of every store (checked for each placement in ``tests/search/engine/tes
 
 :func:`choose_placement` is the ``auto`` rule: ``device`` when the stacks, the model and a trial's
 working buffers fit the device's free memory with a margin, else ``host`` when the stacks fit the
-host's available memory (CUDA only), else ``disk``.
+host's available memory (CUDA only), else ``disk``; :func:`place_workers` applies it with the
+memory measured for the workers of one host.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -535,6 +537,27 @@ def choose_placement(
         return PlacementChoice(choice, f"pool: {choice} (requested): {sizes_text}")
     return PlacementChoice(
         choice, f"pool: {choice} (auto, margin {MARGIN:.0%}): {sizes_text}; {free_text}"
+    )
+
+
+def place_workers(requested: str, sizes: PoolSizes, devices: Sequence[str]) -> PlacementChoice:
+    """The placement of local workers on ``devices`` (one entry per worker), decided once so
+    every worker agrees: :func:`choose_placement` with the free memory measured now, for
+    ``auto``: the least free of the GPUs used (this opens a CUDA context on each) shared by the
+    workers on one GPU, and the host's available memory shared by all of them."""
+    device_free = host = None
+    if requested == "auto":
+        gpus = sorted({d for d in devices if d.startswith("cuda")})
+        frees = [device_free_bytes(torch.device(d)) for d in gpus]
+        device_free = min(f for f in frees if f is not None) if gpus else None
+        host = host_available_bytes()
+    return choose_placement(
+        requested,
+        sizes,
+        device_free=device_free,
+        host_available=host,
+        per_device=max(Counter(devices).values()),
+        per_host=len(devices),
     )
 
 

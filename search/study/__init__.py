@@ -6,7 +6,8 @@ One trial, top to bottom: :mod:`~search.study.config` (validated once) →
 that proposes) → :mod:`~search.study.worker` (materialize the plan into the resident model,
 evaluate, tell; what the trial did is one :class:`~search.study.record.TrialRecord`) ←
 :mod:`~search.study.storage` (connect, create or resume, the exact budget, heartbeats).
-:mod:`~search.study.launch` runs worker processes and reports to the command's console.
+:mod:`~search.study.launch` prepares a study, runs its workers (:mod:`~search.study.processes`:
+spawned processes, their events and stops) and reports to the command's console.
 
 Strategies a config turns on plug into that loop through one hook interface,
 :mod:`~search.study.features`, each in its own package that is imported only when a config asks

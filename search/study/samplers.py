@@ -226,7 +226,7 @@ def build_sampler(
             and resumed runs do not replay the same random stream (unless ``shared_seed``).
         salt: e.g. the number of trials already in the study.
         nonce: what sets this worker apart from every other worker of every launch (its host,
-            its process and its launch, :func:`search.study.launch.worker_nonce`); ``0`` only
+            its process and its launch, :func:`search.study.processes.worker_nonce`); ``0`` only
             for the launch that created the study, whose workers keep the seeds they always
             had (a one-worker study is reproducible).
     """

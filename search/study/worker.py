@@ -362,7 +362,7 @@ def stops_held() -> Iterator[None]:
 
 
 def stop_redelivery() -> None:
-    """Disarm the launcher's repeated stop (``search.study.launch``): the stop is being handled."""
+    """Disarm the repeated stop (``search.study.processes``): the stop is being handled."""
     if threading.current_thread() is threading.main_thread():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_IGN)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from search.study import worker
 from search.study.config import WorkersConfig, parse_config
-from search.study.launch import _raise_system_exit
+from search.study.processes import raise_system_exit
 from search.study.storage import Budget, claim_trial, connect
 from search.study.worker import Runtime, run_worker
 from tests.search.study_fixtures import build_pool_and_tasks, study_config
@@ -70,7 +70,7 @@ def test_a_stop_right_after_the_claim_fails_the_trial_and_queues_it_again(
 
     monkeypatch.setattr(worker, "claim_trial", claim_then_stop)
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGALRM)}
-    signal.signal(signal.SIGTERM, _raise_system_exit)  # the spawned worker's handler
+    signal.signal(signal.SIGTERM, raise_system_exit)  # the spawned worker's handler
     try:
         with pytest.raises(SystemExit):
             run_worker(cfg, study, storage, runtime, n_trials=3)

@@ -94,7 +94,7 @@ def test_every_worker_of_every_launch_gets_its_own_seed_but_the_first_launch_kee
     """The launch that created the study (nonce 0) keeps the seeds it always had (worker 0 with
     nothing in the study: the configured seed; a one-worker study is reproducible); another
     launch's workers (their nonces: host, pid, launch token) never get the same seed."""
-    from search.study.launch import worker_nonce
+    from search.study.processes import worker_nonce
     from search.study.samplers import _seed
 
     assert _seed(7, 0, 0, False) == 7

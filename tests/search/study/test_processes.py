@@ -1,6 +1,6 @@
-"""Stops and deaths of a real launch (SQLite, the tiny pool): Ctrl-C to the whole process group
-stops every worker and leaves no trial running; a launcher killed by SIGKILL takes its workers
-with it and their trials are failed and queued again."""
+"""Worker processes (search.study.processes) in a real launch (SQLite, the tiny pool): Ctrl-C to
+the whole process group stops every worker and leaves no trial running; a launcher killed by
+SIGKILL takes its workers with it and their trials are failed and queued again."""
 
 from __future__ import annotations
 
