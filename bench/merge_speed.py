@@ -110,7 +110,7 @@ def rss_bytes() -> int:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) so earlier phases do not count; Linux only."""
+    """Reset Linux's peak-RSS mark (VmHWM) so earlier phases do not count; Linux only."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -72,7 +72,8 @@ def _drop_union_tags(loc: Sequence[Any]) -> list[Any]:
 
 
 def _fields_at(root: type, loc: Sequence[Any]) -> list[str]:
-    """Names (aliases where set) of the fields allowed at ``loc`` inside the model ``root``."""
+    """Names (aliases where set) of the fields allowed at ``loc`` inside the model ``root``
+    (not those excluded from its dump: a subclass's way to refuse a field it inherits)."""
     from pydantic import BaseModel
 
     model: Any = root
@@ -89,8 +90,8 @@ def _fields_at(root: type, loc: Sequence[Any]) -> list[str]:
         else:
             return []
     model = _unwrap(model)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return [f.alias or n for n, f in model.model_fields.items()]
+    if isinstance(model, type) and issubclass(model, BaseModel):  # an excluded field is no input
+        return [f.alias or n for n, f in model.model_fields.items() if not f.exclude]
     return []
 
 

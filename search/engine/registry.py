@@ -8,7 +8,7 @@ mergekit YAML writer and the model card read these declarations; nothing outside
 branches on a method's name.
 
 The tensor math lives in :mod:`search.engine.methods` as pure functions; a declaration names
-its function (``kernel``) and the settings that make it this variant (``kernel_options``), and
+its function (``function``) and the settings that make it this variant (``function_options``), and
 :attr:`MergeMethod.merge` imports it on first use. Variants (``ties``, ``dare_ties``,
 ``breadcrumbs`` ...) are one function with different settings, as in mergekit.
 
@@ -29,7 +29,7 @@ from typing import Any
 from search.engine.plan import ParamValue
 from search.errors import UserError
 
-_KERNELS_MODULE = "search.engine.methods"
+_FUNCTIONS_MODULE = "search.engine.methods"
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,39 @@ class ParamSpec:
             )
         return value
 
+    def check_setting(self, field: str, value: Any) -> None:
+        """A study's setting of this parameter fits the declaration: a fixed value (``bool``,
+        ``int`` or ``float``) or a searched range (anything else: an object with ``low`` and
+        ``high``, inclusive). ``ValueError`` naming ``field`` (``merge.params.NAME``)."""
+        low, high = self.low, self.high
+        span = f"[{low}, {high}]"
+        if not isinstance(value, bool | int | float):
+            if self.kind == "bool":
+                raise ValueError(f"{field}: a bool parameter takes true or false, not a range")
+            if self.kind == "int" and not (
+                float(value.low).is_integer() and float(value.high).is_integer()
+            ):
+                raise ValueError(f"{field}: an int parameter needs integer low and high")
+            if (low is not None and value.low < low) or (high is not None and value.high > high):
+                raise ValueError(
+                    f"{field}: range [{value.low}, {value.high}] must lie inside "
+                    f"the method's range {span}"
+                )
+            return
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{field}: expected true or false (got {value!r})")
+            return
+        if isinstance(value, bool) or (self.kind == "int" and not float(value).is_integer()):
+            raise ValueError(
+                f"{field}: expected {'an integer' if self.kind == 'int' else 'a number'} "
+                f"(got {value!r})"
+            )
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(
+                f"{field}: expected a value in {span} or a {{low, high}} range (got {value!r})"
+            )
+
 
 @dataclass(frozen=True)
 class MergekitForm:
@@ -96,8 +129,8 @@ class MergeMethod:
 
     Attributes:
         name: registry key, the ``method`` of a :class:`~search.engine.plan.MergePlan`.
-        kernel: name of its tensor function in :mod:`search.engine.methods`.
-        kernel_options: keyword settings of that function that make this variant.
+        function: name of its tensor function in :mod:`search.engine.methods`.
+        function_options: keyword settings of that function that make this variant.
         params: the parameters it reads from ``plan.params``; a search space is built from these.
         needs_base: whether it reads the base model (task vectors are ``θ_i − θ_base``).
         uses_weights: whether its result depends on the per-checkpoint weights (``slerp``'s
@@ -111,7 +144,7 @@ class MergeMethod:
             weights are all multiplied by one positive number (it normalizes them); a search
             space then draws the weights on the simplex.
         n_checkpoints: exact number of checkpoints it merges, ``None`` for any number.
-        linear_kernel: for methods whose result is ``Σ c_k θ_k + c_b θ_base``, the name of the
+        linear_coefficients: for methods whose result is ``Σ c_k θ_k + c_b θ_base``, the name of the
             ``(weights[K], params) -> (coefficients[K], base coefficient)`` function in
             :mod:`search.engine.methods`; materialize then runs one fused weighted sum.
         stochastic: whether ``merge`` draws from its ``generator`` (DARE).
@@ -128,16 +161,16 @@ class MergeMethod:
     """
 
     name: str
-    kernel: str
+    function: str
     params: tuple[ParamSpec, ...]
     needs_base: bool
     coefficients: Callable[[Sequence[float], Mapping[str, ParamValue]], list[float]]
     uses_weights: bool = True
-    kernel_options: Mapping[str, Any] = field(default_factory=dict)
+    function_options: Mapping[str, Any] = field(default_factory=dict)
     divides_by_weight_sum: Callable[[Mapping[str, ParamValue]], bool] = lambda params: False
     scale_free: Callable[[Mapping[str, ParamValue]], bool] = lambda params: False
     n_checkpoints: int | None = None
-    linear_kernel: str | None = None
+    linear_coefficients: str | None = None
     stochastic: bool = False
     needs_fisher: bool = False
     min_weight: float | None = None
@@ -156,15 +189,15 @@ class MergeMethod:
     @property
     def merge(self) -> Callable[..., Any]:
         """The tensor function with this variant's settings (imports torch on first use)."""
-        function = getattr(importlib.import_module(_KERNELS_MODULE), self.kernel)
-        return partial(function, **self.kernel_options) if self.kernel_options else function
+        function = getattr(importlib.import_module(_FUNCTIONS_MODULE), self.function)
+        return partial(function, **self.function_options) if self.function_options else function
 
     @property
     def linear_form(self) -> Callable[..., Any] | None:
         """``(weights[K], params) -> (coefficients[K], base coefficient)`` for linear methods."""
-        if self.linear_kernel is None:
+        if self.linear_coefficients is None:
             return None
-        return getattr(importlib.import_module(_KERNELS_MODULE), self.linear_kernel)
+        return getattr(importlib.import_module(_FUNCTIONS_MODULE), self.linear_coefficients)
 
     def resolve_params(
         self, given: Mapping[str, Any] | Sequence[tuple[str, Any]]
@@ -185,6 +218,18 @@ class MergeMethod:
             except ValueError as exc:
                 raise UserError(f"method {self.name}: parameter {exc}") from None
         return resolved
+
+    def check_searched(self, params: Mapping[str, Any]) -> None:
+        """A method that ignores the weights (``slerp``) needs one of its parameters searched
+        (a value in ``params`` that is a range, not a number): else nothing would be searched."""
+        if not self.uses_weights and all(
+            isinstance(v, bool | int | float) for v in params.values()
+        ):
+            raise ValueError(
+                f"merge.params: method {self.name!r} ignores the weights; "
+                "give a {low, high} range "
+                f"for one of: {', '.join(p.name for p in self.params)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,31 +277,31 @@ def _normalize_param(default: bool) -> ParamSpec:
 
 LINEAR = MergeMethod(
     name="linear",
-    kernel="linear_merge",
+    function="linear_merge",
     params=(_normalize_param(True),),
     needs_base=False,
     coefficients=lambda w, p: _normalized(w) if p["normalize"] else list(w),
     divides_by_weight_sum=_normalizes,
     scale_free=_normalizes,
-    linear_kernel="linear_coefficients",
+    linear_coefficients="linear_coefficients",
     frank_wolfe=True,
     mergekit=MergekitForm("linear"),
     doc="θ = Σ w_i θ_i (÷ Σ w_i when normalize)",
 )
 TASK_ARITHMETIC = MergeMethod(
     name="task_arithmetic",
-    kernel="task_arithmetic_merge",
+    function="task_arithmetic_merge",
     params=(_LAMBDA,),
     needs_base=True,
     coefficients=_lambda_scaled,
-    linear_kernel="task_arithmetic_coefficients",
+    linear_coefficients="task_arithmetic_coefficients",
     mergekit=MergekitForm("task_arithmetic", written=_NOT_NORMALIZED),
     doc="θ = θ_b + λ Σ w_i (θ_i − θ_b)",
 )
 TIES = MergeMethod(
     name="ties",
-    kernel="task_vector_merge",
-    kernel_options={"sparsify": "magnitude", "elect_sign": True},
+    function="task_vector_merge",
+    function_options={"sparsify": "magnitude", "elect_sign": True},
     params=(_DENSITY, _LAMBDA, _normalize_param(True)),
     needs_base=True,
     coefficients=_lambda_scaled,
@@ -266,8 +311,8 @@ TIES = MergeMethod(
 )
 DARE_LINEAR = MergeMethod(
     name="dare_linear",
-    kernel="task_vector_merge",
-    kernel_options={"sparsify": "random", "elect_sign": False},
+    function="task_vector_merge",
+    function_options={"sparsify": "random", "elect_sign": False},
     params=(_DENSITY, _LAMBDA),
     needs_base=True,
     coefficients=_lambda_scaled,
@@ -279,8 +324,8 @@ DARE_LINEAR = MergeMethod(
 )
 DARE_TIES = MergeMethod(
     name="dare_ties",
-    kernel="task_vector_merge",
-    kernel_options={"sparsify": "random", "elect_sign": True},
+    function="task_vector_merge",
+    function_options={"sparsify": "random", "elect_sign": True},
     params=(_DENSITY, _LAMBDA),
     needs_base=True,
     coefficients=_lambda_scaled,
@@ -292,8 +337,8 @@ DARE_TIES = MergeMethod(
 )
 BREADCRUMBS = MergeMethod(
     name="breadcrumbs",
-    kernel="task_vector_merge",
-    kernel_options={"sparsify": "band", "elect_sign": False},
+    function="task_vector_merge",
+    function_options={"sparsify": "band", "elect_sign": False},
     params=(_DENSITY, _GAMMA, _LAMBDA),
     needs_base=True,
     coefficients=_lambda_scaled,
@@ -302,7 +347,7 @@ BREADCRUMBS = MergeMethod(
 )
 SLERP = MergeMethod(
     name="slerp",
-    kernel="slerp_merge",
+    function="slerp_merge",
     params=(ParamSpec("t", "float", 0.0, 1.0, 0.5, "0 = first checkpoint, 1 = second"),),
     needs_base=False,
     uses_weights=False,
@@ -319,7 +364,7 @@ SLERP = MergeMethod(
 
 FISHER = MergeMethod(
     name="fisher",
-    kernel="fisher_merge",
+    function="fisher_merge",
     params=(),
     needs_base=False,
     # nominal: the coefficient of checkpoint i at one entry is w_i F_i / Σ_j w_j F_j
@@ -350,3 +395,65 @@ def get_method(name: str) -> MergeMethod:
         return METHODS[name]
     except KeyError:
         raise UserError(f"unknown merge method {name!r}; supported: {', '.join(METHODS)}") from None
+
+
+def check_merge(merge: Any, *, n_checkpoints: int, has_base: bool) -> MergeMethod:
+    """A study config's ``merge`` section against the declaration of the method it names.
+
+    Args:
+        merge: the section: ``method`` (a name), ``params`` (name -> a fixed value or a searched
+            range, see :meth:`ParamSpec.check_setting`), ``weights.normalize`` (``None`` when
+            not set), ``weights.low`` and ``fisher`` (``None`` when not given).
+        n_checkpoints: how many checkpoints the study merges.
+        has_base: whether the study gives a base model.
+
+    Returns:
+        the method.
+
+    Raises:
+        ValueError: one line naming the config field (``merge.params.density: ...``).
+    """
+    if merge.method not in METHODS:
+        raise ValueError(
+            f"merge.method: unknown method {merge.method!r}; expected one of: {', '.join(METHODS)}"
+        )
+    method = METHODS[merge.method]
+    if method.needs_base and not has_base:
+        raise ValueError(f"base_model: method {method.name!r} needs a base model; set base_model")
+    if method.n_checkpoints is not None and n_checkpoints != method.n_checkpoints:
+        raise ValueError(
+            f"checkpoints: method {method.name!r} merges exactly {method.n_checkpoints} "
+            f"checkpoints (got {n_checkpoints})"
+        )
+    specs = {p.name: p for p in method.params}
+    if merge.weights.normalize is not None and "normalize" not in specs:
+        raise ValueError(
+            f"merge.weights.normalize: method {method.name!r} has no 'normalize' "
+            "parameter; remove it"
+        )
+    if "normalize" in merge.params:
+        raise ValueError("merge.params.normalize: set it as merge.weights.normalize")
+    for name, value in merge.params.items():
+        field = f"merge.params.{name}"
+        if name not in specs:
+            known = ", ".join(n for n in specs if n != "normalize") or "none"
+            raise ValueError(
+                f"{field}: method {method.name!r} has no parameter {name!r}; "
+                f"expected one of: {known}"
+            )
+        specs[name].check_setting(field, value)
+    if method.needs_fisher and merge.fisher is None:
+        raise ValueError(
+            f"merge.fisher: method {method.name!r} needs calibration data: "
+            "{data: FILE.txt|FILE.jsonl, examples: N} or {tasks: from_objectives}"
+        )
+    if merge.fisher is not None and not method.needs_fisher:
+        raise ValueError(
+            f"merge.fisher: method {method.name!r} reads no Fishers; remove merge.fisher"
+        )
+    if method.min_weight is not None and merge.weights.low < method.min_weight:
+        raise ValueError(
+            f"merge.weights.low: method {method.name!r} needs weights >= "
+            f"{method.min_weight} (got {merge.weights.low})"
+        )
+    return method

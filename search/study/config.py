@@ -22,9 +22,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from evaluators.spec import EvalSpec, ObjectiveSpec, VllmSpec, check_chat_settings
-from search.engine.registry import METHODS
+from evaluators.spec import EvalSpec, ObjectiveSpec, check_chat_settings
+from search.engine.registry import METHODS, check_merge
 from search.errors import UserError, one_line
 from search.study.features import Feature, build_features
 from search.study.samplers import SAMPLERS, check_sampler
@@ -124,34 +125,28 @@ class Constraint(_Strict):
         return self
 
 
-class EvalConfig(_Strict):
-    """How tasks are run (see evaluators.spec.EvalSpec)."""
+class StudyEval(EvalSpec):
+    """The study's ``eval`` section: :class:`~evaluators.spec.EvalSpec` as the evaluators take it
+    (each setting declared there, once), plus what only a study has: the test split and the
+    strategies' sections. The tasks folder is the study's top-level ``tasks_path``
+    (:meth:`StudyConfig.eval_spec` puts it in), so ``eval.tasks_path`` is no field here."""
 
-    limit: int | None = Field(default=None, ge=1)  # examples per task; None: all
-    batch_size: int = Field(default=32, ge=1)
-    num_fewshot: int | None = Field(default=None, ge=0)
-    seed: int = 0
-    heldout: dict[str, str] = Field(default_factory=dict)  # search task -> held-out task
-    # lm-eval's chat settings: false, true (the tokenizer's template) or a template name
-    apply_chat_template: bool | str = False
-    system_instruction: str | None = None
-    fewshot_as_multiturn: bool | None = None  # None: true exactly when a chat template applies
-    max_length: int | None = Field(default=None, ge=2)  # model context; None: the model config's
-    confirm_run_unsafe_code: bool = False  # allow tasks marked unsafe_code (they run model output)
-    # hf: transformers; vllm: one resident vLLM engine per worker (pip install -e .[vllm])
-    backend: Literal["hf", "vllm"] = "hf"
-    vllm: VllmSpec = Field(default_factory=VllmSpec)  # engine settings (evaluators.spec.VllmSpec)
-
-    @model_validator(mode="after")
-    def _check_chat(self) -> EvalConfig:
-        check_chat_settings(self.apply_chat_template, self.fewshot_as_multiturn, "eval.")
-        return self
-
+    tasks_path: None = Field(default=None, exclude=True)  # top-level tasks_path instead
     # search task -> test task: data neither the search nor the choice of a merge saw
     test: dict[str, str] = Field(default_factory=dict)
     # staged scoring (off unless given): `racing: {}` or `true` for the defaults; the section
     # belongs to search.study.staged, which checks it when it is given
     racing: dict[str, Any] | None = None
+
+    @field_validator("tasks_path", mode="before")
+    @classmethod
+    def _no_tasks_path(cls, value: Any) -> Any:
+        raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> StudyEval:  # EvalSpec's check, naming the study's fields
+        check_chat_settings(self.apply_chat_template, self.fewshot_as_multiturn, "eval.")
+        return self
 
     @field_validator("racing", mode="before")
     @classmethod
@@ -210,7 +205,7 @@ class StudyConfig(_Strict):
     objectives: tuple[ObjectiveSpec, ...] = Field(min_length=1)
     constraints: tuple[Constraint, ...] = ()
     tasks_path: Path | None = None
-    eval: EvalConfig = EvalConfig()
+    eval: StudyEval = StudyEval()
     sampler: SamplerConfig = SamplerConfig()
     budget: BudgetConfig = BudgetConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -308,62 +303,13 @@ class StudyConfig(_Strict):
                 )
 
     def _check_merge(self) -> None:
-        merge = self.merge
-        if merge.method not in METHODS:
-            raise ValueError(
-                f"merge.method: unknown method {merge.method!r}; "
-                f"expected one of: {', '.join(METHODS)}"
-            )
-        method = METHODS[merge.method]
-        if method.needs_base and self.base_model is None:
-            raise ValueError(
-                f"base_model: method {method.name!r} needs a base model; set base_model"
-            )
-        if method.n_checkpoints is not None and len(self.checkpoints) != method.n_checkpoints:
-            raise ValueError(
-                f"checkpoints: method {method.name!r} merges exactly "
-                f"{method.n_checkpoints} checkpoints "
-                f"(got {len(self.checkpoints)})"
-            )
-        specs = {p.name: p for p in method.params}
-        if merge.weights.normalize is not None and "normalize" not in specs:
-            raise ValueError(
-                f"merge.weights.normalize: method {method.name!r} has no 'normalize' "
-                "parameter; remove it"
-            )
-        if "normalize" in merge.params:
-            raise ValueError("merge.params.normalize: set it as merge.weights.normalize")
-        for name, value in merge.params.items():
-            field = f"merge.params.{name}"
-            if name not in specs:
-                known = ", ".join(n for n in specs if n != "normalize") or "none"
-                raise ValueError(
-                    f"{field}: method {method.name!r} has no parameter {name!r}; "
-                    f"expected one of: {known}"
-                )
-            _check_param(field, specs[name], value)
-        if method.needs_fisher and merge.fisher is None:
-            raise ValueError(
-                f"merge.fisher: method {method.name!r} needs calibration data: "
-                "{data: FILE.txt|FILE.jsonl, examples: N} or {tasks: from_objectives}"
-            )
-        if merge.fisher is not None and not method.needs_fisher:
-            raise ValueError(
-                f"merge.fisher: method {method.name!r} reads no Fishers; remove merge.fisher"
-            )
-        if method.min_weight is not None and merge.weights.low < method.min_weight:
-            raise ValueError(
-                f"merge.weights.low: method {method.name!r} needs weights >= "
-                f"{method.min_weight} (got {merge.weights.low})"
-            )
+        """The merge section against its method's declaration (:func:`~search.engine.registry.
+        check_merge`), then what the search space makes of it."""
+        method = check_merge(
+            self.merge, n_checkpoints=len(self.checkpoints), has_base=self.base_model is not None
+        )
         self._check_parametrization()
-        searched = [n for n, v in merge.params.items() if isinstance(v, ParamRange)]
-        if not searched and not method.uses_weights:
-            raise ValueError(
-                f"merge.params: method {method.name!r} ignores the weights; "
-                "give a {low, high} range "
-                f"for one of: {', '.join(specs)}"
-            )
+        method.check_searched(self.merge.params)
 
     def _check_parametrization(self) -> None:
         weights = self.merge.weights
@@ -410,23 +356,11 @@ class StudyConfig(_Strict):
     # ----------------------------------------------------------------- views used by the workers
 
     def eval_spec(self) -> EvalSpec:
-        """The evaluators' settings (the same for every split: :meth:`split_objectives` maps the
-        tasks, the held-out map stays in ``EvalSpec.heldout``)."""
-        return EvalSpec(
-            tasks_path=self.tasks_path,
-            limit=self.eval.limit,
-            batch_size=self.eval.batch_size,
-            num_fewshot=self.eval.num_fewshot,
-            seed=self.eval.seed,
-            heldout=dict(self.eval.heldout),
-            apply_chat_template=self.eval.apply_chat_template,
-            system_instruction=self.eval.system_instruction,
-            fewshot_as_multiturn=self.eval.fewshot_as_multiturn,
-            max_length=self.eval.max_length,
-            confirm_run_unsafe_code=self.eval.confirm_run_unsafe_code,
-            backend=self.eval.backend,
-            vllm=self.eval.vllm,
-        )
+        """The evaluators' settings: the ``eval`` section's :class:`EvalSpec` fields with the
+        study's tasks folder (the same for every split: :meth:`split_objectives` maps the tasks,
+        the held-out map stays in ``EvalSpec.heldout``)."""
+        settings = {name: getattr(self.eval, name) for name in EvalSpec.model_fields}
+        return EvalSpec.model_validate({**settings, "tasks_path": self.tasks_path})
 
     def heldout_objectives(self) -> tuple[ObjectiveSpec, ...]:
         """The objectives with each task replaced by its held-out task; () without a mapping.
@@ -483,38 +417,6 @@ class StudyConfig(_Strict):
         data = self.model_dump(mode="json")
         data["storage"] = redact(self.storage)
         return data
-
-
-def _check_param(field: str, spec: Any, value: Any) -> None:
-    """A fixed value or a {low, high} range must fit the method's declared ParamSpec."""
-    low, high = spec.low, spec.high
-    span = f"[{low}, {high}]"
-    if isinstance(value, ParamRange):
-        if spec.kind == "bool":
-            raise ValueError(f"{field}: a bool parameter takes true or false, not a range")
-        if spec.kind == "int" and not (
-            float(value.low).is_integer() and float(value.high).is_integer()
-        ):
-            raise ValueError(f"{field}: an int parameter needs integer low and high")
-        if (low is not None and value.low < low) or (high is not None and value.high > high):
-            raise ValueError(
-                f"{field}: range [{value.low}, {value.high}] must lie inside "
-                f"the method's range {span}"
-            )
-        return
-    if spec.kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"{field}: expected true or false (got {value!r})")
-        return
-    if isinstance(value, bool) or (spec.kind == "int" and not float(value).is_integer()):
-        raise ValueError(
-            f"{field}: expected {'an integer' if spec.kind == 'int' else 'a number'} "
-            f"(got {value!r})"
-        )
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(
-            f"{field}: expected a value in {span} or a {{low, high}} range (got {value!r})"
-        )
 
 
 # --------------------------------------------------------------------------------- loading

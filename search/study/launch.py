@@ -392,5 +392,5 @@ def pool_placement(
     (:func:`search.engine.placement.place_workers` for the study's method: its base, linear or
     not)."""
     method = METHODS[cfg.merge.method]
-    sizes = pool.sizes(needs_base=method.needs_base, linear=method.linear_kernel is not None)
+    sizes = pool.sizes(needs_base=method.needs_base, linear=method.linear_coefficients is not None)
     return place_workers(cfg.pool, sizes, devices)

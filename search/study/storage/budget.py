@@ -34,7 +34,7 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
 
     PostgreSQL: a transaction-level advisory lock keyed by the study name (released when the
     transaction ends, also when the worker dies). SQLite (one host): ``flock`` on
-    ``<database>.lock`` beside the file (released by the kernel when the process dies).
+    ``<database>.lock`` beside the file (released by the operating system when the process dies).
     """
     db = sqlite_path(storage.url)
     if db is not None:

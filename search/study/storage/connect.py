@@ -106,8 +106,8 @@ def connect(
 
 @contextlib.contextmanager
 def file_lock(db: Path) -> Iterator[None]:
-    """``flock`` on ``<database>.lock`` beside a SQLite file (released by the kernel when the
-    process dies): the one lock file the budget lock and the creation lock share."""
+    """``flock`` on ``<database>.lock`` beside a SQLite file (released by the operating system
+    when the process dies): the one lock file the budget lock and the creation lock share."""
     with open(f"{db}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

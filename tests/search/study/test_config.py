@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from evaluators.spec import EvalSpec
 from search.cli import main
 from search.errors import UserError
 from search.study.config import load_config
@@ -66,6 +67,28 @@ def test_good_config_loads_with_defaults(workdir: Path) -> None:
     assert [t.task for o in held for t in o.tasks] == ["demo_instruct_h", "demo_code_h"]
     assert cfg.constraint_values({"instr": 0.5, "code": 0.3}) == pytest.approx([0.1 - 0.3])
     assert cfg.eval_spec().limit == 4 and cfg.eval_spec().tasks_path == Path("tasks")
+
+
+def test_the_eval_section_is_the_evaluators_spec_with_the_study_tasks_folder(workdir: Path) -> None:
+    """One declaration per setting: every EvalSpec field is read from ``eval`` as it is; the
+    tasks folder is the top-level ``tasks_path`` only, and the study's own fields (``test``,
+    strategy sections) stay out of what the evaluators get and of the recorded config."""
+    data = good_config()
+    data["eval"].update(batch_size=3, max_length=64, system_instruction="Be brief.")
+    cfg = load_config(write(workdir, data))
+    assert isinstance(cfg.eval, EvalSpec)
+    spec = cfg.eval_spec()
+    assert type(spec) is EvalSpec
+    expected = {**cfg.eval.model_dump(exclude={"test", "racing"}), "tasks_path": Path("tasks")}
+    assert spec.model_dump() == expected
+    assert (spec.batch_size, spec.max_length, spec.system_instruction) == (3, 64, "Be brief.")
+    assert "tasks_path" not in cfg.to_json()["eval"] and "test" in cfg.to_json()["eval"]
+    data["eval"]["tasks_path"] = "tasks"
+    with pytest.raises(UserError) as refused:
+        load_config(write(workdir, data))
+    line = str(refused.value)
+    assert "eval.tasks_path: unknown field; expected one of: limit, batch_size, " in line
+    assert line.count("tasks_path") == 1
 
 
 def test_overrides_replace_budget_and_storage(workdir: Path) -> None:
