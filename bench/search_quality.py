@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.split_limit is not None:
             split_eval = cfg.eval.model_copy(update={"limit": args.split_limit})
             split_cfg = cfg.model_copy(update={"eval": split_eval})
-        test_report = test_table(runs, samplers, split_cfg, directions, space, limit_run)
+        test_report = verdict_table(runs, samplers, split_cfg, directions, space, limit_run)
     print_at_table(runs, samplers, at)
     if args.heldout:
         heldout_table(runs, samplers, load_config(fcfg_path or cfg_path), directions)
@@ -661,7 +661,7 @@ def paired_lead(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
     return statistics.fmean(diffs), math.sqrt(var_sum) / len(diffs)
 
 
-def test_table(
+def verdict_table(
     runs: list[dict[str, Any]],
     samplers: list[str],
     cfg: Any,

@@ -20,7 +20,7 @@ from search.errors import UserError
 from search.export.folder import check_output, check_room, export_bytes, export_merge
 from search.report.frontier import KNEE_RULE, PREFER_RULE, best_point, parse_prefer, prefer_point
 from search.report.scores import (
-    TestComparison,
+    Verdict,
     cached_heldout,
     compare_on_test,
     heldout_configured,
@@ -140,7 +140,7 @@ def model_card_extra(
     row: Row,
     how: str,
     config: str | Path,
-    test: TestComparison | None = None,
+    test: Verdict | None = None,
 ) -> dict[str, Any]:
     """Sections added to the exported model card: scores, held-out scores, the test split
     comparison (``test``: :func:`~search.report.scores.compare_on_test`), provenance."""
@@ -179,7 +179,7 @@ def model_card_extra(
     return extra
 
 
-def comparison_table(test: TestComparison, names: Sequence[str]) -> str:
+def comparison_table(test: Verdict, names: Sequence[str]) -> str:
     """The test comparison as a markdown table: the chosen merge, then each baseline with the
     chosen merge's lead over it (examples per task under the table)."""
     chosen = test.chosen
@@ -209,7 +209,7 @@ def export_chosen(
     prefer: str | None = None,
     force: bool = False,
     runtime_factory: Callable[..., Any] | None = None,
-) -> tuple[Row, str, Path, StudyView, TestComparison | None]:
+) -> tuple[Row, str, Path, StudyView, Verdict | None]:
     """Pick a trial of the study (see :func:`pick_row`) and export its merge to ``out``.
 
     Writes to the study: the held-out and test re-scores it needs are cached in its user attrs

@@ -31,7 +31,7 @@ from search.report.plots import check_plot_path, hypervolume_figure, write_plot
 from search.report.scores import (
     Baseline,
     SplitScores,
-    TestComparison,
+    Verdict,
     cached_heldout,
     compare_on_test,
     find_baselines,
@@ -113,7 +113,7 @@ class Report:
     front: list[FrontRow]
     baselines: list[Baseline]  # the uniform merge and each input, placed against the front
     heldout_note: str | None
-    test: TestComparison | None  # the knee against the baselines on the test split
+    test: Verdict | None  # the knee against the baselines on the test split
     test_note: str | None
     trials: list[TrialRow]
     hypervolume: Hypervolume | None
@@ -214,7 +214,7 @@ def _test_comparison(
     heldout: bool,
     on_heldout: bool,
     runtime_factory: Callable[..., Any] | None,
-) -> tuple[TestComparison | None, str | None]:
+) -> tuple[Verdict | None, str | None]:
     """The knee against the inputs on the test split, or why there is none."""
     if not heldout:
         return None, "skipped (--no-heldout)"

@@ -106,7 +106,7 @@ class Baseline:
 
 
 @dataclass(frozen=True)
-class TestEntry:
+class VerdictEntry:
     """One merge on the test split: its objectives, the mean over them (minimized ones negated)
     and, for a baseline, the chosen merge's lead over it with its paired standard errors."""
 
@@ -124,11 +124,11 @@ class TestEntry:
 
 
 @dataclass(frozen=True)
-class TestComparison:
+class Verdict:
     """The chosen merge against the uniform merge and every input, on the test split."""
 
-    chosen: TestEntry
-    baselines: list[TestEntry]
+    chosen: VerdictEntry
+    baselines: list[VerdictEntry]
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,8 @@ class Lead:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """What the test split says of the chosen merge (:func:`test_verdict`)."""
+class Leads:
+    """What the test split says of the chosen merge, in short (:func:`verdict`)."""
 
     uniform: Lead | None  # over the uniform merge
     best_input: Lead | None  # over the input with the highest mean
@@ -226,7 +226,7 @@ def compare_on_test(
     chosen: Any,
     how: str,
     runtime_factory: Callable[..., Any] | None = None,
-) -> TestComparison | None:
+) -> Verdict | None:
     """The chosen merge, the uniform merge and every input checkpoint on the test split.
 
     Args:
@@ -245,10 +245,10 @@ def compare_on_test(
     plans.update({plan.key: plan for _, _, plan in labels})
     scores = score_split(view, plans, "test", runtime_factory)
 
-    def entry(label: str, trial: int | None, key: str, **lead: Any) -> TestEntry:
+    def entry(label: str, trial: int | None, key: str, **lead: Any) -> VerdictEntry:
         got = scores[key]
         objectives = {n: float(got.objectives[n]) for n in view.names}
-        return TestEntry(
+        return VerdictEntry(
             label=label,
             trial=trial,
             plan_key=key,
@@ -270,21 +270,21 @@ def compare_on_test(
         diff["mean"] = best.mean - b.mean
         se = _paired_se(terms, scores[chosen.plan_key], scores[plan.key])
         baselines.append(dataclasses.replace(b, diff=diff, diff_se=se))
-    return TestComparison(best, baselines)
+    return Verdict(best, baselines)
 
 
-def test_verdict(test: TestComparison) -> Verdict:
+def verdict(test: Verdict) -> Leads:
     """The chosen merge's lead on the mean of the objectives over the uniform merge, over the
     best input (the highest mean) and the smallest lead over any input, each with its paired
     standard error; ``beats_all``: every lead positive."""
 
-    def lead(b: TestEntry) -> Lead:
+    def lead(b: VerdictEntry) -> Lead:
         diff, se = (b.diff or {})["mean"], (b.diff_se or {}).get("mean")
         return Lead(b.label, diff, se, diff / se if se else None)
 
     uniform = next((b for b in test.baselines if b.kind == "uniform"), None)
     singles = [b for b in test.baselines if b.kind == "single"]
-    return Verdict(
+    return Leads(
         uniform=lead(uniform) if uniform else None,
         best_input=lead(max(singles, key=lambda b: b.mean)) if singles else None,
         weakest_lead=lead(min(singles, key=lambda b: (b.diff or {})["mean"])) if singles else None,

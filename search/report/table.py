@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from search.report.pareto_report import Report
-    from search.report.scores import Baseline, Lead, TestComparison, TestEntry
+    from search.report.scores import Baseline, Lead, Verdict, VerdictEntry
 
 TOP_COEFFICIENTS = 3  # coefficients shown per front row in the table
 
@@ -110,7 +110,7 @@ def _aligned(table: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def split_section(test: TestComparison, names: Sequence[str]) -> list[str]:
+def split_section(test: Verdict, names: Sequence[str]) -> list[str]:
     """Lines of the "test split: chosen merge vs inputs" section: each row's objectives and
     mean, and the chosen merge's lead over it."""
     chosen = test.chosen
@@ -196,7 +196,7 @@ def _top_coefficients(coefficients: Mapping[str, Sequence[float]] | None) -> str
     return ", ".join(f"{k} {v:.2f}" for k, v in top)
 
 
-def lead_text(baseline: TestEntry, key: str) -> str:
+def lead_text(baseline: VerdictEntry, key: str) -> str:
     """The chosen merge's lead over a baseline on ``key`` (an objective or ``"mean"``), with its
     paired standard error when the per-example values give one: ``+0.0310 ± 0.0087``."""
     diff = (baseline.diff or {})[key]
@@ -204,12 +204,12 @@ def lead_text(baseline: TestEntry, key: str) -> str:
     return f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else "")
 
 
-def verdict_text(test: TestComparison) -> str:
+def verdict_text(test: Verdict) -> str:
     """One line: the chosen merge's test-split lead on the mean over the uniform merge and over
-    the best input, each ``± paired SE (z SE)`` (:func:`~search.report.scores.test_verdict`)."""
-    from search.report.scores import test_verdict
+    the best input, each ``± paired SE (z SE)`` (:func:`~search.report.scores.verdict`)."""
+    from search.report.scores import verdict
 
-    v = test_verdict(test)
+    v = verdict(test)
 
     def part(what: str, lead: Lead | None) -> str:
         if lead is None:
