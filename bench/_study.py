@@ -27,7 +27,7 @@ def run_study(path: Path, runtime: Any, proposals: Any = None) -> Any:
     (a :class:`search.study.worker.Runtime` for the same pool and objectives); the study.
 
     ``proposals``: Frank-Wolfe endpoints computed once for several runs
-    (:func:`search.study.frank_wolfe.paths.propose`), used when the config asks for them.
+    (:func:`search.strategies.frank_wolfe.paths.propose`), used when the config asks for them.
     """
     from search.study.config import load_config
     from search.study.samplers import build_sampler, constraints_func
@@ -38,12 +38,12 @@ def run_study(path: Path, runtime: Any, proposals: Any = None) -> Any:
     cfg = load_config(path)
     storage = open_storage(cfg, create=True)
     space = SearchSpace.build(cfg, runtime.pool.names)
-    for feature in cfg.features:
+    for feature in cfg.strategies:
         if feature.name == "frank_wolfe":
             feature.proposals = proposals
-    study, _ = create_or_resume(cfg, storage, space, runtime.pool.fingerprint(), path)
+    study, _ = create_or_resume(cfg, storage, space, runtime.pool.identity.fingerprint(), path)
     study.sampler = build_sampler(
-        cfg.sampler, constraints=constraints_func(bool(cfg.constraints), cfg.features)
+        cfg.sampler, constraints=constraints_func(bool(cfg.constraints), cfg.strategies)
     )
     run_worker(cfg, study, storage, runtime)
     return study

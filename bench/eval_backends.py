@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from search.engine.model import load_model
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -132,7 +134,7 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> dict:
     tasks = write_task(root, args.examples, args.new_tokens)
     pool = CheckpointPool.open(folders, None, device="cpu", dtype="float32")
     pool.load()
-    model, tok = pool.load_model()
+    model, tok = load_model(pool)
     params = sum(p.numel() for p in model.parameters())
     objectives = [ObjectiveSpec(name="gen", tasks=(TaskRef(task="gen_long"),))]
     spec = EvalSpec(tasks_path=tasks, batch_size=args.examples, max_length=CONTEXT)

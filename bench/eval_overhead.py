@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from search.engine.model import load_model
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     zoo = build_zoo(args.zoo, seed=args.seed, size=args.size, progress=True)
     print(zoo.summary())
     pool = CheckpointPool.open(zoo.checkpoints, zoo.base)
-    model, tokenizer = pool.load_model()
+    model, tokenizer = load_model(pool)
     clock = ForwardClock(model)
     tasks_path = REPO / "configs" / "tasks" / "demo"
     spec = EvalSpec(tasks_path=tasks_path, limit=args.limit, batch_size=args.batch_size)

@@ -136,7 +136,7 @@ def run_child(args, method: str, writer: str) -> dict:
     folders = write_checkpoints(args, Path(args.workdir) / "pool")
     base = folders[0] if REGISTRY[method].needs_base else None
     pool = CheckpointPool.open(folders[1:], base, placement="disk")
-    pool.fingerprint()  # hashed before the measurement (a study does it at creation)
+    pool.identity.fingerprint()  # hashed before the measurement (a study does it at creation)
     weights = [1.0 / (i + 1) for i in range(args.k)]
     params = {"density": 0.5} if "ties" in method or method == "breadcrumbs" else {}
     plan = MergePlan.create(method, weights, params, seed=1)

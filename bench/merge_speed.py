@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from search.engine.model import load_model
+
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_name, "1")
 
@@ -314,7 +316,7 @@ def run_placement(args, folders: list[Path]) -> dict:
     gc.collect()
     baseline = rss_bytes()  # process + libraries + the compiled kernel's code, no model data
     start = time.perf_counter()
-    model, _ = pool.load_model(tokenizer=False)
+    model, _ = load_model(pool, tokenizer=False)
     model_s = time.perf_counter() - start
     load_peak = peak_rss_bytes()
     reset_peak_rss()  # the trials' peak from here (the model load maps its file transiently)
@@ -381,7 +383,7 @@ def run_load(args, folders: list[Path]) -> dict:
     os.environ["MERGE_SEARCH_CACHE"] = tempfile.mkdtemp(prefix="merge-speed-digests-")
     pool = CheckpointPool.open(folders[1:], dtype=args.dtype, device=args.device)
     start = time.perf_counter()
-    pool.content_digests()
+    pool.identity.content_digests()
     out["hash_only"] = time.perf_counter() - start
     del pool
     gc.collect()

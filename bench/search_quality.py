@@ -337,10 +337,10 @@ def main(argv: list[str] | None = None) -> int:
 
     proposals = None
     if any("fw" in parse_variant(v)[1] or parse_variant(v)[0] == "fw" for v in samplers):
-        from search.study.frank_wolfe.paths import propose
+        from search.strategies.frank_wolfe.paths import propose
 
         fw_cfg = load_config(run_config(base, workdir, "nsga2+fw", 0, args))
-        (fw,) = [f for f in fw_cfg.features if f.name == "frank_wolfe"]
+        (fw,) = [f for f in fw_cfg.strategies if f.name == "frank_wolfe"]
         proposals = propose(
             fw_cfg, fw.settings, space, runtime.pool, runtime.model, runtime.tokenizer
         )
@@ -390,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         runtime = Runtime.create(fcfg)
         fisher_cost = {
             "seconds": time.perf_counter() - t2,
-            "backward_passes": len(space.names) * runtime.pool.fisher_source["examples"],
-            "examples": runtime.pool.fisher_source["examples"],
+            "backward_passes": len(space.names)
+            * runtime.pool.extras("fisher").info["source"]["examples"],
+            "examples": runtime.pool.extras("fisher").info["source"]["examples"],
         }
         print(
             f"fisher runtime (Fishers of {len(space.names)} checkpoints x "

@@ -32,7 +32,8 @@ class Scores:
 
 @dataclass(frozen=True)
 class Layout:
-    """How an evaluator's scores are built from per-example values (for staged scoring).
+    """How an evaluator's scores are built from per-example values (:meth:`Evaluator.
+    example_layout`): what lets scores of a subset of examples be combined and compared.
 
     Attributes:
         terms: objective name -> its ``(score key, weight)`` terms (the objective is their
@@ -44,6 +45,38 @@ class Layout:
 
     terms: dict[str, tuple[tuple[str, float], ...]]
     leaves: dict[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class SubsetScores:
+    """What :meth:`Evaluator.score_subset` measured on a chosen subset of examples.
+
+    Attributes:
+        scores: the scores over the subset; ``scores.examples[key]``: the per-example values.
+        positions: per score key, where each of those values sits among a full call's values
+            (the same example's index in ``Scores.examples[key]`` of a call without ``docs``).
+    """
+
+    scores: Scores
+    positions: dict[str, tuple[int, ...]]
+
+
+def subset_positions(
+    leaves: Mapping[str, Sequence[str]],
+    counts: Mapping[str, int],
+    docs: Mapping[str, Sequence[int]],
+) -> dict[str, tuple[int, ...]]:
+    """Per score key (``leaves``: its leaf tasks, :attr:`Layout.leaves`), the positions in a full
+    call's values of the documents ``docs`` (per leaf task, ascending) scores; ``counts``: a
+    full call's documents per leaf task (:meth:`Evaluator.examples_per_task`)."""
+    out = {}
+    for key, members in leaves.items():
+        offset, where = 0, []
+        for leaf in members:
+            where.extend(offset + int(d) for d in docs[leaf])
+            offset += counts[leaf]
+        out[key] = tuple(where)
+    return out
 
 
 class Evaluator(ABC):
@@ -81,19 +114,33 @@ class Evaluator(ABC):
     def examples_per_task(self) -> dict[str, int]:
         """Leaf task name -> how many examples one call without ``docs`` scores."""
 
-    def layout(self) -> Layout:
-        """Which leaf tasks each score key's per-example values come from (staged scoring).
+    def example_layout(self) -> Layout:
+        """Which leaf tasks each score key's per-example values come from, and each objective's
+        terms: what combining and comparing scores of example subsets needs.
 
         Raises:
             UserError: this evaluator's scores are not functions of per-example means (say why).
         """
         from search.errors import UserError
 
-        raise UserError(f"{type(self).__name__} does not support staged scoring (eval.racing)")
+        raise UserError(
+            f"{type(self).__name__}: its scores are not means of per-example values, so scores "
+            "of example subsets cannot be combined"
+        )
+
+    def score_subset(
+        self, model: Any, tokenizer: Any, docs: Mapping[str, Sequence[int]]
+    ) -> SubsetScores:
+        """Score the chosen examples only: ``docs``, leaf task -> document indices (ascending),
+        one entry for every leaf task; per-example values and where each sits in a full call's
+        values (needs :meth:`example_layout`)."""
+        leaves = self.example_layout().leaves
+        scores = self.evaluate(model, tokenizer, docs)
+        return SubsetScores(scores, subset_positions(leaves, self.examples_per_task(), docs))
 
     def combine(self, examples: Mapping[str, Sequence[float]]) -> Scores:
         """Scores from per-example values alone: with every example of every score key
-        (ascending document order, groups concatenated as in :meth:`layout`), those of one
+        (ascending document order, groups concatenated as in :meth:`example_layout`), those of one
         call without ``docs``, which is what a call scored in parts adds up to; with only the
         examples scored so far, the same reduction over those.
         """

@@ -82,8 +82,8 @@ class CompositeEvaluator(Evaluator):
             counts.update(part.examples_per_task())
         return counts
 
-    def layout(self) -> Layout:
-        layouts = [part.layout() for part in self.parts]
+    def example_layout(self) -> Layout:
+        layouts = [part.example_layout() for part in self.parts]
         return Layout(
             terms={k: v for lay in layouts for k, v in lay.terms.items()},
             leaves={k: v for lay in layouts for k, v in lay.leaves.items()},
@@ -92,7 +92,7 @@ class CompositeEvaluator(Evaluator):
     def combine(self, examples: Mapping[str, Sequence[float]]) -> Scores:
         merged = Scores()
         for part in self.parts:
-            keys = part.layout().leaves
+            keys = part.example_layout().leaves
             scores = part.combine({k: v for k, v in examples.items() if k in keys})
             for name in ("tasks", "objectives", "examples", "stderr", "task_stderr"):
                 getattr(merged, name).update(getattr(scores, name))

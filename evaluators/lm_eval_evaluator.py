@@ -222,7 +222,7 @@ class LmEvalEvaluator(Evaluator):
             for name in self._set.tasks
         }
 
-    def layout(self) -> Layout:
+    def example_layout(self) -> Layout:
         """Terms and leaf tasks per score key; refused unless every term's metric is a mean.
 
         Raises:
@@ -244,9 +244,8 @@ class LmEvalEvaluator(Evaluator):
                     if reduction is not REDUCTIONS["mean"]:
                         raise UserError(
                             f"objective {name!r}: {leaf}/{metric} is not aggregated by mean, so "
-                            "its score is not the mean of its per-example values; staged "
-                            "scoring (eval.racing) needs mean metrics (acc, exact_match, ...): "
-                            "set eval.racing: null"
+                            "its score is not the mean of its per-example values, so scores "
+                            "of example subsets cannot be combined"
                         )
                     members.append(leaf)
                     if term.is_group:

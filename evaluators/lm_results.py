@@ -128,9 +128,9 @@ def combine_examples(
 ) -> Scores:
     """What :func:`reduce_results` returns, from per-example values alone (mean metrics only).
 
-    For staged scoring: a trial scored in parts has, once every part is in, each key's values
-    over all its examples; for metrics lm-eval aggregates with ``mean`` the score is their mean
-    and the SE :func:`~evaluators.stats.mean_stderr`, a group's as lm-eval aggregates it (size-
+    For scores of example subsets: a trial scored in parts has, once every part is in, each key's
+    values over all its examples; for metrics lm-eval aggregates with ``mean`` the score is their
+    mean and the SE :func:`~evaluators.stats.mean_stderr`, a group's as lm-eval aggregates it (size-
     weighted, or the plain mean of its tasks' scores) with :func:`group_stderr`.
     """
     from evaluators.stats import mean_stderr

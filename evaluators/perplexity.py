@@ -121,13 +121,12 @@ class PerplexityEvaluator(Evaluator):
             batches.append((ids.to(self._device), mask.to(self._device), texts))
         return batches
 
-    def layout(self) -> Layout:
+    def example_layout(self) -> Layout:
         """Refused: a perplexity is a ratio over the corpus, not a mean of per-text values."""
         names = ", ".join(repr(n) for n in self._keys)
         raise UserError(
             f"objective {names}: perplexity is exp(Σ NLL / Σ tokens) over the whole file, not a "
-            "mean of per-text values; staged scoring (eval.racing) needs mean metrics: set "
-            "eval.racing: null"
+            "mean of per-text values, so scores of example subsets cannot be combined"
         )
 
     def examples_per_task(self) -> dict[str, int]:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from search.errors import deprecated
+
 # A generation setting's value, as lm-eval's ``generation_kwargs`` take them.
 GenValue = str | int | float | bool | list[str]
 
@@ -51,12 +53,12 @@ class ObjectiveSpec(_Strict):
     ``evaluator`` picks who computes it: ``lm_eval`` (``tasks``) or ``perplexity`` (``data``, a
     local .txt or .jsonl file with a ``text`` field; lower is better).
 
-    ``signal`` (lm_eval objectives): tasks the *search* scores this objective by instead of
-    ``tasks``, a lower-variance measure of the same skill (the gold answer's log-likelihood on
-    the same examples rather than 0/1 exact match: AI2's "Signal and Noise", 2025). The sampler,
-    the front and staged scoring see the signal; the held-out and test re-scores, the choice
-    (``export --knee``) and the verdict score ``tasks``, so a study with a signal needs
-    ``eval.heldout``.
+    ``search_tasks`` (lm_eval objectives; formerly ``signal``, still read with a deprecation
+    warning): tasks the *search* scores this objective by instead of ``tasks``, a lower-variance
+    measure of the same skill (the gold answer's log-likelihood on the same examples rather than
+    0/1 exact match: AI2's "Signal and Noise", 2025). The sampler, the front and the search's
+    strategies see these; the held-out and test re-scores, the choice (``export --knee``) and the
+    verdict score ``tasks``, so a study with search tasks needs ``eval.heldout``.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -64,7 +66,17 @@ class ObjectiveSpec(_Strict):
     evaluator: Literal["lm_eval", "perplexity"] = "lm_eval"
     tasks: tuple[TaskRef, ...] = ()
     data: Path | None = None
-    signal: tuple[TaskRef, ...] = ()
+    search_tasks: tuple[TaskRef, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "signal" in data:
+            if "search_tasks" in data:
+                raise ValueError("signal: the old name of search_tasks; give only one")
+            deprecated("objectives[].signal", "objectives[].search_tasks")
+            data = {("search_tasks" if k == "signal" else k): v for k, v in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _check_kind(self) -> ObjectiveSpec:
@@ -77,10 +89,10 @@ class ObjectiveSpec(_Strict):
                 f"objective {self.name!r}: perplexity objectives need 'data' "
                 "(a .txt or .jsonl file)"
             )
-        if self.signal and self.evaluator != "lm_eval":
+        if self.search_tasks and self.evaluator != "lm_eval":
             raise ValueError(
-                f"objective {self.name!r}: signal applies to lm_eval objectives (their tasks), "
-                "not to perplexity ones"
+                f"objective {self.name!r}: search_tasks applies to lm_eval objectives (their "
+                "tasks), not to perplexity ones"
             )
         return self
 

@@ -20,8 +20,8 @@ functions) keep numeric per-sample values as they are and have no standard error
 
 Two merges scored on the same examples are compared *paired* (:func:`paired_difference`): the
 standard error of a difference of means from the per-example differences, far smaller than
-the two scores' own errors when the merges agree on most examples. Staged scoring
-(``search.study.staged``) and the report's comparisons with the inputs both use it.
+the two scores' own errors when the merges agree on most examples. The study's strategies that
+compare trials on subsets of examples and the report's comparisons with the inputs both use it.
 
 Pure functions of plain numbers: no torch, no lm-eval import.
 """
@@ -153,7 +153,7 @@ class Term:
 
 @dataclass(frozen=True)
 class Objective:
-    """An objective as racing sees it: weighted tasks and the direction."""
+    """An objective as a paired comparison sees it: weighted tasks and the direction."""
 
     name: str
     maximize: bool

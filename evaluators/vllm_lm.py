@@ -26,7 +26,8 @@ weights.
 The weights are handed over at every harness pass
 (:meth:`~evaluators.lm_eval_evaluator.LmEvalEvaluator.run_tasks`, which ``evaluate`` runs), so
 any caller that changes the resident model's weights (a trial, a checkpoint copied in) is scored
-on what the model holds now, with no hook to call; staged scoring reloads once per rung.
+on what the model holds now, with no hook to call; a subset scored in several calls reloads once
+per call.
 
 Memory: the engine holds its own copy of the weights next to the resident model and the pool,
 and a KV cache (``eval.vllm.gpu_memory_utilization`` on a GPU, ``eval.vllm.cpu_kv_cache_gib`` on

@@ -8,11 +8,15 @@ The map (see README "Architecture"); arrows point from a package to what it may 
 - ``search.engine`` — merge plans, the method registry, the pool, materialize (torch,
   safetensors);
 - ``evaluators`` (top-level) — how a merged model is scored (lm-eval, perplexity);
+- ``search.calibration`` (the calibration examples data-informed merges learn from) →
+  evaluators;
 - ``search.export`` → engine;
-- ``search.fisher`` (each checkpoint's Fisher, cached on disk) → engine, evaluators;
-- ``search.study`` → fisher, engine, evaluators; its strategies (``staged``, ``frank_wolfe``,
-  ``fisher``) are imported only through ``search.study.features``;
-- ``search.report`` → study, fisher, export, engine, evaluators;
+- ``search.study`` → engine, evaluators, the strategies' registry;
+- ``search.strategies`` — one folder per strategy (staged scoring, Frank-Wolfe, Fisher ...):
+  each → study, engine, calibration, evaluators; nothing outside a folder imports or names it
+  but the registry ``search.strategies`` (``__init__``), which the loop, the report and the
+  commands read;
+- ``search.report`` → study, export, engine, evaluators, the registry;
 - ``search.zoo`` (the demo pool) → evaluators;
 - ``search.commands`` → anything; only it parses arguments; ``search.cli`` wires it.
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from search.commands import dashboard, evaluate, export, launch, merge, pareto, zoo
-from search.errors import UserError
+from search.errors import DeprecatedSetting, UserError
 
 EXIT_USAGE = 2  # bad input: same status argparse uses
 VERBS = (merge, zoo, evaluate, launch, pareto, export, dashboard)  # in --help order
@@ -33,6 +34,19 @@ def show_progress() -> None:
         logger.propagate = False
 
 
+def show_deprecations() -> None:
+    """A deprecated setting (:class:`~search.errors.DeprecatedSetting`) is one stderr line."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, DeprecatedSetting):
+            print(f"merge-search: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="merge-search",
@@ -47,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     show_progress()
+    show_deprecations()
     try:
         return int(args.run(args) or 0)
     except UserError as exc:

@@ -101,3 +101,20 @@ def _unwrap(tp: Any) -> Any:
     if get_origin(tp) is not None and len(args) == 1 and get_origin(tp) not in (tuple, list, dict):
         return args[0]
     return tp
+
+
+class DeprecatedSetting(FutureWarning):
+    """An old config key or name that still works, for one release, with the same meaning.
+
+    The CLI shows it as one line on stderr, ``merge-search: warning: <message>``.
+    """
+
+
+def deprecated(old: str, new: str, where: str = "") -> None:
+    """Warn once per call that ``old`` is read as ``new`` (:class:`DeprecatedSetting`)."""
+    import warnings
+
+    prefix = f"{where}: " if where else ""
+    warnings.warn(
+        f"{prefix}{old} is deprecated, use {new} (same meaning)", DeprecatedSetting, stacklevel=3
+    )

@@ -5,18 +5,26 @@ dependency). The rule, importer → what it may import within the project:
 
 - foundation (``search``, ``search.errors``, ``search._offline``) — allowed everywhere;
 - ``search.engine`` → engine; ``evaluators`` → evaluators;
+- ``search.calibration`` → calibration, evaluators;
 - ``search.export`` → export, engine;
-- ``search.fisher`` → fisher, engine, evaluators;
-- ``search.study`` → study, fisher, engine, evaluators;
-- ``search.report`` → report, study, fisher, export, engine, evaluators;
+- ``search.study`` → study, engine, evaluators, the strategies' registry;
+- ``search.strategies.<name>`` → its own folder, the registry, study, engine, calibration,
+  evaluators;
+- ``search.report`` → report, study, export, engine, evaluators, the registry;
 - ``search.zoo`` → zoo, evaluators;
 - ``search.commands`` → anything; ``search.cli`` → commands.
 
 Besides: only ``search.commands`` and ``search.cli`` import ``argparse``; the engine imports no
-Optuna and no lm-eval; module-level imports between project modules form no cycle; the study's
-strategies (``search.study.staged``, ``.frank_wolfe``, ``.fisher``) are imported by nothing but
-themselves (the loop reaches them through ``search.study.features``' registry, only when a
-config turns them on).
+Optuna and no lm-eval; module-level imports between project modules form no cycle.
+
+A folder per strategy (the packages of ``search/strategies/``): outside
+``search/strategies/<name>/``, nothing imports it; and once the registry
+``search/strategies/__init__.py`` lists it, nothing but the registry names it. "Names it": a
+word of the strategy (:func:`strategy_words`: ``fisher``, ``staged``, ``racing``/``racer``,
+``frank_wolfe``/``FrankWolfe``) inside an identifier (a name, attribute, argument, function or
+class) or a string constant other than a docstring, in any module of ``search/`` or
+``evaluators/`` (commands included: they reach a strategy through the registry too).
+Docstrings and comments may mention a strategy.
 """
 
 from __future__ import annotations
@@ -36,15 +44,22 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "search.engine": ("search.engine",),
     "evaluators": ("evaluators",),
     "search.export": ("search.export", "search.engine"),
-    "search.fisher": ("search.fisher", "search.engine", "evaluators"),
-    "search.study": ("search.study", "search.fisher", "search.engine", "evaluators"),
+    "search.calibration": ("search.calibration", "evaluators"),
+    "search.study": ("search.study", "search.engine", "evaluators", "search.strategies"),
+    "search.strategies": (
+        "search.strategies",
+        "search.study",
+        "search.engine",
+        "search.calibration",
+        "evaluators",
+    ),
     "search.report": (
         "search.report",
         "search.study",
-        "search.fisher",
         "search.export",
         "search.engine",
         "evaluators",
+        "search.strategies",
     ),
     "search.zoo": ("search.zoo", "evaluators"),
     "search.commands": PACKAGES,
@@ -52,7 +67,32 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 }
 PARSERS = ("search.commands", "search.cli")  # the only places that parse arguments
 FORBIDDEN_LIBRARIES = {"search.engine": ("optuna", "lm_eval", "optuna_dashboard")}
-STRATEGIES = ("search.study.staged", "search.study.frank_wolfe", "search.study.fisher")
+REGISTRY = "search.strategies"  # the one module outside a strategy's folder that names it
+REGISTRY_FILE = Path("search", "strategies", "__init__.py")
+
+
+def strategy_folders(root: Path) -> list[str]:
+    """The strategies: the packages under ``search/strategies/``."""
+    base = root / "search" / "strategies"
+    return sorted(p.parent.name for p in base.glob("*/__init__.py")) if base.is_dir() else []
+
+
+def registered(root: Path) -> list[str]:
+    """The strategies the registry lists (the keys of its ``STRATEGIES`` dict, read with ast)."""
+    tree = ast.parse((root / REGISTRY_FILE).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == "STRATEGIES" for t in targets):
+                return [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+    return []
+
+
+def strategy_words(name: str) -> tuple[str, ...]:
+    """How a strategy's name shows up in code, lower-cased: ``frank_wolfe`` and ``frankwolfe``
+    (``FrankWolfeSampler``), plus the words its idea goes by (staged scoring races the front)."""
+    also = {"staged": ("racing", "racer")}
+    return (name, name.replace("_", ""), *also.get(name, ()))
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -99,6 +139,7 @@ def project_modules(root: Path) -> dict[str, Path]:
 def violations(root: Path) -> list[str]:
     """Every import that breaks the rule, as ``file:line: what``."""
     modules = project_modules(root)
+    strategies = [f"{REGISTRY}.{n}" for n in strategy_folders(root)]
     found: dict[tuple[Path, int, str], str] = {}  # one line per statement and kind
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
@@ -114,12 +155,12 @@ def violations(root: Path) -> list[str]:
                 )
             if here in FORBIDDEN_LIBRARIES and top in FORBIDDEN_LIBRARIES[here]:
                 found[where, line, "library"] = f"{where}:{line}: {here} must not import {top}"
-            strategy = next((p for p in STRATEGIES if _within(target, p)), None)
+            strategy = next((p for p in strategies if _within(target, p)), None)
             if strategy is not None and not _within(name, strategy):
                 found.setdefault(
                     (where, line, "strategy"),
                     f"{where}:{line}: {name} imports the strategy {strategy} "
-                    "(reach it through search.study.features)",
+                    f"(reach it through the registry, {REGISTRY})",
                 )
             if top not in PACKAGES or target in FOUNDATION or here is None:
                 continue
@@ -127,6 +168,62 @@ def violations(root: Path) -> list[str]:
                 if target in modules or any(m.startswith(target + ".") for m in modules):
                     found.setdefault(
                         (where, line, "rule"), f"{where}:{line}: {name} imports {target}"
+                    )
+    return list(found.values())
+
+
+def named(tree: ast.AST) -> Iterator[tuple[str, int]]:
+    """``(identifier or string, line)`` for every name, attribute, argument, keyword, function,
+    class and alias and every string constant of a module, docstrings left out."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Name):
+            yield node.id, line
+        elif isinstance(node, ast.Attribute):
+            yield node.attr, line
+        elif isinstance(node, ast.arg | ast.keyword) and node.arg:
+            yield node.arg, line
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            yield node.name, line
+        elif isinstance(node, ast.alias):
+            yield node.asname or node.name, line
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module, line
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in docstrings:
+                yield node.value, line
+
+
+def naming_violations(root: Path) -> list[str]:
+    """Every identifier or string outside a registered strategy's folder (and the registry)
+    that names it, as ``file:line: what``."""
+    folders = registered(root)
+    found: dict[tuple[Path, int, str], str] = {}
+    for path in sorted(p for package in PACKAGES for p in (root / package).rglob("*.py")):
+        where = path.relative_to(root)
+        if where == REGISTRY_FILE:
+            continue
+        mine = where.parts[:2] == ("search", "strategies") and len(where.parts) > 3
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for text, line in named(tree):
+            lower = text.lower()
+            for name in folders:
+                if mine and where.parts[2] == name:
+                    continue
+                word = next((w for w in strategy_words(name) if w in lower), None)
+                if word is not None:
+                    found.setdefault(
+                        (where, line, name),
+                        f"{where}:{line}: {text[:60]!r} names the strategy {name} (outside "
+                        f"search/strategies/{name}/ only the registry may)",
                     )
     return list(found.values())
 
@@ -169,6 +266,41 @@ def test_the_source_keeps_the_dependency_rule() -> None:
     assert violations(REPO) == []
 
 
+def test_no_module_names_a_strategy_outside_its_folder() -> None:
+    assert {"staged", "fisher", "frank_wolfe"} <= set(registered(REPO))  # words to look for
+    assert naming_violations(REPO) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        ("search/study/bad.py", "SECTION = 'eval.staged'\n", "names the strategy staged"),
+        ("evaluators/bad.py", "def f(racing_violation):\n    pass\n", "strategy staged"),
+        ("search/engine/bad.py", "import x\nx.load_fishers()\n", "strategy fisher"),
+        ("search/report/bad.py", "class FrankWolfeRow:\n    pass\n", "strategy frank_wolfe"),
+        ("search/strategies/staged/bad.py", "KIND = 'fisher'\n", "strategy fisher"),
+    ],
+)
+def test_a_strategy_named_outside_its_folder_is_caught(
+    tmp_path: Path, module: str, source: str, expected: str
+) -> None:
+    """The checker itself: a copy of the tree plus one module that names a strategy fails it;
+    a docstring that mentions one does not."""
+    _copy_tree(tmp_path)
+    (tmp_path / "search" / "study" / "fine.py").write_text('"""Staged scoring, Fisher."""\n')
+    (tmp_path / module).write_text(source)
+    found = naming_violations(tmp_path)
+    assert len(found) == 1 and expected in found[0] and found[0].startswith(module)
+
+
+def _copy_tree(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            copy = tmp_path / path.relative_to(REPO)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(path.read_text())
+
+
 def test_module_imports_form_no_cycle() -> None:
     assert import_cycles(REPO) == []
 
@@ -181,16 +313,14 @@ def test_module_imports_form_no_cycle() -> None:
         ("evaluators/bad.py", "def f():\n    from search.engine import pool\n", "imports"),
         ("search/study/bad.py", "from search.report.view import StudyView\n", "imports"),
         ("search/report/bad.py", "import argparse\n", "only search.commands parses"),
-        ("search/study/worker2.py", "from search.study.staged import racer\n", "the strategy"),
+        ("search/study/worker2.py", "from search.strategies.staged import scorer\n", "strategy"),
+        ("search/strategies/fisher/bad.py", "import search.strategies.staged\n", "strategy"),
+        ("search/export/bad.py", "from search.strategies import get_method\n", "imports"),
     ],
 )
 def test_a_wrong_import_is_caught(tmp_path: Path, module: str, source: str, expected: str) -> None:
     """The checker itself: a copy of the tree plus one wrong import must fail it."""
-    for package in PACKAGES:
-        for path in (REPO / package).rglob("*.py"):
-            copy = tmp_path / path.relative_to(REPO)
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            copy.write_text(path.read_text())
+    _copy_tree(tmp_path)
     (tmp_path / module).write_text(source)
     found = violations(tmp_path)
     assert len(found) == 1 and expected in found[0] and found[0].startswith(module)
@@ -225,22 +355,25 @@ STAGED_CONFIG = """
 name: light
 checkpoints: [a]
 objectives: [{name: o, tasks: [{task: t}]}]
-eval: {racing: %s}
+eval: {staged: %s}
 """
 
 
-@pytest.mark.parametrize(("racing", "expected"), [("null", ""), ("true", "search.study.staged")])
+@pytest.mark.parametrize(
+    ("staged", "expected"), [("null", ""), ("true", "search.strategies.staged")]
+)
 def test_a_strategy_is_imported_only_when_a_config_asks_for_it(
-    tmp_path: Path, racing: str, expected: str
+    tmp_path: Path, staged: str, expected: str
 ) -> None:
     """The study loop, its report and a parsed config import no strategy unless it is on."""
+    strategies = [f"{REGISTRY}.{n}" for n in strategy_folders(REPO)]
     (tmp_path / "a").mkdir()
-    (tmp_path / "c.yaml").write_text(STAGED_CONFIG % racing)
+    (tmp_path / "c.yaml").write_text(STAGED_CONFIG % staged)
     code = (
         "import sys, search.study, search.study.launch, search.study.worker, search.report.view; "
         "from search.study.config import load_config; "
         f"load_config({str(tmp_path / 'c.yaml')!r}); "
-        f"print(','.join(p for p in {STRATEGIES!r} if p in sys.modules))"
+        f"print(','.join(p for p in {strategies!r} if p in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path

@@ -31,7 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.export.folder import merge_from_yaml
-    from search.fisher.cache import fishers_from_file
+    from search.strategies import merge_methods
 
     path, plan, pool = merge_from_yaml(
         args.config,
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         force=args.force,
-        load_fishers=fishers_from_file,
+        methods=merge_methods(),
         placement=args.pool,
     )
     print(

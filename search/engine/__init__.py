@@ -10,9 +10,15 @@
   ``disk``: :class:`~search.engine.placement.TensorStore`) and the ``auto`` rule;
 - :mod:`~search.engine.checkpoint` — one checkpoint folder opened and checked;
 - :mod:`~search.engine.pool` — :class:`CheckpointPool`: folders checked, tensors placed;
+- :mod:`~search.engine.identity` — the pool's files: stamps, digests, fingerprints, checks;
+- :mod:`~search.engine.layers` — which block a tensor belongs to, and its layer group;
+- :mod:`~search.engine.model` — the resident model and its tokenizer;
+- :mod:`~search.engine.extras` — per-tensor extras some methods read beside the weights (one
+  generic slot; the strategies that compute them own their meaning);
+- :mod:`~search.engine.dtypes` — dtype names, and the dtype a computation accumulates in;
 - :mod:`~search.engine.materialize` — a plan written into the resident model in place;
-- :mod:`~search.engine.fisher` — per-example diagonal Fishers and the proxy-loss gradient in the
-  merge coefficients (model + token batches in, tensors out);
+- :mod:`~search.engine.likelihood` — the log-likelihood of token batches (model + batches in,
+  tensors out);
 - :mod:`~search.engine.device` — ``device: auto``, one GPU per worker, CPU threads.
 
 Dependencies: torch and safetensors (transformers only to build the resident model); within

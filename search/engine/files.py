@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ def read_table(file: Path) -> tuple[dict[str, TensorInfo], bytes]:
                 f"{file}: tensor {name} has dtype {dtype}; only floating-point tensors can be "
                 "merged"
             )
-        expected = _numel(shape) * STORAGE_BYTES[dtype]
+        expected = math.prod(shape) * STORAGE_BYTES[dtype]
         if end - begin != expected:
             raise UserError(
                 f"{file}: tensor {name}: data_offsets [{begin}, {end}] hold {end - begin} bytes, "
@@ -147,13 +148,6 @@ def copy_serial(dst: torch.Tensor, src: torch.Tensor) -> None:
         return
     for start in range(0, d.numel(), _GRAIN):
         d[start : start + _GRAIN].copy_(s[start : start + _GRAIN])
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 class MappedFiles:

@@ -14,12 +14,9 @@ made. Three implementations, picked once per pool by :func:`choose_kernel`:
 - ``chunked``: the eager fallback for half precision: converts column blocks small enough to stay
   in cache to float32 and runs ``gemv`` on them.
 
-Fisher merging (``Σ w_k F_k X_k / Σ w_k F_k`` over 2K inputs) has its own kernel,
-:class:`FisherMean`: ``compiled`` (the same kind of fused, unrolled loop) for half-precision
-storage, where the eager column-block loop (:func:`search.engine.methods.fisher_weighted_mean`,
-``chunked``) measured 4x slower than the compiled one on this CPU; ``chunked`` for float32 and
-float64 (float32 compiled was about 2.5x faster at 8 x 4 M entries, but costs several seconds of
-compilation per worker even for small models).
+A method that reads per-tensor extras may bring its own fused kernel
+(:attr:`~search.engine.registry.MergeMethod.fused`), built once per pool, with the helpers
+:func:`fused_or_eager` and :func:`can_compile`.
 """
 
 from __future__ import annotations
@@ -30,8 +27,6 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-
-from search.engine.methods import FISHER_FLOOR, fisher_weighted_mean
 
 KERNELS = ("auto", "gemv", "compiled", "chunked")
 _CHUNK = 1 << 16  # columns per block for ``chunked``: K x 64 Ki float32 stays in L2/L3
@@ -139,12 +134,12 @@ class WeightedSum:
             fused = partial(plain, x, coeffs, flat_out)
         else:
             fused = partial(with_base, x, coeffs, base.detach().view(-1).detach(), flat_out)
-        if not _fused_or_eager(fused, "kernel"):
+        if not fused_or_eager(fused, "kernel"):
             self.kind = "chunked"
             weighted_sum_chunked(stack, coeffs, out, base)
 
 
-def _fused_or_eager(fused: Callable[[], None], what: str) -> bool:
+def fused_or_eager(fused: Callable[[], None], what: str) -> bool:
     """Run a ``torch.compile``-d kernel call; ``False`` (with one warning) when no compiler or
     backend is available, so the caller switches to its eager kernel for good."""
     try:
@@ -160,7 +155,7 @@ def _fused_or_eager(fused: Callable[[], None], what: str) -> bool:
     return True
 
 
-def _can_compile(device: torch.device) -> bool:
+def can_compile(device: torch.device) -> bool:
     """``torch.compile`` needs a C++ compiler on the CPU (Triton on CUDA)."""
     return device.type == "cuda" or any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
@@ -171,64 +166,4 @@ def choose_kernel(device: torch.device, dtype: torch.dtype, kind: str = "auto") 
         return WeightedSum(kind)
     if dtype in (torch.float32, torch.float64):
         return WeightedSum("gemv")
-    return WeightedSum("compiled" if _can_compile(device) else "chunked")
-
-
-def fisher_mean_unrolled(
-    stack: torch.Tensor, fisher: torch.Tensor, weights: torch.Tensor, out: torch.Tensor
-) -> None:
-    """``out = Σ_k w_k F_k X_k / Σ_k w_k F_k`` (F floored) as a loop a compiler fuses."""
-    f = fisher[0].float().clamp_min(FISHER_FLOOR) * weights[0]
-    numerator = f * stack[0].float()
-    denominator = f
-    for k in range(1, stack.shape[0]):
-        f = fisher[k].float().clamp_min(FISHER_FLOOR) * weights[k]
-        numerator = numerator + f * stack[k].float()
-        denominator = denominator + f
-    out.copy_(numerator / denominator)
-
-
-class FisherMean:
-    """The Fisher-merge kernel of one pool: ``fm(out, stack, fisher, weights)``.
-
-    ``stack`` and ``fisher`` are ``[K, *shape]``; ``weights`` a float ``[K]`` tensor on the
-    pool's device; ``out`` is written in place (any float dtype). Accumulates in float32
-    (float64 for float64 storage, which always runs ``chunked``).
-    """
-
-    def __init__(self, kind: str) -> None:
-        if kind not in ("compiled", "chunked"):
-            raise ValueError(f"fisher kernel: expected compiled or chunked, got {kind!r}")
-        self.kind = kind
-        self._compiled: Callable | None = None
-
-    def __call__(
-        self, out: torch.Tensor, stack: torch.Tensor, fisher: torch.Tensor, weights: torch.Tensor
-    ) -> None:
-        if self.kind == "chunked" or stack.dtype == torch.float64 or not out.is_contiguous():
-            fisher_weighted_mean(stack, fisher, weights, out)
-            return
-        if self._compiled is None:
-            self._compiled = torch.compile(fisher_mean_unrolled, dynamic=True)
-        k = stack.shape[0]
-        fused = partial(  # flat aliases that are not views, as in WeightedSum
-            self._compiled,
-            stack.detach().view(k, -1).detach(),
-            fisher.detach().view(k, -1).detach(),
-            weights.float(),
-            out.detach().view(-1).detach(),
-        )
-        if not _fused_or_eager(fused, "Fisher kernel"):
-            self.kind = "chunked"
-            fisher_weighted_mean(stack, fisher, weights, out)
-
-
-def choose_fisher_kernel(
-    device: torch.device, dtype: torch.dtype, kind: str = "auto"
-) -> FisherMean:
-    """``compiled`` for half-precision storage with a compiler, else ``chunked`` (module doc)."""
-    if kind in ("compiled", "chunked"):
-        return FisherMean(kind)
-    if dtype in (torch.float32, torch.float64):
-        return FisherMean("chunked")
-    return FisherMean("compiled" if _can_compile(device) else "chunked")
+    return WeightedSum("compiled" if can_compile(device) else "chunked")

@@ -13,10 +13,12 @@ it). It reads its inputs through :meth:`CheckpointPool.pieces`, whatever the poo
 memory or read from the files; a linear-form merge is elementwise, so it runs block by block on
 what a streaming placement hands over (the kernels give the same bits per element either way).
 
-Methods that read Fishers (``fisher``) run the pool's Fisher kernel (:mod:`search.engine.kernels`)
-on the weights and the Fisher stack of each tensor, also straight into the parameter.
+Methods that read per-tensor extras (:mod:`search.engine.extras`) get the pool's stacks of each
+kind beside the weights; one with a fused kernel (``MergeMethod.fused``) writes straight into the
+parameter too. Such methods come with the strategies that compute their extras, so the callers
+pass the method (``method=``, from :func:`search.strategies.get_method`) where it is not built in.
 :func:`model_parameters` maps the pool's tensor names to the model's parameters, for code that
-reads their gradients (:mod:`search.engine.fisher`).
+reads their gradients.
 
 Stochastic methods (DARE) draw from a ``torch.Generator`` seeded from ``plan.seed`` and the tensor
 name, so a plan always gives the same weights whatever the tensor order or device count.
@@ -25,6 +27,7 @@ name, so a plan always gives the same weights whatever the tensor order or devic
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from typing import Any
 
 import torch
 
+from search.engine.dtypes import work_dtype
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.engine.registry import MergeMethod, ParamValue, get_method
@@ -50,9 +54,16 @@ class ResolvedPlan:
     group_coeffs: tuple[tuple[torch.Tensor, bool], ...] = ()
 
 
-def resolve(plan: MergePlan, pool: CheckpointPool) -> ResolvedPlan:
-    """Check ``plan`` against ``pool`` before any work; ``UserError`` naming what does not fit."""
-    method = get_method(plan.method)
+def resolve(
+    plan: MergePlan, pool: CheckpointPool, method: MergeMethod | None = None
+) -> ResolvedPlan:
+    """Check ``plan`` against ``pool`` before any work; ``UserError`` naming what does not fit.
+
+    ``method``: the plan's method when it is not one of the engine's built-in methods.
+    """
+    method = method or get_method(plan.method)
+    if method.name != plan.method:
+        raise ValueError(f"plan for method {plan.method} resolved with method {method.name}")
     params = method.resolve_params(plan.params)
     k = len(pool.names)
     if plan.n_checkpoints != k:
@@ -68,12 +79,8 @@ def resolve(plan: MergePlan, pool: CheckpointPool) -> ResolvedPlan:
         raise UserError(
             f"method {method.name}: needs a base model (task vectors are θ_i − θ_base); none given"
         )
-    if method.needs_fisher and not pool.has_fishers:
-        raise UserError(
-            f"method {method.name}: needs each checkpoint's Fisher; none is loaded into the pool "
-            "(a study computes them from merge.fisher, `merge-search merge` from "
-            "parameters.fisher_data)"
-        )
+    if any(pool.extras(kind) is None for kind in method.extras):
+        raise UserError(f"method {method.name}: needs {method.missing_extras}")
     if plan.n_groups > 1 and plan.n_groups > max(pool.n_layers, 1):
         raise UserError(
             f"plan: {plan.n_groups} layer groups but the model has {pool.n_layers} "
@@ -93,7 +100,7 @@ def resolve(plan: MergePlan, pool: CheckpointPool) -> ResolvedPlan:
                 f"plan: weights of layer group {g} sum to 0 ({row}); method {method.name} with "
                 "normalize divides by their sum"
             )
-    wdtype = torch.float64 if pool.dtype == torch.float64 else torch.float32
+    wdtype = work_dtype(pool.dtype)
     weights = tuple(torch.tensor(row, dtype=wdtype, device=pool.device) for row in rows)
     coeffs = []
     if method.linear_form is not None:
@@ -106,14 +113,14 @@ def resolve(plan: MergePlan, pool: CheckpointPool) -> ResolvedPlan:
     return ResolvedPlan(plan, method, params, weights, tuple(coeffs))
 
 
-def effective_weights(plan: MergePlan) -> list[list[float]]:
+def effective_weights(plan: MergePlan, method: MergeMethod | None = None) -> list[list[float]]:
     """The coefficient of each checkpoint in each layer group as the method applies it.
 
     ``result[i][g]``: normalized (÷ Σ w) when the method normalizes, times λ where the method
     has one; for ``slerp`` the interpolation weights ``[1 − t, t]``. For TIES the normalization is
     per entry over the agreeing signs; the value reported is its nominal ``λ·w_i / Σ w``.
     """
-    method = get_method(plan.method)
+    method = method or get_method(plan.method)
     params = method.resolve_params(plan.params)
     per_group = [
         method.coefficients([w[g] for w in plan.weights], params) for g in range(plan.n_groups)
@@ -150,35 +157,50 @@ def merge_into(
             pool.weighted_sum(dst, piece.stack, coeffs, piece.base if with_base else None)
             continue
         weights = resolved.group_weights[group]
-        if method.needs_fisher:  # one fused pass over the 2K inputs, straight into ``out``
-            pool.fisher_mean(out, piece.stack, pool.fisher_stack(piece.name), weights)
+        extras = {kind: pool.extras(kind).get(piece.name) for kind in method.extras}  # type: ignore[union-attr]
+        if method.fused is not None:  # one fused pass over the inputs, straight into ``out``
+            fused = pool.fused_kernel(method.name, lambda: _build_fused(method, pool))
+            fused(out, piece.stack, weights, **extras)
             continue
         generator = None
         if method.stochastic:
             generator = torch.Generator(device=pool.device)
             generator.manual_seed(tensor_seed(resolved.plan.seed, piece.name))
-        out.copy_(method.merge(piece.stack, piece.base, weights, resolved.params, generator))
+        merged = method.merge(
+            piece.stack, piece.base, weights, resolved.params, generator, **extras
+        )
+        out.copy_(merged)
+
+
+def _build_fused(method: MergeMethod, pool: CheckpointPool) -> Any:
+    module, _, name = (method.fused or "").partition(":")
+    return getattr(importlib.import_module(module), name)(pool.device, pool.dtype, pool.kernel)
 
 
 def merged_tensors(
-    plan: MergePlan, pool: CheckpointPool, dtype: torch.dtype | None = None
+    plan: MergePlan,
+    pool: CheckpointPool,
+    dtype: torch.dtype | None = None,
+    method: MergeMethod | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, merged tensor)`` one at a time, in ``dtype`` (default: the pool's)."""
-    resolved = resolve(plan, pool)
+    resolved = resolve(plan, pool, method)
     for name in pool.tensor_names:
         out = torch.empty(pool.shapes[name], dtype=dtype or pool.dtype, device=pool.device)
         merge_into(resolved, pool, {name: out})
         yield name, out
 
 
-def materialize(plan: MergePlan, pool: CheckpointPool, model: Any) -> None:
+def materialize(
+    plan: MergePlan, pool: CheckpointPool, model: Any, method: MergeMethod | None = None
+) -> None:
     """Write the merge described by ``plan`` into ``model``'s parameters in place.
 
     ``model`` is the resident model from :meth:`CheckpointPool.load_model` (or any module whose
     state dict has the pool's tensor names, on the pool's device). Tied parameters (an
     ``lm_head`` sharing the embedding) are written once through the name the checkpoints store.
     """
-    resolved = resolve(plan, pool)
+    resolved = resolve(plan, pool, method)
     targets = _targets(pool, model)
     with torch.no_grad():
         merge_into(resolved, pool, targets)

@@ -18,8 +18,9 @@ Which function runs which method, with which settings, is declared in
 ``dare_linear``, ``dare_ties``, ``breadcrumbs``) are :func:`task_vector_merge` with a different
 sparsification and sign election.
 
-``fisher`` (``needs_fisher`` in its declaration) also gets ``fisher=``: the ``[K, *shape]`` stack
-of the checkpoints' diagonal Fishers for this tensor, held by the pool beside the weights.
+A method that reads per-tensor extras (``extras`` in its declaration; provided by a strategy,
+:mod:`search.engine.extras`) also gets one keyword argument per kind: the ``[K, ...]`` stack of
+that kind for this tensor, held by the pool beside the weights.
 """
 
 from __future__ import annotations
@@ -29,12 +30,10 @@ from collections.abc import Mapping
 
 import torch
 
+from search.engine.dtypes import work_dtype
 from search.engine.registry import ParamValue
 
 SLERP_DOT_THRESHOLD = 0.9995  # |cos| above this: the vectors are nearly parallel, go linear
-FISHER_FLOOR = 1e-6  # Matena & Raffel's floor: no entry's Fisher is below it
-# Columns per block of the Fisher kernel: K x 64 Ki float32 numerator terms stay in L2/L3.
-FISHER_CHUNK = 1 << 16
 
 
 def linear_merge(
@@ -90,7 +89,7 @@ def task_vector_merge(
     if base is None:
         raise ValueError("task_vector_merge needs the base tensor")
     k = inputs.shape[0]
-    work = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    work = work_dtype(inputs.dtype)
     base_w = base.to(work)
     deltas = inputs.to(work).reshape(k, -1) - base_w.reshape(1, -1)
     density = float(params.get("density", 1.0))
@@ -172,7 +171,7 @@ def slerp_merge(
     if inputs.shape[0] != 2:
         raise ValueError(f"slerp merges exactly 2 checkpoints, got {inputs.shape[0]}")
     t = float(params["t"])
-    work = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    work = work_dtype(inputs.dtype)
     a = inputs[0].to(work)
     b = inputs[1].to(work)
     norm_a = float(torch.linalg.vector_norm(a, dtype=torch.float64))
@@ -190,7 +189,7 @@ def slerp_merge(
 
 def _combine(inputs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     k = inputs.shape[0]
-    work = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    work = work_dtype(inputs.dtype)
     flat = inputs.reshape(k, -1).to(work)
     return (coeffs.to(work) @ flat).reshape(inputs.shape[1:])
 
@@ -208,50 +207,3 @@ def task_arithmetic_merge(
     if base is not None and base_coeff != 0.0:
         out = out + base_coeff * base.to(out.dtype)
     return out
-
-
-def fisher_merge(
-    inputs: torch.Tensor,
-    base: torch.Tensor | None,
-    weights: torch.Tensor,
-    params: Mapping[str, ParamValue],
-    generator: torch.Generator | None = None,
-    *,
-    fisher: torch.Tensor,
-) -> torch.Tensor:
-    """Fisher merging: θ = Σ w_i F_i θ_i / Σ w_i F_i per entry (Matena & Raffel).
-
-    ``fisher`` is the ``[K, *shape]`` stack of the checkpoints' diagonal Fishers (any float
-    dtype); entries below :data:`FISHER_FLOOR` count as the floor. With equal Fishers this is the
-    normalized linear soup. The weights must be >= 0 with a positive sum (the registry declares
-    ``min_weight`` and ``divides_by_weight_sum``), so every denominator is positive.
-    """
-    work = torch.float64 if inputs.dtype == torch.float64 else torch.float32
-    out = torch.empty(inputs.shape[1:], dtype=work, device=inputs.device)
-    fisher_weighted_mean(inputs, fisher, weights, out)
-    return out
-
-
-def fisher_weighted_mean(
-    stack: torch.Tensor, fisher: torch.Tensor, weights: torch.Tensor, out: torch.Tensor
-) -> None:
-    """``out = Σ_k w_k F_k X_k / Σ_k w_k F_k`` in one pass over the 2K inputs.
-
-    Written here rather than as torch ops on whole tensors: those would materialize ``[K, n]``
-    float32 products (a pool's worth of temporaries) and read every input several times. Column
-    blocks of :data:`FISHER_CHUNK` entries are up-cast to float32 (float64 for float64 inputs)
-    in cache, and the numerator and the denominator are both reduced from the same block, so
-    each input is read from memory once.
-    """
-    k = stack.shape[0]
-    work = torch.float64 if stack.dtype == torch.float64 else torch.float32
-    x = stack.reshape(k, -1)
-    f = fisher.reshape(k, -1)
-    flat = out.view(-1)
-    w = weights.to(device=stack.device, dtype=work).reshape(k, 1)
-    n = x.shape[1]
-    for start in range(0, n, FISHER_CHUNK):
-        stop = min(n, start + FISHER_CHUNK)
-        wf = f[:, start:stop].to(work).clamp_min(FISHER_FLOOR).mul_(w)  # a copy: F stays
-        numerator = (wf * x[:, start:stop].to(work)).sum(0)
-        flat[start:stop].copy_(numerator.div_(wf.sum(0)))

@@ -1,7 +1,7 @@
 """Where a pool's tensors live between trials, and how one tensor's K slices reach the device.
 
 A placement is a :class:`TensorStore`: K members' versions of every tensor ("a pool's worth": the
-K checkpoints; the base, as a store of one; or per-checkpoint statistics such as Fisher
+K checkpoints; the base, as a store of one; or per-checkpoint statistics such as diagonal Fisher
 information), read from safetensors files and handed to the compute device one tensor, or one
 block of a tensor, at a time. A store only moves data: every merge runs in
 :mod:`search.engine.materialize` and :mod:`search.engine.kernels`, on whatever a store hands over.
@@ -49,6 +49,7 @@ memory measured for the workers of one host.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from abc import ABC, abstractmethod
@@ -78,11 +79,21 @@ def split_ranges(numel: int, block: int | None) -> list[tuple[int, int]]:
     return [(s, min(numel, s + block)) for s in range(0, numel, block)]
 
 
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+@dataclass(frozen=True)
+class Piece:
+    """One tensor, or one block of its flattened elements, as a merge reads it.
+
+    ``stack``: the K checkpoints' slices, ``[K, *shape]`` when ``whole``, else ``[K, stop -
+    start]``; ``base``: the base's slice (``[*shape]`` or ``[stop - start]``) when asked for.
+    Both live on the pool's device and may be reused buffers: use them before the next piece.
+    """
+
+    name: str
+    start: int
+    stop: int
+    whole: bool
+    stack: torch.Tensor
+    base: torch.Tensor | None
 
 
 class TensorStore(ABC):
@@ -144,7 +155,7 @@ class TensorStore(ABC):
         """``flat`` (K·w elements) as the request's view: ``[K, *shape]`` when whole."""
         name, start, stop = request
         shape = self.shapes[name]
-        if start == 0 and stop == _numel(shape):
+        if start == 0 and stop == math.prod(shape):
             return flat.view(self.k, *shape)
         return flat.view(self.k, stop - start)
 
@@ -209,12 +220,12 @@ class ResidentStore(TensorStore):
         offsets, total = {}, 0
         for name, shape in self.shapes.items():
             offsets[name] = total
-            total += -(-self.k * _numel(shape) // ALIGN) * ALIGN
+            total += -(-self.k * math.prod(shape) // ALIGN) * ALIGN
         self._flat = flat = torch.empty(total, dtype=self.dtype)
         if _pin(flat):  # the finalizer holds ``flat`` until it has been unregistered
             self._unlock = weakref.finalize(self, _unpin, flat)
         return {
-            n: flat[o : o + self.k * _numel(s)].view(self.k, *s)
+            n: flat[o : o + self.k * math.prod(s)].view(self.k, *s)
             for (n, s), o in zip(self.shapes.items(), offsets.values(), strict=True)
         }
 
@@ -241,7 +252,7 @@ class ResidentStore(TensorStore):
             flat = stacks[name].view(self.k, -1)
             return [flat[r, start:stop] for r in range(self.k)]
 
-        yield from _stream_to_cuda(self, requests, rows, staged=False)
+        yield from _stream_to_cuda(self, requests, rows, pinned=False)
 
     def block_elems(self) -> int | None:
         return None if self.on_device else self.block
@@ -326,8 +337,8 @@ class DiskStore(TensorStore):
 
     def get(self, name: str) -> torch.Tensor:
         shape = self.shapes[name]
-        out = torch.empty((self.k, _numel(shape)), dtype=self.dtype)
-        self._fill((name, 0, _numel(shape)), out)
+        out = torch.empty((self.k, math.prod(shape)), dtype=self.dtype)
+        self._fill((name, 0, math.prod(shape)), out)
         return out.view(self.k, *shape).to(self.device)
 
     def stream(self, requests: Sequence[Request]) -> Iterator[torch.Tensor]:
@@ -339,7 +350,7 @@ class DiskStore(TensorStore):
                 self._fill(request, staging)  # type: ignore[arg-type]
                 return [staging.view(-1)]  # type: ignore[union-attr]
 
-            yield from _stream_to_cuda(self, requests, rows, staged=True)
+            yield from _stream_to_cuda(self, requests, rows, pinned=True)
             return
         width = max(stop - start for _, start, stop in requests)
         n_buffers = 2 if self.prefetch else 1
@@ -379,12 +390,12 @@ def _stream_to_cuda(
     requests: Sequence[Request],
     rows: Callable[[Request, torch.Tensor | None], list[torch.Tensor]],
     *,
-    staged: bool,
+    pinned: bool,
 ) -> Iterator[torch.Tensor]:
     """Host→device copies of each request's K slices, double-buffered against the caller's work.
 
     ``rows(request, staging)`` returns the CPU tensors whose concatenation is the request's ``[K,
-    w]`` block (row-major); with ``staged`` it first fills ``staging`` (a page-locked ``[K, w]``
+    w]`` block (row-major); with ``pinned`` it first fills ``staging`` (a page-locked ``[K, w]``
     buffer, reused: its previous copy is waited for on the host). Block ``i + 1`` is copied on a
     side stream while the current stream runs the caller's work on block ``i``; events order a
     buffer's copy after the last use of its previous contents, and the use after the copy.
@@ -398,7 +409,7 @@ def _stream_to_cuda(
         buf.record_stream(copy_stream)
     staging = (
         [torch.empty(k * width, dtype=store.dtype, pin_memory=True) for _ in range(2)]
-        if staged
+        if pinned
         else [None, None]
     )
     copied: list[torch.cuda.Event | None] = [None, None]
@@ -408,7 +419,7 @@ def _stream_to_cuda(
         request = requests[i]
         j, w = i % 2, request[2] - request[1]
         host = None
-        if staged:
+        if pinned:
             if copied[j] is not None:
                 copied[j].synchronize()  # the staging buffer's previous copy has left
             host = staging[j][: k * w].view(k, w)  # type: ignore[index]
@@ -467,7 +478,7 @@ class PoolSizes:
     Attributes:
         stacks: the resident stacks: K checkpoints (+ the base when the method reads it).
         model: the resident model.
-        work: a trial's working buffers (see :meth:`CheckpointPool.sizes`).
+        work: a trial's working buffers (see :func:`pool_sizes`).
     """
 
     stacks: int
@@ -582,3 +593,32 @@ def device_free_bytes(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
     return int(torch.cuda.mem_get_info(device)[0])
+
+
+def pool_sizes(
+    shapes: Mapping[str, tuple[int, ...]],
+    n_checkpoints: int,
+    dtype: torch.dtype,
+    *,
+    needs_base: bool,
+    linear: bool,
+) -> PoolSizes:
+    """One worker's memory needs for a pool of ``n_checkpoints`` models of ``shapes``, for a
+    method that reads the base (``needs_base``) or not and is linear-form (``linear``: merged
+    block by block) or not.
+
+    Working buffers (an estimate): two streamed blocks per store for linear-form methods (a
+    block holds at most the largest tensor's slices); for the others, the largest tensor's
+    K (+ 1) slices as a buffer plus four float32 temporaries of that size (task vectors, masks,
+    weighted terms).
+    """
+    k = n_checkpoints + int(needs_base)
+    item = torch.tensor([], dtype=dtype).element_size()
+    model = sum(math.prod(s) for s in shapes.values()) * item
+    largest = max((math.prod(s) for s in shapes.values()), default=0)
+    if linear:  # two block buffers per store, no larger than the largest tensor's slices
+        base = min(BLOCK_BYTES, largest * item) if needs_base else 0
+        work = 2 * (min(BLOCK_BYTES, n_checkpoints * largest * item) + base)
+    else:
+        work = k * largest * (item + 4 * 4)
+    return PoolSizes(k * model, model, work)

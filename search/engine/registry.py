@@ -13,7 +13,9 @@ its function (``function``) and the settings that make it this variant (``functi
 ``breadcrumbs`` ...) are one function with different settings, as in mergekit.
 
 To add a method: write its tensor function in :mod:`search.engine.methods`, declare it below and
-add it to :data:`METHODS`; the contract tests in ``tests/search/engine/test_methods.py`` run over
+add it to :data:`METHODS` (a method that reads per-tensor extras comes with the strategy that
+computes them, declared in its folder and listed in :data:`search.strategies.METHODS`); the
+contract tests in ``tests/search/engine/test_methods.py`` run over
 every entry.
 """
 
@@ -129,7 +131,8 @@ class MergeMethod:
 
     Attributes:
         name: registry key, the ``method`` of a :class:`~search.engine.plan.MergePlan`.
-        function: name of its tensor function in :mod:`search.engine.methods`.
+        function: the name of its tensor function in :mod:`search.engine.methods`, or
+            ``"module:function"`` for a method a strategy provides.
         function_options: keyword settings of that function that make this variant.
         params: the parameters it reads from ``plan.params``; a search space is built from these.
         needs_base: whether it reads the base model (task vectors are ``θ_i − θ_base``).
@@ -148,14 +151,21 @@ class MergeMethod:
             ``(weights[K], params) -> (coefficients[K], base coefficient)`` function in
             :mod:`search.engine.methods`; materialize then runs one fused weighted sum.
         stochastic: whether ``merge`` draws from its ``generator`` (DARE).
-        needs_fisher: whether it reads each checkpoint's diagonal Fisher: the pool holds them
-            (:meth:`~search.engine.pool.CheckpointPool.load_fishers`) and the tensor function
-            gets the ``[K, *shape]`` stack as ``fisher=``.
-        min_weight: weights below this are refused (``fisher``: its denominator Σ w_i F_i must
+        extras: the kinds of per-tensor extras it reads beside the weights
+            (:mod:`search.engine.extras`): the pool holds them and the tensor function gets
+            each kind's stack for the tensor as a keyword argument of that name.
+        missing_extras: what the error says when the pool holds none of them (what they are
+            and where they come from).
+        fused: ``"module:function"``, ``(device, dtype, kernel kind) -> kernel``: a kernel built
+            once per pool that writes the merge straight into the parameter,
+            ``kernel(out, stack, weights, **extras)``, in place of the tensor function.
+        extension: ``"module:Class"`` of its :class:`~search.engine.extras.MethodExtension`
+            (the extension keys of its YAML; making and exporting its extras).
+        min_weight: weights below this are refused (a weighted mean whose denominator must
             stay positive); ``None``: any finite weight.
-        frank_wolfe: with each layer group's weights on the simplex the merge is exactly
-            θ = Σ w_i θ_i, so the proxy loss's gradient in the weights is ⟨∂L/∂θ, θ_i⟩ and
-            Frank-Wolfe proposals (:mod:`search.study.frank_wolfe`) apply.
+        convex: with each layer group's weights on the simplex the merge is exactly
+            θ = Σ w_i θ_i, so a loss's gradient in the weights is ⟨∂L/∂θ, θ_i⟩ (what
+            gradient-informed proposals need).
         mergekit: how mergekit spells it; ``None`` when mergekit lacks the method.
         doc: one line for the README and model card.
     """
@@ -172,9 +182,12 @@ class MergeMethod:
     n_checkpoints: int | None = None
     linear_coefficients: str | None = None
     stochastic: bool = False
-    needs_fisher: bool = False
+    extras: tuple[str, ...] = ()
+    missing_extras: str = ""
+    fused: str | None = None
+    extension: str | None = None
     min_weight: float | None = None
-    frank_wolfe: bool = False
+    convex: bool = False
     mergekit: MergekitForm | None = None
     doc: str = ""
     param_names: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -189,8 +202,17 @@ class MergeMethod:
     @property
     def merge(self) -> Callable[..., Any]:
         """The tensor function with this variant's settings (imports torch on first use)."""
-        function = getattr(importlib.import_module(_FUNCTIONS_MODULE), self.function)
+        module, _, name = self.function.rpartition(":")
+        function = getattr(importlib.import_module(module or _FUNCTIONS_MODULE), name)
         return partial(function, **self.function_options) if self.function_options else function
+
+    @property
+    def extension_impl(self) -> Any:
+        """Its :class:`~search.engine.extras.MethodExtension` (``None``: none)."""
+        if self.extension is None:
+            return None
+        module, _, name = self.extension.partition(":")
+        return getattr(importlib.import_module(module), name)()
 
     @property
     def linear_form(self) -> Callable[..., Any] | None:
@@ -236,7 +258,7 @@ class MergeMethod:
 # Reporting coefficients: what each checkpoint contributes, per layer group (plain floats)
 
 
-def _normalized(weights: Sequence[float]) -> list[float]:
+def normalized(weights: Sequence[float]) -> list[float]:
     total = sum(weights)
     if total == 0:
         raise UserError(f"weights {list(weights)} sum to 0; normalize divides by their sum")
@@ -245,7 +267,7 @@ def _normalized(weights: Sequence[float]) -> list[float]:
 
 def _lambda_scaled(weights: Sequence[float], params: Mapping[str, ParamValue]) -> list[float]:
     lam = float(params.get("lambda", 1.0))
-    base = _normalized(weights) if params.get("normalize", False) else list(weights)
+    base = normalized(weights) if params.get("normalize", False) else list(weights)
     return [lam * w for w in base]
 
 
@@ -280,11 +302,11 @@ LINEAR = MergeMethod(
     function="linear_merge",
     params=(_normalize_param(True),),
     needs_base=False,
-    coefficients=lambda w, p: _normalized(w) if p["normalize"] else list(w),
+    coefficients=lambda w, p: normalized(w) if p["normalize"] else list(w),
     divides_by_weight_sum=_normalizes,
     scale_free=_normalizes,
     linear_coefficients="linear_coefficients",
-    frank_wolfe=True,
+    convex=True,
     mergekit=MergekitForm("linear"),
     doc="θ = Σ w_i θ_i (÷ Σ w_i when normalize)",
 )
@@ -362,23 +384,8 @@ SLERP = MergeMethod(
     doc="spherical interpolation between two checkpoints (linear when nearly parallel)",
 )
 
-FISHER = MergeMethod(
-    name="fisher",
-    function="fisher_merge",
-    params=(),
-    needs_base=False,
-    # nominal: the coefficient of checkpoint i at one entry is w_i F_i / Σ_j w_j F_j
-    coefficients=lambda w, p: _normalized(w),
-    divides_by_weight_sum=lambda params: True,
-    needs_fisher=True,
-    min_weight=0.0,
-    mergekit=None,  # mergekit 0.1.5 has no Fisher merging; the exported YAML says so
-    doc="θ = Σ w_i F_i θ_i / Σ w_i F_i per entry, F_i checkpoint i's diagonal Fisher",
-)
-
 METHODS: dict[str, MergeMethod] = {
-    m.name: m
-    for m in (LINEAR, TASK_ARITHMETIC, TIES, DARE_LINEAR, DARE_TIES, BREADCRUMBS, SLERP, FISHER)
+    m.name: m for m in (LINEAR, TASK_ARITHMETIC, TIES, DARE_LINEAR, DARE_TIES, BREADCRUMBS, SLERP)
 }
 
 # What a YAML for ``merge-search merge`` says for a method mergekit lacks (it is ours, not
@@ -390,22 +397,33 @@ NOT_IN_MERGEKIT = (
 
 
 def get_method(name: str) -> MergeMethod:
-    """The registered method ``name``; ``UserError`` listing the supported names otherwise."""
+    """The built-in method ``name``; ``UserError`` listing the supported names otherwise (the
+    lookup that includes the methods strategies provide is :func:`search.strategies.get_method`)."""
     try:
         return METHODS[name]
     except KeyError:
         raise UserError(f"unknown merge method {name!r}; supported: {', '.join(METHODS)}") from None
 
 
-def check_merge(merge: Any, *, n_checkpoints: int, has_base: bool) -> MergeMethod:
+def check_merge(
+    merge: Any,
+    *,
+    n_checkpoints: int,
+    has_base: bool,
+    names: Sequence[str] | None = None,
+    lookup: Callable[[str], MergeMethod] | None = None,
+) -> MergeMethod:
     """A study config's ``merge`` section against the declaration of the method it names.
 
     Args:
         merge: the section: ``method`` (a name), ``params`` (name -> a fixed value or a searched
             range, see :meth:`ParamSpec.check_setting`), ``weights.normalize`` (``None`` when
-            not set), ``weights.low`` and ``fisher`` (``None`` when not given).
+            not set) and ``weights.low``.
         n_checkpoints: how many checkpoints the study merges.
         has_base: whether the study gives a base model.
+        names, lookup: every method's name and how to get one (default: the built-in
+            :data:`METHODS`; a study passes those of :mod:`search.strategies`, which include the
+            methods strategies provide).
 
     Returns:
         the method.
@@ -413,11 +431,12 @@ def check_merge(merge: Any, *, n_checkpoints: int, has_base: bool) -> MergeMetho
     Raises:
         ValueError: one line naming the config field (``merge.params.density: ...``).
     """
-    if merge.method not in METHODS:
+    names = list(METHODS) if names is None else names
+    if merge.method not in names:
         raise ValueError(
-            f"merge.method: unknown method {merge.method!r}; expected one of: {', '.join(METHODS)}"
+            f"merge.method: unknown method {merge.method!r}; expected one of: {', '.join(names)}"
         )
-    method = METHODS[merge.method]
+    method = (lookup or METHODS.__getitem__)(merge.method)
     if method.needs_base and not has_base:
         raise ValueError(f"base_model: method {method.name!r} needs a base model; set base_model")
     if method.n_checkpoints is not None and n_checkpoints != method.n_checkpoints:
@@ -442,15 +461,6 @@ def check_merge(merge: Any, *, n_checkpoints: int, has_base: bool) -> MergeMetho
                 f"expected one of: {known}"
             )
         specs[name].check_setting(field, value)
-    if method.needs_fisher and merge.fisher is None:
-        raise ValueError(
-            f"merge.fisher: method {method.name!r} needs calibration data: "
-            "{data: FILE.txt|FILE.jsonl, examples: N} or {tasks: from_objectives}"
-        )
-    if merge.fisher is not None and not method.needs_fisher:
-        raise ValueError(
-            f"merge.fisher: method {method.name!r} reads no Fishers; remove merge.fisher"
-        )
     if method.min_weight is not None and merge.weights.low < method.min_weight:
         raise ValueError(
             f"merge.weights.low: method {method.name!r} needs weights >= "

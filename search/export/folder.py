@@ -4,8 +4,9 @@ The folder holds the merged weights as safetensors (sharded with ``model.safeten
 above ``max_shard_size``), ``config.json``, ``generation_config.json``, the tokenizer files (from
 the base, else the first checkpoint), a ``README.md`` model card and ``mergekit_config.yml``
 (for a method mergekit lacks, the same format for ``merge-search merge``, saying so). A merge
-that read Fishers also holds its calibration examples, ``fisher_calibration.jsonl``, which that
-YAML names, and the card records the data and N. Everything is written into a temporary
+that read per-tensor extras also holds what their method's extension keeps
+(:meth:`~search.engine.extras.MethodExtension.export`: e.g. the calibration examples, which that
+YAML names, and the card's record of the data). Everything is written into a temporary
 folder beside the target and renamed into place at the end, so a failed export leaves nothing
 half-written; an existing target is replaced only with ``force``, and the old folder is removed
 only after the new one is in place.
@@ -23,26 +24,31 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from search.engine.dtypes import resolve_dtype
+from search.engine.extras import ExtrasExport
+from search.engine.layers import LAYER_RE
 from search.engine.materialize import effective_weights, merge_into, resolve
+from search.engine.model import TOKENIZER_FILES, tokenizer_path
 from search.engine.plan import MergePlan
-from search.engine.pool import _LAYER_RE, TOKENIZER_FILES, CheckpointPool, resolve_dtype
+from search.engine.pool import CheckpointPool
+from search.engine.registry import MergeMethod
 from search.errors import UserError
 from search.export.card import model_card
 from search.export.mergekit_yaml import plan_to_yaml, read_config
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
-CALIBRATION_FILE = "fisher_calibration.jsonl"
 MARKER_FILE = "merge_search.json"  # what wrote the folder: --force replaces only such folders
 YAML_FILE = "mergekit_config.yml"
 MADE_BY = "merge-search"
@@ -59,6 +65,7 @@ def export_merge(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     dtype: str | torch.dtype | None = None,
     protected: Sequence[tuple[str, str | Path]] = (),
+    method: MergeMethod | None = None,
 ) -> Path:
     """Write the merge ``plan`` of ``pool`` as a loadable Hugging Face folder; returns its path.
 
@@ -73,9 +80,11 @@ def export_merge(
         dtype: dtype of the written weights (default: the pool's).
         protected: more inputs the folder must keep clear of, as ``(what, path)`` (the tasks
             folder, the study's database, the config); the pool's folders always are.
+        method: the plan's method when it is not built in
+            (:func:`search.strategies.get_method`).
     """
 
-    resolved = resolve(plan, pool)
+    resolved = resolve(plan, pool, method)
     out_dtype = resolve_dtype(dtype) if dtype is not None else pool.dtype
     target = check_output(out_dir, force=force, protected=[*pool_inputs(pool), *protected])
     if max_shard_size <= 0:
@@ -85,36 +94,26 @@ def export_merge(
 
     dtype_name = str(out_dtype).removeprefix("torch.")
     groups = _layer_filters(pool, plan.n_groups)
-    extension: dict[str, Any] = {}
-    card_extra = dict(card_extra or {})
-    if resolved.method.needs_fisher:
-        source = pool.fisher_source or {}
-        # the calibration examples are written beside the merge: N is how many there are
-        extension = {
-            "fisher_data": str(target / CALIBRATION_FILE),
-            "fisher_examples": len(pool.fisher_records),
-        }
-        card_extra["Fisher calibration"] = {
-            **source,
-            "examples file": CALIBRATION_FILE,
-            "note": "each checkpoint's diagonal Fisher, (1/N) Σ_n (∂ log p(x_n)/∂θ)², one squared "
-            "gradient per example, floored at 1e-6",
-        }
-    yaml_text = plan_to_yaml(plan, pool.paths, pool.base_path, dtype_name, groups, extension)
+    ext = resolved.method.extension_impl
+    kept = ext.export(pool, target) if ext is not None else ExtrasExport()
+    card_extra = {**(card_extra or {}), **kept.card}
+    yaml_text = plan_to_yaml(
+        plan, pool.paths, pool.base_path, dtype_name, groups, kept.parameters, resolved.method
+    )
     card = model_card(
         title=target.name,
         plan=plan,
         method=resolved.method,
         params=resolved.params,
         names=pool.names,
-        coefficients=effective_weights(plan),
+        coefficients=effective_weights(plan, resolved.method),
         base_name=pool.base_path.name if pool.base_path else None,
         dtype=dtype_name,
         mergekit_yaml=yaml_text,
         extra=card_extra,
     )
 
-    tok = pool.tokenizer_path()
+    tok = tokenizer_path(pool)
     check_room(target, export_bytes(pool, out_dtype))
     made = _make_parents(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -126,9 +125,8 @@ def export_merge(
                 shutil.copy2(tok / name, tmp / name)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         (tmp / YAML_FILE).write_text(yaml_text, encoding="utf-8")
-        if resolved.method.needs_fisher:
-            lines = [json.dumps(r, ensure_ascii=False) for r in pool.fisher_records]
-            (tmp / CALIBRATION_FILE).write_text("".join(f"{x}\n" for x in lines), "utf-8")
+        for name, text in kept.files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
         marker = provenance(plan, pool, dtype_name)
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _swap_in(tmp, target)
@@ -231,8 +229,8 @@ def check_output(
 def export_bytes(pool: CheckpointPool, dtype: torch.dtype) -> int:
     """Bytes an export of ``pool`` writes, about: the weights in ``dtype`` and the tokenizer."""
     size = torch.tensor([], dtype=dtype).element_size()
-    weights = sum(_numel(s) for s in pool.shapes.values()) * size
-    tok = pool.tokenizer_path()
+    weights = sum(math.prod(s) for s in pool.shapes.values()) * size
+    tok = tokenizer_path(pool)
     extra = sum((tok / n).stat().st_size for n in TOKENIZER_FILES if tok and (tok / n).is_file())
     return weights + extra + _ROOM_SLACK
 
@@ -303,7 +301,7 @@ def _write_weights(
     shards: list[list[str]] = [[]]
     used = 0
     for name in pool.tensor_names:
-        n_bytes = size * _numel(pool.shapes[name])
+        n_bytes = size * math.prod(pool.shapes[name])
         if shards[-1] and used + n_bytes > max_shard:
             shards.append([])
             used = 0
@@ -334,7 +332,7 @@ def _stream_shard(
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in names:
-        n_bytes = size * _numel(pool.shapes[name])
+        n_bytes = size * math.prod(pool.shapes[name])
         header[name] = {
             "dtype": _SAFETENSORS_DTYPES[dtype],
             "shape": list(pool.shapes[name]),
@@ -392,19 +390,12 @@ def _layer_filters(pool: CheckpointPool, n_groups: int) -> list[list[str]]:
 
     groups: list[list[str]] = [[] for _ in range(n_groups)]
     for name in pool.tensor_names:
-        m = _LAYER_RE.search(name)
+        m = LAYER_RE.search(name)
         flt = name[: m.end()] if m else name
         group = groups[pool.group_of(name, n_groups)]
         if flt not in group:
             group.append(flt)
     return groups
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,8 +409,8 @@ def merge_from_yaml(
     device: str = "cpu",
     dtype: str | None = None,
     force: bool = False,
-    load_fishers: Callable[[CheckpointPool, Path, int], None] | None = None,
     placement: str = "auto",
+    methods: Mapping[str, MergeMethod] | None = None,
 ) -> tuple[Path, MergePlan, CheckpointPool]:
     """Merge what a mergekit YAML describes and export the folder (``merge-search merge``).
 
@@ -427,23 +418,24 @@ def merge_from_yaml(
     in ``dtype`` (default: the YAML's ``dtype``, else float32; accumulation is float32 either
     way), holding the checkpoints as ``placement`` says (:mod:`search.engine.placement`; the
     merged bits are the same in every placement). Relative model paths in the YAML resolve
-    against the current directory, as mergekit does, not against the YAML's folder; so does
-    ``parameters.fisher_data``.
+    against the current directory, as mergekit does, not against the YAML's folder; so do the
+    files a method's extension keys name. A method that reads per-tensor extras makes them
+    through its :class:`~search.engine.extras.MethodExtension` (the export package reads no
+    data itself).
 
     Args:
-        load_fishers: for methods that read Fishers, ``(pool, fisher_data, fisher_examples)``
-            loads them into the pool (the command passes
-            :func:`search.fisher.cache.fishers_from_file`: the export package reads no
-            data itself).
+        methods: the methods the YAML may name (the command passes
+            :func:`search.strategies.merge_methods`; default: the engine's built-in ones).
 
     Returns:
         ``(folder written, the plan, the opened pool)``.
     """
 
-    request = read_config(config)
+    request = read_config(config, methods)
+    ext = request.method.extension_impl
     protected: list[tuple[str, str | Path]] = [("the merge config", config)]
-    if request.fisher_data is not None:
-        protected.append(("the Fisher calibration data", request.fisher_data))
+    if ext is not None:
+        protected += ext.inputs(request.extension)
     inputs = [("an input checkpoint", p) for p in request.checkpoints]
     if request.base_model is not None:
         inputs.append(("the base model", request.base_model))
@@ -455,11 +447,9 @@ def merge_from_yaml(
         dtype=dtype or request.dtype or "float32",
         placement=placement,
     )
-    check_room(out, export_bytes(pool, pool.dtype))  # before the Fishers' backward passes
-    if request.method.needs_fisher:
-        if load_fishers is None or request.fisher_data is None:
-            raise UserError(f"{config}: merge_method {request.method.name} needs its Fishers")
-        load_fishers(pool, request.fisher_data, request.fisher_examples)
+    check_room(out, export_bytes(pool, pool.dtype))  # before the extras are computed
+    if ext is not None:
+        ext.load(pool, request.extension)
     block = {name: pool.group_of(name, max(pool.n_layers, 1)) for name in pool.tensor_names}
     plan = request.plan(pool.tensor_names, block, pool.n_layers)
     path = export_merge(
@@ -468,6 +458,7 @@ def merge_from_yaml(
         out,
         force=force,
         protected=protected,
+        method=request.method,
         card_extra={
             "Source config": f"Merged from `{Path(config).name}` with `merge-search merge`."
         },

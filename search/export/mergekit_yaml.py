@@ -11,10 +11,10 @@ The subset handled (mergekit 0.1.5 names)::
     parameters: {normalize: true, lambda: 1.0, t: 0.5, density: 0.5, gamma: 0.01}
     dtype: bfloat16
 
-Methods mergekit lacks (``fisher``) are read and written in the same format under their own name,
-with merge-search's extension keys: ``parameters: {fisher_data: FILE.txt|FILE.jsonl,
-fisher_examples: N}`` (the calibration data of the Fishers, N = 256 by default); such a YAML
-starts with a note that it is for ``merge-search merge``, not ``mergekit-yaml``.
+Methods mergekit lacks (those a strategy provides) are read and written in the same format under
+their own name, with merge-search's extension keys under ``parameters`` (declared by the method's
+:class:`~search.engine.extras.MethodExtension`, e.g. the calibration data of its extras); such a
+YAML starts with a note that it is for ``merge-search merge``, not ``mergekit-yaml``.
 
 A weight may also be mergekit's list of conditional values (``[{filter: layers.0., value: 0.6},
 ..., {value: 0.2}]``, first match wins): that is how per-layer-group weights are written, and it
@@ -24,7 +24,7 @@ is read back as long as the weight is constant within each transformer block.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +56,13 @@ class _ModelEntry(BaseModel):
 
 
 class _Parameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # extra keys: a method's extension keys (MethodExtension.keys), else refused by _params
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
     normalize: bool | None = None
     lambda_: float | None = Field(default=None, alias="lambda")
     t: float | None = None
     density: float | None = None
     gamma: float | None = None
-    # merge-search's extension (methods that read Fishers): the calibration data and N
-    fisher_data: str | None = None
-    fisher_examples: int | None = Field(default=None, ge=1)
-
-
-FISHER_KEYS = ("fisher_data", "fisher_examples")
-DEFAULT_FISHER_EXAMPLES = 256
 
 
 class MergekitConfig(BaseModel):
@@ -92,8 +86,8 @@ class MergeRequest:
     weights: tuple[Any, ...]  # per checkpoint: float, or a list of _Conditional
     params: dict[str, Any]
     dtype: str | None
-    fisher_data: Path | None = None  # calibration data of methods that read Fishers
-    fisher_examples: int = DEFAULT_FISHER_EXAMPLES
+    # the method's extension settings (its MethodExtension.parse), e.g. calibration data
+    extension: dict[str, Any] = field(default_factory=dict)
 
     def plan(
         self, tensor_names: Sequence[str], group_of_layer: Mapping[str, int], n_layers: int
@@ -108,11 +102,12 @@ class MergeRequest:
         return MergePlan.create(self.method.name, rows, self.params)
 
 
-def read_config(path: str | Path) -> MergeRequest:
+def read_config(path: str | Path, methods: Mapping[str, MergeMethod] | None = None) -> MergeRequest:
     """Read and check a mergekit YAML.
 
     Relative model paths resolve against the current directory (as in mergekit), not against
-    the YAML's folder.
+    the YAML's folder. ``methods``: the methods it may name (default: the engine's built-in
+    ones; the command passes :func:`search.strategies.merge_methods`).
     """
 
     file = Path(path)
@@ -128,17 +123,20 @@ def read_config(path: str | Path) -> MergeRequest:
         config = MergekitConfig.model_validate(raw)
     except ValidationError as exc:
         raise UserError(f"{file}: {one_line(exc, MergekitConfig, _HINTS)}") from None
-    return _request(file, config)
+    return _request(file, config, methods or METHODS)
 
 
-def _request(file: Path, config: MergekitConfig) -> MergeRequest:
+def _request(
+    file: Path, config: MergekitConfig, methods: Mapping[str, MergeMethod]
+) -> MergeRequest:
     """The checked request: the method, the models in order, the parameters (``UserError``)."""
-    method = _method(file, config.merge_method)
+    method = _method(file, config.merge_method, methods)
     entries, base = _models(file, config, method)
     given = (
         config.parameters.model_dump(by_alias=True, exclude_none=True) if config.parameters else {}
     )
-    fisher = _fisher_settings(file, method, given)
+    ext = method.extension_impl
+    extension = ext.parse(file, method.name, given) if ext is not None else {}
     params = _params(file, method, given, entries)
     weights: list[Any] = []
     for i, entry in enumerate(entries):
@@ -153,16 +151,15 @@ def _request(file: Path, config: MergekitConfig) -> MergeRequest:
         weights=tuple(weights),
         params=params,
         dtype=config.dtype,
-        fisher_data=Path(fisher["fisher_data"]) if "fisher_data" in fisher else None,
-        fisher_examples=int(fisher.get("fisher_examples", DEFAULT_FISHER_EXAMPLES)),
+        extension=extension,
     )
 
 
-def _method(file: Path, name: str) -> MergeMethod:
+def _method(file: Path, name: str, methods: Mapping[str, MergeMethod]) -> MergeMethod:
     """The method of mergekit's ``merge_method`` (or merge-search's own name for the methods
     mergekit lacks)."""
-    by_mergekit = {m.mergekit_name: m for m in METHODS.values() if m.mergekit_name}
-    by_mergekit.update({m.name: m for m in METHODS.values() if m.mergekit is None})
+    by_mergekit = {m.mergekit_name: m for m in methods.values() if m.mergekit_name}
+    by_mergekit.update({m.name: m for m in methods.values() if m.mergekit is None})
     if name not in by_mergekit:
         raise UserError(
             f"{file}: merge_method {name!r} is not supported; supported: {', '.join(by_mergekit)}"
@@ -196,22 +193,6 @@ def _models(
         if not entries:
             raise UserError(f"{file}: models: expected at least one model besides base_model")
     return entries, base
-
-
-def _fisher_settings(file: Path, method: MergeMethod, given: dict[str, Any]) -> dict[str, Any]:
-    """merge-search's extension keys, taken out of ``given`` and checked against the method."""
-    fisher = {key: given.pop(key) for key in FISHER_KEYS if key in given}
-    if fisher and not method.needs_fisher:
-        raise UserError(
-            f"{file}: parameter {next(iter(fisher))} is not used by {method.name} "
-            "(only by methods that read Fishers)"
-        )
-    if method.needs_fisher and "fisher_data" not in fisher:
-        raise UserError(
-            f"{file}: parameters.fisher_data: required for merge_method {method.name} "
-            "(the Fishers' calibration data: a .txt or .jsonl file)"
-        )
-    return fisher
 
 
 def _params(
@@ -287,6 +268,7 @@ def plan_to_yaml(
     dtype: str,
     layer_filters: Sequence[Sequence[str]] = (),
     extension: Mapping[str, Any] | None = None,
+    method: MergeMethod | None = None,
 ) -> str:
     """The plan in mergekit's YAML.
 
@@ -298,11 +280,12 @@ def plan_to_yaml(
         layer_filters: for plans with layer groups, the mergekit filters of each group in
             order (e.g. ``[["embed_tokens", "layers.0.", "layers.1."], ["layers.2.", ...]]``);
             the last group is written as the unfiltered fallback (final norm, lm_head).
-        extension: merge-search's extension parameters (``fisher_data``, ``fisher_examples``),
-            written under ``parameters``.
+        extension: merge-search's extension parameters (a method's extension keys,
+            :class:`~search.engine.extras.MethodExtension`), written under ``parameters``.
+        method: the plan's method when it is not built in.
     """
 
-    method = METHODS[plan.method]
+    method = method or METHODS[plan.method]
     form = method.mergekit or MergekitForm(
         method.name, note=NOT_IN_MERGEKIT.format(name=method.name)
     )

@@ -11,8 +11,9 @@
 - :mod:`~search.report.choose` — picking a trial and exporting its merge;
 - :mod:`~search.report.dashboard` — optuna-dashboard on the study's storage.
 
-Dependencies: :mod:`search.study`, :mod:`search.fisher`, :mod:`search.export`, :mod:`search.engine`,
-:mod:`evaluators` (through the study's worker runtime); it is the top of the library.
+Dependencies: :mod:`search.study`, :mod:`search.strategies` (the registry), :mod:`search.export`,
+:mod:`search.engine`, :mod:`evaluators` (through the study's worker runtime); it is the top of
+the library.
 """
 
 from __future__ import annotations

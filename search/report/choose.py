@@ -29,7 +29,9 @@ from search.report.scores import (
 )
 from search.report.table import lead_text, verdict_text
 from search.report.view import Row, StudyView, open_view
+from search.strategies import get_method
 from search.study.storage import FINGERPRINT_ATTR, SPACE_ATTR, check_fingerprint, sqlite_path
+from search.study.strategy import offered
 
 ON_HELDOUT = "on held-out re-scores (eval.heldout)"
 
@@ -76,8 +78,8 @@ def pick_row(
         row = by_number[trial]
         if row.record.stopped:
             raise UserError(
-                f"--trial {trial}: stopped by staged scoring at rung {row.record.rung} "
-                f"(trial {row.record.stopped_by} beat it), so its scores are partial; choose a "
+                f"--trial {trial}: stopped early (trial {row.record.stopped_by} beat it), so its "
+                "scores are partial; choose a "
                 "trial scored in full (see `merge-search pareto`)"
             )
         return row, f"trial {trial}"
@@ -238,7 +240,7 @@ def export_chosen(
     )
     check_fingerprint(
         view.study,
-        pool.fingerprint(),
+        pool.identity.fingerprint(),
         config,
         f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
     )
@@ -262,22 +264,26 @@ def export_chosen(
         force=force,
         card_extra=model_card_extra(view, row, how, config, test),
         protected=protected,
+        method=get_method(cfg.merge.method),
     )
     return row, how, path, view, test
 
 
 def _prepare_export(view: StudyView, pool: CheckpointPool, config: str | Path) -> None:
-    """What the study's strategies need for its merge (the Fishers it merged with, from the
-    cache); refused when their data changed since the study (their signature entries)."""
+    """What the study's strategies need for its merge (e.g. the extras it merged with, from
+    their cache); refused when their data changed since the study (their signature entries)."""
     recorded = view.study.user_attrs.get(SPACE_ATTR) or {}
-    for feature in view.cfg.features:
-        for key, value in feature.signature().items():
+    for strategy in view.cfg.strategies:
+        offers = strategy.offers()
+        entries = offers.signature() if offers.signature is not None else {}
+        for key, value in entries.items():
             if key in recorded and recorded[key] != value:
                 raise UserError(
                     f"{config}: {key}: changed since study {view.cfg.name!r} (recorded "
                     f"{recorded[key]}); the export would not be the merge that was scored"
                 )
-        feature.prepare_export(pool)
+        if offers.prepare_export is not None:
+            offers.prepare_export(pool)
 
 
 def study_inputs(
@@ -285,7 +291,7 @@ def study_inputs(
 ) -> list[tuple[str, str | Path]]:
     """What an export of the study must keep clear of, as ``(what, path)``: the checkpoints,
     the base, the tasks folder, the study's SQLite file (and its lock), what its strategies
-    keep (the Fisher cache), the config (see :func:`search.export.folder.check_output`)."""
+    keep (a cache), the config (see :func:`search.export.folder.check_output`)."""
     items: list[tuple[str, str | Path]] = [("an input checkpoint", p) for p in cfg.checkpoints]
     if cfg.base_model is not None:
         items.append(("the base model", cfg.base_model))
@@ -294,6 +300,6 @@ def study_inputs(
     db = sqlite_path(storage or cfg.storage)
     if db is not None:
         items += [("the study's SQLite file", db), ("the study's lock file", Path(f"{db}.lock"))]
-    items += [item for feature in cfg.features for item in feature.protected()]
+    items += [item for kept in offered(cfg.strategies, "protected") for item in kept()]
     items.append(("the study config", config))
     return items

@@ -52,7 +52,9 @@ DASHBOARD_GRAPH_ID = "merge-search-hypervolume"
 class ObjectiveInfo:
     name: str
     direction: str  # "maximize" | "minimize"
-    signal: bool = False  # searched on its signal: its search values are not in its tasks' units
+    search_tasks: bool = (
+        False  # searched on other tasks: its search values are not in its tasks' units
+    )
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,6 @@ class TrialRow:
     feasible: bool
     duplicate_of: int | None
     stopped_by: int | None
-    rung: int | None
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def build_report(
         study=view.cfg.name,
         storage=view.storage_url,
         objectives=[
-            ObjectiveInfo(n, d, bool(o.signal))
+            ObjectiveInfo(n, d, bool(o.search_tasks))
             for n, d, o in zip(names, directions, view.cfg.objectives, strict=True)
         ],
         trial_counts=dict(view.counts),
@@ -255,7 +256,6 @@ def _trial_row(r: Row, names: Sequence[str]) -> TrialRow:
         feasible=r.feasible,
         duplicate_of=r.record.duplicate_of,
         stopped_by=r.record.stopped_by,
-        rung=r.record.rung,
     )
 
 

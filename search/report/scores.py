@@ -476,7 +476,7 @@ def _runtime(view: StudyView, split: str, factory: Callable[..., Any] | None) ->
     if pool is not None:
         check_fingerprint(
             view.study,
-            pool.fingerprint(),
+            pool.identity.fingerprint(),
             f"study {cfg.name!r}",
             "re-scoring other weights under its trials is refused; restore the files or use a "
             "new study",

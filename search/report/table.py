@@ -62,17 +62,17 @@ def _front_table(report: Report) -> list[list[str]]:
 
 
 def _notes(report: Report) -> list[str]:
-    """The lines under the table: example counts, marks, staged scoring, the test split, the
+    """The lines under the table: example counts, marks, trials stopped early, the test split, the
     hypervolume."""
     lines = []
     counts = _examples_text(report.examples)
     if counts:
         lines.append(f"value ± standard error; {counts}")
-    signalled = [o.name for o in report.objectives if o.signal]
+    signalled = [o.name for o in report.objectives if o.search_tasks]
     if signalled:
         lines.append(
-            f"search values of {', '.join(signalled)}: the objective's signal (what the sampler "
-            "and staged scoring saw); held-out and test values: its tasks"
+            f"search values of {', '.join(signalled)}: the objective's search_tasks (what the "
+            "sampler and the strategies saw); held-out and test values: its tasks"
         )
     if any(r.indistinct_from for r in report.front):
         lines.append(
@@ -82,8 +82,8 @@ def _notes(report: Report) -> list[str]:
     stopped = [t for t in report.trials if t.stopped_by is not None]
     if stopped:
         lines.append(
-            f"staged scoring stopped {len(stopped)} of {len(report.trials)} completed trials "
-            "early (a front member beat them with confidence); they are never on the front"
+            f"{len(stopped)} of {len(report.trials)} completed trials were stopped early (a front "
+            "member beat them with confidence); they are never on the front"
         )
     n_dom = sum(bool(b.dominated_by) for b in report.baselines)
     lines.append(f"the front dominates {n_dom} of {len(report.baselines)} baselines")

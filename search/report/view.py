@@ -126,7 +126,7 @@ def view_of(cfg: Any, study: Any, url: str) -> StudyView:
         if t.state != TrialState.COMPLETE:
             continue
         record = TrialRecord.from_trial(t)
-        # a trial stopped by racing is infeasible even when the sampler ignores constraints
+        # a trial a strategy stopped early is infeasible even when the sampler ignores constraints
         # (random, qmc): it never reaches the front
         rows.append(Row(t.number, record.values, record.key, record.feasible, record))
     return StudyView(cfg, study, redact(url), names, directions, tuple(rows), count_states(trials))

@@ -9,14 +9,13 @@ evaluate, tell; what the trial did is one :class:`~search.study.record.TrialReco
 :mod:`~search.study.launch` prepares a study, runs its workers (:mod:`~search.study.processes`:
 spawned processes, their events and stops) and reports to the command's console.
 
-Strategies a config turns on plug into that loop through one hook interface,
-:mod:`~search.study.features`, each in its own package that is imported only when a config asks
-for it: :mod:`~search.study.staged` (staged scoring that races the front),
-:mod:`~search.study.frank_wolfe` (gradient-informed proposals enqueued as seed trials) and
-:mod:`~search.study.fisher` (each checkpoint's Fisher, cached before the workers start).
+Strategies a config turns on plug into that loop through one interface,
+:mod:`~search.study.strategy`; each lives in its own folder under :mod:`search.strategies`,
+whose registry says when a config turns it on, and is imported only then. The loop never names
+one.
 
-Dependencies: :mod:`search.engine`, :mod:`search.fisher` and :mod:`evaluators` (engine,
-evaluators ← study ← report); Optuna. Nothing here parses command-line arguments or prints.
+Dependencies: :mod:`search.engine`, :mod:`evaluators` and the strategies' registry
+(engine, evaluators ← study ← report); Optuna. Nothing here parses command-line arguments or prints.
 """
 
 from __future__ import annotations

@@ -25,10 +25,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from evaluators.spec import EvalSpec, ObjectiveSpec, check_chat_settings
-from search.engine.registry import METHODS, check_merge
+from search.engine.registry import check_merge
 from search.errors import UserError, one_line
-from search.study.features import Feature, build_features
+from search.strategies import get_method, method_names
 from search.study.samplers import SAMPLERS, check_sampler
+from search.study.strategy import (
+    Strategy,
+    build_strategies,
+    join_sections,
+    offered,
+    split_sections,
+)
 
 
 class _Strict(BaseModel):
@@ -85,8 +92,6 @@ class MergeConfig(_Strict):
     weights: WeightRange = WeightRange()
     # name -> fixed value, or {low, high} to search; unlisted parameters keep the method default
     params: dict[str, Any] = Field(default_factory=dict)
-    # calibration data of methods that read Fishers (search.study.fisher owns this section)
-    fisher: dict[str, Any] | None = None
 
     @field_validator("params", mode="before")
     @classmethod
@@ -127,16 +132,13 @@ class Constraint(_Strict):
 
 class StudyEval(EvalSpec):
     """The study's ``eval`` section: :class:`~evaluators.spec.EvalSpec` as the evaluators take it
-    (each setting declared there, once), plus what only a study has: the test split and the
-    strategies' sections. The tasks folder is the study's top-level ``tasks_path``
+    (each setting declared there, once), plus what only a study has: the test split (the
+    strategies' sections, e.g. ``eval.staged``, are read by the strategies). The tasks folder is the study's top-level ``tasks_path``
     (:meth:`StudyConfig.eval_spec` puts it in), so ``eval.tasks_path`` is no field here."""
 
     tasks_path: None = Field(default=None, exclude=True)  # top-level tasks_path instead
     # search task -> test task: data neither the search nor the choice of a merge saw
     test: dict[str, str] = Field(default_factory=dict)
-    # staged scoring (off unless given): `racing: {}` or `true` for the defaults; the section
-    # belongs to search.study.staged, which checks it when it is given
-    racing: dict[str, Any] | None = None
 
     @field_validator("tasks_path", mode="before")
     @classmethod
@@ -147,13 +149,6 @@ class StudyEval(EvalSpec):
     def _check_chat(self) -> StudyEval:  # EvalSpec's check, naming the study's fields
         check_chat_settings(self.apply_chat_template, self.fewshot_as_multiturn, "eval.")
         return self
-
-    @field_validator("racing", mode="before")
-    @classmethod
-    def _racing_bool(cls, value: Any) -> Any:
-        if value is True:
-            return {}
-        return None if value is False else value
 
 
 class SamplerConfig(_Strict):
@@ -210,13 +205,24 @@ class StudyConfig(_Strict):
     budget: BudgetConfig = BudgetConfig()
     workers: WorkersConfig = WorkersConfig()
     seed_trials: tuple[SeedTrial, ...] = ("uniform", "singles")
-    # Frank-Wolfe proposals' settings (search.study.frank_wolfe checks them when it is on)
-    fw: dict[str, Any] = Field(default_factory=dict)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # Where the checkpoints' stacks live (search.engine.placement); never changes a merge.
     pool: Literal["auto", "device", "host", "disk"] = "auto"
-    _features: tuple[Feature, ...] = PrivateAttr(default=())
+    # the strategies' config sections (search.strategies: each validates its own), by name
+    _sections: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _strategies: tuple[Strategy, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _strategy_sections(cls, data: Any, handler: Any) -> StudyConfig:
+        sections: dict[str, Any] = {}
+        if isinstance(data, Mapping):
+            data, sections = split_sections(data)
+        cfg = handler(data)
+        if isinstance(data, Mapping):
+            cfg._sections = sections
+        return cfg  # the after-validators run next: _check builds the strategies last
 
     @model_validator(mode="before")
     @classmethod
@@ -248,29 +254,31 @@ class StudyConfig(_Strict):
                     f"constraints[{i}].objective: unknown objective {con.objective!r}; "
                     f"expected one of: {', '.join(names)}"
                 )
-            if self.objectives[names.index(con.objective)].signal:
+            if self.objectives[names.index(con.objective)].search_tasks:
                 raise ValueError(
-                    f"constraints[{i}].objective: {con.objective!r} searches on its signal, whose "
-                    "values are not in the units of its tasks; bound an objective without signal"
+                    f"constraints[{i}].objective: {con.objective!r} searches on its search_tasks, "
+                    "whose values are not in the units of its tasks; bound an objective without "
+                    "search_tasks"
                 )
-        signalled = [o.name for o in self.objectives if o.signal]
+        signalled = [o.name for o in self.objectives if o.search_tasks]
         if signalled and not self.eval.heldout:
             raise ValueError(
-                f"objectives: {signalled[0]!r} has a signal, which needs eval.heldout (the choice "
-                "of the merge is judged on its tasks, on data the search never saw)"
+                f"objectives: {signalled[0]!r} has search_tasks, which need eval.heldout (the "
+                "choice of the merge is judged on its tasks, on data the search never saw)"
             )
         self._check_heldout()
         self._check_merge()
         check_sampler(
             self.sampler, n_objectives=len(self.objectives), constrained=bool(self.constraints)
         )
-        self._features = build_features(self)  # each strategy the config turns on checks itself
+        # each strategy the config turns on checks its own section
+        self._strategies = build_strategies(self, self._sections)
         return self
 
     @property
-    def features(self) -> tuple[Feature, ...]:
-        """The strategies this config turns on (:mod:`search.study.features`), checked."""
-        return self._features
+    def strategies(self) -> tuple[Strategy, ...]:
+        """The strategies this config turns on (:mod:`search.strategies`), checked."""
+        return self._strategies
 
     @property
     def seed_kinds(self) -> tuple[str, ...]:
@@ -282,7 +290,7 @@ class StudyConfig(_Strict):
     def n_trials(self) -> int:
         """The trial budget: ``budget.n_trials``, capped by a strategy that can run fewer
         (the ``fw`` sampler runs its paths' endpoints only)."""
-        caps = [c for c in (f.trial_cap() for f in self.features) if c is not None]
+        caps = offered(self.strategies, "trial_cap")
         return min([self.budget.n_trials, *caps])
 
     def _check_heldout(self) -> None:
@@ -304,16 +312,21 @@ class StudyConfig(_Strict):
 
     def _check_merge(self) -> None:
         """The merge section against its method's declaration (:func:`~search.engine.registry.
-        check_merge`), then what the search space makes of it."""
+        check_merge`; the methods strategies provide included), then what the search space makes
+        of it."""
         method = check_merge(
-            self.merge, n_checkpoints=len(self.checkpoints), has_base=self.base_model is not None
+            self.merge,
+            n_checkpoints=len(self.checkpoints),
+            has_base=self.base_model is not None,
+            names=method_names(),
+            lookup=get_method,
         )
         self._check_parametrization()
         method.check_searched(self.merge.params)
 
     def _check_parametrization(self) -> None:
         weights = self.merge.weights
-        method = METHODS[self.merge.method]
+        method = get_method(self.merge.method)
         if weights.parametrization == "simplex" and not method.scale_free(self.fixed_params()):
             raise ValueError(
                 f"merge.weights.parametrization: simplex needs a method that normalizes the "
@@ -335,7 +348,7 @@ class StudyConfig(_Strict):
 
     def fixed_params(self) -> dict[str, Any]:
         """The merge method's parameters that the study holds fixed (defaults filled in)."""
-        method = METHODS[self.merge.method]
+        method = get_method(self.merge.method)
         out: dict[str, Any] = {}
         for spec in method.params:
             value = self.merge.params.get(spec.name)
@@ -350,7 +363,7 @@ class StudyConfig(_Strict):
         given = self.merge.weights.parametrization
         if given is not None:
             return given
-        scale_free = METHODS[self.merge.method].scale_free(self.fixed_params())
+        scale_free = get_method(self.merge.method).scale_free(self.fixed_params())
         return "simplex" if scale_free else "independent"
 
     # ----------------------------------------------------------------- views used by the workers
@@ -370,15 +383,18 @@ class StudyConfig(_Strict):
         return self.split_objectives("heldout")
 
     def split_objectives(self, split: Split) -> tuple[ObjectiveSpec, ...]:
-        """The objectives scored on ``split``: ``"search"`` (each objective's ``signal`` when it
-        has one, else its tasks), ``"heldout"`` (``eval.heldout``) or ``"test"`` (``eval.test``;
-        both map ``tasks``, never the signal); () when that split has no mapping.
+        """The objectives scored on ``split``: ``"search"`` (each objective's ``search_tasks`` when
+        it has them, else its tasks), ``"heldout"`` (``eval.heldout``) or ``"test"``
+        (``eval.test``; both map ``tasks``, never the search tasks); () when that split has no
+        mapping.
 
         Perplexity objectives have no task to map and are kept as they are.
         """
         if split == "search":
             return tuple(
-                o.model_copy(update={"tasks": o.signal, "signal": ()}) if o.signal else o
+                o.model_copy(update={"tasks": o.search_tasks, "search_tasks": ()})
+                if o.search_tasks
+                else o
                 for o in self.objectives
             )
         mapping = self.eval.heldout if split == "heldout" else self.eval.test
@@ -387,7 +403,7 @@ class StudyConfig(_Strict):
         mapped = []
         for obj in self.objectives:
             tasks = tuple(t.model_copy(update={"task": mapping[t.task]}) for t in obj.tasks)
-            mapped.append(obj.model_copy(update={"tasks": tasks, "signal": ()}))
+            mapped.append(obj.model_copy(update={"tasks": tasks, "search_tasks": ()}))
         return tuple(mapped)
 
     @property
@@ -414,7 +430,7 @@ class StudyConfig(_Strict):
         (a study's attrs are served by optuna-dashboard to whoever reaches its port)."""
         from search.study.storage.connect import redact
 
-        data = self.model_dump(mode="json")
+        data = join_sections(self.model_dump(mode="json"), self._sections)
         data["storage"] = redact(self.storage)
         return data
 
@@ -476,7 +492,9 @@ def check_paths(cfg: StudyConfig, path: str | Path = "<config>") -> None:
     ]
     items += [("base_model", cfg.base_model, True), ("tasks_path", cfg.tasks_path, True)]
     items += [(f"objectives[{i}].data", o.data, False) for i, o in enumerate(cfg.objectives)]
-    items += [(field, p, False) for f in cfg.features for field, p in f.files()]
+    items += [
+        (field, p, False) for files in offered(cfg.strategies, "files") for field, p in files()
+    ]
     for field, p, is_dir in items:
         if p is None:
             continue

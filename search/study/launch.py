@@ -8,8 +8,8 @@
    their data here), open the storage once (when the study can already exist) and, on resume,
    check that the checkpoints, the search space and the scoring are unchanged;
 2. **precompute** (:func:`precompute`): what no worker should do on its own (the strategies'
-   precompute hook: the Fisher cache, a new study's Frank-Wolfe paths), in one scratch pool
-   and model released before the workers start;
+   precompute hook: e.g. a cache of per-tensor extras, seed trials to propose), in one scratch
+   pool and model released before the workers start;
 3. **run workers** (:mod:`search.study.processes` spawns, hears and stops them): ``n_workers``
    processes each build ONE resident model and ONE evaluator, worker ``i`` on GPU ``i mod G``
    (:func:`search.engine.device.worker_device`), all with one pool placement
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 
 from search.engine.device import local_gpu_count, worker_device
+from search.engine.model import load_model
 from search.engine.placement import PlacementChoice, place_workers
 from search.engine.pool import CheckpointPool
-from search.engine.registry import METHODS
 from search.errors import UserError
-from search.study.features import Scratch
+from search.strategies import get_method
 from search.study.processes import Ready, WorkerGroup, ctrl_c, worker_sampler
 from search.study.record import TrialRecord
 from search.study.samplers import check_options
@@ -63,6 +63,7 @@ from search.study.storage import (
     sqlite_path,
     trial_counts,
 )
+from search.study.strategy import Scratch, offered
 from search.study.worker import Runtime, quiet_libraries, run_worker
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def prepare(
     check_scoring(cfg, config_path)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
     space = SearchSpace.build(cfg, pool.names)
-    sig = signature(cfg, space, pool.fingerprint())  # strategies read their data here
+    sig = signature(cfg, space, pool.identity.fingerprint())  # strategies read their data here
     db = sqlite_path(cfg.storage)
     exists = db is None or db.is_file()
     storage = open_storage(cfg) if exists or storage_must_exist else None
@@ -163,23 +164,23 @@ def prepare(
 
 
 def precompute(prepared: Prepared, say: Callable[[str], None]) -> None:
-    """What no worker should do on its own: each strategy's :meth:`~search.study.features.
-    Feature.precompute` (the Fisher cache, a new study's Frank-Wolfe paths).
+    """What no worker should do on its own: each strategy's :meth:`~search.study.strategy.
+    Strategy.precompute` (a cache of per-tensor extras, a new study's seed trials).
 
     They need the pool's tensors and a model: loaded once here in a scratch pool and model,
     released before any worker starts.
     """
     cfg = prepared.cfg
     new_study = prepared.study is None
-    busy = [f for f in cfg.features if f.needs_precompute(new_study)]
+    busy = [s for s in cfg.strategies if s.needs_precompute(new_study)]
     if not busy:
         return
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model, device=cfg.device, dtype=cfg.dtype)
-    pool.load(base=METHODS[cfg.merge.method].needs_base)
-    model, tokenizer = pool.load_model()
+    pool.load(base=get_method(cfg.merge.method).needs_base)
+    model, tokenizer = load_model(pool)
     scratch = Scratch(pool, model, tokenizer, prepared.space)
-    for feature in busy:
-        for line in feature.precompute(scratch, new_study):
+    for strategy in busy:
+        for line in strategy.precompute(scratch, new_study):
             say(line)
     del model, tokenizer, pool, scratch
     gc.collect()
@@ -241,7 +242,7 @@ def launch(
             first = group.wait_first_ready(pressed)
             storage = storage or open_storage(cfg, create=True)
             study, created = create_or_resume(
-                cfg, storage, prepared.space, prepared.pool.fingerprint(), config_path
+                cfg, storage, prepared.space, prepared.pool.identity.fingerprint(), config_path
             )
             console.say(
                 f"study {cfg.name!r} {'created' if created else 'resumed'} in "
@@ -309,7 +310,8 @@ def summary(
     rescored = rescored_plans(everything)
     again = f", {rescored} scored a plan another trial scored at the same time" if rescored else ""
     retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
-    extra = "".join(f", {text}" for f in cfg.features if (text := f.summary(records)))
+    summaries = offered(cfg.strategies, "summary")
+    extra = "".join(f", {text}" for summary in summaries if (text := summary(records)))
     line = (
         f"study {cfg.name!r}: {done}/{cfg.n_trials} trials finished "
         f"({dup} reused a scored plan{again}, {len(retried)} retried after a failure or "
@@ -391,6 +393,6 @@ def pool_placement(
     """``cfg.pool`` for local workers on ``devices``, decided once so every worker agrees
     (:func:`search.engine.placement.place_workers` for the study's method: its base, linear or
     not)."""
-    method = METHODS[cfg.merge.method]
+    method = get_method(cfg.merge.method)
     sizes = pool.sizes(needs_base=method.needs_base, linear=method.linear_coefficients is not None)
     return place_workers(cfg.pool, sizes, devices)

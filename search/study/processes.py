@@ -101,7 +101,7 @@ def worker_sampler(
     """
     return build_sampler(
         cfg.sampler,
-        constraints=constraints_func(bool(cfg.constraints), cfg.features),
+        constraints=constraints_func(bool(cfg.constraints), cfg.strategies),
         worker=worker,
         salt=len(study.get_trials(deepcopy=False)),
         nonce=0 if launch_token is None else worker_nonce(launch_token),

@@ -3,7 +3,7 @@
 Optuna keeps a trial's own data as JSON user attrs. Every attr merge-search writes on a trial is
 a field of :class:`TrialRecord`, under the field's own name; :meth:`TrialRecord.write` sets
 them, :meth:`TrialRecord.from_trial` reads them back, and the rest of the project (the worker,
-staged scoring, the samplers' constraints, the report, the benchmarks) goes through the type.
+the strategies, the samplers' constraints, the report, the benchmarks) goes through the type.
 
 Per-example values (``TrialRecord.examples``, ``{"task/metric": encoded}``) are packed, since
 Optuna stores each user attr as JSON text:
@@ -65,12 +65,9 @@ class TrialRecord:
     stderr: dict[str, float | None] = field(default_factory=dict, metadata=_SCORE)  # objective
     task_stderr: dict[str, float | None] = field(default_factory=dict, metadata=_SCORE)
     examples: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=_SCORE)  # packed
-    # staged scoring (search.study.staged): rungs scored and the study's rungs, the racing
-    # constraint (0 scored in full, > 0 stopped), the front member that stopped it
-    rung: int | None = field(default=None, metadata=_SCORE)
-    rungs: int | None = field(default=None, metadata=_SCORE)
-    racing_violation: float | None = field(default=None, metadata=_SCORE)
-    stopped_by: int | None = field(default=None, metadata=_SCORE)
+    # what the strategies recorded of how it was scored, by strategy name, each its own typed
+    # fields (search.study.strategy); STOPPED_BY there: the trial that beat it, stopped early
+    strategies: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=_SCORE)
     # how it was scored
     examples_scored: int = 0  # examples this trial scored; 0 when it reused a scored plan
     merge_s: float | None = None
@@ -86,6 +83,8 @@ class TrialRecord:
         attrs = trial.user_attrs
         known = {f.name for f in dataclasses.fields(cls)} - {"number", "values"}
         kwargs = {k: v for k, v in attrs.items() if k in known}
+        if legacy := _legacy_strategy_attrs(attrs):
+            kwargs["strategies"] = {**legacy, **kwargs.get("strategies", {})}
         if "constraints" in kwargs:
             kwargs["constraints"] = tuple(kwargs["constraints"])
         told = getattr(trial, "values", None)  # a running optuna.Trial has none yet
@@ -93,8 +92,14 @@ class TrialRecord:
         return cls(number=trial.number, values=values, **kwargs)
 
     @property
+    def stopped_by(self) -> int | None:
+        """The trial that beat it when a strategy stopped it before its full evaluation."""
+        stops = [f[STOPPED_BY] for f in self.strategies.values() if f.get(STOPPED_BY) is not None]
+        return stops[0] if stops else None
+
+    @property
     def stopped(self) -> bool:
-        """Staged scoring stopped it before its full evaluation."""
+        """A strategy stopped it before its full evaluation (its scores are partial)."""
         return self.stopped_by is not None
 
     @property
@@ -114,8 +119,8 @@ class TrialRecord:
     # ------------------------------------------------------------------------------ writing
 
     @classmethod
-    def of_scores(cls, number: int, scores: Scores, names: Sequence[str], **racing: Any):
-        """The score fields of a fresh evaluation (``racing``: the staged-scoring fields)."""
+    def of_scores(cls, number: int, scores: Scores, names: Sequence[str], **fields: Any):
+        """The score fields of a fresh evaluation (``fields``: more, e.g. ``strategies``)."""
         return cls(
             number=number,
             values=tuple(float(scores.objectives[name]) for name in names),
@@ -123,7 +128,7 @@ class TrialRecord:
             stderr=json_stderr(scores.stderr),
             task_stderr=json_stderr(scores.task_stderr),
             examples=encode_examples(scores.examples),
-            **racing,
+            **fields,
         )
 
     def with_scores_of(self, scored: TrialRecord, **changes: Any) -> TrialRecord:
@@ -154,6 +159,22 @@ class TrialRecord:
     def seed_attrs(label: str) -> dict[str, Any]:
         """The user attrs of a seed trial enqueued with ``label`` (``study.enqueue_trial``)."""
         return {"seed_trial": label}
+
+
+STOPPED_BY = "stopped_by"  # in a strategy's fields: the trial that beat this one, stopped early
+
+
+def _legacy_strategy_attrs(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Strategy fields that studies written before :attr:`TrialRecord.strategies` kept as
+    trial attrs of their own (:attr:`search.strategies.StrategyEntry.attrs`), by strategy."""
+    from search.strategies import STRATEGIES
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in STRATEGIES.items():
+        fields = {new: attrs[old] for old, new in entry.attrs.items() if old in attrs}
+        if fields:
+            out[name] = fields
+    return out
 
 
 SCORE_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.metadata == _SCORE)

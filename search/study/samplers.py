@@ -8,9 +8,9 @@ stores in its ``constraints`` user attr (Optuna's convention: <= 0 is feasible).
 Every entry is an Optuna sampler class except ``fw``: Optuna has no sampler that uses gradients,
 and the Frank-Wolfe paths need the model, the pool and a backward pass, which a sampler called
 inside ``study.ask`` has none of. So the paths are computed once before the study is created
-(:mod:`search.study.frank_wolfe`) and their endpoints enqueued; the ``fw`` sampler
-(:class:`search.study.frank_wolfe.sampler.FrankWolfeSampler`) proposes nothing else, and the
-study's budget is the number of paths.
+(a strategy, :mod:`search.strategies`, which provides the ``fw`` sampler) and their endpoints
+enqueued; the ``fw`` sampler proposes nothing else, and the study's budget is the number of
+paths.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ import numpy as np
 import optuna
 
 from search.errors import UserError
+from search.strategies import SAMPLERS as STRATEGY_SAMPLERS
 from search.study.record import TrialRecord
+from search.study.strategy import offered
 
 if TYPE_CHECKING:
     import optuna
 
     from search.study.config import SamplerConfig
-    from search.study.features import Feature
+    from search.study.strategy import Strategy
 
 FW_SAMPLER = "fw"  # the registry name of the Frank-Wolfe "sampler" (enqueued endpoints only)
 
@@ -132,10 +134,10 @@ SAMPLERS: dict[str, SamplerEntry] = {
     ),
     FW_SAMPLER: SamplerEntry(
         FW_SAMPLER,
-        "FrankWolfeSampler",
+        STRATEGY_SAMPLERS[FW_SAMPLER].partition(":")[2],
         multi_objective=True,
         constraints=False,
-        module="search.study.frank_wolfe.sampler",
+        module=STRATEGY_SAMPLERS[FW_SAMPLER].partition(":")[0],
         seed_kinds=("fw",),
         doc="Only the Frank-Wolfe paths' endpoints (one trial per path; linear merges).",
     ),
@@ -143,18 +145,18 @@ SAMPLERS: dict[str, SamplerEntry] = {
 
 
 def constraints_func(
-    constrained: bool, features: Sequence[Feature]
+    constrained: bool, strategies: Sequence[Strategy]
 ) -> Callable[[optuna.trial.FrozenTrial], Sequence[float]] | None:
     """What the samplers' ``constraints_func`` reads: the config's bound values each trial
-    recorded (:attr:`TrialRecord.constraints`), then those the strategies add (staged
-    scoring's racing constraint); ``None`` when there are none."""
-    if not constrained and not any(f.adds_constraints for f in features):
+    recorded (:attr:`TrialRecord.constraints`), then those the strategies add (a stopped
+    trial's); ``None`` when there are none."""
+    adders = offered(strategies, "constraints")
+    if not constrained and not adders:
         return None
-    adders = [f for f in features if f.adds_constraints]
 
     def values(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
         record = TrialRecord.from_trial(trial)
-        return (*record.constraints, *(c for f in adders for c in f.constraints(record)))
+        return (*record.constraints, *(c for add in adders for c in add(record)))
 
     return values
 

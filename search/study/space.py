@@ -38,7 +38,7 @@ from optuna.distributions import (
 )
 
 from search.engine.plan import MergePlan, ParamValue
-from search.engine.registry import METHODS
+from search.strategies import get_method
 from search.study.config import ParamRange, StudyConfig
 
 ZERO_SUM = 1e-9  # a layer group whose weights sum to less than this cannot be normalized
@@ -92,7 +92,7 @@ class SearchSpace:
     def build(cls, cfg: StudyConfig, names: Sequence[str]) -> SearchSpace:
         """The space of ``cfg.merge`` over checkpoints ``names`` (``pool.names``)."""
         merge = cfg.merge
-        method = METHODS[merge.method]
+        method = get_method(merge.method)
         fixed = cfg.fixed_params()
         searched = [
             Searched(spec.name, spec.kind, r.low, r.high, r.log, spec.default)

@@ -3,8 +3,8 @@
 The loop, top to bottom (:func:`run_worker`): claim a trial under the budget lock
 (:func:`search.study.storage.claim_trial`), turn its suggestions into a
 :class:`~search.engine.plan.MergePlan`, reuse the scores if the same plan was already scored in
-the study, else materialize the merge in place and evaluate it (or let a strategy score it:
-staged scoring), record what the trial did (one :class:`~search.study.record.TrialRecord`), tell
+the study, else materialize the merge in place and evaluate it (or let a strategy's scorer score
+it), record what the trial did (one :class:`~search.study.record.TrialRecord`), tell
 Optuna the objective values. A heartbeat runs while the trial does, so a worker that dies leaves
 a trial that goes stale and is retried.
 
@@ -33,9 +33,11 @@ from optuna.trial import TrialState
 from evaluators import build_evaluator
 from search.engine.device import set_cpu_threads, use_device
 from search.engine.materialize import effective_weights, materialize
+from search.engine.model import load_model
 from search.engine.pool import CheckpointPool
-from search.engine.registry import METHODS
+from search.engine.registry import MergeMethod
 from search.errors import UserError
+from search.strategies import get_method
 from search.study.record import PLAN_FIELDS, TrialRecord
 from search.study.space import SearchSpace
 from search.study.storage import (
@@ -49,12 +51,13 @@ from search.study.storage import (
     retrying,
     trial_counts,
 )
+from search.study.strategy import offered
 
 if TYPE_CHECKING:
     from evaluators.base import Evaluator, Scores
     from search.engine.plan import MergePlan
     from search.study.config import Split, StudyConfig
-    from search.study.features import Scorer
+    from search.study.strategy import Scorer
 
 POLL_S = 2.0  # how often an idle worker looks for retried trials while others still run
 
@@ -74,6 +77,11 @@ class Runtime:
     objective_names: tuple[str, ...]
     split: Split = "search"
     load_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def method(self) -> MergeMethod:
+        """The config's merge method (built in, or provided by a strategy)."""
+        return get_method(self.cfg.merge.method)
 
     @classmethod
     def create(
@@ -112,16 +120,16 @@ class Runtime:
             dtype=cfg.dtype,
             placement=placement or cfg.pool,
         )
-        method = METHODS[cfg.merge.method]
+        method = get_method(cfg.merge.method)
         pool.load(base=method.needs_base)
         loaded = time.perf_counter()
-        model, tokenizer = pool.load_model()
+        model, tokenizer = load_model(pool)
         built = time.perf_counter()
         evaluator = build_evaluator(objectives, cfg.eval_spec(), model, tokenizer)
         names = tuple(o.name for o in objectives)
         runtime = cls(cfg, pool, model, tokenizer, evaluator, names, split)
-        for feature in cfg.features:  # e.g. the Fishers from the cache the launcher filled
-            feature.prepare_runtime(runtime)
+        for strategy in cfg.strategies:  # e.g. the extras from the cache the launcher filled
+            strategy.prepare_runtime(runtime)
         runtime.load_s = {
             "pool": loaded - start,
             "model": built - loaded,
@@ -132,12 +140,13 @@ class Runtime:
     def merge(self, plan: MergePlan) -> float:
         """Materialize ``plan`` into the resident model; seconds taken.
 
-        First one ``stat`` per checkpoint file (:meth:`CheckpointPool.check_unchanged`): a file
-        rewritten during the study is refused (``UserError``) rather than scored unnoticed.
+        First one ``stat`` per checkpoint file (:meth:`~search.engine.identity.PoolIdentity.
+        check_unchanged`): a file rewritten during the study is refused (``UserError``) rather
+        than scored unnoticed.
         """
-        self.pool.check_unchanged()
+        self.pool.identity.check_unchanged()
         start = time.perf_counter()
-        materialize(plan, self.pool, self.model)
+        materialize(plan, self.pool, self.model, self.method)
         if self.pool.device.type == "cuda":
             torch.cuda.synchronize(self.pool.device)
         return time.perf_counter() - start
@@ -164,17 +173,17 @@ class TrialObjective:
     study: optuna.Study
     scored: dict[str, TrialRecord] = field(default_factory=dict)  # plan key -> its scores
     duplicates: int = 0
-    scorer: Scorer | None = None  # a strategy that scores in its own way (staged scoring)
+    scorer: Scorer | None = None  # a strategy that scores in its own way
 
     def __post_init__(self) -> None:
         if self.scorer is None:
-            scorers = [f.scorer(self.runtime, self.study) for f in self.cfg.features]
-            self.scorer = next((s for s in scorers if s is not None), None)
+            scorers = offered(self.cfg.strategies, "scorer")
+            self.scorer = scorers[0](self.runtime, self.study) if scorers else None
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         with stops_held():  # suggest_* write to the storage
             plan = self.space.suggest(trial)  # optuna.TrialPruned: a group cannot be normalized
-        coefficients = effective_weights(plan)
+        coefficients = effective_weights(plan, self.runtime.method)
         record = TrialRecord(
             number=trial.number,
             worker=worker_tag(self.runtime.pool.device),

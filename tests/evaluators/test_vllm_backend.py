@@ -14,6 +14,7 @@ import pytest
 
 from evaluators import EvalSpec, ObjectiveSpec, TaskRef, build_evaluator
 from evaluators.spec import VllmSpec
+from search.engine.model import load_model
 from tests.evaluators.eval_fixtures import copy_weights_in_place, write_suite_folder
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("vllm_available")]
@@ -40,7 +41,7 @@ def pool(vllm_zoo):
         list(vllm_zoo.checkpoints), vllm_zoo.base, device="cpu", dtype="float32"
     )
     pool.load()
-    model, tok = pool.load_model()
+    model, tok = load_model(pool)
     return pool, model, tok
 
 

@@ -124,7 +124,7 @@ def exportable(tiny_zoo, tmp_path_factory):
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
     space = SearchSpace.build(cfg, pool.names)
     study, created = create_or_resume(
-        cfg, open_storage(cfg, create=True), space, pool.fingerprint(), path
+        cfg, open_storage(cfg, create=True), space, pool.identity.fingerprint(), path
     )
     assert created
     for weights, values in [
@@ -182,7 +182,7 @@ def rechosen(tiny_zoo, tmp_path_factory):
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
     space = SearchSpace.build(cfg, pool.names)
     study, _ = create_or_resume(
-        cfg, open_storage(cfg, create=True), space, pool.fingerprint(), path
+        cfg, open_storage(cfg, create=True), space, pool.identity.fingerprint(), path
     )
     heldout = {}
     for weights, values, held in [

@@ -13,6 +13,7 @@ from search.errors import UserError
 from search.study.record import TrialRecord
 from search.study.storage.budget import budget_lock
 from search.study.storage.connect import load_study, quiet_experimental
+from search.study.strategy import offered
 
 if TYPE_CHECKING:
     from search.study.config import StudyConfig
@@ -30,8 +31,9 @@ def signature(
 ) -> dict[str, Any]:
     """What a resumed study must keep: the checkpoints, the search space, how trials are scored.
 
-    The strategies' entries (:meth:`search.study.features.Feature.signature`, e.g. the Fishers'
-    calibration data: other Fishers are another merge) are kept with the search space.
+    The strategies' entries (:attr:`search.study.strategy.Offers.signature`, e.g. the
+    calibration data of a method's extras: other extras are another merge) are kept with the
+    search space.
     """
     scoring = {
         "objectives": [_objective_signature(o) for o in cfg.objectives],
@@ -45,8 +47,8 @@ def signature(
         if value != type(cfg.eval).model_fields[name].default:
             scoring[name] = value
     described = space.describe()
-    for feature in cfg.features:
-        described.update(feature.signature())
+    for entries in offered(cfg.strategies, "signature"):
+        described.update(entries())
     return {
         FINGERPRINT_ATTR: dict(fingerprint),
         SPACE_ATTR: described,
@@ -58,6 +60,8 @@ def _objective_signature(objective: Any) -> dict[str, Any]:
     """An objective as the signature keeps it; a task's ``gen_kwargs`` and the objective's
     ``signal`` only when set (studies created before them resume)."""
     data = objective.model_dump(mode="json")
+    # recorded as "signal", its name when studies first kept it: they resume
+    data["signal"] = data.pop("search_tasks", [])
     if not data.get("signal"):
         data.pop("signal", None)
     for task in [*data.get("tasks", []), *data.get("signal", [])]:
@@ -96,7 +100,7 @@ def check_fingerprint(
     """Refuse when the checkpoints' files differ from those the study recorded.
 
     Args:
-        fingerprint: ``CheckpointPool.fingerprint()`` of the files as they are now.
+        fingerprint: ``PoolIdentity.fingerprint()`` of the files as they are now.
         consequence: what the user should know or do, appended to the one-line error.
         required: a study that recorded no fingerprint is refused too (resume); otherwise it
             passes (a study made by other tools).
@@ -149,7 +153,7 @@ def create_or_resume(
 
     A new study records its signature (:func:`signature`) and config, names its metrics,
     enqueues its seed trials (:func:`seed_trials`) and keeps what the strategies precomputed
-    (:meth:`~search.study.features.Feature.study_attrs`).
+    (:attr:`~search.study.strategy.Offers.study_attrs`).
 
     Returns:
         ``(study, created)``.
@@ -194,8 +198,8 @@ def _record_new(
         study.set_metric_names(cfg.objective_names)
     for label, params in seed_trials(cfg, space):
         study.enqueue_trial(params, user_attrs=TrialRecord.seed_attrs(label))
-    for feature in cfg.features:
-        for key, value in feature.study_attrs().items():
+    for attrs in offered(cfg.strategies, "study_attrs"):
+        for key, value in attrs().items():
             study.set_user_attr(key, value)
 
 
@@ -204,8 +208,8 @@ def seed_trials(cfg: StudyConfig, space: SearchSpace) -> list[tuple[str, dict[st
     ``cfg.seed_kinds``: the space's own (uniform, singles) and the strategies' (``fw``, once
     they precomputed them)."""
     provided: dict[str, Any] = {}
-    for feature in cfg.features:
-        provided.update(feature.seed_trials())
+    for seeds in offered(cfg.strategies, "seed_trials"):
+        provided.update(seeds())
     return [
         seed
         for kind in cfg.seed_kinds

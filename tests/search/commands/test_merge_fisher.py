@@ -9,10 +9,18 @@ import torch
 from safetensors.torch import load_file
 
 from search.cli import main
-from search.engine.materialize import merged_tensors
+from search.engine.materialize import merged_tensors as _merged_tensors
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.fisher.cache import fishers_from_file
+from search.strategies import get_method
+from search.strategies.fisher.cache import fishers_from_file
+
+
+def merged_tensors(plan, pool, dtype=None):
+    """The engine's merged_tensors with the plan's method looked up as the study does (methods
+    that strategies provide included)."""
+    return _merged_tensors(plan, pool, dtype, get_method(plan.method))
+
 
 TEXTS = "the cat sat on the mat.\none plus two is three.\nprint(a+b) shows the sum.\n"
 
@@ -33,7 +41,7 @@ def test_a_fisher_yaml_merges_with_fishers_of_its_calibration_file(tiny_zoo, tmp
 
     pool = CheckpointPool.open(tiny_zoo.checkpoints)
     fishers_from_file(pool, calib, 2)
-    assert pool.fisher_source["examples"] == 2
+    assert pool.extras("fisher").info["source"]["examples"] == 2
     expected = dict(merged_tensors(MergePlan.create("fisher", [0.5, 0.3, 0.4]), pool))
     written = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert set(written) == set(expected)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from search.engine.materialize import materialize, merged_tensors
+from search.engine.model import load_model
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
@@ -29,7 +30,7 @@ def pool(tiny_zoo):
 
 @pytest.fixture(scope="module")
 def resident(pool):
-    model, _ = pool.load_model(tokenizer=False)
+    model, _ = load_model(pool, tokenizer=False)
     return model
 
 
@@ -81,7 +82,7 @@ def test_task_arithmetic_goes_through_the_fused_kernel_with_the_base(pool, resid
 def test_tied_embeddings_are_written_once_through_the_stored_name(tiny_tied_zoo):
     pool = CheckpointPool.open(tiny_tied_zoo.checkpoints, tiny_tied_zoo.base)
     assert "lm_head.weight" not in pool.tensor_names
-    model, _ = pool.load_model(tokenizer=False)
+    model, _ = load_model(pool, tokenizer=False)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     materialize(MergePlan.create("linear", [1.0, 2.0, 1.0]), pool, model)
     expected = (
@@ -94,7 +95,7 @@ def test_tied_embeddings_are_written_once_through_the_stored_name(tiny_tied_zoo)
 @pytest.mark.parametrize("kernel", ["chunked", "compiled"])
 def test_half_precision_kernels_accumulate_in_float32(tiny_zoo, kernel):
     pool = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base, dtype="bfloat16", kernel=kernel)
-    model, _ = pool.load_model(tokenizer=False)
+    model, _ = load_model(pool, tokenizer=False)
     weights = [0.37, 0.21, 0.42]
     for method, params in (("linear", {"normalize": False}), ("task_arithmetic", {"lambda": 1.1})):
         materialize(MergePlan.create(method, weights, params), pool, model)
@@ -131,6 +132,6 @@ def test_plan_pool_mismatches_are_user_errors(pool, resident, tiny_zoo):
 def test_model_that_does_not_fit_the_pool_is_refused(pool, tiny_zoo, tmp_path, checkpoint_writer):
     checkpoint_writer(tmp_path / "wide", seed=1, intermediate_size=48)
     other = CheckpointPool.open([tmp_path / "wide"])
-    wide_model, _ = other.load_model(tokenizer=False)
+    wide_model, _ = load_model(other, tokenizer=False)
     with pytest.raises(UserError, match=r"shape \[32, 48\]"):
         materialize(MergePlan.create("linear", [1.0, 1.0, 1.0]), pool, wide_model)

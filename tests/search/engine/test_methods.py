@@ -7,12 +7,22 @@ import math
 import pytest
 import torch
 
-from search.engine.materialize import effective_weights, merged_tensors, tensor_seed
+from search.engine.materialize import effective_weights, tensor_seed
+from search.engine.materialize import merged_tensors as _merged_tensors
 from search.engine.methods import SLERP_DOT_THRESHOLD
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.engine.registry import METHODS, get_method
 from search.errors import UserError
+from search.strategies import get_method, merge_methods
+
+METHODS = merge_methods()  # the built-in methods and those strategies provide
+
+
+def merged_tensors(plan, pool, dtype=None):
+    """The engine's merged_tensors with the plan's method looked up as the study does (methods
+    that strategies provide included)."""
+    return _merged_tensors(plan, pool, dtype, get_method(plan.method))
+
 
 # ---------------------------------------------------------------------------------------------
 # Float64 references: written from the definitions (NOTES.md), one checkpoint at a time.
@@ -230,8 +240,8 @@ def test_unknown_method_lists_supported_names():
 @pytest.fixture(scope="module")
 def contract_pools(tiny_zoo):
     """Pools of 2 and 3 checkpoints, with real Fishers (two texts) for methods that read them."""
-    from evaluators.proxy import ProxyExample
-    from search.fisher.cache import Calibration, load_fishers
+    from search.calibration import ProxyExample
+    from search.strategies.fisher.cache import Calibration, load_fishers
 
     data = Calibration.of("test", [ProxyExample("", "a+b=c."), ProxyExample("1+2", "=3")], "test")
     pools = {n: CheckpointPool.open(tiny_zoo.checkpoints[:n], tiny_zoo.base) for n in (2, 3)}

@@ -11,8 +11,11 @@ import os
 import pytest
 import torch
 
+from search.engine import extras
 from search.engine.files import read_table
-from search.engine.materialize import materialize, merged_tensors
+from search.engine.materialize import materialize as _materialize
+from search.engine.materialize import merged_tensors as _merged_tensors
+from search.engine.model import load_model
 from search.engine.placement import (
     ALIGN,
     MARGIN,
@@ -23,8 +26,22 @@ from search.engine.placement import (
 )
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.engine.registry import METHODS
+from search.strategies import get_method, merge_methods
+from search.strategies.fisher.cache import hold_fishers
 from tests.checkpoint_files import read_tensors
+
+METHODS = merge_methods()  # the built-in methods and those strategies provide
+
+
+def merged_tensors(plan, pool, dtype=None):
+    """The engine's merged_tensors with the plan's method looked up as the study does (methods
+    that strategies provide included)."""
+    return _merged_tensors(plan, pool, dtype, get_method(plan.method))
+
+
+def materialize(plan, pool, model):
+    return _materialize(plan, pool, model, get_method(plan.method))
+
 
 PLACEMENTS = ("device", "host", "disk")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -54,13 +71,13 @@ def _pool(zoo, method: str, dtype: str, placement: str, device: str = "cpu") -> 
         placement=placement,
         block_bytes=SMALL_BLOCKS,
     )
-    if METHODS[method].needs_fisher:  # the same seeded Fishers in every placement
+    if METHODS[method].extras:  # the same seeded Fishers in every placement
         gen = torch.Generator().manual_seed(0)
         fishers = [
             {k: torch.rand(shape, generator=gen) + 0.01 for k, shape in pool.shapes.items()}
             for _ in range(n)
         ]
-        pool.load_fishers(fishers)
+        hold_fishers(pool, fishers)
     return pool
 
 
@@ -96,9 +113,9 @@ def test_every_placement_merges_to_the_same_bits(tiny_zoo, device_merges, method
 @pytest.mark.parametrize("placement", PLACEMENTS)
 def test_materialize_writes_the_same_model_from_every_placement(tiny_zoo, placement):
     reference = _pool(tiny_zoo, "task_arithmetic", "bfloat16", "device")
-    expected, _ = reference.load_model(tokenizer=False)
+    expected, _ = load_model(reference, tokenizer=False)
     pool = _pool(tiny_zoo, "task_arithmetic", "bfloat16", placement)
-    model, _ = pool.load_model(tokenizer=False)
+    model, _ = load_model(pool, tokenizer=False)
     grouped = MergePlan.create("linear", [[0.2, 1.0], [0.5, 0.0], [0.3, 0.5]])
     for plan in (_plan("task_arithmetic"), grouped, _plan("ties")):
         materialize(plan, reference, expected)
@@ -291,7 +308,8 @@ def test_fishers_read_from_files_follow_the_placement(tiny_zoo, tmp_path, placem
     expected = {n: t.cpu() for n, t in merged_tensors(_plan("fisher"), reference)}
     files = []
     for i in range(3):
-        fisher = {n: reference.fisher_stack(n)[i].float().contiguous() for n in reference.shapes}
+        held = reference.extras("fisher")
+        fisher = {n: held.get(n)[i].float().contiguous() for n in reference.shapes}
         files.append(tmp_path / f"f{i}.safetensors")
         save_file(fisher, str(files[-1]))
     reference.close()
@@ -302,10 +320,11 @@ def test_fishers_read_from_files_follow_the_placement(tiny_zoo, tmp_path, placem
         placement=placement,
         block_bytes=SMALL_BLOCKS,
     )
-    pool.load_fisher_files(files, source={"data": "seeded"})
+    pool.hold(extras.from_files(pool, "fisher", files, torch.bfloat16, pool.shapes))
     try:
-        assert pool.fisher_store is not None and pool.fisher_store.placement == placement
-        fisher_bytes = pool.fisher_store.resident_bytes()
+        store = pool.extras("fisher").store
+        assert store is not None and store.placement == placement
+        fisher_bytes = store.resident_bytes()
         # resident placements hold another pool's worth; disk holds nothing between trials
         assert (fisher_bytes == 0) == (placement == "disk")
         got = {n: t.cpu() for n, t in merged_tensors(_plan("fisher"), pool)}
@@ -327,6 +346,6 @@ def test_a_fisher_file_without_a_tensor_is_refused_naming_it(tiny_zoo, tmp_path)
             shapes.pop(next(iter(shapes)))
         files.append(tmp_path / f"f{i}.safetensors")
         save_file({n: torch.ones(s) for n, s in shapes.items()}, str(files[-1]))
-    with pytest.raises(UserError, match=f"Fisher of {pool.names[1]} for tensor .* is missing"):
-        pool.load_fisher_files(files)
+    with pytest.raises(UserError, match=f"stat of {pool.names[1]} for tensor .* is missing"):
+        extras.from_files(pool, "stat", files, torch.float32, pool.shapes)
     pool.close()

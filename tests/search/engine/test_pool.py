@@ -11,6 +11,7 @@ import pytest
 import torch
 import xxhash
 
+from search.engine.model import load_model, tokenizer_path
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
 from tests.checkpoint_files import read_tensors
@@ -52,7 +53,7 @@ def test_dtype_is_applied_to_resident_tensors(tiny_zoo):
 
 def test_fingerprint_is_json_and_follows_the_files(tiny_zoo, tmp_path, checkpoint_writer):
     pool = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base)
-    fp = pool.fingerprint()
+    fp = pool.identity.fingerprint()
     assert json.loads(json.dumps(fp)) == fp
     assert [c["name"] for c in fp["checkpoints"]] == list(pool.names)
     assert fp["base"]["name"] == "base"
@@ -62,7 +63,9 @@ def test_fingerprint_is_json_and_follows_the_files(tiny_zoo, tmp_path, checkpoin
     # A retrained checkpoint (same names and shapes, other values) changes the fingerprint.
     retrained = tmp_path / "ft_a"
     checkpoint_writer(retrained, seed=99, base_state=read_tensors(tiny_zoo.base))
-    other = CheckpointPool.open([retrained, *tiny_zoo.checkpoints[1:]], tiny_zoo.base).fingerprint()
+    other = CheckpointPool.open(
+        [retrained, *tiny_zoo.checkpoints[1:]], tiny_zoo.base
+    ).identity.fingerprint()
     assert other["checkpoints"][0] != fp["checkpoints"][0]
     assert other["checkpoints"][1:] == fp["checkpoints"][1:]
 
@@ -108,7 +111,7 @@ def test_a_tensor_changed_in_the_middle_changes_the_fingerprint(tiny_zoo, tmp_pa
     folder = tmp_path / "ft_a"
     shutil.copytree(tiny_zoo.checkpoints[0], folder)
     pool = CheckpointPool.open([folder, tiny_zoo.checkpoints[2]], placement=placement).load()
-    before = pool.fingerprint()
+    before = pool.identity.fingerprint()
     entry = before["checkpoints"][0]
     assert (
         entry["content_xxh3_128"]
@@ -116,13 +119,13 @@ def test_a_tensor_changed_in_the_middle_changes_the_fingerprint(tiny_zoo, tmp_pa
     )
     _flip_middle_byte(folder / "model.safetensors")
     with pytest.raises(UserError, match=f"{folder / 'model.safetensors'}: changed since the pool"):
-        pool.check_unchanged()  # what a worker runs before each trial
+        pool.identity.check_unchanged()  # what a worker runs before each trial
     again = CheckpointPool.open([folder, tiny_zoo.checkpoints[2]], placement=placement)
-    after = again.load().fingerprint()
+    after = again.load().identity.fingerprint()
     assert after["checkpoints"][0]["content_xxh3_128"] != entry["content_xxh3_128"]
     assert after["checkpoints"][0]["header_sha256"] == entry["header_sha256"]
     assert after["checkpoints"][1] == before["checkpoints"][1]
-    again.check_unchanged()
+    again.identity.check_unchanged()
 
 
 def test_digests_are_cached_by_stamp_and_hashed_again_after_a_write(tiny_zoo, tmp_path):
@@ -131,15 +134,15 @@ def test_digests_are_cached_by_stamp_and_hashed_again_after_a_write(tiny_zoo, tm
     folder = tmp_path / "ft_c"
     shutil.copytree(tiny_zoo.checkpoints[2], folder)
     file = folder / "model.safetensors"
-    first = CheckpointPool.open([folder], placement="disk").fingerprint()
+    first = CheckpointPool.open([folder], placement="disk").identity.fingerprint()
     cache = DigestCache()
     assert cache.get(file, FileStamp.of(file)) == first["checkpoints"][0]["content_xxh3_128"]
     cache.put(file, FileStamp.of(file), "0" * 64)  # a cached digest is believed while the
     cache.save()  # stamp matches: the file is not read again
-    fp = CheckpointPool.open([folder], placement="disk").fingerprint()
+    fp = CheckpointPool.open([folder], placement="disk").identity.fingerprint()
     assert fp["checkpoints"][0]["content_xxh3_128"] == "0" * 64
     _flip_middle_byte(file)  # the ctime moved: hashed again
-    fp = CheckpointPool.open([folder], placement="disk").fingerprint()
+    fp = CheckpointPool.open([folder], placement="disk").identity.fingerprint()
     assert (
         fp["checkpoints"][0]["content_xxh3_128"] == xxhash.xxh3_128(file.read_bytes()).hexdigest()
     )
@@ -165,7 +168,7 @@ def test_layer_groups_split_blocks_embeddings_first_head_last(tiny_zoo):
 
 def test_load_model_uses_base_weights_and_tokenizer(tiny_zoo):
     pool = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base)
-    model, tok = pool.load_model()
+    model, tok = load_model(pool)
     assert not model.training
     assert next(model.parameters()).dtype == torch.float32
     base = read_tensors(tiny_zoo.base)
@@ -182,7 +185,7 @@ def test_tokenizer_falls_back_to_first_checkpoint(tiny_zoo, tmp_path):
     for f in base.glob("tokenizer*"):
         f.unlink()
     pool = CheckpointPool.open(tiny_zoo.checkpoints, base)
-    assert pool.tokenizer_path() == tiny_zoo.checkpoints[0]
+    assert tokenizer_path(pool) == tiny_zoo.checkpoints[0]
 
 
 # -- errors: one line, before any work ---------------------------------------------------------

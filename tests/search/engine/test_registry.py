@@ -8,16 +8,13 @@ from typing import Any
 import pytest
 
 from search.engine.registry import METHODS, ParamSpec, check_merge
+from search.strategies import get_method, method_names
 
 
 def section(method: str, params: dict[str, Any] | None = None, **extra: Any) -> SimpleNamespace:
     """A merge section as the study config holds it (ranges are objects with low and high)."""
     weights = SimpleNamespace(normalize=extra.pop("normalize", None), low=extra.pop("low", 0.0))
-    needs_fisher = method in METHODS and METHODS[method].needs_fisher
-    fisher = {"data": "calibration.txt"} if needs_fisher else None
-    return SimpleNamespace(
-        method=method, params=params or {}, weights=weights, fisher=extra.pop("fisher", fisher)
-    )
+    return SimpleNamespace(method=method, params=params or {}, weights=weights)
 
 
 def span(low: float, high: float) -> SimpleNamespace:
@@ -82,7 +79,10 @@ def test_kinds_are_checked_by_the_declaration() -> None:
 def test_the_pool_and_the_sections_must_suit_the_method() -> None:
     def line(merge: SimpleNamespace, n: int = 3, base: bool = True) -> str:
         with pytest.raises(ValueError) as caught:
-            check_merge(merge, n_checkpoints=n, has_base=base)
+            # the lookup a study uses: the methods strategies provide too (fisher)
+            check_merge(
+                merge, n_checkpoints=n, has_base=base, names=method_names(), lookup=get_method
+            )
         return str(caught.value)
 
     assert line(section("ties"), base=False) == (
@@ -93,12 +93,6 @@ def test_the_pool_and_the_sections_must_suit_the_method() -> None:
     )
     assert line(section("task_arithmetic", normalize=True)).startswith(
         "merge.weights.normalize: method 'task_arithmetic' has no 'normalize' parameter"
-    )
-    assert line(section("fisher", fisher=None)).startswith(
-        "merge.fisher: method 'fisher' needs calibration data"
-    )
-    assert line(section("linear", fisher={})) == (
-        "merge.fisher: method 'linear' reads no Fishers; remove merge.fisher"
     )
     assert line(section("fisher", low=-1.0)) == (
         "merge.weights.low: method 'fisher' needs weights >= 0.0 (got -1.0)"

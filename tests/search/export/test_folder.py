@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from search.engine.materialize import materialize, merged_tensors
+from search.engine.model import load_model
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.engine.registry import METHODS
@@ -29,7 +30,7 @@ def test_export_reloads_with_the_same_logits_as_the_in_memory_merge(pool, tmp_pa
 
     plan = MergePlan.create("ties", [[0.6, 0.2], [0.3, 0.5], [0.4, 0.4]], {"density": 0.4}, seed=1)
     out = export_merge(plan, pool, tmp_path / "merged", max_shard_size=60_000)
-    resident, _ = pool.load_model(tokenizer=False)
+    resident, _ = load_model(pool, tokenizer=False)
     materialize(plan, pool, resident)
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():

@@ -248,7 +248,13 @@ def test_front_points_the_data_cannot_tell_apart_are_marked_and_stopped_trials_l
         # far from both on both skills (but not dominated: better on instruct)
         _scored([0.9, 0.2], "kc", [1.0] * 180 + [0.0] * 20, [1.0] * 40 + [0.0] * 160),
         # best on both, but stopped by staged scoring: never on the front
-        _scored([1.0, 1.0], "kd", [1.0] * n, [1.0] * n, stopped_by=0, rung=1),
+        _scored(
+            [1.0, 1.0],
+            "kd",
+            [1.0] * n,
+            [1.0] * n,
+            strategies={"staged": {"rung": 1, "rungs": 2, "stopped_by": 0}},
+        ),
     ]:
         study.add_trial(trial)
     view = view_of(make_config(), study, "sqlite:///unused.db")

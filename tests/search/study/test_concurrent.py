@@ -45,8 +45,8 @@ def start_at_once(config: str, barrier: Any, results: Any) -> None:
     barrier.wait()
     try:
         storage = open_storage(cfg, create=True)
-        _, created = create_or_resume(cfg, storage, space, pool.fingerprint(), config)
-        load_checked(cfg, storage, signature(cfg, space, pool.fingerprint()), config)
+        _, created = create_or_resume(cfg, storage, space, pool.identity.fingerprint(), config)
+        load_checked(cfg, storage, signature(cfg, space, pool.identity.fingerprint()), config)
         results.put(("created" if created else "resumed", ""))
     except BaseException as exc:  # noqa: BLE001 - reported to the test
         results.put(("error", f"{type(exc).__name__}: {exc}"))

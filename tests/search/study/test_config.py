@@ -516,7 +516,7 @@ def test_the_fw_sampler_budget_is_its_paths(workdir: Path) -> None:
     data.update(merge={"method": "linear"}, sampler={"name": "fw"}, constraints=[])
     data["fw"] = {"preferences": 4}
     cfg = load_config(write(workdir, data))
-    assert cfg.n_trials == 4 and [f.name for f in cfg.features] == ["frank_wolfe"]
+    assert cfg.n_trials == 4 and [f.name for f in cfg.strategies] == ["frank_wolfe"]
     assert cfg.budget.n_trials == good_config()["budget"]["n_trials"]  # the config is not rewritten
     data["objectives"] = data["objectives"][:1]
     data["eval"]["heldout"] = {"demo_instruct": "demo_instruct_h"}
@@ -564,26 +564,26 @@ def test_scoring_settings_are_part_of_the_resume_signature_only_when_set(
 
 
 @pytest.mark.parametrize(
-    ("racing", "message"),
+    ("staged", "message"),
     [
-        ({"rungs": [0.5, 0.25, 1.0]}, "eval.racing.rungs: expected increasing fractions"),
-        ({"rungs": [0.25, 0.5]}, "eval.racing.rungs: the last rung scores every example"),
-        ({"confidence": 1.0}, "eval.racing.confidence"),
+        ({"rungs": [0.5, 0.25, 1.0]}, "eval.staged.rungs: expected increasing fractions"),
+        ({"rungs": [0.25, 0.5]}, "eval.staged.rungs: the last rung scores every example"),
+        ({"confidence": 1.0}, "eval.staged.confidence"),
     ],
 )
-def test_bad_racing_settings_are_one_line_naming_the_field(
-    workdir: Path, racing: dict, message: str
+def test_bad_staged_settings_are_one_line_naming_the_field(
+    workdir: Path, staged: dict, message: str
 ) -> None:
     data = good_config()
-    data.setdefault("eval", {})["racing"] = racing
+    data.setdefault("eval", {})["staged"] = staged
     with pytest.raises(UserError) as err:
         load_config(write(workdir, data))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_racing_is_off_by_default_and_true_means_the_defaults(workdir: Path) -> None:
+def test_staged_scoring_is_off_by_default_and_true_means_the_defaults(workdir: Path) -> None:
     data = good_config()
-    assert load_config(write(workdir, data)).features == ()
-    data.setdefault("eval", {})["racing"] = True
-    (staged,) = load_config(write(workdir, data)).features
+    assert load_config(write(workdir, data)).strategies == ()
+    data.setdefault("eval", {})["staged"] = True
+    (staged,) = load_config(write(workdir, data)).strategies
     assert staged.name == "staged" and staged.settings.rungs == (0.125, 0.25, 0.5, 1.0)

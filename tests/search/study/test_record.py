@@ -68,20 +68,18 @@ def test_a_trial_record_round_trips_through_optuna_and_writes_only_what_is_set()
         coefficients={"a": [0.5]},
         task_scores={"t/acc": 0.5},
         examples=encode_examples({"t/acc": (1.0, 0.0)}),
-        rung=2,
-        rungs=2,
-        racing_violation=0.0,
+        strategies={"staged": {"rung": 2, "rungs": 2, "violation": 0.0}},
         constraints=(-0.1,),
     )
     attrs = record.to_attrs()
-    assert "duplicate_of" not in attrs and "stopped_by" not in attrs  # defaults are not written
-    assert attrs["constraints"] == [-0.1] and attrs["racing_violation"] == 0.0
+    assert "duplicate_of" not in attrs and "eval_s" not in attrs  # defaults are not written
+    assert attrs["constraints"] == [-0.1] and attrs["strategies"]["staged"]["violation"] == 0.0
     trial = optuna.trial.create_trial(values=list(record.values), user_attrs=attrs)
     back = TrialRecord.from_trial(trial)
     assert back == dataclasses.replace(record, number=trial.number)
     assert back.feasible and not back.stopped and back.per_example() == {"t/acc": (1.0, 0.0)}
-    stopped = TrialRecord(number=1, stopped_by=0, constraints=(-1.0,))
-    assert stopped.stopped and not stopped.feasible
+    stopped = TrialRecord(number=1, strategies={"any": {"stopped_by": 0}}, constraints=(-1.0,))
+    assert stopped.stopped and stopped.stopped_by == 0 and not stopped.feasible
     assert TrialRecord(number=2, constraints=(0.5,)).feasible is False
     assert TrialRecord(number=3).key == "trial-3"
     assert set(PLAN_FIELDS) == {"plan", "plan_key", "params", "coefficients", "worker"}
@@ -89,3 +87,18 @@ def test_a_trial_record_round_trips_through_optuna_and_writes_only_what_is_set()
     again = TrialRecord(number=4, plan_key="k").with_scores_of(record, duplicate_of=0)
     assert again.values == record.values and again.examples == record.examples
     assert again.number == 4 and again.duplicate_of == 0 and again.constraints == ()
+
+
+def test_a_study_written_with_the_old_staged_attrs_is_read_into_the_strategy_fields() -> None:
+    """Studies written before the strategies kept their fields under one attr still read."""
+    import optuna
+
+    from search.study.record import TrialRecord
+
+    old = {"rung": 1, "rungs": 3, "racing_violation": 0.5, "stopped_by": 4, "eval_s": 1.5}
+    record = TrialRecord.from_trial(optuna.trial.create_trial(values=[0.1], user_attrs=old))
+    assert record.strategies == {
+        "staged": {"rung": 1, "rungs": 3, "violation": 0.5, "stopped_by": 4}
+    }
+    assert record.stopped_by == 4 and record.stopped and not record.feasible
+    assert record.eval_s == 1.5

@@ -26,7 +26,7 @@ def objectives(signal: bool = True) -> list[dict]:
     for name, skill in (("instruct", "demo_instruct"), ("code", "demo_code")):
         obj = {"name": name, "tasks": [{"task": skill, "metric": "exact_match"}]}
         if signal:
-            obj["signal"] = [{"task": f"{skill}_signal", "metric": "gold_logprob"}]
+            obj["search_tasks"] = [{"task": f"{skill}_signal", "metric": "gold_logprob"}]
         out.append(obj)
     return out
 
@@ -51,7 +51,7 @@ def test_the_search_split_scores_the_signal_and_the_other_splits_the_tasks():
     for split in ("heldout", "test"):
         mapped = cfg.split_objectives(split)
         assert [t.task for o in mapped for t in o.tasks] == list(SPLITS[split].values())
-        assert all(not o.signal and o.tasks[0].metric == "exact_match" for o in mapped)
+        assert all(not o.search_tasks and o.tasks[0].metric == "exact_match" for o in mapped)
     # without a signal the search split is the configured objectives themselves
     plain = config(objectives=objectives(signal=False))
     assert plain.split_objectives("search") == plain.objectives
@@ -60,10 +60,10 @@ def test_the_search_split_scores_the_signal_and_the_other_splits_the_tasks():
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        ({"eval": {}}, "objectives: 'instruct' has a signal, which needs eval.heldout"),
+        ({"eval": {}}, "objectives: 'instruct' has search_tasks, which need eval.heldout"),
         (
             {"constraints": [{"objective": "code", "min": 0.3}]},
-            "constraints[0].objective: 'code' searches on its signal",
+            "constraints[0].objective: 'code' searches on its search_tasks",
         ),
         (
             {
@@ -72,17 +72,31 @@ def test_the_search_split_scores_the_signal_and_the_other_splits_the_tasks():
                         "name": "ppl",
                         "evaluator": "perplexity",
                         "data": "x.txt",
-                        "signal": [{"task": "demo_code_signal"}],
+                        "search_tasks": [{"task": "demo_code_signal"}],
                     }
                 ]
             },
-            "signal applies to lm_eval objectives",
+            "search_tasks applies to lm_eval objectives",
         ),
     ],
 )
 def test_a_signal_the_study_cannot_use_is_refused(extra, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
         config(**extra)
+
+
+def test_the_old_key_signal_still_works_with_a_deprecation_warning():
+    from search.errors import DeprecatedSetting
+
+    old = objectives()
+    for obj in old:
+        obj["signal"] = obj.pop("search_tasks")
+    with pytest.warns(DeprecatedSetting, match="objectives\\[\\].signal is deprecated"):
+        cfg = config(objectives=old)
+    assert cfg.objectives == config().objectives
+    both = [{**old[0], "search_tasks": old[0]["signal"]}, old[1]]
+    with pytest.raises(ValueError, match="signal: the old name of search_tasks"):
+        config(objectives=both)
 
 
 def test_a_study_searches_on_the_signal_and_chooses_on_exact_match(tiny_zoo, tmp_path, capsys):
@@ -118,7 +132,7 @@ def test_a_study_searches_on_the_signal_and_chooses_on_exact_match(tiny_zoo, tmp
     capsys.readouterr()
     assert main(["pareto", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert [o["signal"] for o in report["objectives"]] == [True, True]
+    assert [o["search_tasks"] for o in report["objectives"]] == [True, True]
     for row in report["front"]:
         assert all(0.0 <= v <= 1.0 for v in row["heldout"].values())  # exact match, held out
     assert report["examples"]["heldout"] == {
@@ -126,4 +140,6 @@ def test_a_study_searches_on_the_signal_and_chooses_on_exact_match(tiny_zoo, tmp
         "demo_code_heldout/exact_match": 16,
     }
     assert main(["pareto", str(path), "--no-heldout"]) == 0
-    assert "search values of instruct, code: the objective's signal" in capsys.readouterr().out
+    assert (
+        "search values of instruct, code: the objective's search_tasks" in capsys.readouterr().out
+    )

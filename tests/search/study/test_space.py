@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from search.engine.materialize import effective_weights
+from search.engine.model import load_model
 from search.engine.registry import METHODS
 from search.study.config import StudyConfig
 from search.study.record import TrialRecord
@@ -330,7 +331,7 @@ def test_recorded_coefficients_reproduce_the_merge(tiny_zoo: Any) -> None:
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5)).ask()
     plan = space.suggest(trial)
     coefficients = effective_weights(plan)
-    model, _ = pool.load_model()
+    model, _ = load_model(pool)
     materialize(plan, pool, model)
     merged = {k: v.detach().clone() for k, v in model.state_dict().items()}
     again = MergePlan.create("linear", coefficients, {"normalize": False})

@@ -54,7 +54,7 @@ def test_the_fingerprint_check_names_what_changed() -> None:
 def test_a_fingerprint_recorded_before_content_digests_is_compared_on_what_it_kept(tiny_zoo):
     from search.engine.pool import CheckpointPool
 
-    now = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base).fingerprint()
+    now = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base).identity.fingerprint()
     old = json.loads(json.dumps(now))
     for entry in (*old["checkpoints"], old["base"]):
         del entry["content_xxh3_128"]  # what studies recorded before whole-content digests

@@ -87,7 +87,7 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(
         cfg,
         open_storage(cfg, create=True),
         SearchSpace.build(cfg, pool.names),
-        pool.fingerprint(),
+        pool.identity.fingerprint(),
         config,
     )
 

@@ -1,18 +1,35 @@
-"""Fisher merging and the proxy-loss gradient against independent float64 computations."""
+"""Fisher merging and the diagonal Fisher against independent float64 computations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from evaluators.proxy import ProxyExample, batches, tokenize
-from search.engine.fisher import coefficient_gradient, diagonal_fisher, mean_token_nll
-from search.engine.materialize import materialize, merged_tensors, model_parameters
-from search.engine.methods import FISHER_CHUNK, FISHER_FLOOR, fisher_weighted_mean
+from search.calibration import ProxyExample, batches, tokenize
+from search.engine.materialize import materialize as _materialize
+from search.engine.materialize import merged_tensors as _merged_tensors
+from search.engine.materialize import model_parameters
+from search.engine.model import load_model
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.engine.registry import METHODS
 from search.errors import UserError
+from search.strategies import get_method, merge_methods
+from search.strategies.fisher.cache import hold_fishers
+from search.strategies.fisher.diagonal import diagonal_fisher
+from search.strategies.fisher.merge import FISHER_CHUNK, FISHER_FLOOR, fisher_weighted_mean
+
+METHODS = merge_methods()  # the built-in methods and those strategies provide
+
+
+def merged_tensors(plan, pool, dtype=None):
+    """The engine's merged_tensors with the plan's method looked up as the study does (methods
+    that strategies provide included)."""
+    return _merged_tensors(plan, pool, dtype, get_method(plan.method))
+
+
+def materialize(plan, pool, model):
+    return _materialize(plan, pool, model, get_method(plan.method))
+
 
 TEXTS = [
     ProxyExample("", "the cat sat."),
@@ -29,7 +46,7 @@ def pool64(tiny_zoo):
 
 @pytest.fixture(scope="module")
 def model64(pool64):
-    return pool64.load_model()
+    return load_model(pool64)
 
 
 def _as_checkpoint(pool, model, i):
@@ -97,7 +114,7 @@ def fisher_pool(tiny_zoo, pool64, model64):
         _as_checkpoint(pool64, model, i)
         fishers.append(diagonal_fisher(model, params, examples))
     pool = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base, dtype="float64").load()
-    return pool.load_fishers(fishers, source={"data": "TEXTS"}), fishers
+    return hold_fishers(pool, fishers, source={"data": "TEXTS"}), fishers
 
 
 def test_fisher_merge_matches_a_float64_reference(fisher_pool):
@@ -121,7 +138,7 @@ def test_fisher_merge_matches_a_float64_reference(fisher_pool):
 def test_with_equal_fishers_fisher_merging_is_the_normalized_linear_soup(tiny_zoo, fisher_pool):
     _, fishers = fisher_pool
     pool = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base, dtype="float64").load()
-    pool.load_fishers([fishers[0]] * 3)
+    hold_fishers(pool, [fishers[0]] * 3)
     weights = [[0.5, 0.1], [0.2, 0.7], [0.9, 0.3]]
     linear = dict(merged_tensors(MergePlan.create("linear", weights, {"normalize": True}), pool))
     for name, merged in merged_tensors(MergePlan.create("fisher", weights), pool):
@@ -156,51 +173,15 @@ def test_fisher_needs_fishers_and_nonnegative_weights(tiny_zoo, fisher_pool):
         next(merged_tensors(MergePlan.create("fisher", [0.0, 0.0, 0.0]), pool))
 
 
-def test_coefficient_gradient_equals_central_finite_differences(pool64, model64):
-    """∂L/∂c_{i,g} = Σ_t ⟨∂L/∂θ_t, θ_{i,t}⟩ against central differences of L, float64.
-
-    transformers' Llama computes RMSNorm variances and attention softmaxes in float32 even in a
-    float64 model, so L carries ~1e-7 relative rounding noise: the differences use a wide step
-    with Richardson extrapolation, (4·D(h) − D(2h)) / 3, O(h⁴) and little noise.
-    """
-    model, tok = model64
-    parts = [
-        (0.7, batches(tokenize(TEXTS[:2], tok, 64), 2, 0)),
-        (0.3, batches(tokenize(TEXTS[2:], tok, 64), 1, 0)),
-    ]
-    coeffs = torch.tensor([[0.2, 0.5], [0.3, 0.1], [0.5, 0.4]], dtype=torch.float64)
-    params = model_parameters(pool64, model)
-
-    def loss(c, backward=False):
-        materialize(MergePlan.create("linear", c.tolist(), {"normalize": False}), pool64, model)
-        return mean_token_nll(model, parts, backward=backward)
-
-    model.zero_grad(set_to_none=True)
-    loss(coeffs, backward=True)
-    analytic = coefficient_gradient(pool64, params, 2)
-    model.zero_grad(set_to_none=True)
-
-    def central(h):
-        out = torch.zeros_like(coeffs)
-        for i in range(3):
-            for g in range(2):
-                step = torch.zeros_like(coeffs)
-                step[i, g] = h
-                out[i, g] = (loss(coeffs + step) - loss(coeffs - step)) / (2 * h)
-        return out
-
-    numeric = (4 * central(5e-3) - central(1e-2)) / 3
-    torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-6)
-    assert analytic.abs().min() > 1e-3  # every component is exercised
-
-
 def test_the_pure_fisher_function_is_what_materialize_writes(fisher_pool):
     pool, _ = fisher_pool
     weights = torch.tensor([0.5, 0.2, 0.9], dtype=torch.float64)
     merged = dict(merged_tensors(MergePlan.create("fisher", weights.tolist()), pool))
     method = METHODS["fisher"]
     for name in pool.tensor_names:
-        pure = method.merge(pool.stack(name), None, weights, {}, fisher=pool.fisher_stack(name))
+        pure = method.merge(
+            pool.stack(name), None, weights, {}, fisher=pool.extras("fisher").get(name)
+        )
         torch.testing.assert_close(pure, merged[name], rtol=1e-12, atol=1e-14, msg=name)
 
 
@@ -208,15 +189,14 @@ def test_the_pure_fisher_function_is_what_materialize_writes(fisher_pool):
 def test_half_precision_fisher_kernels_accumulate_in_float32(tiny_zoo, fisher_pool, kernel):
     _, fishers = fisher_pool
     pool = CheckpointPool.open(tiny_zoo.checkpoints, tiny_zoo.base, dtype="bfloat16", kernel=kernel)
-    pool.load_fishers(fishers)
-    assert pool.fisher_mean.kind == kernel
-    model, _ = pool.load_model(tokenizer=False)
+    hold_fishers(pool, fishers)
+    model, _ = load_model(pool, tokenizer=False)
     weights = [0.37, 0.21, 0.42]
     materialize(MergePlan.create("fisher", weights), pool, model)
     state = model.state_dict()
     for name in pool.tensor_names:
         xs = [pool.stack(name)[k].double() for k in range(3)]
-        fs = [pool.fisher_stack(name)[k].double().clamp_min(FISHER_FLOOR) for k in range(3)]
+        fs = [pool.extras("fisher").get(name)[k].double().clamp_min(FISHER_FLOOR) for k in range(3)]
         num = sum(w * f * x for w, f, x in zip(weights, fs, xs, strict=True))
         exact = num / sum(w * f for w, f in zip(weights, fs, strict=True))
         got = state[name]
@@ -224,4 +204,4 @@ def test_half_precision_fisher_kernels_accumulate_in_float32(tiny_zoo, fisher_po
         err = (got.double() - exact).abs()
         ulp = exact.abs().clamp_min(1e-30) * 2.0**-7  # one bf16 rounding of a float32 result
         assert (err <= ulp).all(), (name, float((err / ulp).max()))
-    assert pool.fisher_mean.kind == kernel  # no fallback happened
+    assert pool.fused_kernel("fisher", lambda: None).kind == kernel  # no fallback happened

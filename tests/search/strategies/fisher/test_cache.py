@@ -14,16 +14,24 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from search.cli import main
-from search.engine.materialize import merged_tensors
+from search.engine.materialize import merged_tensors as _merged_tensors
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
-from search.fisher.cache import (
+from search.strategies import get_method
+from search.strategies.fisher.cache import (
     FISHER_FILE,
     calibration_from_file,
+    hold_fishers,
     load_fishers,
 )
 from search.study.record import TrialRecord
 from tests.search.study_fixtures import build_pool_and_tasks, cli, study_config, write_config
+
+
+def merged_tensors(plan, pool, dtype=None):
+    """The engine's merged_tensors with the plan's method looked up as the study does (methods
+    that strategies provide included)."""
+    return _merged_tensors(plan, pool, dtype, get_method(plan.method))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +41,7 @@ def paths(tiny_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
 
 def _fisher_stacks(pool: CheckpointPool) -> dict[str, torch.Tensor]:
-    return {n: pool.fisher_stack(n).clone() for n in pool.tensor_names}
+    return {n: pool.extras("fisher").get(n).clone() for n in pool.tensor_names}
 
 
 def test_the_cache_is_hit_on_a_second_run_and_missed_after_a_checkpoint_changes(
@@ -169,7 +177,7 @@ def test_a_fisher_study_computes_once_resumes_from_the_cache_and_exports(
         ).plan
     )
     exported = load_file(str(out / "model.safetensors"))
-    with_cache = dict(merged_tensors(plan, pool.load_fishers([scaled, *computed[1:]])))
+    with_cache = dict(merged_tensors(plan, hold_fishers(pool, [scaled, *computed[1:]])))
     for name, tensor in exported.items():
         torch.testing.assert_close(tensor, with_cache[name], rtol=0, atol=0, msg=name)
 
@@ -178,7 +186,7 @@ def test_a_fisher_study_computes_once_resumes_from_the_cache_and_exports(
     again = tmp_path / "again"
     assert main(["merge", str(out / "mergekit_config.yml"), str(again)]) == 0
     remerged = load_file(str(again / "model.safetensors"))
-    fresh = dict(merged_tensors(plan, pool.load_fishers(computed)))
+    fresh = dict(merged_tensors(plan, hold_fishers(pool, computed)))
     for name, tensor in remerged.items():
         torch.testing.assert_close(tensor, fresh[name], rtol=1e-6, atol=1e-7, msg=name)
     name = "model.layers.1.mlp.up_proj.weight"
@@ -212,9 +220,9 @@ def test_a_resume_with_other_calibration_data_is_refused(paths: dict[str, Any], 
     pool = CheckpointPool.open(paths["checkpoints"], paths["base_model"])
     space = SearchSpace.build(cfg, pool.names)
     storage = open_storage(cfg, create=True)
-    _, created = create_or_resume(cfg, storage, space, pool.fingerprint(), "c.yml")
+    _, created = create_or_resume(cfg, storage, space, pool.identity.fingerprint(), "c.yml")
     assert created
-    _, created = create_or_resume(config(4), storage, space, pool.fingerprint(), "c.yml")
+    _, created = create_or_resume(config(4), storage, space, pool.identity.fingerprint(), "c.yml")
     assert not created
     with pytest.raises(UserError, match=r"search space changed \(fisher\.examples: 4 -> 3\)"):
-        create_or_resume(config(3), storage, space, pool.fingerprint(), "c.yml")
+        create_or_resume(config(3), storage, space, pool.identity.fingerprint(), "c.yml")

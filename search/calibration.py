@@ -1,4 +1,4 @@
-"""Text the data-informed merges learn from: Fisher calibration data and Frank-Wolfe proxy sets.
+"""Calibration examples: text the data-informed merges learn from (Fisher, Frank-Wolfe ...).
 
 An example is a prompt and a target: the target's tokens are scored given the prompt (their
 log-likelihood for a Fisher, their negative log-likelihood for a proxy loss).
@@ -13,7 +13,7 @@ log-likelihood for a Fisher, their negative log-likelihood for a proxy loss).
 - :func:`objective_proxies`: every objective's proxy set, its tasks' examples (or its perplexity
   file's texts) with the tasks' weights; :func:`interleave` mixes them into one calibration set;
 - :func:`tokenize` and :func:`batches`: token ids with Hugging Face ``labels`` (``-100`` where a
-  position is not scored), padded into batches for :mod:`search.engine.fisher`.
+  position is not scored), padded into batches for :mod:`search.engine.likelihood`.
 
 Dependencies: lm-eval (through :mod:`evaluators.lm_tasks`), torch for :func:`batches`.
 """

@@ -1,10 +1,14 @@
-"""The Fisher cache of a study (``merge.fisher``, for methods that read Fishers).
+"""Fisher merging: each checkpoint's diagonal Fisher, cached on disk, and the ``fisher`` method.
 
-A strategy of the study loop (:mod:`search.study.features`): :class:`FisherCalibration` checks
-the ``merge.fisher`` section, reads the calibration examples (a file, or the objectives'
-search-split examples), puts their description into the study's signature (other Fishers are
-another merge), fills the cache once before the workers start, and loads the Fishers into each
-worker's pool and into an export's. The cache itself is :mod:`search.fisher.cache`.
+- :mod:`.method`: the ``fisher`` merge method's declaration (the registry lists it);
+  :mod:`.merge`: its tensor math and fused kernel; :mod:`.diagonal`: the Fisher itself;
+  :mod:`.cache`: computed once per checkpoint and calibration data, cached on disk, held by the
+  pool as its per-tensor extras of kind ``fisher`` (:mod:`search.engine.extras`).
+- :class:`FisherCalibration`, a strategy of the study loop (:mod:`search.study.strategy`),
+  checks the ``merge.fisher`` section, reads the calibration examples (a file, or the
+  objectives' search-split examples), puts their description into the study's signature (other
+  Fishers are another merge), fills the cache once before the workers start, and loads the
+  Fishers into each worker's pool and into an export's.
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from search.study.features import Feature, parse_settings
+from search.strategies.fisher.method import FISHER
 from search.study.storage import sqlite_path
+from search.study.strategy import Offers, Strategy, parse_settings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from search.engine.pool import CheckpointPool
-    from search.fisher.cache import Calibration
-    from search.study.features import Scratch
+    from search.strategies.fisher.cache import Calibration
+    from search.study.strategy import Scratch
     from search.study.worker import Runtime
 
+SECTION = "merge.fisher"
 SIGNATURE_KEY = "fisher"  # the search space signature's entry: the calibration's description
 
 
@@ -53,14 +59,30 @@ class FisherConfig(BaseModel):
         return self
 
 
-class FisherCalibration(Feature):
+class FisherCalibration(Strategy):
     """The Fisher strategy (see the module docstring)."""
 
     name = "fisher"
 
     def check(self) -> None:
-        self.settings = parse_settings(FisherConfig, self.cfg.merge.fisher, "merge.fisher")
+        method = self.cfg.merge.method
+        if self.section is None:
+            raise ValueError(
+                f"{SECTION}: method {method!r} needs calibration data: "
+                "{data: FILE.txt|FILE.jsonl, examples: N} or {tasks: from_objectives}"
+            )
+        if method != FISHER.name:
+            raise ValueError(f"{SECTION}: method {method!r} reads no Fishers; remove {SECTION}")
+        self.settings = parse_settings(FisherConfig, self.section, SECTION)
         self._calibration: Calibration | None = None
+
+    def offers(self) -> Offers:
+        return Offers(
+            files=self.files,
+            protected=self.protected,
+            signature=self.signature,
+            prepare_export=self.prepare_export,
+        )
 
     def files(self) -> list[tuple[str, Path]]:
         data = self.settings.data
@@ -77,8 +99,8 @@ class FisherCalibration(Feature):
         return self._calibration
 
     def _read_calibration(self) -> Calibration:
-        from evaluators.proxy import interleave, objective_proxies
-        from search.fisher.cache import Calibration, calibration_from_file
+        from search.calibration import interleave, objective_proxies
+        from search.strategies.fisher.cache import Calibration, calibration_from_file
 
         spec, cfg = self.settings, self.cfg
         if spec.data is not None:
@@ -120,6 +142,6 @@ class FisherCalibration(Feature):
 
     def load(self, pool: CheckpointPool, model: Any = None, tokenizer: Any = None) -> Any:
         """Every checkpoint's Fisher into ``pool``: from the cache, the missing ones computed."""
-        from search.fisher.cache import load_fishers
+        from search.strategies.fisher.cache import load_fishers
 
         return load_fishers(pool, self.calibration, self.cache_dir, model, tokenizer)

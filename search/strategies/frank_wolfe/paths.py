@@ -3,12 +3,12 @@
 For a merge θ = Σ_i c_{i,g} θ_i whose coefficients lie on the simplex in each layer group ``g``,
 one backward pass through the resident merged model gives the gradient of a loss in every
 coefficient at once, ``∂L/∂c_{i,g} = Σ_{t∈g} ⟨∂L/∂θ_t, θ_{i,t}⟩``
-(:func:`search.engine.fisher.coefficient_gradient`): first-order information that a black-box
-sampler never has. FW-Merging walks with it; here, top to bottom:
+(:func:`.gradient.coefficient_gradient`): first-order information that a black-box sampler never
+has. FW-Merging walks with it; here, top to bottom:
 
 1. a proxy loss per objective (:class:`ProxyLoss`): the mean token negative log-likelihood of the
    objective tasks' gold targets given their prompts (the texts of a perplexity objective) on
-   ``fw.examples`` examples per task of the search split (:mod:`evaluators.proxy`);
+   ``fw.examples`` examples per task of the search split (:mod:`search.calibration`);
 2. one path per preference vector ``p`` over the objectives (:func:`preference_vectors`, spread
    evenly), each minimizing ``Σ_j p_j L_j`` from the uniform merge with ``fw.steps`` steps of
    :func:`frank_wolfe`: per layer group, the vertex (one checkpoint) with the most negative
@@ -20,7 +20,7 @@ sampler never has. FW-Merging walks with it; here, top to bottom:
    keeps in its ``fw`` user attr and ``launch`` prints. The gradient steps are not lm-eval trials.
 
 With ``sampler: {name: fw}`` the endpoints are the study's only trials
-(:class:`~search.study.frank_wolfe.sampler.FrankWolfeSampler`).
+(:class:`~search.strategies.frank_wolfe.sampler.FrankWolfeSampler`).
 
 On normalized merges: at a point of the simplex, the gradient of ``Σ c_i θ_i / Σ c_i`` differs
 from ``⟨∂L/∂θ, θ_i⟩`` by the same amount for every checkpoint of a group, which changes neither
@@ -40,16 +40,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evaluators.perplexity import context_length
-from evaluators.proxy import batches, objective_proxies, tokenize
-from search.engine.fisher import Batch, coefficient_gradient, mean_token_nll
+from search.calibration import batches, objective_proxies, tokenize
+from search.engine.likelihood import Batch
 from search.engine.materialize import materialize, model_parameters
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
+from search.strategies.frank_wolfe.gradient import coefficient_gradient, mean_token_nll
 
 if TYPE_CHECKING:
+    from search.strategies.frank_wolfe import FrankWolfeConfig
     from search.study.config import StudyConfig
-    from search.study.frank_wolfe import FrankWolfeConfig
     from search.study.space import SearchSpace
 
 SEED_PREFIX = "fw:"  # seed_trial label of an endpoint: fw:<objective>=<preference>,...
@@ -120,15 +121,15 @@ class ProxyLoss:
 
     Each evaluation writes the merge at ``x`` into the resident model
     (:func:`~search.engine.materialize.materialize`), then per objective one backward pass over
-    its proxy batches and one :func:`~search.engine.fisher.coefficient_gradient`. Points already
-    evaluated (every path starts at the same one) are not evaluated again.
+    its proxy batches and one :func:`~.gradient.coefficient_gradient`. Points already evaluated
+    (every path starts at the same one) are not evaluated again.
 
     Args:
         pool: the loaded pool.
         model: the resident model.
         plan_of: ``x [K, G] -> MergePlan`` (the plan a trial at these coefficients would score).
         objectives: per objective, ``(weight, batches)`` per task (see
-            :func:`~search.engine.fisher.mean_token_nll`).
+            :func:`~search.strategies.frank_wolfe.gradient.mean_token_nll`).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Staged scoring that races the front: stop a trial early when the front already beats it.
 
-A trial is scored in rungs of growing example counts (``eval.racing.rungs``, fractions of each
+A trial is scored in rungs of growing example counts (``eval.staged.rungs``, fractions of each
 task's examples). The examples of every task are visited in one fixed order per study
 (:func:`example_order`: a permutation seeded by the study's evaluation seed and the task name),
 so every trial, on every worker, sees the same examples first and two trials can be compared
@@ -56,6 +56,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from evaluators.base import SubsetScores, subset_positions
 from evaluators.stats import Objective, paired_difference
 
 MIN_EXAMPLES = (
@@ -111,7 +112,7 @@ def plan_rungs(
 class Partial:
     """A trial's per-example values over the rungs scored so far, with their positions.
 
-    ``leaves`` (``Evaluator.layout().leaves``) says which leaf tasks each score key's values
+    ``leaves`` (``Evaluator.example_layout().leaves``) says which leaf tasks each score key's values
     concatenate; ``counts`` how many documents a full evaluation scores per leaf. Each rung's
     values come in the evaluator's order (per leaf ascending document, leaves concatenated);
     their positions are where the same examples sit in a full evaluation's values, so a front
@@ -129,11 +130,21 @@ class Partial:
 
     def add(self, docs: Mapping[str, Sequence[int]], examples: Mapping[str, Sequence[float]]):
         """One rung's results: ``docs`` the documents it scored, ``examples`` per score key."""
-        for key, leaves in self._leaves.items():
-            offset, where = 0, []
-            for leaf in leaves:
-                where.extend(offset + int(d) for d in docs[leaf])
-                offset += self._counts[leaf]
+        positions = subset_positions(self._leaves, self._counts, docs)
+        self._add(docs, examples, positions)
+
+    def add_subset(self, subset: SubsetScores, docs: Mapping[str, Sequence[int]]) -> None:
+        """One rung's results as the evaluator scored them (``Evaluator.score_subset``)."""
+        self._add(docs, subset.scores.examples, subset.positions)
+
+    def _add(
+        self,
+        docs: Mapping[str, Sequence[int]],
+        examples: Mapping[str, Sequence[float]],
+        positions: Mapping[str, Sequence[int]],
+    ) -> None:
+        for key in self._leaves:
+            where = list(positions[key])
             values = examples[key]
             if len(values) != len(where):
                 raise ValueError(f"{key}: {len(values)} values for {len(where)} documents")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from evaluators.stats import Objective, Term, paired_difference
-from search.study.staged.racing import (
+from search.strategies.staged.racing import (
     MIN_EXAMPLES,
     dominated_with_confidence,
     example_order,
@@ -81,7 +81,7 @@ def test_the_level_holds_when_nothing_dominates() -> None:
 
 
 def test_rungs_add_documents_of_every_task_and_cover_each_once() -> None:
-    from search.study.staged.racing import plan_rungs
+    from search.strategies.staged.racing import plan_rungs
 
     counts = {"a": 200, "b": 40}
     rungs = plan_rungs(counts, [0.125, 0.25, 0.5, 1.0], seed=0)
@@ -98,7 +98,7 @@ def test_rungs_add_documents_of_every_task_and_cover_each_once() -> None:
 
 
 def test_partial_reads_a_full_evaluation_at_the_same_examples() -> None:
-    from search.study.staged.racing import Partial
+    from search.strategies.staged.racing import Partial
 
     leaves = {"g/acc": ("t1", "t2"), "t1/acc": ("t1",)}
     counts = {"t1": 4, "t2": 3}
@@ -118,7 +118,7 @@ def test_partial_reads_a_full_evaluation_at_the_same_examples() -> None:
 
 
 def test_front_keeps_the_non_dominated_points() -> None:
-    from search.study.staged.racing import front
+    from search.strategies.staged.racing import front
 
     points = [[0.5, 0.5], [0.6, 0.4], [0.4, 0.4], [0.5, 0.5], [0.7, 0.1]]
     assert front(points, [True, True]) == [0, 1, 3, 4]  # ties stay, (0.4, 0.4) goes
@@ -126,7 +126,7 @@ def test_front_keeps_the_non_dominated_points() -> None:
 
 
 def test_a_stopped_trial_violates_the_racing_constraint_by_what_it_skipped() -> None:
-    from search.study.staged.racing import violation
+    from search.strategies.staged.racing import violation
 
     assert violation(50, 400) == pytest.approx(0.875)
     assert 0 < violation(399, 400) < violation(100, 400)

@@ -23,8 +23,11 @@ import pytest
 import yaml
 
 from search.cli import main
+from search.errors import DeprecatedSetting, UserError
+from search.strategies.staged import StagedFields
+from search.strategies.staged.racing import plan_rungs
+from search.study.config import load_config
 from search.study.record import TrialRecord, decode_examples
-from search.study.staged.racing import plan_rungs
 from tests.search.study_fixtures import (
     REPO,
     build_pool_and_tasks,
@@ -86,7 +89,7 @@ def _config(built: dict[str, Any], tmp_path: Path, objectives: list[str], **extr
             {"name": task, "tasks": [{"task": task, "metric": "acc"}]} for task in objectives
         ],
         "merge": {"method": "linear"},
-        "eval": {"batch_size": 64, "racing": {}},
+        "eval": {"batch_size": 64, "staged": {}},
         "seed_trials": ["singles"],
         "budget": {"n_trials": 3},
         "sampler": {"name": "tpe", "seed": 0},
@@ -109,14 +112,14 @@ def test_a_worse_merge_stops_at_the_first_rung_and_front_merges_never(
     a, b, c = _trials(tmp_path)  # the singles, in pool order: ft_a, ft_b, ft_c
     for front in (a, b):
         assert not TrialRecord.from_trial(front).stopped
-        assert TrialRecord.from_trial(front).rung == TrialRecord.from_trial(front).rungs == 3
+        assert _staged(front).rung == _staged(front).rungs == 3
         assert TrialRecord.from_trial(front).examples_scored == 2 * ITEMS
-        assert TrialRecord.from_trial(front).racing_violation == 0.0
+        assert _staged(front).violation == 0.0
     assert a.values == [1.0, 0.5] and b.values == [0.5, 1.0]
     assert TrialRecord.from_trial(c).stopped_by in (a.number, b.number)
-    assert TrialRecord.from_trial(c).rung == 1
+    assert _staged(c).rung == 1
     assert TrialRecord.from_trial(c).examples_scored == 2 * 25  # the first rung of each task
-    assert TrialRecord.from_trial(c).racing_violation == pytest.approx(1 - 50 / 120)
+    assert _staged(c).violation == pytest.approx(1 - 50 / 120)
     assert TrialRecord.from_trial(c).examples == {}  # partial values are not a merge's scores
     assert c.values == [0.0, 0.0]  # its means over the examples it scored
     # stopped trials are infeasible for the sampler too (the racing constraint)
@@ -129,7 +132,7 @@ def test_a_worse_merge_stops_at_the_first_rung_and_front_merges_never(
     assert report["knee_trial"] in (a.number, b.number)
     out = tmp_path / "export"
     assert main(["export", str(config), "--trial", str(c.number), "--out", str(out)]) == 2
-    assert "stopped by staged scoring" in capsys.readouterr().err
+    assert f"stopped early (trial {a.number} beat it)" in capsys.readouterr().err
     assert not out.exists()
     assert main(["export", str(config), "--knee", "--out", str(out)]) == 0
     card = (out / "README.md").read_text()
@@ -145,7 +148,7 @@ def test_a_full_raced_trial_scores_what_a_full_evaluation_scores(
     plain = tmp_path / "plain"
     plain.mkdir()
     data = yaml.safe_load(config.read_text())
-    data["eval"]["racing"] = None
+    data["eval"]["staged"] = None
     data["storage"] = f"sqlite:///{plain / 'staged.db'}"
     assert main(["launch", str(write_config(plain / "plain.yaml", data)), "--workers", "1"]) == 0
     (full,) = _trials(plain)
@@ -169,10 +172,7 @@ def test_one_objective_races_with_optunas_wilcoxon_pruner(
     assert len(a.intermediate_values) == ITEMS  # one step per example: the pruner's pairs
     for worse in (b, c):
         assert TrialRecord.from_trial(worse).stopped_by == a.number
-        assert (
-            TrialRecord.from_trial(worse).rung == 1
-            and TrialRecord.from_trial(worse).examples_scored == 25
-        )
+        assert _staged(worse).rung == 1 and TrialRecord.from_trial(worse).examples_scored == 25
         assert set(worse.intermediate_values) <= set(a.intermediate_values)
     study = optuna.load_study(study_name="staged", storage=f"sqlite:///{tmp_path / 'staged.db'}")
     assert study.best_trial.number == a.number
@@ -182,7 +182,7 @@ def test_the_rungs_are_the_same_in_every_process() -> None:
     counts = {"demo_code": 200, "demo_instruct": 200, "small": 30}
     here = plan_rungs(counts, [0.125, 0.25, 0.5, 1.0], seed=3)
     code = (
-        "import json; from search.study.staged.racing import plan_rungs; "
+        "import json; from search.strategies.staged.racing import plan_rungs; "
         f"print(json.dumps(plan_rungs({counts!r}, [0.125, 0.25, 0.5, 1.0], seed=3)))"
     )
     out = subprocess.run(
@@ -192,19 +192,43 @@ def test_the_rungs_are_the_same_in_every_process() -> None:
     assert there == list(here)
 
 
-def test_racing_a_perplexity_objective_is_refused_before_any_work(
+def _staged(trial) -> StagedFields:
+    fields = StagedFields.of(TrialRecord.from_trial(trial), "staged")
+    assert fields is not None
+    return fields
+
+
+def test_staged_scoring_of_a_perplexity_objective_is_refused_before_any_work(
     built: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     data = study_config(
         built,
         "ppl",
         f"sqlite:///{tmp_path / 'ppl.db'}",
-        eval={"racing": True},
+        eval={"staged": True},
     )
     config = write_config(tmp_path / "ppl.yaml", data)
     assert main(["launch", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "eval.racing" in err and "perplexity" in err and len(err.strip().splitlines()) == 1
+    assert "eval.staged" in err and "perplexity" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_old_key_eval_racing_still_works_with_one_warning_line(
+    built: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = study_config(
+        built, "old", f"sqlite:///{tmp_path / 'old.db'}", eval={"racing": {"rungs": [0.5, 1.0]}}
+    )
+    data["objectives"] = [o for o in data["objectives"] if o.get("evaluator") != "perplexity"]
+    config = write_config(tmp_path / "old.yaml", data)
+    with pytest.warns(DeprecatedSetting, match="eval.racing is deprecated, use eval.staged"):
+        cfg = load_config(config)
+    (staged,) = cfg.strategies
+    assert staged.name == "staged" and staged.settings.rungs == (0.5, 1.0)
+    assert cfg.to_json()["eval"]["staged"] == {"rungs": [0.5, 1.0]}  # recorded under the new key
+    data["eval"]["staged"] = {}
+    with pytest.raises(UserError, match="eval.racing: the old name of eval.staged; give only one"):
+        load_config(write_config(tmp_path / "both.yaml", data))
     assert not (tmp_path / "ppl.db").exists()
 
 

@@ -1,6 +1,6 @@
 """Frank-Wolfe proposals (``seed_trials: [..., fw]`` or ``sampler: {name: fw}``).
 
-A strategy of the study loop (:mod:`search.study.features`): :class:`FrankWolfe` checks the
+A strategy of the study loop (:mod:`search.study.strategy`): :class:`FrankWolfe` checks the
 ``fw`` section against the merge method, runs the paths once before the workers start
 (:mod:`.paths`), enqueues their endpoints as seed trials of kind ``fw`` and keeps what the paths
 did in the study's ``fw`` user attr. With the ``fw`` sampler (:mod:`.sampler`) the endpoints are
@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.engine.registry import METHODS
-from search.study.features import Feature, parse_settings
 from search.study.samplers import FW_SAMPLER
+from search.study.strategy import Offers, Strategy, parse_settings
 
 if TYPE_CHECKING:
-    from search.study.features import Scratch
-    from search.study.frank_wolfe.paths import Proposals
+    from search.strategies.frank_wolfe.paths import Proposals
+    from search.study.strategy import Scratch
 
 STUDY_ATTR = "fw"  # the study user attr: the paths and what they cost
 
@@ -40,23 +39,25 @@ class FrankWolfeConfig(BaseModel):
         return self.preferences if n_objectives > 1 else 1
 
 
-class FrankWolfe(Feature):
+class FrankWolfe(Strategy):
     """The Frank-Wolfe strategy (see the module docstring)."""
 
     name = "frank_wolfe"
 
     def check(self) -> None:
         cfg = self.cfg
-        self.settings = parse_settings(FrankWolfeConfig, cfg.fw, "fw")
+        self.settings = parse_settings(FrankWolfeConfig, self.section, "fw")
         self.proposals: Proposals | None = None
         # an ``fw`` section alone is checked, but proposes nothing
         self.on = "fw" in cfg.seed_kinds
         if not self.on:
             return
         field = "sampler.name" if cfg.sampler.name == FW_SAMPLER else "seed_trials"
-        method = METHODS[cfg.merge.method]
-        if not method.frank_wolfe:
-            able = ", ".join(m.name for m in METHODS.values() if m.frank_wolfe)
+        from search.strategies import get_method, merge_methods
+
+        method = get_method(cfg.merge.method)
+        if not method.convex:
+            able = ", ".join(m.name for m in merge_methods().values() if m.convex)
             raise ValueError(
                 f"{field}: Frank-Wolfe proposals need a merge that is Σ w_i θ_i on the simplex "
                 f"(method: {able}); method {method.name!r} is not"
@@ -73,6 +74,11 @@ class FrankWolfe(Feature):
                 f"weights are not normalized; expected high >= 1 (got {weights.high})"
             )
 
+    def offers(self) -> Offers:
+        return Offers(
+            trial_cap=self.trial_cap(), seed_trials=self.seed_trials, study_attrs=self.study_attrs
+        )
+
     def trial_cap(self) -> int | None:
         # the fw sampler proposes nothing else: the study's trials are the paths' endpoints
         if self.on and self.cfg.sampler.name == FW_SAMPLER:
@@ -83,7 +89,7 @@ class FrankWolfe(Feature):
         return self.on and new_study  # a resumed study has its endpoints already
 
     def precompute(self, scratch: Scratch, new_study: bool) -> list[str]:
-        from search.study.frank_wolfe.paths import propose
+        from search.strategies.frank_wolfe.paths import propose
 
         if not self.needs_precompute(new_study):
             return []

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from evaluators.stats import Objective, Term
+from search.strategies.staged import StagedFields, StagedScoring, racing
 from search.study.record import TrialRecord
-from search.study.staged import racing
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from search.strategies.staged import StagedConfig
     from search.study.config import StudyConfig
-    from search.study.staged import RacingConfig
     from search.study.worker import Runtime
 
 
-class Racer:
-    """Staged scoring of one worker's trials (``eval.racing``; the test: :mod:`.racing`).
+class StagedScorer:
+    """Staged scoring of one worker's trials (``eval.staged``; the test: :mod:`.racing`).
 
     The merged model is scored rung by rung on the documents :func:`.racing.plan_rungs`
     gives (the same on every worker). After each rung but the last: with several objectives
@@ -34,10 +34,16 @@ class Racer:
     """
 
     def __init__(
-        self, cfg: StudyConfig, settings: RacingConfig, runtime: Runtime, study: optuna.Study
+        self,
+        cfg: StudyConfig,
+        settings: StagedConfig,
+        runtime: Runtime,
+        study: optuna.Study,
+        name: str,
     ) -> None:
         self.cfg, self.settings, self.runtime, self.study = cfg, settings, runtime, study
-        self.layout = runtime.evaluator.layout()
+        self.name = name  # the strategy's name: its fields' key in TrialRecord.strategies
+        self.layout = StagedScoring.layout(runtime)
         self.counts = runtime.evaluator.examples_per_task()
         self.full = sum(self.counts.values())
         self.rungs = racing.plan_rungs(self.counts, settings.rungs, cfg.eval.seed)
@@ -70,9 +76,9 @@ class Racer:
         runtime = self.runtime
         stopped_by: int | None = None
         for k, docs in enumerate(self.rungs):
-            scores = runtime.evaluator.evaluate(runtime.model, runtime.tokenizer, docs)
+            subset = runtime.evaluator.score_subset(runtime.model, runtime.tokenizer, docs)
             before = {key: len(partial.positions(key)) for key in self.layout.leaves}
-            partial.add(docs, scores.examples)
+            partial.add_subset(subset, docs)
             last = k == len(self.rungs) - 1
             if self.single:
                 self._report(trial, partial, before)
@@ -82,13 +88,16 @@ class Racer:
                 stopped_by = self._dominated(partial)
             if stopped_by is not None or last:
                 break
-        common = {"rung": k + 1, "rungs": len(self.rungs)}
         if stopped_by is None:
             combined = runtime.evaluator.combine(partial.full())
+            fields = StagedFields(rung=k + 1, rungs=len(self.rungs), violation=0.0)
             return TrialRecord.of_scores(
-                trial.number, combined, self.cfg.objective_names, racing_violation=0.0, **common
+                trial.number, combined, self.cfg.objective_names, strategies=self._own(fields)
             )
-        return self._stopped(trial.number, partial, stopped_by, common)
+        return self._stopped(trial.number, partial, stopped_by, k + 1)
+
+    def _own(self, fields: StagedFields) -> dict[str, dict]:
+        return {self.name: fields.to_json()}
 
     def _report(self, trial: optuna.Trial, partial: racing.Partial, before: dict[str, int]) -> None:
         """One objective: every new example's value as an intermediate value (its own step)."""
@@ -124,20 +133,23 @@ class Racer:
                 members[r.number] = values
         return members
 
-    def _stopped(
-        self, number: int, partial: racing.Partial, by: int, common: dict[str, Any]
-    ) -> TrialRecord:
+    def _stopped(self, number: int, partial: racing.Partial, by: int, rung: int) -> TrialRecord:
         """A stopped trial's record: its scores over the examples it scored (the evaluator's own
         reduction, ``Evaluator.combine``), without their per-example values."""
         scores = self.runtime.evaluator.combine(partial.values())
-        scored = TrialRecord.of_scores(number, scores, self.cfg.objective_names, **common)
-        return dataclasses.replace(
-            scored,
-            examples={},
+        fields = StagedFields(
+            rung=rung,
+            rungs=len(self.rungs),
+            violation=racing.violation(partial.scored, self.full),
             stopped_by=by,
-            racing_violation=racing.violation(partial.scored, self.full),
         )
+        scored = TrialRecord.of_scores(
+            number, scores, self.cfg.objective_names, strategies=self._own(fields)
+        )
+        return dataclasses.replace(scored, examples={})
 
     def spent(self, record: TrialRecord) -> int:
         """Examples a trial scored: every rung it reached."""
-        return sum(len(d) for docs in self.rungs[: record.rung] for d in docs.values())
+        fields = StagedFields.of(record, self.name)
+        rung = fields.rung if fields else len(self.rungs)
+        return sum(len(d) for docs in self.rungs[:rung] for d in docs.values())

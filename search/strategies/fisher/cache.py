@@ -1,16 +1,16 @@
 """Each checkpoint's diagonal Fisher: computed once on the calibration data, cached on disk.
 
-Used by a study's ``merge.fisher`` (:mod:`search.study.fisher`), by ``merge-search merge`` and
+Used by a study's ``merge.fisher`` (:mod:`search.strategies.fisher`), by ``merge-search merge`` and
 by an export. Dependencies: :mod:`search.engine` and :mod:`evaluators` only.
 
 - :class:`Calibration`: the calibration examples and their digest; :func:`calibration_from_file`
   reads them from a ``.txt``/``.jsonl`` file (a study may take them from its objectives).
 - :func:`load_fishers`: every checkpoint's Fisher into the pool, the missing ones computed with
-  :func:`search.engine.fisher.diagonal_fisher` (one backward pass per example and checkpoint,
-  K × N in all, with a progress bar) and cached, then all read from the cache's files by a store
-  of the pool's placement (:meth:`~search.engine.pool.CheckpointPool.load_fisher_files`:
+  :func:`.diagonal.diagonal_fisher` (one backward pass per example and checkpoint, K × N in all,
+  with a progress bar) and cached, then all read from the cache's files by a store of the pool's
+  placement (the pool's per-tensor extras, :mod:`search.engine.extras`:
   ``device``/``host`` resident like the checkpoints, ``disk`` memory-mapped); without a cache
-  folder they stay on the device (:meth:`~search.engine.pool.CheckpointPool.load_fishers`).
+  folder they stay on the device (:func:`hold_fishers`).
 
 The cache: one folder per checkpoint, ``<cache_dir>/<key>/`` with ``fisher.safetensors`` (float32,
 one tensor per pool tensor) and ``meta.json``. The key hashes the checkpoint's fingerprint
@@ -36,17 +36,20 @@ from typing import Any
 import torch
 
 from evaluators.perplexity import context_length
-from evaluators.proxy import (
+from search.calibration import (
     ProxyExample,
     batches,
     examples_sha256,
     read_examples,
     tokenize,
 )
-from search.engine.fisher import diagonal_fisher
+from search.engine import extras
 from search.engine.materialize import model_parameters
+from search.engine.model import load_model
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
+from search.strategies.fisher.diagonal import diagonal_fisher
+from search.strategies.fisher.method import EXTRAS as LABEL
 
 CACHE_VERSION = 1  # bump when what is cached changes meaning
 FISHER_FILE = "fisher.safetensors"
@@ -136,7 +139,7 @@ def load_fishers(
         progress: show a progress bar over the K × N backward passes.
     """
     start = time.perf_counter()
-    fingerprints = pool.fingerprint()["checkpoints"]
+    fingerprints = pool.identity.fingerprint()["checkpoints"]
     keys = [cache_key(fp, data, pool.dtype) for fp in fingerprints]
     missing = [
         i
@@ -147,7 +150,7 @@ def load_fishers(
     passes = 0
     if missing:
         if model is None:
-            model, tokenizer = pool.load_model()
+            model, tokenizer = load_model(pool)
         examples = _one_example_batches(data, model, tokenizer, pool.device)
         params = model_parameters(pool, model)
         bar = _bar(len(missing) * len(examples), progress)
@@ -164,18 +167,39 @@ def load_fishers(
         bar.close()
     source = {**data.describe(), "cache": [str(folder / k) for k in keys] if folder else None}
     records = tuple(e.to_json() for e in data.examples)
+    info = {"source": source, "records": records}
+    dtype = fisher_dtype(pool.dtype)
     if folder is not None:  # from the cache's files, in the pool's placement
         files = [folder / key / FISHER_FILE for key in keys]
-        pool.load_fisher_files(files, source=source, records=records)
+        pool.hold(extras.from_files(pool, LABEL, files, dtype, pool.shapes, info))
     else:  # no cache: every one was computed here
         fishers = [computed[i] for i in range(len(keys))]
-        pool.load_fishers(fishers, source=source, records=records)
+        pool.hold(extras.from_tensors(pool, LABEL, fishers, dtype, pool.shapes, info))
     return FisherLoad(
         keys=tuple(keys),
         computed=tuple(pool.names[i] for i in missing),
         seconds=time.perf_counter() - start,
         backward_passes=passes,
     )
+
+
+def fisher_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The Fishers' dtype in a pool of ``dtype``: the pool's (float16's range is too small for
+    squared gradients: bfloat16 then)."""
+    return torch.bfloat16 if dtype == torch.float16 else dtype
+
+
+def hold_fishers(
+    pool: CheckpointPool,
+    fishers: Sequence[Mapping[str, torch.Tensor]],
+    source: Mapping[str, Any] | None = None,
+    records: Sequence[Mapping[str, str]] = (),
+) -> CheckpointPool:
+    """Hold Fishers given as tensors (one mapping per checkpoint, tensor name -> its Fisher)
+    on the pool's device, with their provenance (for the model card)."""
+    info = {"source": dict(source) if source is not None else None, "records": tuple(records)}
+    held = extras.from_tensors(pool, LABEL, fishers, fisher_dtype(pool.dtype), pool.shapes, info)
+    return pool.hold(held)
 
 
 def fishers_from_file(pool: CheckpointPool, path: Path, n: int) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from evaluators.lm_tasks import load_tasks
-from evaluators.proxy import (
+from evaluators.spec import EvalSpec, ObjectiveSpec
+from search.calibration import (
     IGNORE,
     ProxyExample,
     batches,
@@ -17,8 +18,7 @@ from evaluators.proxy import (
     read_examples,
     task_examples,
 )
-from evaluators.proxy import tokenize as tokenize_examples
-from evaluators.spec import EvalSpec, ObjectiveSpec
+from search.calibration import tokenize as tokenize_examples
 from search.errors import UserError
 from tests.toy_tasks import TOY_CHOICES, write_choice_task
 
