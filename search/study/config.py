@@ -133,8 +133,9 @@ class Constraint(_Strict):
 class StudyEval(EvalSpec):
     """The study's ``eval`` section: :class:`~evaluators.spec.EvalSpec` as the evaluators take it
     (each setting declared there, once), plus what only a study has: the test split (the
-    strategies' sections, e.g. ``eval.staged``, are read by the strategies). The tasks folder is the study's top-level ``tasks_path``
-    (:meth:`StudyConfig.eval_spec` puts it in), so ``eval.tasks_path`` is no field here."""
+    strategies' sections, e.g. ``eval.staged``, are read by the strategies). The tasks folder is
+    the study's top-level ``tasks_path`` (:meth:`StudyConfig.eval_spec` puts it in), so
+    ``eval.tasks_path`` is no field here."""
 
     tasks_path: None = Field(default=None, exclude=True)  # top-level tasks_path instead
     # search task -> test task: data neither the search nor the choice of a merge saw
