@@ -12,6 +12,10 @@ log-likelihood for a Fisher, their negative log-likelihood for a proxy loss).
   empty prompt, so every token is scored;
 - :func:`objective_proxies`: every objective's proxy set, its tasks' examples (or its perplexity
   file's texts) with the tasks' weights; :func:`interleave` mixes them into one calibration set;
+- :class:`Calibration`: the calibration examples of per-checkpoint statistics (a Fisher, a Gram
+  matrix) with their digest, from a file (:func:`calibration_from_file`) or from a study's
+  objectives (:func:`calibration_from_objectives`), as a study's :class:`CalibrationSection`
+  asks (``data`` or ``tasks: from_objectives``, ``examples``, ``cache_dir``);
 - :func:`tokenize` and :func:`batches`: token ids with Hugging Face ``labels`` (``-100`` where a
   position is not scored), padded into batches for :mod:`search.engine.likelihood`.
 
@@ -20,13 +24,16 @@ Dependencies: lm-eval (through :mod:`evaluators.lm_tasks`), torch for :func:`bat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evaluators.spec import EvalSpec, ObjectiveSpec
 from search.errors import UserError
@@ -194,6 +201,97 @@ def interleave(proxies: Sequence[ObjectiveProxy], n: int) -> list[ProxyExample]:
                 seen.add(source[i])
                 out.append(source[i])
     return out
+
+
+# ------------------------------------------------------------------------ calibration data
+
+
+class CalibrationSection(BaseModel):
+    """A study's calibration section (``merge.fisher``, ...): per-checkpoint statistics are
+    computed on this data and cached on disk.
+
+    Exactly one of ``data`` (a local file) and ``tasks: from_objectives`` (the prompts and gold
+    targets of the objectives' search-split examples, the texts of perplexity objectives).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path | None = None  # .txt (one text per line) or .jsonl (text, or prompt + target)
+    tasks: Literal["from_objectives"] | None = None
+    # N, the examples per checkpoint: 256 as in FusionBench
+    examples: int = Field(default=256, ge=1)
+    # None: a folder beside the SQLite file of the study, else under studies/
+    cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CalibrationSection:
+        if (self.data is None) == (self.tasks is None):
+            raise ValueError(
+                "expected exactly one of data: FILE.txt|FILE.jsonl and tasks: from_objectives"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """What identifies calibration data: where it came from, N, the examples' digest."""
+
+    data: str
+    examples: int
+    data_sha256: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration examples: where they came from, the examples, a digest."""
+
+    label: str
+    examples: tuple[ProxyExample, ...]
+    sha256: str
+
+    @classmethod
+    def of(cls, label: str, examples: Sequence[ProxyExample], where: str) -> Calibration:
+        if not examples:
+            raise UserError(f"{where}: no calibration examples (expected at least one)")
+        return cls(label, tuple(examples), examples_sha256(examples))
+
+    @property
+    def info(self) -> CalibrationInfo:
+        return CalibrationInfo(self.label, len(self.examples), self.sha256)
+
+    def describe(self) -> dict[str, Any]:
+        """What a study records (and a resume compares) and the model card shows."""
+        return dataclasses.asdict(self.info)
+
+
+def calibration_from_file(path: Path, n: int, where: str) -> Calibration:
+    """The first ``n`` examples of a ``.txt``/``.jsonl`` file (``UserError`` when bad)."""
+    if n < 1:
+        raise UserError(f"{where}: expected at least 1 example (got {n})")
+    return Calibration.of(str(path), read_examples(Path(path), where)[:n], where)
+
+
+def calibration_from_objectives(
+    objectives: Sequence[ObjectiveSpec], spec: EvalSpec, n: int, seed: int, where: str
+) -> Calibration:
+    """``n`` examples interleaved from every objective's proxy set (:func:`objective_proxies`)."""
+    proxies = objective_proxies(objectives, spec, n, seed)
+    sources = list(dict.fromkeys(p.label for o in proxies for p in o.parts))
+    label = f"tasks: from_objectives ({', '.join(sources)})"
+    return Calibration.of(label, interleave(proxies, n), where)
+
+
+def read_calibration(
+    section: CalibrationSection,
+    objectives: Sequence[ObjectiveSpec],
+    spec: EvalSpec,
+    seed: int,
+    field: str,
+) -> Calibration:
+    """The calibration examples a study's ``section`` (at config path ``field``) asks for."""
+    if section.data is not None:
+        return calibration_from_file(section.data, section.examples, f"{field}.data")
+    return calibration_from_objectives(objectives, spec, section.examples, seed, field)
 
 
 def examples_sha256(examples: Sequence[ProxyExample]) -> str:

@@ -5,8 +5,9 @@ checkpoint measured on calibration data (a diagonal Fisher per weight tensor, a 
 linear layer ...). The pool holds them by ``kind`` (:meth:`search.engine.pool.CheckpointPool.
 hold_extras`), a method declares the kinds it reads (:attr:`~search.engine.registry.MergeMethod.
 extras`) and its tensor function gets each one's stack for the tensor it merges as a keyword
-argument of the kind's name. The engine knows nothing of what they mean; the strategy that
-computes them owns that.
+argument of the kind's name. Extras may cover only some tensors (a Gram matrix per linear layer):
+for a tensor they do not cover the function gets ``None``. The engine knows nothing of what they
+mean; the strategy that computes them owns that.
 
 Extras come either as tensors (kept on the pool's device) or as safetensors files, read by a
 store of the pool's placement (:mod:`search.engine.placement`), so they follow
@@ -50,13 +51,20 @@ class Extras:
     stacks: Mapping[str, torch.Tensor] | None = None
     store: TensorStore | None = None
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str) -> torch.Tensor | None:
         """The ``[K, *shape]`` stack of ``name`` on the pool's device (do not write it;
-        resident: the stack itself; ``disk``, ``host`` on CUDA: a fresh copy)."""
+        resident: the stack itself; ``disk``, ``host`` on CUDA: a fresh copy); ``None`` for a
+        tensor these extras do not cover."""
+        if not self.covers(name):
+            return None
         if self.store is not None:
             return self.store.get(name)
         assert self.stacks is not None
         return self.stacks[name]
+
+    def covers(self, name: str) -> bool:
+        """Whether these extras hold a stack for tensor ``name``."""
+        return name in (self.store.shapes if self.store is not None else self.stacks or {})
 
     def resident_bytes(self) -> int:
         if self.store is not None:
@@ -78,7 +86,8 @@ def from_tensors(
 ) -> Extras:
     """``kind`` extras given as tensors: one mapping per checkpoint, in pool order, name ->
     tensor of ``shapes[name]`` (any float dtype and device), kept as one ``[K, *shape]`` stack
-    per name in ``dtype`` on the pool's device; ``info`` describes them (JSON-able)."""
+    per name in ``dtype`` on the pool's device; ``info`` describes them (JSON-able). The names
+    of ``shapes`` are the tensors they cover (any subset of the pool's, in any shape)."""
     _check_count(pool, kind, len(per_checkpoint))
     stacks = {}
     for name, shape in shapes.items():
@@ -166,6 +175,10 @@ class MethodExtension:
     Declared by the method (:attr:`~search.engine.registry.MergeMethod.extension`)."""
 
     keys: tuple[str, ...] = ()  # its keys under the YAML's ``parameters``
+    # the key of ``keys`` that names its calibration data (a .txt or .jsonl file), if it reads
+    # any: with that key alone a YAML makes its extras (what a contract test over every method
+    # needs)
+    data_key: str | None = None
 
     def parse(self, file: Path, method: str, given: dict[str, Any]) -> dict[str, Any]:
         """Its settings, taken out of the YAML's ``given`` parameters and checked

@@ -14,9 +14,9 @@ its function (``function``) and the settings that make it this variant (``functi
 
 To add a method: write its tensor function in :mod:`search.engine.methods`, declare it below and
 add it to :data:`METHODS` (a method that reads per-tensor extras comes with the strategy that
-computes them, declared in its folder and listed in :data:`search.strategies.METHODS`); the
-contract tests in ``tests/search/engine/test_methods.py`` run over
-every entry.
+computes them, declared in its folder and named in the strategy's registry entry,
+:data:`search.strategies.STRATEGIES`); the contract tests in
+``tests/search/engine/test_methods.py`` run over every entry.
 """
 
 from __future__ import annotations

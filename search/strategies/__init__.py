@@ -9,11 +9,13 @@ and its hooks (:class:`search.study.strategy.Strategy`):
 - ``fisher`` — each checkpoint's diagonal Fisher, cached on disk, and the Fisher merge method.
 
 :data:`STRATEGIES` is a plain dict: a name, where its config section lives (a dotted path, read
-from the raw config without importing the strategy), when a config turns it on, and the class as
-a ``"module:Class"`` string, imported only then. A strategy may also provide merge methods
-(:data:`METHODS`) and samplers (:data:`SAMPLERS`), as strings too; :func:`merge_methods` and
-:func:`get_method` are the method lookup of everything outside the engine (the engine's
-built-in methods plus these). A new strategy lands as one folder plus one entry here.
+from the raw config without importing the strategy), the class as a ``"module:Class"`` string,
+imported only when a config turns it on, and the merge methods it provides (name ->
+``"module:ATTRIBUTE"``). A strategy that provides methods is on when its section is given or
+the study merges with one of them; others say when with ``wanted``. :data:`METHODS` gathers the
+entries' methods; :func:`merge_methods` and :func:`get_method` are the method lookup of
+everything outside the engine (the engine's built-in methods plus these). Samplers a strategy
+provides are listed in :data:`SAMPLERS`. A new strategy lands as one folder plus one entry here.
 
 Dependencies: this module imports nothing of the project at import time;
 :mod:`search.engine` when a method is looked up. Its folders import :mod:`search.study`,
@@ -41,7 +43,11 @@ class StrategyEntry:
         section: its config section, a dotted path (``eval.staged``): the study config keeps the
             raw value for the strategy to validate (:meth:`Strategy.check`).
         target: ``"module:Class"`` of its :class:`~search.study.strategy.Strategy`.
-        wanted: ``(config, raw section or None) -> on``, read from the config alone.
+        methods: the merge methods it provides, name -> ``"module:ATTRIBUTE"`` (a
+            :class:`~search.engine.registry.MergeMethod`); a study that merges with one of them
+            turns it on.
+        wanted: ``(config, raw section or None) -> on``, read from the config alone; ``None``:
+            on when its section is given or the study's merge method is one of ``methods``.
         deprecated: older paths of the section, still read (one warning line each).
         attrs: old trial user attrs -> the field of the strategy's record they became (studies
             written before the strategy kept its fields under one attr).
@@ -49,19 +55,26 @@ class StrategyEntry:
 
     section: str
     target: str
-    wanted: Callable[[StudyConfig, Any], bool]
+    methods: Mapping[str, str] = field(default_factory=dict)
+    wanted: Callable[[StudyConfig, Any], bool] | None = None
     deprecated: tuple[str, ...] = ()
     attrs: Mapping[str, str] = field(default_factory=dict)
 
     def load(self) -> type[Strategy]:
         return _load(self.target)
 
+    def on(self, cfg: StudyConfig, section: Any) -> bool:
+        """Whether ``cfg``, with this strategy's raw ``section`` (``None``: absent), turns it on."""
+        if self.wanted is not None:
+            return self.wanted(cfg, section)
+        return section is not None or cfg.merge.method in self.methods
+
 
 STRATEGIES: dict[str, StrategyEntry] = {
     "staged": StrategyEntry(
         "eval.staged",
         "search.strategies.staged:StagedScoring",
-        lambda cfg, section: section is not None and section is not False,
+        wanted=lambda cfg, section: section is not None and section is not False,
         deprecated=("eval.racing",),
         attrs={
             "rung": "rung",
@@ -73,20 +86,21 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "fisher": StrategyEntry(
         "merge.fisher",
         "search.strategies.fisher:FisherCalibration",
-        lambda cfg, section: section is not None or cfg.merge.method in FISHER_METHODS,
+        methods={"fisher": "search.strategies.fisher.method:FISHER"},
     ),
     "frank_wolfe": StrategyEntry(
         "fw",
         "search.strategies.frank_wolfe:FrankWolfe",
-        lambda cfg, section: bool(section) or "fw" in cfg.seed_trials or cfg.sampler.name == "fw",
+        wanted=lambda cfg, section: (
+            bool(section) or "fw" in cfg.seed_trials or cfg.sampler.name == "fw"
+        ),
     ),
 }
 
-# merge methods a strategy provides: name -> "module:ATTRIBUTE" (a MergeMethod)
+# the merge methods strategies provide: name -> "module:ATTRIBUTE" (a MergeMethod)
 METHODS: dict[str, str] = {
-    "fisher": "search.strategies.fisher.method:FISHER",
+    name: target for entry in STRATEGIES.values() for name, target in entry.methods.items()
 }
-FISHER_METHODS = ("fisher",)  # the methods whose extras the fisher strategy computes
 
 # samplers a strategy provides: name -> "module:Class" (an optuna.samplers.BaseSampler)
 SAMPLERS: dict[str, str] = {

@@ -187,7 +187,7 @@ def build_strategies(cfg: StudyConfig, sections: Mapping[str, Any]) -> tuple[Str
     strategies = tuple(
         entry.load()(cfg, sections.get(name), name)
         for name, entry in STRATEGIES.items()
-        if entry.wanted(cfg, sections.get(name))
+        if entry.on(cfg, sections.get(name))
     )
     for strategy in strategies:
         strategy.check()

@@ -14,10 +14,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from search.calibration import CalibrationSection
 from search.strategies.fisher.method import FISHER
 from search.study.storage import sqlite_path
 from search.study.strategy import Offers, Strategy, parse_settings
@@ -25,8 +24,8 @@ from search.study.strategy import Offers, Strategy, parse_settings
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from search.calibration import Calibration
     from search.engine.pool import CheckpointPool
-    from search.strategies.fisher.cache import Calibration
     from search.study.strategy import Scratch
     from search.study.worker import Runtime
 
@@ -34,29 +33,10 @@ SECTION = "merge.fisher"
 SIGNATURE_KEY = "fisher"  # the search space signature's entry: the calibration's description
 
 
-class FisherConfig(BaseModel):
-    """``merge.fisher``: each checkpoint's Fisher is computed on this calibration data.
-
-    Exactly one of ``data`` (a local file) and ``tasks: from_objectives`` (the prompts and gold
-    targets of the objectives' search-split examples, the texts of perplexity objectives).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: Path | None = None  # .txt (one text per line) or .jsonl (text, or prompt + target)
-    tasks: Literal["from_objectives"] | None = None
-    # N, the examples per Fisher (one backward pass each, per checkpoint): 256 as in FusionBench
-    examples: int = Field(default=256, ge=1)
-    # None: ".fisher" beside the SQLite file of the study, else studies/.fisher
-    cache_dir: Path | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> FisherConfig:
-        if (self.data is None) == (self.tasks is None):
-            raise ValueError(
-                "expected exactly one of data: FILE.txt|FILE.jsonl and tasks: from_objectives"
-            )
-        return self
+class FisherConfig(CalibrationSection):
+    """``merge.fisher``: each checkpoint's Fisher is computed on this calibration data (one
+    backward pass per example and checkpoint); the cache defaults to ``.fisher`` beside the
+    study's SQLite file."""
 
 
 class FisherCalibration(Strategy):
@@ -99,16 +79,12 @@ class FisherCalibration(Strategy):
         return self._calibration
 
     def _read_calibration(self) -> Calibration:
-        from search.calibration import interleave, objective_proxies
-        from search.strategies.fisher.cache import Calibration, calibration_from_file
+        from search.calibration import read_calibration
 
-        spec, cfg = self.settings, self.cfg
-        if spec.data is not None:
-            return calibration_from_file(spec.data, spec.examples, "merge.fisher.data")
-        proxies = objective_proxies(cfg.objectives, cfg.eval_spec(), spec.examples, cfg.eval.seed)
-        sources = list(dict.fromkeys(p.label for o in proxies for p in o.parts))
-        label = f"tasks: from_objectives ({', '.join(sources)})"
-        return Calibration.of(label, interleave(proxies, spec.examples), "merge.fisher")
+        cfg = self.cfg
+        return read_calibration(
+            self.settings, cfg.objectives, cfg.eval_spec(), cfg.eval.seed, SECTION
+        )
 
     @property
     def cache_dir(self) -> Path:

@@ -3,8 +3,9 @@
 Used by a study's ``merge.fisher`` (:mod:`search.strategies.fisher`), by ``merge-search merge`` and
 by an export. Dependencies: :mod:`search.engine` and :mod:`evaluators` only.
 
-- :class:`Calibration`: the calibration examples and their digest; :func:`calibration_from_file`
-  reads them from a ``.txt``/``.jsonl`` file (a study may take them from its objectives).
+- the calibration examples and their digest: :class:`search.calibration.Calibration`, read from
+  a ``.txt``/``.jsonl`` file (:func:`~search.calibration.calibration_from_file`) or a study's
+  objectives.
 - :func:`load_fishers`: every checkpoint's Fisher into the pool, the missing ones computed with
   :func:`.diagonal.diagonal_fisher` (one backward pass per example and checkpoint, K × N in all,
   with a progress bar) and cached, then all read from the cache's files by a store of the pool's
@@ -22,7 +23,6 @@ renamed into place, so a crash leaves no half-written entry.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -36,13 +36,7 @@ from typing import Any
 import torch
 
 from evaluators.perplexity import context_length
-from search.calibration import (
-    ProxyExample,
-    batches,
-    examples_sha256,
-    read_examples,
-    tokenize,
-)
+from search.calibration import Calibration, batches, calibration_from_file, tokenize
 from search.engine import extras
 from search.engine.materialize import model_parameters
 from search.engine.model import load_model
@@ -54,45 +48,6 @@ from search.strategies.fisher.method import EXTRAS as LABEL
 CACHE_VERSION = 1  # bump when what is cached changes meaning
 FISHER_FILE = "fisher.safetensors"
 META_FILE = "meta.json"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The calibration examples of the Fishers: where they came from, the examples, a digest."""
-
-    label: str
-    examples: tuple[ProxyExample, ...]
-    sha256: str
-
-    @classmethod
-    def of(cls, label: str, examples: Sequence[ProxyExample], where: str) -> Calibration:
-        if not examples:
-            raise UserError(f"{where}: no calibration examples (expected at least one)")
-        return cls(label, tuple(examples), examples_sha256(examples))
-
-    @property
-    def info(self) -> CalibrationInfo:
-        return CalibrationInfo(self.label, len(self.examples), self.sha256)
-
-    def describe(self) -> dict[str, Any]:
-        """What a study records (and a resume compares) and the model card shows."""
-        return dataclasses.asdict(self.info)
-
-
-@dataclass(frozen=True)
-class CalibrationInfo:
-    """What identifies calibration data: where it came from, N, the examples' digest."""
-
-    data: str
-    examples: int
-    data_sha256: str
-
-
-def calibration_from_file(path: Path, n: int, where: str) -> Calibration:
-    """The first ``n`` examples of a ``.txt``/``.jsonl`` file (``UserError`` when bad)."""
-    if n < 1:
-        raise UserError(f"{where}: expected at least 1 example (got {n})")
-    return Calibration.of(str(path), read_examples(Path(path), where)[:n], where)
 
 
 def cache_key(fingerprint: Mapping[str, Any], data: Calibration, dtype: torch.dtype) -> str:

@@ -27,6 +27,7 @@ class FisherExtension(MethodExtension):
     """The ``fisher`` method's extension keys, its Fishers for a merge, and what it exports."""
 
     keys = (DATA, EXAMPLES)
+    data_key = DATA
 
     def parse(self, file: Path, method: str, given: dict[str, Any]) -> dict[str, Any]:
         taken = {key: given.pop(key) for key in self.keys if key in given}

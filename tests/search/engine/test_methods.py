@@ -14,6 +14,7 @@ from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
 from search.strategies import get_method, merge_methods
+from tests.search.engine.extras_fixtures import hold_extras
 
 METHODS = merge_methods()  # the built-in methods and those strategies provide
 
@@ -239,14 +240,12 @@ def test_unknown_method_lists_supported_names():
 
 @pytest.fixture(scope="module")
 def contract_pools(tiny_zoo):
-    """Pools of 2 and 3 checkpoints, with real Fishers (two texts) for methods that read them."""
-    from search.calibration import ProxyExample
-    from search.strategies.fisher.cache import Calibration, load_fishers
-
-    data = Calibration.of("test", [ProxyExample("", "a+b=c."), ProxyExample("1+2", "=3")], "test")
+    """Pools of 2 and 3 checkpoints holding the extras of every method that reads them (made
+    from real calibration texts)."""
     pools = {n: CheckpointPool.open(tiny_zoo.checkpoints[:n], tiny_zoo.base) for n in (2, 3)}
     for pool in pools.values():
-        load_fishers(pool, data, None, progress=False)
+        for method in METHODS.values():
+            hold_extras(pool, method)
     return pools
 
 

@@ -27,8 +27,8 @@ from search.engine.placement import (
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.strategies import get_method, merge_methods
-from search.strategies.fisher.cache import hold_fishers
 from tests.checkpoint_files import read_tensors
+from tests.search.engine.extras_fixtures import hold_extras
 
 METHODS = merge_methods()  # the built-in methods and those strategies provide
 
@@ -71,14 +71,7 @@ def _pool(zoo, method: str, dtype: str, placement: str, device: str = "cpu") -> 
         placement=placement,
         block_bytes=SMALL_BLOCKS,
     )
-    if METHODS[method].extras:  # the same seeded Fishers in every placement
-        gen = torch.Generator().manual_seed(0)
-        fishers = [
-            {k: torch.rand(shape, generator=gen) + 0.01 for k, shape in pool.shapes.items()}
-            for _ in range(n)
-        ]
-        hold_fishers(pool, fishers)
-    return pool
+    return hold_extras(pool, METHODS[method])  # the same extras in every placement
 
 
 def _merged(zoo, method: str, dtype: str, placement: str, device: str = "cpu") -> dict:
@@ -304,7 +297,7 @@ def test_cuda_host_stacks_are_page_locked_and_streamed(tiny_zoo):
 def test_fishers_read_from_files_follow_the_placement(tiny_zoo, tmp_path, placement):
     from safetensors.torch import save_file
 
-    reference = _pool(tiny_zoo, "fisher", "bfloat16", "device")  # seeded Fishers, as tensors
+    reference = _pool(tiny_zoo, "fisher", "bfloat16", "device")  # Fishers as tensors
     expected = {n: t.cpu() for n, t in merged_tensors(_plan("fisher"), reference)}
     files = []
     for i in range(3):
