@@ -6,7 +6,8 @@ and its hooks (:class:`search.study.strategy.Strategy`):
 
 - ``staged`` — staged scoring: a trial is scored in rungs and stopped once the front beats it;
 - ``frank_wolfe`` — gradient-informed proposals enqueued as seed trials (the ``fw`` sampler);
-- ``fisher`` — each checkpoint's diagonal Fisher, cached on disk, and the Fisher merge method.
+- ``fisher`` — each checkpoint's diagonal Fisher, cached on disk, and the Fisher merge method;
+- ``regmean`` — each linear layer's Gram matrices, cached on disk, and the RegMean merge method.
 
 :data:`STRATEGIES` is a plain dict: a name, where its config section lives (a dotted path, read
 from the raw config without importing the strategy), the class as a ``"module:Class"`` string,
@@ -87,6 +88,11 @@ STRATEGIES: dict[str, StrategyEntry] = {
         "merge.fisher",
         "search.strategies.fisher:FisherCalibration",
         methods={"fisher": "search.strategies.fisher.method:FISHER"},
+    ),
+    "regmean": StrategyEntry(
+        "merge.regmean",
+        "search.strategies.regmean:RegMeanCalibration",
+        methods={"regmean": "search.strategies.regmean.method:REGMEAN"},
     ),
     "frank_wolfe": StrategyEntry(
         "fw",
