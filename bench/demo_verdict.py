@@ -53,7 +53,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without install
 
 from _study import on_pool  # noqa: E402
 
-from search import _offline as _offline  # noqa: E402,F401  (HF offline before HF imports)
+# this bench reads only local pools and tasks: keep the Hugging Face libraries off the hub
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -45,7 +45,9 @@ from search.engine.model import load_model
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from search import _offline as _offline  # noqa: E402,F401
+# this bench reads only local pools and tasks: keep the Hugging Face libraries off the hub
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
 
 SIZES = {  # name -> (hidden, layers, heads, intermediate)
     "demo": (128, 4, 4, 384),

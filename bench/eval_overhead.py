@@ -25,6 +25,7 @@ hand-picked weightings, on the search and the held-out splits.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -36,7 +37,9 @@ from search.engine.model import load_model
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from search import _offline as _offline  # noqa: E402,F401
+# this bench reads only local pools and tasks: keep the Hugging Face libraries off the hub
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
 
 
 class ForwardClock:

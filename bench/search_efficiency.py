@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -49,7 +50,9 @@ sys.path.insert(0, str(REPO))
 
 from _study import on_pool, run_study  # noqa: E402
 
-from search import _offline as _offline  # noqa: E402,F401
+# this bench reads only local pools and tasks: keep the Hugging Face libraries off the hub
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
 
 AT_TRIALS = 40
 TARGET = 0.95

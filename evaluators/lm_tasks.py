@@ -7,8 +7,8 @@ built as well (about 10 s), so built-in tasks, groups and tags work when their d
 :func:`resolve_tasks` checks every name against the task configs alone, before any dataset is
 loaded (the launcher runs it before starting a worker): unknown names, a group that lists an
 unknown task, a task marked ``unsafe_code`` without consent, a local data file that is not
-there, a Hugging Face dataset that is not in the local datasets cache (merge-search runs
-offline). :func:`load_tasks` then builds the tasks and groups with lm-eval's own
+there, a Hugging Face dataset that is neither in the local datasets cache nor fetchable
+(offline, or no network). :func:`load_tasks` then builds the tasks and groups with lm-eval's own
 ``TaskManager.load`` (a group comes with its subtasks and nested groups, a tag expands to its
 tasks), one name at a time so that a task may appear both alone and inside a group.
 
@@ -392,13 +392,13 @@ def _check_data(
     kwargs.pop("trust_remote_code", None)
     try:
         datasets.load_dataset_builder(path, key[1], **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any failure means: not usable offline
+    except Exception as exc:  # noqa: BLE001 - any failure means: the data cannot be had
         need = f"{path!r}" + (f" (config {key[1]!r})" if key[1] else "")
-        cache = os.environ.get("HF_DATASETS_CACHE") or "~/.cache/huggingface/datasets"
+        cache = os.environ.get("HF_DATASETS_CACHE") or "$HF_HOME/datasets"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
             f"{asker}: task {leaf!r} needs the Hugging Face dataset {need}, which is not in the "
-            f"local datasets cache ({cache}; merge-search runs offline): load it once with "
+            f"local datasets cache ({cache}) and could not be fetched: load it once with "
             f"datasets.load_dataset on a machine with network access and copy the cache "
             f"({reason})"
         ) from None

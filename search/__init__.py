@@ -2,9 +2,8 @@
 
 The map (see README "Architecture"); arrows point from a package to what it may import:
 
-- ``search.errors``, ``search._offline`` — the foundation: the one user-facing error type, and
-  the Hugging Face offline variables; they import nothing of the project, everything may
-  import them;
+- ``search.errors`` — the foundation: the one user-facing error type; it imports nothing of
+  the project, everything may import it;
 - ``search.engine`` — merge plans, the method registry, the pool, materialize (torch,
   safetensors);
 - ``evaluators`` (top-level) — how a merged model is scored (lm-eval, perplexity);
@@ -25,7 +24,6 @@ The map (see README "Architecture"); arrows point from a package to what it may 
 
 from __future__ import annotations
 
-from search import _offline as _offline  # noqa: F401  (sets HF offline variables first)
 from search.errors import UserError
 
 __all__ = ["UserError"]

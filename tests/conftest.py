@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+# the library sets no Hugging Face variable (the user's network choice); the tests reach no hub,
+# so a plain ``pytest`` run is offline as ``make test`` is: set before anything imports
+# transformers, datasets or lm_eval (they read these variables at import)
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

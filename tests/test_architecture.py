@@ -3,7 +3,7 @@
 Every import statement counts, at module top or inside a function (a lazy import is still a
 dependency). The rule, importer → what it may import within the project:
 
-- foundation (``search``, ``search.errors``, ``search._offline``) — allowed everywhere;
+- foundation (``search``, ``search.errors``) — allowed everywhere;
 - ``search.engine`` → engine; ``evaluators`` → evaluators;
 - ``search.calibration`` → calibration, evaluators;
 - ``search.export`` → export, engine;
@@ -39,7 +39,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("search", "evaluators")
-FOUNDATION = ("search", "search.errors", "search._offline")
+FOUNDATION = ("search", "search.errors")
 ALLOWED: dict[str, tuple[str, ...]] = {
     "search.engine": ("search.engine",),
     "evaluators": ("evaluators",),
@@ -112,7 +112,7 @@ def imports(tree: ast.AST, *, top_level_only: bool = False) -> Iterator[tuple[st
                 yield alias.name, node.lineno
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.module, node.lineno
-            for alias in node.names:  # ``from search import _offline`` imports a module
+            for alias in node.names:  # ``from search import errors`` imports a module
                 yield f"{node.module}.{alias.name}", node.lineno
 
 

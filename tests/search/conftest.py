@@ -17,9 +17,6 @@ import pytest
 
 from tests.checkpoint_files import read_tensors
 
-for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_name] = "1"
-
 VOCAB = ["<pad>", "<s>", "</s>", "<unk>", *"abcdefghijklmnopqrstuvwxyz0123456789 .,:;!?+-*/=()"]
 
 
