@@ -34,6 +34,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--storage", default=None)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16", "float64"),
+        help="dtype of the written weights; the merge is computed in float32 and rounded once "
+        "(default: the checkpoints' own dtype)",
+    )
     p.set_defaults(run=run)
 
 
@@ -50,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         knee=args.knee,
         prefer=args.prefer,
         force=args.force,
+        dtype=args.dtype,
     )
     values = ", ".join(f"{n}={v:.4f}" for n, v in zip(view.names, row.values, strict=True))
     heldout = cached_heldout(view).get(row.plan_key)

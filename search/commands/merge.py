@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        help="compute/storage dtype: float32, bfloat16, float16 (default: the YAML's dtype)",
+        choices=("float32", "bfloat16", "float16", "float64"),
+        help="dtype of the written weights; the merge is computed in float32 and rounded once "
+        "(default: the YAML's out_dtype, else its dtype, else the inputs' dtype)",
     )
     p.add_argument(
         "--pool",
@@ -42,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
         methods=merge_methods(),
         placement=args.pool,
     )
+    written = json.loads((path / "config.json").read_text())["dtype"]
     print(
-        f"wrote {path} ({plan.method}, {len(pool.names)} checkpoints, {pool.dtype}, "
+        f"wrote {path} ({plan.method}, {len(pool.names)} checkpoints, {written}, "
         f"pool {pool.placement})"
     )
     return 0

@@ -58,15 +58,13 @@ def weighted_sum_gemv(
     x = stack.reshape(k, -1)
     c = coeffs.to(x.dtype)
     flat = out.view(-1) if out.is_contiguous() else None
-    if flat is not None and flat.dtype == x.dtype:
-        torch.mv(x.t(), c[:k], out=flat)
-    else:
-        result = torch.mv(x.t(), c[:k])
-        out.copy_(result.view(out.shape))
-        flat = None
+    direct = flat is not None and flat.dtype == x.dtype
+    result = flat if direct else torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
+    torch.mv(x.t(), c[:k], out=result)
     if base is not None:
-        target = flat if flat is not None else out.view(-1)
-        target.add_(base.reshape(-1).to(target.dtype), alpha=float(c[k]))
+        result.add_(base.reshape(-1).to(result.dtype), alpha=float(c[k]))
+    if not direct:  # another dtype (an export's): rounded once, after the base is added
+        out.copy_(result.view(out.shape))
 
 
 def weighted_sum_chunked(

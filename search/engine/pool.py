@@ -26,7 +26,7 @@ import torch
 from search.engine.checkpoint import Checkpoint, check_compatible, open_checkpoint, unique_names
 from search.engine.device import resolve_device
 from search.engine.digests import DigestCache
-from search.engine.dtypes import resolve_dtype
+from search.engine.dtypes import DTYPES, resolve_dtype, stored_dtype
 from search.engine.extras import Extras
 from search.engine.identity import PoolIdentity, check_distinct_content, check_listed_once
 from search.engine.kernels import KERNELS, choose_kernel
@@ -56,7 +56,9 @@ class CheckpointPool:
     Build it with :meth:`open`. Attributes: ``names`` (folder basenames made unique), ``paths``,
     ``base_path``, ``device``, ``dtype``, ``placement`` (and ``placement_choice``: why),
     ``tensor_names`` (file order), ``shapes``, ``n_layers``, ``config`` (the base's config.json,
-    else the first checkpoint's), ``checkpoint_store``, ``base_store``, ``identity``.
+    else the first checkpoint's), ``checkpoint_store``, ``base_store``, ``identity``,
+    ``input_dtype`` (what the input files store, :func:`~search.engine.dtypes.stored_dtype` over
+    the checkpoints and the base: what an export writes by default).
     """
 
     def __init__(
@@ -77,6 +79,8 @@ class CheckpointPool:
         self.base_path: Path | None = base.path if base else None
         self.device = device
         self.dtype = dtype
+        opened = [*checkpoints, *([base] if base else [])]
+        self.input_dtype: torch.dtype = DTYPES[stored_dtype([c.tensors for c in opened])]
         reference = base or checkpoints[0]
         self.reference_path: Path = reference.path
         self.config: dict[str, Any] = reference.config

@@ -24,6 +24,7 @@ def model_card(
 ) -> str:
     """Markdown: front matter, method, a table of checkpoints and weights, params, extra sections.
 
+    ``dtype`` is the parameters table's dtype row: the written dtype and how it was reached.
     ``extra`` maps a section title to its content: a string is written as is, anything else as
     a JSON block (a mapping of scalars as a two-column table).
     """

@@ -77,7 +77,8 @@ def export_merge(
             ``merge_search.json``); never a folder that is, holds or lies inside an input.
         card_extra: extra model-card sections, title → content (text, or data shown as JSON).
         max_shard_size: bytes per safetensors shard before splitting.
-        dtype: dtype of the written weights (default: the pool's).
+        dtype: dtype of the written weights (default: the inputs', ``pool.input_dtype``);
+            the merge is computed in float32 (:func:`computed_in`) and rounded once to it.
         protected: more inputs the folder must keep clear of, as ``(what, path)`` (the tasks
             folder, the study's database, the config); the pool's folders always are.
         method: the plan's method when it is not built in
@@ -85,20 +86,38 @@ def export_merge(
     """
 
     resolved = resolve(plan, pool, method)
-    out_dtype = resolve_dtype(dtype) if dtype is not None else pool.dtype
+    out_dtype = resolve_dtype(dtype) if dtype is not None else pool.input_dtype
     target = check_output(out_dir, force=force, protected=[*pool_inputs(pool), *protected])
     if max_shard_size <= 0:
         raise UserError(
             f"max_shard_size: expected a positive number of bytes, got {max_shard_size}"
         )
 
-    dtype_name = str(out_dtype).removeprefix("torch.")
+    dtype_name = dtype_text(out_dtype)
+    computed = computed_in(pool)
+    how = (
+        "the inputs' dtype"
+        if out_dtype == pool.input_dtype
+        else f"requested; the inputs are {dtype_text(pool.input_dtype)}"
+    )
+    dtype_line = (
+        f"{dtype_name} ({how}), the precision the merge is computed in"
+        if out_dtype == computed
+        else f"{dtype_name} ({how}): computed in {dtype_text(computed)}, rounded once"
+    )
     groups = _layer_filters(pool, plan.n_groups)
     ext = resolved.method.extension_impl
     kept = ext.export(pool, target) if ext is not None else ExtrasExport()
     card_extra = {**(card_extra or {}), **kept.card}
     yaml_text = plan_to_yaml(
-        plan, pool.paths, pool.base_path, dtype_name, groups, kept.parameters, resolved.method
+        plan,
+        pool.paths,
+        pool.base_path,
+        dtype_text(computed),
+        groups,
+        kept.parameters,
+        resolved.method,
+        out_dtype=dtype_name,
     )
     card = model_card(
         title=target.name,
@@ -108,7 +127,7 @@ def export_merge(
         names=pool.names,
         coefficients=effective_weights(plan, resolved.method),
         base_name=pool.base_path.name if pool.base_path else None,
-        dtype=dtype_name,
+        dtype=dtype_line,
         mergekit_yaml=yaml_text,
         extra=card_extra,
     )
@@ -142,6 +161,22 @@ def export_merge(
             ) from None
         raise
     return target
+
+
+def dtype_text(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``bfloat16``: the name configs and mergekit use."""
+    return str(dtype).removeprefix("torch.")
+
+
+def computed_in(pool: CheckpointPool) -> torch.dtype:
+    """The precision of a merge, as mergekit's ``dtype`` states it: every method combines the
+    inputs in float32 (float64 for a float64 pool); a pool held narrower than its inputs
+    rounded them to its own dtype first, so then that is the precision."""
+    if pool.dtype == torch.float64:
+        return torch.float64
+    if pool.dtype.itemsize < pool.input_dtype.itemsize:
+        return pool.dtype
+    return torch.float32
 
 
 @dataclass(frozen=True)
@@ -415,8 +450,8 @@ def merge_from_yaml(
     """Merge what a mergekit YAML describes and export the folder (``merge-search merge``).
 
     Reads the YAML (see :mod:`search.export.mergekit_yaml` for the keys), merges on ``device``
-    in ``dtype`` (default: the YAML's ``dtype``, else float32; accumulation is float32 either
-    way), holding the checkpoints as ``placement`` says (:mod:`search.engine.placement`; the
+    holding the checkpoints in the YAML's ``dtype`` (else float32; every method accumulates in
+    float32 either way) as ``placement`` says (:mod:`search.engine.placement`; the
     merged bits are the same in every placement). Relative model paths in the YAML resolve
     against the current directory, as mergekit does, not against the YAML's folder; so do the
     files a method's extension keys name. A method that reads per-tensor extras makes them
@@ -424,6 +459,8 @@ def merge_from_yaml(
     data itself).
 
     Args:
+        dtype: the written weights' dtype; default as mergekit: the YAML's ``out_dtype``, else
+            its ``dtype``, else the inputs' dtype (``pool.input_dtype``).
         methods: the methods the YAML may name (the command passes
             :func:`search.strategies.merge_methods`; default: the engine's built-in ones).
 
@@ -440,14 +477,17 @@ def merge_from_yaml(
     if request.base_model is not None:
         inputs.append(("the base model", request.base_model))
     out = check_output(out_dir, force=force, protected=[*inputs, *protected])
+    wanted = dtype or request.out_dtype or request.dtype
+    out_dtype = resolve_dtype(wanted) if wanted else None
     pool = CheckpointPool.open(
         request.checkpoints,
         request.base_model,
         device=device,
-        dtype=dtype or request.dtype or "float32",
+        dtype=request.dtype or "float32",
         placement=placement,
     )
-    check_room(out, export_bytes(pool, pool.dtype))  # before the extras are computed
+    out_dtype = out_dtype or pool.input_dtype
+    check_room(out, export_bytes(pool, out_dtype))  # before the extras are computed
     if ext is not None:
         ext.load(pool, request.extension)
     block = {name: pool.group_of(name, max(pool.n_layers, 1)) for name in pool.tensor_names}
@@ -457,6 +497,7 @@ def merge_from_yaml(
         pool,
         out,
         force=force,
+        dtype=out_dtype,
         protected=protected,
         method=request.method,
         card_extra={

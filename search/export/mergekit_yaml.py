@@ -9,7 +9,8 @@ The subset handled (mergekit 0.1.5 names)::
       - model: path/to/a
         parameters: {weight: 0.6, density: 0.5}   # weight per model; density/gamma equal for all
     parameters: {normalize: true, lambda: 1.0, t: 0.5, density: 0.5, gamma: 0.01}
-    dtype: bfloat16
+    dtype: float32                # the precision the merge is computed in
+    out_dtype: bfloat16           # the written weights' (default: dtype, else the inputs')
 
 Methods mergekit lacks (those a strategy provides) are read and written in the same format under
 their own name, with merge-search's extension keys under ``parameters`` (declared by the method's
@@ -31,6 +32,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from search.engine.dtypes import DTYPES
 from search.engine.plan import MergePlan
 from search.engine.registry import METHODS, NOT_IN_MERGEKIT, MergekitForm, MergeMethod
 from search.errors import UserError, one_line
@@ -74,6 +76,7 @@ class MergekitConfig(BaseModel):
     models: list[_ModelEntry] = Field(min_length=1)
     parameters: _Parameters | None = None
     dtype: str | None = None
+    out_dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class MergeRequest:
     weights: tuple[Any, ...]  # per checkpoint: float, or a list of _Conditional
     params: dict[str, Any]
     dtype: str | None
+    out_dtype: str | None = None
     # the method's extension settings (its MethodExtension.parse), e.g. calibration data
     extension: dict[str, Any] = field(default_factory=dict)
 
@@ -150,9 +154,19 @@ def _request(
         base_model=base,
         weights=tuple(weights),
         params=params,
-        dtype=config.dtype,
+        dtype=_dtype(file, "dtype", config.dtype),
+        out_dtype=_dtype(file, "out_dtype", config.out_dtype),
         extension=extension,
     )
+
+
+def _dtype(file: Path, key: str, value: str | None) -> str | None:
+    """A dtype name torch knows, checked before any file is opened (``UserError``)."""
+    if value is not None and value not in DTYPES:
+        raise UserError(
+            f"{file}: {key}: expected one of float32, bfloat16, float16, float64, got {value!r}"
+        )
+    return value
 
 
 def _method(file: Path, name: str, methods: Mapping[str, MergeMethod]) -> MergeMethod:
@@ -269,6 +283,8 @@ def plan_to_yaml(
     layer_filters: Sequence[Sequence[str]] = (),
     extension: Mapping[str, Any] | None = None,
     method: MergeMethod | None = None,
+    *,
+    out_dtype: str | None = None,
 ) -> str:
     """The plan in mergekit's YAML.
 
@@ -283,6 +299,8 @@ def plan_to_yaml(
         extension: merge-search's extension parameters (a method's extension keys,
             :class:`~search.engine.extras.MethodExtension`), written under ``parameters``.
         method: the plan's method when it is not built in.
+        out_dtype: the written weights' dtype, when it is not ``dtype`` (the precision the
+            merge is computed in).
     """
 
     method = method or METHODS[plan.method]
@@ -311,6 +329,8 @@ def plan_to_yaml(
     if shared:
         doc["parameters"] = shared
     doc["dtype"] = dtype
+    if out_dtype is not None and out_dtype != dtype:
+        doc["out_dtype"] = out_dtype
     text = yaml.safe_dump(doc, sort_keys=False)
     if form.note:
         text = f"# note: {form.note}\n" + text

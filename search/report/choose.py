@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from search.engine.dtypes import resolve_dtype
 from search.engine.plan import MergePlan
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
@@ -210,6 +211,7 @@ def export_chosen(
     knee: bool = False,
     prefer: str | None = None,
     force: bool = False,
+    dtype: str | None = None,
     runtime_factory: Callable[..., Any] | None = None,
 ) -> tuple[Row, str, Path, StudyView, Verdict | None]:
     """Pick a trial of the study (see :func:`pick_row`) and export its merge to ``out``.
@@ -219,7 +221,8 @@ def export_chosen(
 
     ``--knee`` / ``--prefer`` use the front's held-out re-scores when the study has held-out
     tasks (:func:`heldout_values`); with ``eval.test`` the chosen merge and the inputs are
-    scored on the test split (cached) and compared in the model card.
+    scored on the test split (cached) and compared in the model card. The weights are written
+    in ``dtype`` (default: the checkpoints' own, whatever dtype the study merged in).
 
     Returns:
         ``(row, how it was chosen, the folder written, the study view, the test comparison or
@@ -244,7 +247,8 @@ def export_chosen(
         config,
         f"study {cfg.name!r} scored other files; the export would not be the merge that was scored",
     )
-    check_room(out, export_bytes(pool, pool.dtype))  # before any re-scoring
+    out_dtype = resolve_dtype(dtype) if dtype is not None else pool.input_dtype
+    check_room(out, export_bytes(pool, out_dtype))  # before any re-scoring
     if knee or prefer is not None:  # judged again on the held-out split, when there is one
         heldout = heldout_values(view, runtime_factory)
         split = "heldout" if heldout else "search"
@@ -262,6 +266,7 @@ def export_chosen(
         pool,
         out,
         force=force,
+        dtype=out_dtype,
         card_extra=model_card_extra(view, row, how, config, test),
         protected=protected,
         method=get_method(cfg.merge.method),

@@ -113,13 +113,18 @@ def write_study_config(folder: Path, name: str, zoo, **extra) -> Path:
 @pytest.fixture(scope="module")
 def exportable(tiny_zoo, tmp_path_factory):
     """A study created by the study service with four real plans and chosen scores."""
+    return exportable_study(tmp_path_factory.mktemp("exportable"), tiny_zoo)
+
+
+def exportable_study(folder: Path, zoo, name: str = "exportable", **extra):
+    """``(config path, study)``: a study of ``zoo`` (in ``folder``) created by the study service,
+    four real plans with chosen scores, no model run (``extra``: more config keys)."""
     from search.engine.pool import CheckpointPool
     from search.study.config import load_config
     from search.study.space import SearchSpace
     from search.study.storage import create_or_resume, open_storage
 
-    folder = tmp_path_factory.mktemp("exportable")
-    path = write_study_config(folder, "exportable", tiny_zoo, seed_trials=[])
+    path = write_study_config(folder, name, zoo, seed_trials=[], **extra)
     cfg = load_config(path)
     pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
     space = SearchSpace.build(cfg, pool.names)
