@@ -125,3 +125,18 @@ def test_export_writes_a_bf16_study_in_bf16_and_dtype_chooses_another(bf16_zoo, 
     assert dtypes == {torch.float32} and doc["dtype"] == "float32"
     card = (tmp_path / "b" / "README.md").read_text()
     assert "| dtype | float32 (requested; the inputs are bfloat16), the precision" in card
+
+
+def test_the_inputs_dtype_is_the_one_most_values_are_stored_in():
+    from pathlib import Path
+
+    from search.engine.dtypes import stored_dtype
+    from search.engine.files import TensorInfo
+
+    def table(**dtypes):  # name -> (dtype, n values)
+        return {n: TensorInfo(Path("f"), (size,), code) for n, (code, size) in dtypes.items()}
+
+    # a bfloat16 model that keeps its norms in float32 is bfloat16
+    assert stored_dtype([table(w=("BF16", 4096), norm=("F32", 64))]) == "bfloat16"
+    assert stored_dtype([table(w=("F16", 64)), table(w=("F32", 64))]) == "float32"  # tie: wider
+    assert stored_dtype([table(w=("F8_E4M3", 4096), scale=("F32", 8))]) == "bfloat16"
