@@ -10,7 +10,8 @@ The map (see README "Architecture"); arrows point from a package to what it may 
 - ``search.calibration`` (the calibration examples data-informed merges learn from) →
   evaluators;
 - ``search.export`` → engine;
-- ``search.study`` → engine, evaluators, the strategies' registry;
+- ``search.study`` → engine, evaluators, export (a trial's note is the mergekit YAML an export
+  writes), the strategies' registry;
 - ``search.strategies`` — one folder per strategy (staged scoring, Frank-Wolfe, Fisher ...):
   each → study, engine, calibration, evaluators; nothing outside a folder imports or names it
   but the registry ``search.strategies`` (``__init__``), which the loop, the report and the

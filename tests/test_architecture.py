@@ -7,7 +7,7 @@ dependency). The rule, importer → what it may import within the project:
 - ``search.engine`` → engine; ``evaluators`` → evaluators;
 - ``search.calibration`` → calibration, evaluators;
 - ``search.export`` → export, engine;
-- ``search.study`` → study, engine, evaluators, the strategies' registry;
+- ``search.study`` → study, export, engine, evaluators, the strategies' registry;
 - ``search.strategies.<name>`` → its own folder, the registry, study, engine, calibration,
   evaluators;
 - ``search.report`` → report, study, export, engine, evaluators, the registry;
@@ -45,7 +45,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "evaluators": ("evaluators",),
     "search.export": ("search.export", "search.engine"),
     "search.calibration": ("search.calibration", "evaluators"),
-    "search.study": ("search.study", "search.engine", "evaluators", "search.strategies"),
+    "search.study": (
+        "search.study",
+        "search.export",
+        "search.engine",
+        "evaluators",
+        "search.strategies",
+    ),
     "search.strategies": (
         "search.strategies",
         "search.study",

@@ -105,20 +105,10 @@ def export_merge(
         if out_dtype == computed
         else f"{dtype_name} ({how}): computed in {dtype_text(computed)}, rounded once"
     )
-    groups = _layer_filters(pool, plan.n_groups)
     ext = resolved.method.extension_impl
     kept = ext.export(pool, target) if ext is not None else ExtrasExport()
     card_extra = {**(card_extra or {}), **kept.card}
-    yaml_text = plan_to_yaml(
-        plan,
-        pool.paths,
-        pool.base_path,
-        dtype_text(computed),
-        groups,
-        kept.parameters,
-        resolved.method,
-        out_dtype=dtype_name,
-    )
+    yaml_text = mergekit_yaml_of(plan, pool, out_dtype, kept.parameters, resolved.method)
     card = model_card(
         title=target.name,
         plan=plan,
@@ -161,6 +151,29 @@ def export_merge(
             ) from None
         raise
     return target
+
+
+def mergekit_yaml_of(
+    plan: MergePlan,
+    pool: CheckpointPool,
+    dtype: torch.dtype | None = None,
+    extension: Mapping[str, Any] | None = None,
+    method: MergeMethod | None = None,
+) -> str:
+    """The plan as the ``mergekit_config.yml`` an export of it holds: the pool's folders,
+    per-layer-group filters, computed in :func:`computed_in`, written in ``dtype`` (default:
+    the inputs'); ``extension``: merge-search's own parameters (a method's extension keys);
+    ``method``: the plan's method when it is not built in."""
+    return plan_to_yaml(
+        plan,
+        pool.paths,
+        pool.base_path,
+        dtype_text(computed_in(pool)),
+        _layer_filters(pool, plan.n_groups),
+        extension,
+        method,
+        out_dtype=dtype_text(dtype or pool.input_dtype),
+    )
 
 
 def dtype_text(dtype: torch.dtype) -> str:

@@ -31,6 +31,7 @@ from search.report.scores import (
 from search.report.table import lead_text, verdict_text
 from search.report.view import Row, StudyView, open_view
 from search.strategies import get_method
+from search.study.notes import study_note, write_study_note
 from search.study.storage import FINGERPRINT_ATTR, SPACE_ATTR, check_fingerprint, sqlite_path
 from search.study.strategy import offered
 
@@ -201,6 +202,16 @@ def comparison_table(test: Verdict, names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def note_verdict(view: StudyView, test: TestComparison, how: str) -> None:
+    """The study's optuna-dashboard note again: the objectives, then the test split's verdict
+    on the merge chosen as ``how`` (:mod:`search.study.notes`)."""
+    verdict = (
+        f"## Test split: trial {test.chosen.trial} ({how}) vs the uniform merge and the inputs"
+        f"\n\n{comparison_table(test, view.names)}"
+    )
+    write_study_note(view.study, study_note(view.cfg, verdict))
+
+
 def export_chosen(
     config: str | Path,
     out: str | Path,
@@ -271,6 +282,8 @@ def export_chosen(
         protected=protected,
         method=get_method(cfg.merge.method),
     )
+    if test is not None:
+        note_verdict(view, test, how)
     return row, how, path, view, test
 
 

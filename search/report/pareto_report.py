@@ -26,6 +26,7 @@ from optuna_dashboard import save_plotly_graph_object
 from evaluators.stats import paired_difference
 from search.engine.plan import MergePlan
 from search.errors import UserError
+from search.report.choose import note_verdict
 from search.report.frontier import dominates, hypervolume, hypervolume_history, reference_point
 from search.report.plots import check_plot_path, hypervolume_figure, write_plot
 from search.report.scores import (
@@ -354,7 +355,8 @@ def pareto(
     """The report of the study of ``config``; also shown in optuna-dashboard and drawn to ``plot``.
 
     Writes to the study: held-out, test and baseline re-scores are cached in its user attrs
-    (:mod:`search.report.scores`), and the hypervolume plot is saved for optuna-dashboard.
+    (:mod:`search.report.scores`); the hypervolume plot and, with a test split, the knee's
+    verdict (in the study's note) are saved for optuna-dashboard.
 
     The plot path is checked before any work (``UserError``).
     """
@@ -364,6 +366,8 @@ def pareto(
     report = build_report(view, heldout=heldout, runtime_factory=runtime_factory)
     if report.hypervolume is not None:
         _save_to_dashboard(view, report)
+    if report.test is not None:
+        note_verdict(view, report.test, "the knee")
     if plot_path is not None:
         write_plot(report, plot_path)
     return report

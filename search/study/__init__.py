@@ -14,8 +14,11 @@ Strategies a config turns on plug into that loop through one interface,
 whose registry says when a config turns it on, and is imported only then. The loop never names
 one.
 
-Dependencies: :mod:`search.engine`, :mod:`evaluators` and the strategies' registry
-(engine, evaluators ← study ← report); Optuna. Nothing here parses command-line arguments or prints.
+Each trial's optuna-dashboard note is its merge as a mergekit config (:mod:`~search.study.notes`).
+
+Dependencies: :mod:`search.engine`, :mod:`evaluators`, :mod:`search.export` (a trial's note is
+the mergekit YAML an export writes) and the strategies' registry (engine, evaluators, export ←
+study ← report); Optuna. Nothing here parses command-line arguments or prints.
 """
 
 from __future__ import annotations

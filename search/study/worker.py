@@ -38,6 +38,7 @@ from search.engine.pool import CheckpointPool
 from search.engine.registry import MergeMethod
 from search.errors import UserError
 from search.strategies import get_method
+from search.study.notes import trial_note, write_trial_note
 from search.study.record import PLAN_FIELDS, TrialRecord
 from search.study.space import SearchSpace
 from search.study.storage import (
@@ -194,6 +195,8 @@ class TrialObjective:
         )
         with stops_held():  # a stop inside a storage call would leave its session open
             record.write(trial, PLAN_FIELDS)  # what was merged, before it is scored
+            note = trial_note(plan, self.runtime.pool, self.runtime.method)
+            write_trial_note(trial, note)  # the dashboard's
             earlier = self.find_scored(plan.key)
         if earlier is not None:
             self.duplicates += 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from search.errors import UserError
+from search.study.notes import study_note, write_study_note
 from search.study.record import TrialRecord
 from search.study.storage.budget import budget_lock
 from search.study.storage.connect import load_study, quiet_experimental
@@ -190,12 +191,14 @@ def load_checked(
 def _record_new(
     study: optuna.Study, cfg: StudyConfig, space: SearchSpace, sig: Mapping[str, Any]
 ) -> None:
-    """A new study's signature, config, metric names, seed trials and strategies' attrs."""
+    """A new study's signature, config, metric names, note, seed trials and strategies'
+    attrs."""
     for key, value in sig.items():
         study.set_user_attr(key, value)
     study.set_user_attr(CONFIG_ATTR, cfg.to_json())
     with quiet_experimental():
         study.set_metric_names(cfg.objective_names)
+    write_study_note(study, study_note(cfg))  # the dashboard shows what each objective scores
     for label, params in seed_trials(cfg, space):
         study.enqueue_trial(params, user_attrs=TrialRecord.seed_attrs(label))
     for attrs in offered(cfg.strategies, "study_attrs"):

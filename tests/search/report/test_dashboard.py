@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
+import optuna
 import pytest
+import yaml
 
 from search.cli import main
 from tests.search.report_fixtures import free_port
 
 
-@pytest.mark.parametrize("by", ["config", "url"])
-def test_dashboard_serves_the_study_on_localhost(exportable, by):
-    config, study = exportable
-    target = str(config) if by == "config" else f"sqlite:///{config.parent / 'studies.db'}"
+@contextlib.contextmanager
+def dashboard(target: str):
+    """``merge-search dashboard TARGET`` in a subprocess; yields ``(get, port, output)``:
+    ``get(path)`` answers the JSON of ``/api/...``; ``output`` holds the process's console
+    once it has stopped."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "search.cli", "dashboard", target, "--port", str(port)],
@@ -26,19 +31,23 @@ def test_dashboard_serves_the_study_on_localhost(exportable, by):
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def get(path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
+            return json.load(resp)
+
+    output: list[str] = []
     try:
-        answer = None
         deadline = time.monotonic() + 60
-        while answer is None and time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/api/studies", timeout=5
-                ) as resp:
-                    answer = json.load(resp)
+                get("/api/meta")
+                break
             except OSError:
                 time.sleep(0.3)
-        assert answer is not None, f"dashboard did not answer (exit code {proc.poll()})"
-        assert [s["study_name"] for s in answer["study_summaries"]] == ["exportable"]
+        else:
+            raise AssertionError(f"dashboard did not answer (exit code {proc.poll()})")
+        yield get, port, output
     finally:
         proc.terminate()
         try:
@@ -46,7 +55,45 @@ def test_dashboard_serves_the_study_on_localhost(exportable, by):
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
-    assert f"http://127.0.0.1:{port}/dashboard/" in out
+        output.append(out)
+
+
+@pytest.mark.parametrize("by", ["config", "url"])
+def test_dashboard_serves_the_study_on_localhost(exportable, by):
+    config, study = exportable
+    target = str(config) if by == "config" else f"sqlite:///{config.parent / 'studies.db'}"
+    with dashboard(target) as (get, port, output):
+        answer = get("/api/studies")
+        assert [s["study_name"] for s in answer["study_summaries"]] == ["exportable"]
+    assert f"http://127.0.0.1:{port}/dashboard/" in output[0]
+
+
+def test_the_dashboard_notes_say_what_each_objective_and_trial_is(launched):
+    from search.study.record import TrialRecord
+
+    assert main(["pareto", str(launched)]) == 0  # the knee's test verdict goes into the note
+    with dashboard(str(launched)) as (get, _, _):
+        (summary,) = get("/api/studies")["study_summaries"]
+        detail = get(f"/api/studies/{summary['study_id']}")
+    note = detail["note"]["body"]
+    assert "name: pick" in note and "task: c2_pick" in note and "metric: acc" in note
+    assert "name: ppl" in note and "direction: minimize" in note and "text.txt" in note
+    assert "## Test split: trial" in note and "(the knee) vs the uniform merge" in note
+    assert "| uniform |" in note and "| chosen: trial" in note  # the verdict table
+    study = optuna.load_study(
+        study_name="launched", storage=f"sqlite:///{launched.parent / 'studies.db'}"
+    )
+    records = {t.number: TrialRecord.from_trial(t) for t in study.trials}
+    assert len(detail["trials"]) == len(records) >= 5
+    for trial in detail["trials"]:
+        body = trial["note"]["body"]
+        record = records[trial["number"]]
+        assert f"plan key `{record.plan_key}`" in body
+        doc = yaml.safe_load(body.split("```yaml\n")[1].split("```")[0])
+        assert doc["merge_method"] == "linear"
+        assert len(doc["models"]) == 3 and all(Path(m["model"]).is_dir() for m in doc["models"])
+        weights = [m["parameters"]["weight"] for m in doc["models"]]
+        assert weights == pytest.approx([w[0] for w in record.plan["weights"]])
 
 
 def test_dashboard_refuses_a_missing_storage_and_a_busy_port(exportable, tmp_path, capsys):
