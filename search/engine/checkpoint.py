@@ -18,6 +18,7 @@ from typing import Any
 
 from search.engine.digests import FileStamp
 from search.engine.files import TensorInfo, read_table
+from search.engine.hub import model_name
 from search.errors import UserError
 
 SINGLE_FILE = "model.safetensors"
@@ -71,11 +72,12 @@ class Checkpoint:
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
-    """Folder basenames, with ``-2``, ``-3`` … appended to repeats."""
+    """Folder basenames (a hub snapshot's model name), with ``-2``, ``-3`` … appended to
+    repeats."""
     seen: dict[str, int] = {}
     names = []
     for p in paths:
-        name = p.resolve().name or str(p)
+        name = model_name(p)
         seen[name] = seen.get(name, 0) + 1
         names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
     return names

@@ -21,16 +21,21 @@ def model_card(
     dtype: str,
     mergekit_yaml: str | None,
     extra: Mapping[str, Any] | None = None,
+    hub_ids: Sequence[str | None] = (),
+    base_hub_id: str | None = None,
 ) -> str:
     """Markdown: front matter, method, a table of checkpoints and weights, params, extra sections.
 
     ``dtype`` is the parameters table's dtype row: the written dtype and how it was reached.
+    ``hub_ids`` (per checkpoint) and ``base_hub_id``: the Hub IDs of inputs that came from the
+    Hub; the front matter's ``base_model`` list names those by ID, the others by name.
     ``extra`` maps a section title to its content: a string is written as is, anything else as
     a JSON block (a mapping of scalars as a two-column table).
     """
     base = base_name if method.needs_base else None
+    ids = [i or n for i, n in zip(hub_ids or [None] * len(names), names, strict=True)]
     lines = [
-        *_front_matter(names, base),
+        *_front_matter(ids, (base_hub_id or base) if base else None),
         f"# {title}",
         "",
         f"A merge of {len(names)} checkpoints made with merge-search.",
@@ -39,7 +44,7 @@ def model_card(
         "",
         f"`{method.name}`: {method.doc}.",
         "",
-        *([f"Base model: `{base}`.", ""] if base else []),
+        *([f"Base model: `{base_hub_id or base}`.", ""] if base else []),
         *_checkpoints(plan, names, coefficients),
         "## Parameters",
         "",

@@ -38,6 +38,7 @@ import torch
 
 from search.engine.dtypes import resolve_dtype
 from search.engine.extras import ExtrasExport
+from search.engine.hub import hub_id, model_name, model_source
 from search.engine.layers import LAYER_RE
 from search.engine.materialize import effective_weights, merge_into, resolve
 from search.engine.model import TOKENIZER_FILES, tokenizer_path
@@ -116,7 +117,9 @@ def export_merge(
         params=resolved.params,
         names=pool.names,
         coefficients=effective_weights(plan, resolved.method),
-        base_name=pool.base_path.name if pool.base_path else None,
+        base_name=model_name(pool.base_path) if pool.base_path else None,
+        hub_ids=[hub_name(p) for p in pool.paths],
+        base_hub_id=hub_name(pool.base_path) if pool.base_path else None,
         dtype=dtype_line,
         mergekit_yaml=yaml_text,
         extra=card_extra,
@@ -160,20 +163,27 @@ def mergekit_yaml_of(
     extension: Mapping[str, Any] | None = None,
     method: MergeMethod | None = None,
 ) -> str:
-    """The plan as the ``mergekit_config.yml`` an export of it holds: the pool's folders,
-    per-layer-group filters, computed in :func:`computed_in`, written in ``dtype`` (default:
-    the inputs'); ``extension``: merge-search's own parameters (a method's extension keys);
-    ``method``: the plan's method when it is not built in."""
+    """The plan as the ``mergekit_config.yml`` an export of it holds: the pool's folders (a
+    hub snapshot as ``org/name@commit``), per-layer-group filters, computed in
+    :func:`computed_in`, written in ``dtype`` (default: the inputs'); ``extension``:
+    merge-search's own parameters (a method's extension keys); ``method``: the plan's method
+    when it is not built in."""
     return plan_to_yaml(
         plan,
-        pool.paths,
-        pool.base_path,
+        [model_source(p) for p in pool.paths],
+        model_source(pool.base_path) if pool.base_path else None,
         dtype_text(computed_in(pool)),
         _layer_filters(pool, plan.n_groups),
         extension,
         method,
         out_dtype=dtype_text(dtype or pool.input_dtype),
     )
+
+
+def hub_name(folder: Path) -> str | None:
+    """``org/name`` of a hub snapshot folder, else ``None``."""
+    found = hub_id(folder)
+    return found[0] if found else None
 
 
 def dtype_text(dtype: torch.dtype) -> str:

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.engine.dtypes import DTYPES
+from search.engine.hub import resolve_model
 from search.engine.plan import MergePlan
 from search.engine.registry import METHODS, NOT_IN_MERGEKIT, MergekitForm, MergeMethod
 from search.errors import UserError, one_line
@@ -110,8 +111,10 @@ def read_config(path: str | Path, methods: Mapping[str, MergeMethod] | None = No
     """Read and check a mergekit YAML.
 
     Relative model paths resolve against the current directory (as in mergekit), not against
-    the YAML's folder. ``methods``: the methods it may name (default: the engine's built-in
-    ones; the command passes :func:`search.strategies.merge_methods`).
+    the YAML's folder; a model that is no folder but a Hugging Face Hub ID (``org/name``,
+    ``org/name@revision``) resolves to its snapshot (fetched, or from the cache offline).
+    ``methods``: the methods it may name (default: the engine's built-in ones; the command
+    passes :func:`search.strategies.merge_methods`).
     """
 
     file = Path(path)
@@ -185,8 +188,13 @@ def _models(
     file: Path, config: MergekitConfig, method: MergeMethod
 ) -> tuple[list[_ModelEntry], Path | None]:
     """The models to merge, in order, and the base (``None`` where the method takes none)."""
-    entries = list(config.models)
-    base = Path(config.base_model).absolute() if config.base_model else None
+    named = [(f"models[{i}].model", e.model) for i, e in enumerate(config.models)]
+    if config.base_model:
+        named.insert(0, ("base_model", config.base_model))
+    # a hub ID becomes its snapshot folder (search.engine.hub), once per name
+    folders = {name: resolve_model(name, f"{file}: {field}").absolute() for field, name in named}
+    entries = [e.model_copy(update={"model": str(folders[e.model])}) for e in config.models]
+    base = folders[config.base_model] if config.base_model else None
     if method.mergekit is not None and method.mergekit.endpoints:
         if (
             base is None
@@ -277,8 +285,8 @@ _HINTS = {  # what a field expects, in place of pydantic's message
 
 def plan_to_yaml(
     plan: MergePlan,
-    checkpoints: Sequence[Path],
-    base_model: Path | None,
+    checkpoints: Sequence[str | Path],
+    base_model: str | Path | None,
     dtype: str,
     layer_filters: Sequence[Sequence[str]] = (),
     extension: Mapping[str, Any] | None = None,

@@ -3,7 +3,9 @@
 Every problem becomes one :class:`~search.errors.UserError` line of the form
 ``CONFIG.yml: field.path: what is expected``, raised before anything is written.
 Relative paths (checkpoints, base_model, tasks_path, an objective's data file, the SQLite file
-of the storage URL) resolve against the current working directory, as mergekit does.
+of the storage URL) resolve against the current working directory, as mergekit does. A
+checkpoint or base model may be a Hugging Face Hub ID (``org/name``, ``org/name@revision``) where
+no such folder exists: :func:`load_config` resolves it to its snapshot in the local cache.
 """
 
 from __future__ import annotations
@@ -454,9 +456,22 @@ def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
             data["budget"] = {**(data.get("budget") or {}), "n_trials": value}
         else:
             data[key] = value
-    cfg = parse_config(data, path)
+    cfg = resolve_models(parse_config(data, path), path)
     check_paths(cfg, path)
     return cfg
+
+
+def resolve_models(cfg: StudyConfig, path: str | Path = "<config>") -> StudyConfig:
+    """The config with hub IDs among ``checkpoints`` and ``base_model`` replaced by their local
+    snapshot folders (:func:`search.engine.hub.resolve_model`: fetched, or found in the cache
+    offline); folders stay as written. Done once, here: workers and reports get folders."""
+    from search.engine.hub import resolve_model
+
+    checkpoints = tuple(
+        resolve_model(p, f"{path}: checkpoints[{i}]") for i, p in enumerate(cfg.checkpoints)
+    )
+    base = resolve_model(cfg.base_model, f"{path}: base_model") if cfg.base_model else None
+    return cfg.model_copy(update={"checkpoints": checkpoints, "base_model": base})
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
