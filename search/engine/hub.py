@@ -69,14 +69,16 @@ def resolve_model(name: str | Path, field: str) -> Path:
             why = "HF_HUB_OFFLINE is set"
         elif type(exc).__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError"):
             raise UserError(
-                f"{field}: {name}: no such folder, and not a model on the Hugging Face Hub "
-                f"({reason}; a private model needs `hf auth login`)"
+                f"{field}: folder {name} does not exist (relative paths start at {Path.cwd()}), "
+                f"nor is it a model on the Hugging Face Hub ({reason}; a private model needs "
+                "`hf auth login`)"
             ) from None
         else:
             why = f"the Hub could not be reached ({reason})"
         raise UserError(
-            f"{field}: {name}: no such folder, and not in the Hugging Face cache {cache} "
-            f"({why}): fetch it where there is network with {fetch} into the same HF_HOME"
+            f"{field}: folder {name} does not exist (relative paths start at {Path.cwd()}), "
+            f"and as a Hub ID it is not in the Hugging Face cache {cache} ({why}): fetch it "
+            f"where there is network with {fetch} into the same HF_HOME"
         ) from None
 
 

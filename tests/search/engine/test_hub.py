@@ -109,7 +109,8 @@ def test_offline_a_cached_id_resolves_and_a_missing_one_is_refused_in_one_line(t
     assert done.returncode == 2
     err = done.stderr.strip()
     assert err.count("\n") == 0, err
-    assert "checkpoints[1]: merge-search/absent: no such folder, and not in the Hugging" in err
+    assert "checkpoints[1]: folder merge-search/absent does not exist" in err
+    assert "as a Hub ID it is not in the Hugging Face cache" in err
     assert "HF_HUB_OFFLINE is set" in err and "`hf download merge-search/absent`" in err
     assert not (folder / "studies.db").exists()
 
