@@ -202,7 +202,7 @@ def comparison_table(test: Verdict, names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def note_verdict(view: StudyView, test: TestComparison, how: str) -> None:
+def note_verdict(view: StudyView, test: Verdict, how: str) -> None:
     """The study's optuna-dashboard note again: the objectives, then the test split's verdict
     on the merge chosen as ``how`` (:mod:`search.study.notes`)."""
     verdict = (
