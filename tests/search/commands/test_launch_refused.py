@@ -1,4 +1,4 @@
-"""A refused launch prints its one line and nothing after it (issue 20).
+"""A refused launch prints its one line and nothing after it.
 
 Before: on a bad input found by the workers (an unknown metric), the launcher stopped the other
 workers with SIGTERM while they were already exiting; the stop interrupted the interpreter's exit

@@ -366,7 +366,7 @@ BAD: list[tuple[str, Mutate, str]] = [
     (
         "seed-trials",
         lambda d: d.update(seed_trials=["best"]),
-        "seed_trials[0]: Input should be 'uniform', 'singles' or 'fw'",  # fw: issue 13
+        "seed_trials[0]: Input should be 'uniform', 'singles' or 'fw'",  # fw: Frank-Wolfe proposals
     ),
     (
         "device",
@@ -393,7 +393,7 @@ BAD: list[tuple[str, Mutate, str]] = [
         lambda d: d.update(storage="sqlite:///:memory:"),
         "storage: expected sqlite:///FILE.db",
     ),
-    # issue 13: Fisher merging and Frank-Wolfe proposals
+    # Fisher merging and Frank-Wolfe proposals
     (
         "fisher-without-calibration",
         lambda d: d.update(merge={"method": "fisher"}),
