@@ -18,7 +18,8 @@ kind beside the weights; one with a fused kernel (``MergeMethod.fused``) writes 
 parameter too. Such methods come with the strategies that compute their extras, so the callers
 pass the method (``method=``, from :func:`search.strategies.get_method`) where it is not built in.
 :func:`model_parameters` maps the pool's tensor names to the model's parameters, for code that
-reads their gradients.
+reads their gradients; :func:`nonfinite_tensor` finds a merged tensor holding NaN or Inf (an
+extreme extrapolation can overflow even when every input is finite).
 
 Stochastic methods (DARE) draw from a ``torch.Generator`` seeded from ``plan.seed`` and the tensor
 name, so a plan always gives the same weights whatever the tensor order or device count.
@@ -204,6 +205,15 @@ def materialize(
     targets = _targets(pool, model)
     with torch.no_grad():
         merge_into(resolved, pool, targets)
+
+
+def nonfinite_tensor(pool: CheckpointPool, model: Any) -> str | None:
+    """The first pool tensor (in file order) whose parameter in ``model`` holds NaN or Inf."""
+    with torch.no_grad():
+        for name, target in _targets(pool, model).items():
+            if not bool(torch.isfinite(target).all()):
+                return name
+    return None
 
 
 def _targets(pool: CheckpointPool, model: Any) -> dict[str, torch.Tensor]:

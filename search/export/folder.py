@@ -510,6 +510,7 @@ def merge_from_yaml(
         placement=placement,
     )
     out_dtype = out_dtype or pool.input_dtype
+    pool.identity.content_digests()  # one read: refuses a file holding NaN or Inf (cached)
     check_room(out, export_bytes(pool, out_dtype))  # before the extras are computed
     if ext is not None:
         ext.load(pool, request.extension)

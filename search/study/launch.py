@@ -312,6 +312,8 @@ def summary(
     retried = {t.system_attrs.get("failed_trial") for t in everything} - {None}
     summaries = offered(cfg.strategies, "summary")
     extra = "".join(f", {text}" for summary in summaries if (text := summary(records)))
+    if failed := [r for r in records if r.failed]:  # e.g. a merge that held NaN: not retried
+        extra += f", {len(failed)} failed (trial {failed[0].number}: {failed[0].failed})"
     line = (
         f"study {cfg.name!r}: {done}/{cfg.n_trials} trials finished "
         f"({dup} reused a scored plan{again}, {len(retried)} retried after a failure or "

@@ -74,6 +74,7 @@ class TrialRecord:
     eval_s: float | None = None
     duplicate_of: int | None = None  # the trial whose scores this plan reused
     constraints: tuple[float, ...] = ()  # the config's bounds, <= 0 feasible (Optuna's convention)
+    failed: str | None = None  # why the worker failed it (e.g. its merge held NaN); not retried
 
     # ------------------------------------------------------------------------------ reading
 

@@ -8,6 +8,9 @@ it), record what the trial did (one :class:`~search.study.record.TrialRecord`), 
 Optuna the objective values. A heartbeat runs while the trial does, so a worker that dies leaves
 a trial that goes stale and is retried.
 
+A trial that cannot be scored for what it is (its merge holds NaN or Inf: :class:`TrialFailed`)
+is failed with its reason (``TrialRecord.failed``) and not retried; the study goes on.
+
 The study's ``examples_per_evaluation`` user attr is what one full evaluation scores.
 """
 
@@ -32,7 +35,7 @@ from optuna.trial import TrialState
 
 from evaluators import build_evaluator
 from search.engine.device import set_cpu_threads, use_device
-from search.engine.materialize import effective_weights, materialize
+from search.engine.materialize import effective_weights, materialize, nonfinite_tensor
 from search.engine.model import load_model
 from search.engine.pool import CheckpointPool
 from search.engine.registry import MergeMethod
@@ -61,6 +64,12 @@ if TYPE_CHECKING:
     from search.study.strategy import Scorer
 
 POLL_S = 2.0  # how often an idle worker looks for retried trials while others still run
+FAILED_IN_A_ROW = 20  # trials failed for what they are, one after another, before a worker stops
+
+
+class TrialFailed(Exception):
+    """This trial's plan cannot be scored (the message says why): it fails, is not retried (the
+    same plan would fail again), and the study goes on."""
 
 
 @dataclass
@@ -143,14 +152,17 @@ class Runtime:
 
         First one ``stat`` per checkpoint file (:meth:`~search.engine.identity.PoolIdentity.
         check_unchanged`): a file rewritten during the study is refused (``UserError``) rather
-        than scored unnoticed.
+        than scored unnoticed. A merge holding NaN or Inf raises :class:`TrialFailed`.
         """
         self.pool.identity.check_unchanged()
         start = time.perf_counter()
         materialize(plan, self.pool, self.model, self.method)
         if self.pool.device.type == "cuda":
             torch.cuda.synchronize(self.pool.device)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if (name := nonfinite_tensor(self.pool, self.model)) is not None:
+            raise TrialFailed(f"the merge holds NaN or Inf values in tensor {name}")
+        return seconds
 
     def score(self, plan: MergePlan) -> tuple[Scores, float, float]:
         """Materialize ``plan`` into the resident model, evaluate: (scores, merge_s, eval_s)."""
@@ -291,6 +303,7 @@ def run_worker(
     )
     result = WorkerResult()
     outage: Outage | None = None  # the storage out since this, unless None
+    failed_in_a_row = 0  # trials failed for what they are (TrialFailed), one after another
     while True:
         if deadline is not None and time.time() >= deadline:
             result.stopped = "timeout"
@@ -311,9 +324,20 @@ def run_worker(
                 except optuna.TrialPruned:
                     with stops_held():
                         frozen = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                except TrialFailed as exc:
+                    with stops_held():
+                        TrialRecord(number=trial.number, failed=str(exc)).write(trial, ["failed"])
+                        frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    failed_in_a_row += 1
+                    if failed_in_a_row >= FAILED_IN_A_ROW:
+                        raise UserError(
+                            f"{failed_in_a_row} trials in a row failed, the last because {exc}; "
+                            "narrow the search space (merge.weights, the method's params)"
+                        ) from None
                 else:
                     with stops_held():
                         frozen = study.tell(trial, values, skip_if_finished=True)
+                    failed_in_a_row = 0
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
         except BaseException as exc:

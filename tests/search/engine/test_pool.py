@@ -129,16 +129,16 @@ def test_a_tensor_changed_in_the_middle_changes_the_fingerprint(tiny_zoo, tmp_pa
 
 
 def test_digests_are_cached_by_stamp_and_hashed_again_after_a_write(tiny_zoo, tmp_path):
-    from search.engine.digests import DigestCache, FileStamp
+    from search.engine.digests import DigestCache, FileScan, FileStamp
 
     folder = tmp_path / "ft_c"
     shutil.copytree(tiny_zoo.checkpoints[2], folder)
     file = folder / "model.safetensors"
     first = CheckpointPool.open([folder], placement="disk").identity.fingerprint()
     cache = DigestCache()
-    assert cache.get(file, FileStamp.of(file)) == first["checkpoints"][0]["content_xxh3_128"]
-    cache.put(file, FileStamp.of(file), "0" * 64)  # a cached digest is believed while the
-    cache.save()  # stamp matches: the file is not read again
+    assert cache.get(file, FileStamp.of(file)).digest == first["checkpoints"][0]["content_xxh3_128"]
+    cache.put(file, FileStamp.of(file), FileScan("0" * 64))  # a cached digest is believed while
+    cache.save()  # the stamp matches: the file is not read again
     fp = CheckpointPool.open([folder], placement="disk").identity.fingerprint()
     assert fp["checkpoints"][0]["content_xxh3_128"] == "0" * 64
     _flip_middle_byte(file)  # the ctime moved: hashed again
