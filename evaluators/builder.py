@@ -148,7 +148,7 @@ def check_objectives(
 
 def check_backend(spec: EvalSpec, model_dir: Path | None, dtype: str = "auto") -> None:
     """``backend: vllm``: vLLM imports, knows the model's architecture and accepts the settings
-    (:func:`evaluators.vllm_lm.check_engine`; only the import without ``model_dir``).
+    (:func:`evaluators.vllm_checks.check_engine`; only the import without ``model_dir``).
 
     Raises:
         UserError: one line naming the field and what to do.
@@ -161,7 +161,7 @@ def check_backend(spec: EvalSpec, model_dir: Path | None, dtype: str = "auto") -
             "(GPU) or `make vllm-venv` (CPU, .venv-vllm); or set eval.backend: hf"
         )
     try:
-        from evaluators.vllm_lm import check_engine  # lazy: imports vllm
+        import evaluators.vllm_lm  # noqa: F401 - lazy: imports vllm and lm-eval's VLLM
     except Exception as exc:  # a broken install fails in many ways
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
@@ -169,4 +169,6 @@ def check_backend(spec: EvalSpec, model_dir: Path | None, dtype: str = "auto") -
             "(`make vllm-venv` on CPU) or set eval.backend: hf"
         ) from None
     if model_dir is not None:
+        from evaluators.vllm_checks import check_engine
+
         check_engine(spec, Path(model_dir), dtype)

@@ -114,3 +114,51 @@ def test_a_head_size_vllm_cpu_does_not_run_is_named(demo_zoo, vllm_spec):
         match=rf"^eval.backend: vllm: vLLM's CPU attention does not run the head size {size} ",
     ):
         check_objectives(OBJECTIVES, vllm_spec(), demo_zoo.base)
+
+
+def _config_folder(folder: Path, config: Any) -> Path:
+    config.save_pretrained(folder)  # config.json only: the head-size check reads nothing else
+    return folder
+
+
+def test_head_size_is_read_through_each_architectures_own_config_names(tmp_path):
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    from evaluators.vllm_checks import head_size
+
+    gpt2 = _config_folder(tmp_path / "gpt2", GPT2Config(n_embd=96, n_head=4, n_layer=2))
+    assert "head_dim" not in json.loads((gpt2 / "config.json").read_text())  # n_embd / n_head
+    assert head_size(gpt2) == 24
+    qwen2 = Qwen2Config(hidden_size=96, num_attention_heads=4, num_key_value_heads=2)
+    assert head_size(_config_folder(tmp_path / "qwen2", qwen2)) == 24
+    llama = LlamaConfig(hidden_size=96, num_attention_heads=4, head_dim=64)  # set, not derived
+    assert head_size(_config_folder(tmp_path / "llama", llama)) == 64
+    (tmp_path / "none").mkdir()
+    assert head_size(tmp_path / "none") is None
+
+
+def test_a_gpt2_head_size_the_cpu_attention_does_not_run_gets_the_one_line_refusal(tmp_path):
+    from transformers import GPT2Config, LlamaConfig
+
+    from evaluators.vllm_checks import check_head_size
+
+    supported = [32, 64, 80, 96, 112, 128, 160, 192, 224, 256]  # vLLM's CPU attention, 0.1x
+    gpt2 = _config_folder(tmp_path / "gpt2", GPT2Config(n_embd=96, n_head=4, n_layer=2))
+    with pytest.raises(UserError) as info:
+        check_head_size(gpt2, supported)
+    assert str(info.value) == (
+        f"eval.backend: vllm: vLLM's CPU attention does not run the head size 24 of {gpt2} "
+        f"(it runs {', '.join(map(str, supported))}); set eval.backend: hf"
+    )
+    fine = LlamaConfig(hidden_size=128, num_attention_heads=4)
+    check_head_size(_config_folder(tmp_path / "llama", fine), supported)  # 32: runs
+
+
+@pytest.mark.vllm
+def test_a_gpt2_head_size_vllm_cpu_does_not_run_is_named(vllm_spec, tmp_path):
+    from transformers import GPT2Config
+
+    gpt2 = GPT2Config(n_embd=96, n_head=4, n_layer=2, architectures=["GPT2LMHeadModel"])
+    folder = _config_folder(tmp_path / "gpt2", gpt2)
+    with pytest.raises(UserError, match=r"does not run the head size 24 "):
+        check_objectives(OBJECTIVES, vllm_spec(), folder)
