@@ -49,6 +49,7 @@ from search.study.storage import (
     Budget,
     Heartbeat,
     Outage,
+    StaleJudge,
     claim_trial,
     is_outage,
     redact,
@@ -304,6 +305,7 @@ def run_worker(
     result = WorkerResult()
     outage: Outage | None = None  # the storage out since this, unless None
     failed_in_a_row = 0  # trials failed for what they are (TrialFailed), one after another
+    judge = StaleJudge.of(storage)  # finds a dead worker's trial on this worker's own clock
     while True:
         if deadline is not None and time.time() >= deadline:
             result.stopped = "timeout"
@@ -311,7 +313,9 @@ def run_worker(
         trial: optuna.Trial | None = None
         try:
             with stops_held():  # a stop during the claim is delivered here, the trial known
-                trial = claim_trial(study, storage, budget, worker=worker_tag(runtime.pool.device))
+                trial = claim_trial(
+                    study, storage, budget, worker=worker_tag(runtime.pool.device), judge=judge
+                )
             outage = None
             if trial is None:
                 if trial_counts(study).get("running", 0) == 0:

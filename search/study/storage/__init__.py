@@ -8,7 +8,7 @@ A study lives in an Optuna RDB storage (SQLite for one host, PostgreSQL for seve
   checkpoints, the search space and the scoring are unchanged;
 - :mod:`.budget`: claim trials under a lock so the budget is exact across workers and resumes;
 - :mod:`.heartbeat`: the heartbeat thread of a running trial: a worker that dies leaves a trial
-  that goes stale and is retried;
+  that goes stale (judged on one host's clock alone) and is retried;
 - :mod:`.outage`: a storage outage is waited out with bounded backoff (``workers.storage_retry_s``).
 """
 
@@ -34,7 +34,7 @@ from search.study.storage.connect import (
     redact,
     sqlite_path,
 )
-from search.study.storage.heartbeat import Heartbeat
+from search.study.storage.heartbeat import Heartbeat, StaleJudge, fail_stale_trials
 from search.study.storage.outage import Outage, is_outage, retrying
 from search.study.storage.resume import (
     CONFIG_ATTR,
@@ -57,6 +57,7 @@ __all__ = [
     "Budget",
     "Heartbeat",
     "Outage",
+    "StaleJudge",
     "budget_lock",
     "check_fingerprint",
     "check_resume",
@@ -65,6 +66,7 @@ __all__ = [
     "count_states",
     "create_or_resume",
     "examples_spent",
+    "fail_stale_trials",
     "finished",
     "full_evaluations",
     "is_outage",

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from search.errors import UserError
 from search.study.record import TrialRecord
 from search.study.storage.connect import file_lock, quiet_experimental, sqlite_path
+from search.study.storage.heartbeat import StaleJudge, fail_stale_trials
 
 # Study user attr: examples one full evaluation scores (set by the workers, read by the launcher).
 EVALUATION_SIZE_ATTR = "examples_per_evaluation"
@@ -92,11 +93,14 @@ def claim_trial(
     storage: optuna.storages.RDBStorage,
     budget: Budget,
     worker: str | None = None,
+    judge: StaleJudge | None = None,
 ) -> optuna.Trial | None:
     """Start the next trial if ``budget`` allows another (:meth:`Budget.allows_another`).
 
-    Runs under :func:`budget_lock`: fails stale trials first (their retries come back as
-    waiting trials, popped before new ones) and running trials that never got a heartbeat,
+    Runs under :func:`budget_lock`: fails the trials ``judge`` finds stale first
+    (:func:`~search.study.storage.heartbeat.fail_stale_trials`: a heartbeat unchanged for the
+    grace period on the judge's own clock; their retries come back as waiting trials, popped
+    before new ones; without a judge none are) and running trials that never got a heartbeat,
     counts, asks, and records the first heartbeat (and ``worker``, the trial's
     ``TrialRecord.worker`` tag) so a worker that dies right after the claim still leaves a
     trial that goes stale (or that its launcher releases, :func:`release_trials`). An exception
@@ -106,7 +110,8 @@ def claim_trial(
     """
 
     with budget_lock(storage, study.study_name), quiet_experimental():
-        optuna.storages.fail_stale_trials(study)
+        if judge is not None:
+            fail_stale_trials(study, storage, judge)
         _fail_without_heartbeat(study, storage)
         trials = study.get_trials(deepcopy=False)
         if not budget.allows_another(trials):
