@@ -379,7 +379,13 @@ def join(cfg: StudyConfig, config_path: str | Path, console: Console) -> LaunchR
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     with console.progress(cfg, study) as progress:
         result = run_worker(
-            cfg, study, storage, runtime, deadline=deadline, on_trial=lambda _: progress.refresh()
+            cfg,
+            study,
+            storage,
+            runtime,
+            deadline=deadline,
+            on_trial=lambda _: progress.refresh(),
+            on_note=progress.write,
         )
     return LaunchResult(
         0,

@@ -79,6 +79,14 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Note:
+    """A line a worker has to show (e.g. a result it dropped: its trial was failed as stale)."""
+
+    worker: int
+    message: str
+
+
+@dataclass(frozen=True)
 class Done:
     """A worker ran out of budget or time."""
 
@@ -302,6 +310,8 @@ class WorkerGroup:
                 yield f"worker {event.worker}: error: {event.message}"
             elif isinstance(event, Failed):
                 yield f"worker {event.worker} failed:\n{event.message.rstrip()}"
+            elif isinstance(event, Note):
+                yield f"worker {event.worker}: {event.message}"
             elif isinstance(event, Done) and event.stopped == "timeout":
                 self.timed_out = True
         for index, p in enumerate(self._procs):
@@ -377,7 +387,14 @@ def _worker_body(params: WorkerParams) -> int:
         study.sampler = retrying(
             lambda: worker_sampler(cfg, study, index, token or None), where, limit
         )
-        result = run_worker(cfg, study, storage, runtime, deadline=params.deadline)
+        result = run_worker(
+            cfg,
+            study,
+            storage,
+            runtime,
+            deadline=params.deadline,
+            on_note=lambda line: events.put(Note(index, line)),
+        )
     except UserError as exc:
         events.put(Failed(index, str(exc), user_error=True))
         return 2

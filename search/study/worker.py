@@ -8,6 +8,12 @@ it), record what the trial did (one :class:`~search.study.record.TrialRecord`), 
 Optuna the objective values. A heartbeat runs while the trial does, so a worker that dies leaves
 a trial that goes stale and is retried.
 
+A worker paused or cut off for longer than the grace period finds, when it wakes, its trial failed
+as stale and queued again: before each write and the tell it checks that the trial is still
+RUNNING and its own (:func:`check_held`, one read of the storage; Optuna refuses a write to a
+finished trial in the same transaction as the write), and otherwise drops its result with one
+line (:class:`TrialLost`) and takes the next trial.
+
 A trial that cannot be scored for what it is (its merge holds NaN or Inf: :class:`TrialFailed`)
 is failed with its reason (``TrialRecord.failed``) and not retried; the study goes on.
 
@@ -66,6 +72,20 @@ if TYPE_CHECKING:
 
 POLL_S = 2.0  # how often an idle worker looks for retried trials while others still run
 FAILED_IN_A_ROW = 20  # trials failed for what they are, one after another, before a worker stops
+
+
+class TrialLost(Exception):
+    """The trial is no longer this worker's to finish: failed as stale (the worker was paused or
+    cut off past the grace period) and queued again as a new trial. Its result is dropped."""
+
+
+def check_held(storage: optuna.storages.RDBStorage, trial: optuna.Trial, worker: str) -> None:
+    """:class:`TrialLost` unless ``trial`` is RUNNING and recorded as ``worker``'s (one read)."""
+    frozen = storage.get_trial(trial._trial_id)
+    holder = TrialRecord.from_trial(frozen).worker
+    if frozen.state != TrialState.RUNNING or holder != worker:
+        now = frozen.state.name if holder == worker else f"held by {holder}"
+        raise TrialLost(f"trial {trial.number} is {now}")
 
 
 class TrialFailed(Exception):
@@ -188,6 +208,9 @@ class TrialObjective:
     scored: dict[str, TrialRecord] = field(default_factory=dict)  # plan key -> its scores
     duplicates: int = 0
     scorer: Scorer | None = None  # a strategy that scores in its own way
+    storage: optuna.storages.RDBStorage | None = None  # with ``worker``: check_held first
+    worker: str | None = None  # this worker's tag (TrialRecord.worker)
+    _fresh: tuple[str, TrialRecord] | None = None  # scored by the trial running, until told
 
     def __post_init__(self) -> None:
         if self.scorer is None:
@@ -207,6 +230,7 @@ class TrialObjective:
             coefficients=dict(zip(self.space.names, coefficients, strict=True)),
         )
         with stops_held():  # a stop inside a storage call would leave its session open
+            self.check_held(trial)
             record.write(trial, PLAN_FIELDS)  # what was merged, before it is scored
             note = trial_note(plan, self.runtime.pool, self.runtime.method)
             write_trial_note(trial, note)  # the dashboard's
@@ -218,7 +242,7 @@ class TrialObjective:
             )
         else:
             scored, merge_s, eval_s, spent = self.score(plan, trial)
-            self.scored[plan.key] = scored
+            self._fresh = (plan.key, scored)  # reused once told (:meth:`told`)
             record = record.with_scores_of(
                 scored, examples_scored=spent, merge_s=round(merge_s, 4), eval_s=round(eval_s, 4)
             )
@@ -228,8 +252,21 @@ class TrialObjective:
                 record, constraints=tuple(self.cfg.constraint_values(by_name))
             )
         with stops_held():
+            self.check_held(trial)  # paused past the grace period: its retry runs elsewhere
             record.write(trial, [f for f in record.to_attrs() if f not in PLAN_FIELDS])
         return list(record.values)
+
+    def check_held(self, trial: optuna.Trial) -> None:
+        """:func:`check_held` for this worker (nothing without a storage and a worker tag)."""
+        if self.storage is not None and self.worker is not None:
+            check_held(self.storage, trial, self.worker)
+
+    def told(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """The trial running was told: a plan it scored may be reused once it is COMPLETE (a
+        dropped result is never a duplicate's source)."""
+        fresh, self._fresh = self._fresh, None
+        if fresh is not None and frozen.state == TrialState.COMPLETE:
+            self.scored[fresh[0]] = dataclasses.replace(fresh[1], number=frozen.number)
 
     def score(self, plan: MergePlan, trial: optuna.Trial) -> tuple[TrialRecord, float, float, int]:
         """Materialize and evaluate ``plan``: the one place a trial spends examples.
@@ -276,6 +313,7 @@ def run_worker(
     n_trials: int | None = None,
     deadline: float | None = None,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> WorkerResult:
     """Claim and run trials until the study's budget is spent (or ``deadline``).
 
@@ -292,9 +330,11 @@ def run_worker(
     Args:
         deadline: ``time.time()`` after which no new trial is started (``budget.timeout_s``).
         on_trial: called with each trial this worker finishes (progress display).
+        on_note: called with a line to show (a result dropped: :class:`TrialLost`).
     """
     space = SearchSpace.build(cfg, runtime.pool.names)
-    objective = TrialObjective(cfg, runtime, space, study)
+    tag = worker_tag(runtime.pool.device)
+    objective = TrialObjective(cfg, runtime, space, study, storage=storage, worker=tag)
     per_trial = runtime.examples_per_evaluation()
     where, limit = f"storage {redact(storage.url)}", cfg.workers.storage_retry_s
     if retrying(lambda: study.user_attrs.get(EVALUATION_SIZE_ATTR), where, limit) != per_trial:
@@ -313,9 +353,7 @@ def run_worker(
         trial: optuna.Trial | None = None
         try:
             with stops_held():  # a stop during the claim is delivered here, the trial known
-                trial = claim_trial(
-                    study, storage, budget, worker=worker_tag(runtime.pool.device), judge=judge
-                )
+                trial = claim_trial(study, storage, budget, worker=tag, judge=judge)
             outage = None
             if trial is None:
                 if trial_counts(study).get("running", 0) == 0:
@@ -340,10 +378,20 @@ def run_worker(
                         ) from None
                 else:
                     with stops_held():
+                        objective.check_held(trial)
                         frozen = study.tell(trial, values, skip_if_finished=True)
                     failed_in_a_row = 0
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # failed as stale meanwhile (a heartbeat came too late): its retry runs
+                objective.told(frozen)
+        except (TrialLost, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            # failed as stale meanwhile (paused, or cut off past the grace period): its retry
+            # runs (or ran) elsewhere; this result is not the study's
+            if on_note is not None and trial is not None:
+                lost = str(exc) if isinstance(exc, TrialLost) else f"trial {trial.number} is done"
+                on_note(
+                    f"{lost}: failed as stale while this worker was paused or cut off, and "
+                    "queued again; its result is dropped, taking the next trial"
+                )
+            continue
         except BaseException as exc:
             if not is_outage(exc):
                 stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
