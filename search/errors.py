@@ -27,7 +27,9 @@ def one_line(exc: Any, root: type, hints: Mapping[str, str] | None = None) -> st
     errors = exc.errors(include_url=False)
     err = errors[0]
     loc = _drop_union_tags(err["loc"])
-    field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
+    if err["type"] == "extra_forbidden" and err["loc"]:  # the last part is the user's own key
+        loc = [*_drop_union_tags(err["loc"][:-1]), err["loc"][-1]]
+    field = "".join(f"[{x}]" if isinstance(x, int) else f".{_key(x)}" for x in loc).lstrip(".")
     msg, kind = err["msg"], err["type"]
     hint = next((hints[x] for x in reversed(loc) if hints and x in hints), None)
     if kind == "extra_forbidden":
@@ -53,6 +55,15 @@ def one_line(exc: Any, root: type, hints: Mapping[str, str] | None = None) -> st
     if not field or msg.startswith((f"{field}.", f"{field}:", f"{field}[")):
         return f"{msg}{more_text}"  # the validator named a more precise field itself
     return f"{field}: {msg}{more_text}"
+
+
+def _key(name: Any) -> str:
+    """A key as written in a field path: quoted when it is empty or holds spaces, dots,
+    brackets, colons or control characters (an unknown key must stay visible)."""
+    text = str(name)
+    if not text or any(c in text for c in " .[]:") or not text.isprintable():
+        return repr(text)
+    return text
 
 
 def _drop_union_tags(loc: Sequence[Any]) -> list[Any]:

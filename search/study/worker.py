@@ -386,7 +386,9 @@ def run_worker(
             # failed as stale meanwhile (paused, or cut off past the grace period): its retry
             # runs (or ran) elsewhere; this result is not the study's
             if on_note is not None and trial is not None:
-                lost = str(exc) if isinstance(exc, TrialLost) else f"trial {trial.number} is done"
+                lost = (
+                    str(exc) if isinstance(exc, TrialLost) else f"trial {trial.number} is finished"
+                )
                 on_note(
                     f"{lost}: failed as stale while this worker was paused or cut off, and "
                     "queued again; its result is dropped, taking the next trial"
