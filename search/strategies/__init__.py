@@ -7,7 +7,10 @@ and its hooks (:class:`search.study.strategy.Strategy`):
 - ``staged`` — staged scoring: a trial is scored in rungs and stopped once the front beats it;
 - ``frank_wolfe`` — gradient-informed proposals enqueued as seed trials (the ``fw`` sampler);
 - ``fisher`` — each checkpoint's diagonal Fisher, cached on disk, and the Fisher merge method;
-- ``regmean`` — each linear layer's Gram matrices, cached on disk, and the RegMean merge method.
+- ``regmean`` — each linear layer's Gram matrices, cached on disk, and the RegMean merge method;
+- ``estimate`` — estimated scoring: a trial scores a few examples, its scores are estimated
+  from a model of the pool with an honest SE, and it scores more only while its place on the
+  front is in doubt.
 
 :data:`STRATEGIES` is a plain dict: a name, where its config section lives (a dotted path, read
 from the raw config without importing the strategy), the class as a ``"module:Class"`` string,
@@ -93,6 +96,11 @@ STRATEGIES: dict[str, StrategyEntry] = {
         "merge.regmean",
         "search.strategies.regmean:RegMeanCalibration",
         methods={"regmean": "search.strategies.regmean.method:REGMEAN"},
+    ),
+    "estimate": StrategyEntry(
+        "eval.estimate",
+        "search.strategies.estimate.strategy:EstimatedScoring",
+        wanted=lambda cfg, section: section is not None and section is not False,
     ),
     "frank_wolfe": StrategyEntry(
         "fw",

@@ -181,7 +181,8 @@ def join_sections(data: dict[str, Any], sections: Mapping[str, Any]) -> dict[str
 
 def build_strategies(cfg: StudyConfig, sections: Mapping[str, Any]) -> tuple[Strategy, ...]:
     """The strategies ``cfg`` turns on (``sections``: name -> raw section or ``None``), each
-    checked (``ValueError`` naming the field)."""
+    checked (``ValueError`` naming the field). At most one of them may score trials in its own
+    way (:attr:`Offers.scorer`): two are refused, naming both sections."""
     from search.strategies import STRATEGIES
 
     strategies = tuple(
@@ -191,6 +192,13 @@ def build_strategies(cfg: StudyConfig, sections: Mapping[str, Any]) -> tuple[Str
     )
     for strategy in strategies:
         strategy.check()
+    scoring = [s.name for s in strategies if s.offers().scorer is not None]
+    if len(scoring) > 1:
+        first, second = (STRATEGIES[n].section for n in scoring[:2])
+        raise ValueError(
+            f"{second}: scores each trial in its own way, as {first} does; the study loop takes "
+            f"one: set {first}: null or {second}: null"
+        )
     return strategies
 
 

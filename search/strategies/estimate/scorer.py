@@ -1,0 +1,360 @@
+"""Estimated scoring of one worker's trials: a few examples, an honest estimate, more if in doubt.
+
+For each trial (:meth:`EstimateScorer.score`):
+
+1. Seed trials (the inputs alone, the uniform merge, ...) and every trial scored before the
+   inputs' full values are in the study are scored in full, as a plain evaluation: the model
+   fits on them.
+2. Otherwise a prediction model (``eval.estimate.model``, :mod:`.predict`) is fitted per score
+   key on the *fully scored* trials of the study only (the inputs' rows, the other seed trials,
+   trials that reached every example): a partially scored trial's values sit at the shared
+   examples and would make the predictions depend on the sample (:mod:`.predict`). It predicts
+   every example for the trial's coefficients.
+3. The trial scores the first ``n`` examples of each leaf task's shared order (plus ``audit``
+   random ones; :class:`~.design.Design`) through the evaluator's subset slot
+   (``Evaluator.score_subset``). Per leaf task the difference estimator
+   (:func:`~.estimate.difference_estimate`, moderated variance) gives the task's mean and SE;
+   a score key is its leaves' size-weighted mean, an objective its terms' weighted mean.
+4. "Score until the trial's place is decided": against each member of the current front (the
+   fully scored, feasible trials' non-dominated set), the difference ``member − trial`` per
+   objective. A member is scored in full, so the residual-corrected paired difference of the
+   two on the trial's examples is exactly ``θ_m − θ̂``, with the trial's SE (the member's
+   values act as a control variate whose residuals are 0; :func:`~.estimate.
+   paired_difference`). Some member better on every objective with confidence
+   (:func:`~.decide.dominated_by`): the trial stops, recorded as stopped by that member, with
+   the estimates as its values. Otherwise it scores further down the same order
+   (:func:`~.decide.next_fraction`), up to every example: a trial that reaches N is a full
+   row, its scores exactly those of a full evaluation (``Evaluator.combine``).
+
+Optuna is told the estimates; ``TrialRecord.stderr`` holds their SEs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from optuna.trial import TrialState
+
+from evaluators.base import Scores
+from search.strategies.estimate.decide import dominated_by, next_fraction, z_value
+from search.strategies.estimate.design import Design, example_order
+from search.strategies.estimate.estimate import (
+    Estimate,
+    difference_estimate,
+    weighted_objective,
+)
+from search.strategies.estimate.predict import History, build_model
+from search.strategies.estimate.strategy import EstimatedScoring, EstimateFields
+from search.study.record import TrialRecord, encode_values
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.strategies.estimate.strategy import EstimateConfig
+    from search.study.config import StudyConfig
+    from search.study.worker import Runtime
+
+INPUT_LABEL = "single:"  # the seed trials that score one checkpoint alone (SearchSpace)
+
+
+class EstimateScorer:
+    """Estimated scoring of one worker's trials (``eval.estimate``; see the module)."""
+
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        settings: EstimateConfig,
+        runtime: Runtime,
+        study: optuna.Study,
+        name: str,
+    ) -> None:
+        self.cfg, self.settings, self.runtime, self.study = cfg, settings, runtime, study
+        self.name = name  # the strategy's name: its fields' key in TrialRecord.strategies
+        self.layout = EstimatedScoring.layout(runtime)
+        self.counts = runtime.evaluator.examples_per_task()  # leaf task -> N
+        self.total = sum(self.counts.values())
+        self.design = Design(cfg.eval.seed, settings.n, settings.audit)
+        self.names = list(runtime.pool.names)
+        # per score key, its leaves' slices of a full evaluation's values
+        self.slices: dict[str, dict[str, slice]] = {}
+        for key, leaves in self.layout.leaves.items():
+            offset, parts = 0, {}
+            for leaf in leaves:
+                parts[leaf] = slice(offset, offset + self.counts[leaf])
+                offset += self.counts[leaf]
+            self.slices[key] = parts
+        self.maximize = [o.direction == "maximize" for o in cfg.objectives]
+        first = min(settings.n / n for n in self.counts.values())
+        self.looks = max(1, math.ceil(math.log(1.0 / first, settings.growth)))
+        self._rows: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # decoded full rows
+
+    # ------------------------------------------------------------------------------ scoring
+
+    def score(self, trial: optuna.Trial) -> TrialRecord:
+        """Score the resident merge: in full, or from a few examples (see the module)."""
+        record = TrialRecord.from_trial(trial)
+        rows = self._full_rows()
+        inputs = self._inputs(rows)
+        if record.seed_trial is not None or inputs is None:
+            return self._plain(trial.number)
+        weights = self._weights(record.coefficients)
+        predictions = self._predict(inputs, rows, weights)
+        members = self._front(rows)
+        docs = self._first_docs(trial.number)
+        scored = {leaf: np.zeros(0, int) for leaf in self.counts}
+        values = {
+            key: np.full(sum(self.counts[t] for t in ls), np.nan)
+            for key, ls in self.layout.leaves.items()
+        }
+        looks, stopped_by = 0, None
+        while True:
+            new = {leaf: np.setdiff1d(d, scored[leaf]) for leaf, d in docs.items()}
+            self._score_docs(new, values)
+            scored = {leaf: np.union1d(scored[leaf], new[leaf]) for leaf in self.counts}
+            looks += 1
+            if all(len(scored[t]) == n for t, n in self.counts.items()):
+                break
+            objectives, keys = self._estimate(predictions, values, scored)
+            differences = {
+                number: [
+                    Estimate((m - e.mean) if up else (e.mean - m), e.se, e.scored, e.total)
+                    for m, e, up in zip(member, objectives, self.maximize, strict=True)
+                ]
+                for number, member in members.items()
+            }
+            z = z_value(self.settings.confidence, len(members), self.looks)
+            stopped_by = dominated_by(differences, z)
+            if stopped_by is not None:
+                return self._stopped(
+                    trial.number, objectives, keys, values, scored, looks, stopped_by
+                )
+            spent = sum(len(s) for s in scored.values())
+            f = next_fraction(spent / self.total, differences, z, self.settings.growth)
+            docs = self._grow(scored, f)
+        full = {key: tuple(float(v) for v in array) for key, array in values.items()}
+        combined = self.runtime.evaluator.combine(full)
+        fields = EstimateFields(
+            n=self.total,
+            total=self.total,
+            looks=looks,
+            seed=self.design.seed,
+            counts=dict(self.counts),
+            audit=self.settings.audit,
+            model=self.settings.model,
+            estimates={k: float(v) for k, v in combined.objectives.items()},
+            ses=dict.fromkeys(combined.objectives, 0.0),
+        )
+        return TrialRecord.of_scores(
+            trial.number, combined, self.cfg.objective_names, strategies=self._own(fields)
+        )
+
+    def spent(self, record: TrialRecord) -> int:
+        """Examples a trial scored: every look (a full evaluation when it has no fields)."""
+        fields = EstimateFields.of(record, self.name)
+        return fields.n if fields else self.total
+
+    def _own(self, fields: EstimateFields) -> dict[str, dict]:
+        return {self.name: fields.to_json()}
+
+    def _plain(self, number: int) -> TrialRecord:
+        """A full evaluation (seed trials; trials before the model has the inputs)."""
+        scores = self.runtime.evaluator.evaluate(self.runtime.model, self.runtime.tokenizer)
+        fields = EstimateFields(
+            n=self.total,
+            total=self.total,
+            seed=self.design.seed,
+            counts=dict(self.counts),
+            model=self.settings.model,
+            estimates={k: float(v) for k, v in scores.objectives.items()},
+            ses=dict.fromkeys(scores.objectives, 0.0),
+        )
+        return TrialRecord.of_scores(
+            number, scores, self.cfg.objective_names, strategies=self._own(fields)
+        )
+
+    def _stopped(
+        self,
+        number: int,
+        objectives: Sequence[Estimate],
+        keys: Mapping[str, Estimate],
+        values: Mapping[str, np.ndarray],
+        scored: Mapping[str, np.ndarray],
+        looks: int,
+        by: int,
+    ) -> TrialRecord:
+        """A stopped trial's record: the estimates as its values, their SEs, what it scored."""
+        names = self.cfg.objective_names
+        spent = sum(len(s) for s in scored.values())
+        fields = EstimateFields(
+            n=spent,
+            total=self.total,
+            looks=looks,
+            seed=self.design.seed,
+            counts={leaf: self._shared_count(leaf, s) for leaf, s in scored.items()},
+            audit=self.settings.audit,
+            model=self.settings.model,
+            estimates={n: e.mean for n, e in zip(names, objectives, strict=True)},
+            ses={n: e.se for n, e in zip(names, objectives, strict=True)},
+            values={k: encode_values(v[~np.isnan(v)]) for k, v in values.items()},
+            violation=max(1.0 - spent / self.total, 1e-6),
+            stopped_by=by,
+        )
+        scores = Scores(
+            tasks={k: e.mean for k, e in keys.items()},
+            objectives={n: e.mean for n, e in zip(names, objectives, strict=True)},
+            stderr={n: e.se for n, e in zip(names, objectives, strict=True)},
+            task_stderr={k: e.se for k, e in keys.items()},
+        )
+        record = TrialRecord.of_scores(number, scores, names, strategies=self._own(fields))
+        return dataclasses.replace(record, examples={})
+
+    # ------------------------------------------------------------------------------ the design
+
+    def _first_docs(self, number: int) -> dict[str, np.ndarray]:
+        """The first look: ``n`` of each leaf's shared order, and its audit draw."""
+        out = {}
+        for leaf, n in self.counts.items():
+            shared, audit = self.design.sample(leaf, n, number)
+            out[leaf] = np.union1d(shared, audit)
+        return out
+
+    def _grow(self, scored: Mapping[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+        """Further down each leaf's shared order to ``fraction`` (at least one more example;
+        every example once any leaf would reach its end)."""
+        targets = {
+            leaf: max(self._shared_count(leaf, s) + 1, math.ceil(fraction * n - 1e-9))
+            for leaf, s in scored.items()
+            for n in (self.counts[leaf],)
+        }
+        if fraction >= 1.0 or any(k >= self.counts[leaf] for leaf, k in targets.items()):
+            targets = dict(self.counts)
+        out = {}
+        for leaf, k in targets.items():
+            shared, _ = self.design.sample(leaf, self.counts[leaf], 0, shared=k)
+            out[leaf] = np.union1d(shared, scored[leaf])
+        return out
+
+    def _shared_count(self, leaf: str, scored: np.ndarray) -> int:
+        """How far down the shared order ``scored`` reaches (its prefix in the order)."""
+        order = example_order(self.counts[leaf], leaf, self.design.seed)
+        inside = np.isin(order, scored)
+        return int(inside.argmin()) if not inside.all() else len(order)
+
+    def _score_docs(self, docs: Mapping[str, np.ndarray], values: dict[str, np.ndarray]) -> None:
+        """Score ``docs`` (every leaf has some) and put the values at their positions."""
+        runtime = self.runtime
+        chosen = {leaf: tuple(int(d) for d in sorted(d)) for leaf, d in docs.items()}
+        subset = runtime.evaluator.score_subset(runtime.model, runtime.tokenizer, chosen)
+        for key, where in subset.positions.items():
+            got = np.asarray(subset.scores.examples[key], float)
+            if len(got) != len(where):
+                raise ValueError(f"{key}: {len(got)} values for {len(where)} documents")
+            values[key][list(where)] = got
+
+    # ------------------------------------------------------------------------------ estimates
+
+    def _estimate(
+        self,
+        predictions: Mapping[str, np.ndarray],
+        values: Mapping[str, np.ndarray],
+        scored: Mapping[str, np.ndarray],
+    ) -> tuple[list[Estimate], dict[str, Estimate]]:
+        """Per objective and per score key, the estimate from what was scored so far."""
+        keys: dict[str, Estimate] = {}
+        for key, parts in self.slices.items():
+            leaves = []
+            for leaf, where in parts.items():
+                p, y = predictions[key][where], values[key][where]
+                prior = float(np.mean(p * (1.0 - p)))
+                leaves.append(
+                    difference_estimate(
+                        p, y, scored[leaf], prior_variance=prior, prior_df=self.settings.prior_df
+                    )
+                )
+            keys[key] = weighted_objective(leaves, [e.total for e in leaves])
+        objectives = [
+            weighted_objective([keys[k] for k, _ in terms], [w for _, w in terms])
+            for terms in (self.layout.terms[o] for o in self.cfg.objective_names)
+        ]
+        return objectives, keys
+
+    def _full_rows(self) -> list[TrialRecord]:
+        """The study's trials scored in full (per-example values of every example), once per
+        plan."""
+        rows: dict[str, TrialRecord] = {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            record = TrialRecord.from_trial(t)
+            if record.examples and not record.stopped and record.duplicate_of is None:
+                rows.setdefault(record.key, record)
+        return list(rows.values())
+
+    def _decoded(self, record: TrialRecord) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if record.number not in self._rows:
+            values = {k: np.asarray(v, float) for k, v in record.per_example().items()}
+            self._rows[record.number] = (self._weights(record.coefficients), values)
+        return self._rows[record.number]
+
+    def _weights(self, coefficients: Mapping[str, Sequence[float]]) -> np.ndarray:
+        """A merge's coefficient vector over the pool: each checkpoint's mean over layer groups,
+        normalized."""
+        w = np.array([float(np.mean(coefficients[name])) for name in self.names])
+        return w / w.sum() if w.sum() > 0 else w
+
+    def _inputs(self, rows: Sequence[TrialRecord]) -> dict[str, np.ndarray] | None:
+        """Per score key, the inputs' full values ``(K, N)`` in pool order; ``None`` until every
+        input's seed trial has been scored in full."""
+        by_label = {r.seed_trial: r for r in rows if r.seed_trial}
+        found = [by_label.get(f"{INPUT_LABEL}{name}") for name in self.names]
+        if any(r is None for r in found):
+            return None
+        decoded = [self._decoded(r)[1] for r in found]
+        out = {}
+        for key in self.layout.leaves:
+            array = np.array([d[key] for d in decoded])
+            if array.min() < 0.0 or array.max() > 1.0:
+                from search.errors import UserError
+
+                raise UserError(
+                    f"eval.estimate: {key}'s per-example values leave [0, 1] (min "
+                    f"{array.min():.3g}, max {array.max():.3g}); the prediction models need "
+                    "scores in [0, 1] (acc, exact_match): set eval.estimate: null"
+                )
+            out[key] = array
+        return out
+
+    def _predict(
+        self, inputs: Mapping[str, np.ndarray], rows: Sequence[TrialRecord], weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Per score key, every example's prediction for ``weights`` (fitted on full rows that
+        are not inputs)."""
+        others = [r for r in rows if not (r.seed_trial or "").startswith(INPUT_LABEL)]
+        out = {}
+        for key, array in inputs.items():
+            k, n = array.shape
+            if others:
+                decoded = [self._decoded(r) for r in others]
+                history = History(
+                    np.array([w for w, _ in decoded]),
+                    np.array([v[key] for _, v in decoded]),
+                    np.ones((len(decoded), n), bool),
+                )
+            else:
+                history = History.empty(k, n)
+            model = build_model(self.settings.model).fit(array, history)
+            out[key] = np.asarray(model.predict(weights[None, :]), float)[0]
+        return out
+
+    def _front(self, rows: Sequence[TrialRecord]) -> dict[int, tuple[float, ...]]:
+        """The current front's objective values (exact: its members are scored in full)."""
+        feasible = [r for r in rows if r.feasible and len(r.values) == len(self.maximize)]
+        signs = np.where(self.maximize, 1.0, -1.0)
+        points = np.array([r.values for r in feasible], float).reshape(-1, len(signs)) * signs
+        out = {}
+        for r, p in zip(feasible, points, strict=True):
+            if not np.any(np.all(points >= p, axis=1) & np.any(points > p, axis=1)):
+                out[r.number] = r.values
+        return out

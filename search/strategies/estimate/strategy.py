@@ -1,0 +1,198 @@
+"""Estimated scoring (``eval.estimate``) as a strategy of the study loop.
+
+:class:`EstimatedScoring` checks the ``eval.estimate`` section (:class:`EstimateConfig`), makes
+each search worker's evaluator prove it can score subsets of examples and that its tasks are
+large enough for the design, scores trials through an
+:class:`~search.strategies.estimate.scorer.EstimateScorer`, and gives the samplers the
+constraint of trials stopped once the front beats them. What a trial records is
+:class:`EstimateFields`, under the strategy's name in ``TrialRecord.strategies``.
+
+It replaces staged scoring rather than composing with it: both decide how many examples a trial
+scores, and the study loop takes one scorer (``search.study.strategy.build_strategies`` refuses
+two in one line).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from search.study.strategy import Offers, Strategy, parse_settings
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.strategies.estimate.scorer import EstimateScorer
+    from search.study.record import TrialRecord
+    from search.study.worker import Runtime
+
+SECTION = "eval.estimate"
+MIN_SHARE = 2  # a task needs at least MIN_SHARE·n search examples (see EstimateConfig.n)
+
+
+class EstimateConfig(BaseModel):
+    """``eval.estimate``: score ``n`` examples per task, estimate the rest, score more only
+    while the trial's place on the front is in doubt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # examples per task at a trial's first look (of the study's shared order). A task needs at
+    # least 2n search examples: the first look must leave half of them to estimate, else the
+    # looks that follow cost about what a full evaluation does
+    n: int = Field(default=20, ge=2)
+    # examples per task drawn at random per trial beyond the shared part (0: paired only)
+    audit: int = Field(default=0, ge=0)
+    # the per-example prediction model (search.strategies.estimate.predict.MODELS); kernel
+    # measured best on the demo pool (bench/README.md)
+    model: str = "kernel"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # of "a front member beats it"
+    growth: float = Field(default=2.0, gt=1.0)  # each further look scores at least this × more
+    # the moderated variance's prior weight in residuals (0/1 values: a few residuals are often
+    # all 0); 5 covered 94–98 % at n = 10..40 on the demo pool
+    prior_df: float = Field(default=5.0, ge=0.0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from search.strategies.estimate.predict import MODELS
+
+        if value not in MODELS:
+            raise ValueError(f"expected one of {', '.join(sorted(MODELS))} (got {value!r})")
+        return value
+
+
+@dataclass(frozen=True)
+class EstimateFields:
+    """What estimated scoring records on a trial.
+
+    Attributes:
+        n: examples it scored (every task, every look); total: a full evaluation's.
+        looks: how many times it scored examples.
+        seed: the design's seed (the study's evaluation seed): with ``counts`` and ``audit``
+            it gives the examples scored (:meth:`~search.strategies.estimate.design.Design.
+            sample`).
+        counts: per leaf task, the examples of the shared order scored.
+        audit: per leaf task, the examples drawn at random beyond them.
+        model: the prediction model.
+        estimates / ses: per objective, the estimate told to Optuna and its standard error
+            (the exact value and 0 for a trial scored in full).
+        values: per score key, the values scored, packed (``search.study.record``), in
+            ascending position of a full evaluation's values; empty for a trial scored in full
+            (its values are ``TrialRecord.examples``).
+        violation: its constraint: 0 scored in full, > 0 stopped (the share not scored).
+        stopped_by: the front member that beat it (``None``: scored in full).
+    """
+
+    n: int
+    total: int
+    looks: int = 1
+    seed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    audit: int = 0
+    model: str = ""
+    estimates: dict[str, float] = field(default_factory=dict)
+    ses: dict[str, float | None] = field(default_factory=dict)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    violation: float = 0.0
+    stopped_by: int | None = None
+
+    @classmethod
+    def of(cls, record: TrialRecord, name: str) -> EstimateFields | None:
+        fields = record.strategies.get(name)
+        return cls(**fields) if fields else None
+
+    @property
+    def full(self) -> bool:
+        """Scored every example (its values are exact)."""
+        return self.n >= self.total
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out["ses"] = {k: (None if v is None or math.isnan(v) else v) for k, v in self.ses.items()}
+        return out
+
+
+class EstimatedScoring(Strategy):
+    """The estimated-scoring strategy (see the module docstring)."""
+
+    name = "estimate"
+
+    def check(self) -> None:
+        section = {} if self.section is True else self.section
+        self.settings = parse_settings(EstimateConfig, section, SECTION)
+        for i, obj in enumerate(self.cfg.objectives):
+            if obj.evaluator == "perplexity":
+                raise ValueError(
+                    f"{SECTION}: objectives[{i}] ({obj.name!r}) scores perplexity, a ratio over "
+                    "the whole file, not a mean of per-example values to estimate: set "
+                    f"{SECTION}: null or drop that objective"
+                )
+        if "singles" not in self.cfg.seed_kinds:
+            raise ValueError(
+                f"{SECTION}: fits its predictions on every input's full per-example scores: "
+                f"add singles to seed_trials (now {list(self.cfg.seed_kinds)})"
+            )
+        limit = self.cfg.eval.limit
+        if limit is not None and limit < MIN_SHARE * self.settings.n:
+            raise ValueError(
+                f"{SECTION}.n: {self.settings.n} examples per task at the first look need tasks "
+                f"of at least {MIN_SHARE * self.settings.n} search examples (half left to "
+                f"estimate); eval.limit: {limit} caps them: lower n or raise eval.limit"
+            )
+
+    def prepare_runtime(self, runtime: Runtime) -> None:
+        if runtime.split != "search":
+            return  # held-out and test re-scores are exact full evaluations
+        self.layout(runtime)
+        small = {
+            task: n
+            for task, n in runtime.evaluator.examples_per_task().items()
+            if n < MIN_SHARE * self.settings.n
+        }
+        if small:
+            from search.errors import UserError
+
+            task, n = next(iter(small.items()))
+            raise UserError(
+                f"{SECTION}.n: {self.settings.n} examples per task at the first look need tasks "
+                f"of at least {MIN_SHARE * self.settings.n} search examples (half left to "
+                f"estimate); {task} has {n}: lower n or set {SECTION}: null"
+            )
+
+    @staticmethod
+    def layout(runtime: Runtime) -> Any:
+        """The evaluator's example layout; its refusal names this section."""
+        from search.errors import UserError
+
+        try:
+            return runtime.evaluator.example_layout()
+        except UserError as exc:
+            raise UserError(
+                f"{exc}; estimated scoring ({SECTION}) needs scores that are means of "
+                f"per-example values (acc, exact_match, ...): set {SECTION}: null"
+            ) from None
+
+    def offers(self) -> Offers:
+        return Offers(scorer=self.scorer, constraints=self.constraints, summary=self.summary)
+
+    def scorer(self, runtime: Runtime, study: optuna.Study) -> EstimateScorer:
+        from search.strategies.estimate.scorer import EstimateScorer
+
+        return EstimateScorer(self.cfg, self.settings, runtime, study, self.name)
+
+    def constraints(self, record: TrialRecord) -> tuple[float, ...]:
+        # > 0: stopped; 0 for a trial scored in full or estimated before it was on
+        fields = EstimateFields.of(record, self.name)
+        return (float(fields.violation if fields else 0.0),)
+
+    def summary(self, records: Sequence[TrialRecord]) -> str:
+        fields = [f for r in records if (f := EstimateFields.of(r, self.name)) is not None]
+        estimated = sum(not f.full for f in fields)
+        return (
+            f"{estimated} estimated from part of their examples "
+            f"({sum(r.stopped for r in records)} stopped)"
+        )
