@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,6 +235,233 @@ def measure(args, key, name, mode, trials, targets, inputs, orders, maximize) ->
     return lines
 
 
+# ------------------------------------------------------------------------------------- online
+
+
+def study_data(args: argparse.Namespace, name: str, estimate: dict | None) -> dict:
+    """The demo config on ``--zoo``: staged scoring off, the sampler and seed given, and
+    ``eval.estimate`` set (or not)."""
+    import _study
+    import yaml
+
+    data = _study.on_pool(yaml.safe_load(Path(args.config).read_text()), Path(args.zoo))
+    data["tasks_path"] = str(REPO / yaml.safe_load(Path(args.config).read_text())["tasks_path"])
+    ev = {k: v for k, v in (data.get("eval") or {}).items() if k not in ("staged", "racing")}
+    if estimate is not None:
+        ev["estimate"] = estimate
+    data.update(
+        name=name,
+        storage=f"sqlite:///{Path(args.workdir).resolve() / name}.db",
+        eval=ev,
+        sampler={"name": args.sampler, "seed": args.seed, "options": {}},
+        budget={"n_trials": args.trials, "timeout_s": None},
+    )
+    return data
+
+
+def run(args: argparse.Namespace, runtime, name: str, estimate: dict | None) -> list:
+    """One study through the study service (or its records, when its storage holds it)."""
+    import _study
+    import optuna
+    import yaml
+    from optuna.trial import TrialState
+
+    from search.study.record import TrialRecord
+
+    path = Path(args.workdir) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study_data(args, name, estimate), sort_keys=False))
+    db = Path(args.workdir) / f"{name}.db"
+    if db.exists():
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db.resolve()}")
+        print(f"{name}: read from {db}", file=sys.stderr)
+    else:
+        start = time.perf_counter()
+        study = _study.run_study(path, runtime)
+        print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    return [TrialRecord.from_trial(t) for t in done]
+
+
+def online(args: argparse.Namespace) -> None:
+    """Two studies of the demo config, full evaluation and estimated scoring, compared."""
+    import optuna
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from search_quality import mean_obj, paired_lead
+
+    from search.engine.plan import MergePlan
+    from search.report.frontier import hypervolume, knee_point, pareto_front
+    from search.strategies.estimate.scorer import EstimateScorer
+    from search.study.config import load_config
+    from search.study.worker import Runtime
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    estimate = {"n": args.n, "model": args.model, "confidence": args.confidence}
+    full_name, est_name = f"full-s{args.seed}", f"estimate-n{args.n}-s{args.seed}"
+    cfg_path = Path(args.workdir) / f"{est_name}.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(study_data(args, est_name, estimate), sort_keys=False))
+    cfg = load_config(cfg_path)
+    directions = cfg.directions
+    runtime = Runtime.create(cfg)
+    per_eval = runtime.examples_per_evaluation()
+    runs = {
+        "full": run(args, runtime, full_name, None),
+        "estimate": run(args, runtime, est_name, estimate),
+    }
+
+    print(
+        f"\n{args.trials} trials, sampler {args.sampler} seed {args.seed}, eval.estimate {estimate}"
+    )
+    print(f"a full evaluation: {per_eval} examples")
+    print(
+        f"{'study':9} {'per sampler trial':>24} {'whole study':>12} {'stopped':>8} "
+        f"{'merge s':>8} {'eval s':>7} {'per trial s':>11}"
+    )
+    totals = {}
+    for label, records in runs.items():
+        own = [r for r in records if not r.seed_trial and r.duplicate_of is None]
+        ex = np.array([r.examples_scored for r in own], float)
+        totals[label] = sum(r.examples_scored for r in records)
+        merge = np.array([r.merge_s or 0.0 for r in own])
+        ev = np.array([r.eval_s or 0.0 for r in own])
+        print(
+            f"{label:9} {ex.mean() / per_eval:6.3f}"
+            f"± {ex.std(ddof=1) / per_eval / math.sqrt(len(ex)):.3f} "
+            f"({len(own)} trials) {totals[label] / (per_eval * len(records)):12.3f} "
+            f"{sum(r.stopped for r in records):8d} {merge.mean():8.3f} {ev.mean():7.3f} "
+            f"{(merge + ev).mean():11.3f}"
+        )
+    print(f"whole study, estimate / full: {totals['estimate'] / totals['full']:.3f}")
+
+    # ---- calibration: every sampler trial of the estimated study scored both ways, the
+    # estimate at each n from the model the scorer had before that trial
+    scorer = EstimateScorer(
+        cfg,
+        cfg.strategies[0].settings,
+        runtime,
+        optuna.load_study(study_name=est_name, storage=cfg.storage),
+        "estimate",
+    )
+    truth_cache: dict[str, object] = {}
+
+    def full_scores(plan):
+        if plan.key not in truth_cache:
+            truth_cache[plan.key] = runtime.score(plan)[0]
+        return truth_cache[plan.key]
+
+    est_records = runs["estimate"]
+    targets = [r for r in est_records if not r.seed_trial and r.duplicate_of is None][
+        : args.calibrate
+    ]
+    rows_all = [r for r in est_records if r.examples and not r.stopped and r.duplicate_of is None]
+    z95 = 1.959963984540054
+    table = {n: [] for n in args.sizes}
+    pred, obs = [], []
+    for r in targets:
+        scores = full_scores(MergePlan.from_dict(r.plan))
+        rows = [x for x in rows_all if x.number < r.number]
+        predictions = scorer.predict(rows, r.coefficients)
+        values = {k: np.asarray(scores.examples[k], float) for k in scorer.layout.leaves}
+        for k in values:
+            pred.append(predictions[k])
+            obs.append(values[k])
+        for n in args.sizes:
+            scored = {
+                leaf: scorer.design.sample(leaf, size, r.number, shared=min(n, size))[0]
+                for leaf, size in scorer.counts.items()
+            }
+            objectives, _ = scorer.estimate(predictions, values, scored)
+            for o, e in zip(cfg.objective_names, objectives, strict=True):
+                t = float(scores.objectives[o])
+                table[n].append((e.mean - t, e.se, abs(e.mean - t) <= z95 * e.se))
+    corr = float(np.corrcoef(np.ravel(pred), np.ravel(obs))[0, 1])
+    print(
+        f"\ncalibration: {len(targets)} sampler trials of the estimated study, each also scored "
+        f"in full; per objective (2 per trial); predicted vs observed per-example r = {corr:.3f}"
+    )
+    print(f"{'n':>4} {'bias':>16} {'RMSE':>7} {'mean SE':>8} {'cover95':>14}")
+    for n, rows in table.items():
+        err = np.array([x[0] for x in rows])
+        cov = np.array([x[2] for x in rows], float)
+        print(
+            f"{n:4d} {err.mean():+.4f}±{err.std(ddof=1) / math.sqrt(len(err)):.4f} "
+            f"{math.sqrt((err**2).mean()):7.4f} {np.mean([x[1] for x in rows]):8.4f} "
+            f"{cov.mean():6.3f}±{math.sqrt(cov.mean() * (1 - cov.mean()) / len(cov)):.3f}"
+        )
+
+    # ---- the test split: each study's front (scored in full; stopped trials are never on it)
+    # re-scored, hypervolume with the worst input as reference; the held-out knee's verdict
+    space = __import__("search.study.space", fromlist=["SearchSpace"]).SearchSpace.build(
+        cfg, runtime.pool.names
+    )
+    seeds = dict(space.seed_trials(["uniform", "singles"]))
+    base = {label: space.plan(params) for label, params in seeds.items()}
+    cache: dict[tuple[str, str], object] = {}
+
+    def scored_on(rt, split, plan):
+        if (split, plan.key) not in cache:
+            cache[split, plan.key] = rt.score(plan)[0]
+        return cache[split, plan.key]
+
+    def vals(scores):
+        return [float(scores.objectives[o]) for o in cfg.objective_names]
+
+    def front_plans(records):
+        ok = [r for r in records if r.feasible]
+        idx = pareto_front([list(r.values) for r in ok], directions)
+        return list({ok[i].plan_key: MergePlan.from_dict(ok[i].plan) for i in idx}.values())
+
+    fronts = {label: front_plans(records) for label, records in runs.items()}
+    # the full study cut at the examples the estimated study spent (same examples scored)
+    spent, cut = 0, []
+    for r in runs["full"]:
+        spent += r.examples_scored
+        if spent > totals["estimate"]:
+            break
+        cut.append(r)
+    fronts[f"full@{len(cut)}"] = front_plans(cut)
+    held = Runtime.create(cfg, split="heldout")
+    uniform_held = vals(scored_on(held, "heldout", base["uniform"]))
+    exports = {}
+    for label, plans in fronts.items():
+        hv = [vals(scored_on(held, "heldout", p)) for p in plans]
+        own = pareto_front(hv, directions)
+        exports[label] = plans[own[knee_point([hv[i] for i in own], directions, uniform_held)]]
+    del held
+    test = Runtime.create(cfg, split="test")
+    base_t = {label: scored_on(test, "test", p) for label, p in base.items()}
+    inputs = [vals(v) for k, v in base_t.items() if k != "uniform"]
+    ref = [
+        min(v[i] for v in inputs) if d == "maximize" else max(v[i] for v in inputs)
+        for i, d in enumerate(directions)
+    ]
+    print(f"\ntest split: reference (worst input) {[round(x, 4) for x in ref]}")
+    hvs = {}
+    for label, plans in fronts.items():
+        hvs[label] = hypervolume([vals(scored_on(test, "test", p)) for p in plans], directions, ref)
+        chosen = scored_on(test, "test", exports[label])
+        leads = {k: paired_lead(chosen.examples, v.examples) for k, v in base_t.items()}
+        worst = min(leads, key=lambda k: leads[k][0] / leads[k][1])
+        print(
+            f"{label:10} test HV {hvs[label]:.4f}  export test mean "
+            f"{mean_obj(vals(chosen), directions):.4f}  − uniform "
+            "{:+.3f}±{:.3f}".format(*leads["uniform"])
+            + f"  weakest lead: {worst} {{:+.3f}}±{{:.3f}}".format(*leads[worst])
+            + f" ({leads[worst][0] / leads[worst][1]:.1f} SE)"
+        )
+    print(
+        f"test HV ratio, estimate / full at {args.trials} trials: "
+        f"{hvs['estimate'] / hvs['full']:.3f}"
+    )
+    print(
+        f"test HV ratio, estimate / full at the same examples ({len(cut)} full trials): "
+        f"{hvs['estimate'] / hvs[f'full@{len(cut)}']:.3f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -252,8 +480,20 @@ def main(argv: list[str] | None = None) -> None:
         "(0: the sample's alone; 5 keeps the 95%% interval's coverage near 0.95 from n = 10)",
     )
     off.add_argument("--boot", type=int, default=500, help="bootstrap draws over orders")
+    on = sub.add_parser("online", help="a study with estimated scoring against full evaluation")
+    on.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    on.add_argument("--zoo", default=str(REPO / "studies" / "zoo"), help="the demo pool")
+    on.add_argument("--workdir", required=True, help="studies are kept (and reused) here")
+    on.add_argument("--trials", type=int, default=40)
+    on.add_argument("--sampler", default="gp")
+    on.add_argument("--seed", type=int, default=0)
+    on.add_argument("--n", type=int, default=20, help="eval.estimate.n")
+    on.add_argument("--model", default="kernel")
+    on.add_argument("--confidence", type=float, default=0.95)
+    on.add_argument("--sizes", type=int, nargs="+", default=[10, 20, 40, 80])
+    on.add_argument("--calibrate", type=int, default=30, help="sampler trials scored both ways")
     args = parser.parse_args(argv)
-    replay(args)
+    (replay if args.mode == "offline" else online)(args)
 
 
 if __name__ == "__main__":

@@ -97,12 +97,10 @@ class EstimateScorer:
     def score(self, trial: optuna.Trial) -> TrialRecord:
         """Score the resident merge: in full, or from a few examples (see the module)."""
         record = TrialRecord.from_trial(trial)
-        rows = self._full_rows()
-        inputs = self._inputs(rows)
-        if record.seed_trial is not None or inputs is None:
+        rows = self.full_rows()
+        predictions = self.predict(rows, record.coefficients)
+        if record.seed_trial is not None or predictions is None:
             return self._plain(trial.number)
-        weights = self._weights(record.coefficients)
-        predictions = self._predict(inputs, rows, weights)
         members = self._front(rows)
         docs = self._first_docs(trial.number)
         scored = {leaf: np.zeros(0, int) for leaf in self.counts}
@@ -118,7 +116,7 @@ class EstimateScorer:
             looks += 1
             if all(len(scored[t]) == n for t, n in self.counts.items()):
                 break
-            objectives, keys = self._estimate(predictions, values, scored)
+            objectives, keys = self.estimate(predictions, values, scored)
             differences = {
                 number: [
                     Estimate((m - e.mean) if up else (e.mean - m), e.se, e.scored, e.total)
@@ -257,13 +255,19 @@ class EstimateScorer:
 
     # ------------------------------------------------------------------------------ estimates
 
-    def _estimate(
+    def estimate(
         self,
         predictions: Mapping[str, np.ndarray],
         values: Mapping[str, np.ndarray],
         scored: Mapping[str, np.ndarray],
     ) -> tuple[list[Estimate], dict[str, Estimate]]:
-        """Per objective and per score key, the estimate from what was scored so far."""
+        """Per objective and per score key, the estimate from what was scored so far.
+
+        Args:
+            predictions: per score key, every example's prediction (:meth:`predict`).
+            values: per score key, a full evaluation's values where scored (NaN elsewhere).
+            scored: per leaf task, the document indices scored.
+        """
         keys: dict[str, Estimate] = {}
         for key, parts in self.slices.items():
             leaves = []
@@ -282,7 +286,7 @@ class EstimateScorer:
         ]
         return objectives, keys
 
-    def _full_rows(self) -> list[TrialRecord]:
+    def full_rows(self) -> list[TrialRecord]:
         """The study's trials scored in full (per-example values of every example), once per
         plan."""
         rows: dict[str, TrialRecord] = {}
@@ -291,6 +295,17 @@ class EstimateScorer:
             if record.examples and not record.stopped and record.duplicate_of is None:
                 rows.setdefault(record.key, record)
         return list(rows.values())
+
+    def predict(
+        self, rows: Sequence[TrialRecord], coefficients: Mapping[str, Sequence[float]]
+    ) -> dict[str, np.ndarray] | None:
+        """Per score key, every example's prediction for a merge of ``coefficients`` by the
+        model fitted on ``rows`` (fully scored trials, :meth:`full_rows`); ``None`` until they
+        hold every input's seed trial."""
+        inputs = self._inputs(rows)
+        if inputs is None:
+            return None
+        return self._predict(inputs, rows, self._weights(coefficients))
 
     def _decoded(self, record: TrialRecord) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if record.number not in self._rows:
