@@ -289,6 +289,7 @@ def online(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from search_quality import mean_obj, paired_lead
 
+    from evaluators.base import Scores
     from search.engine.plan import MergePlan
     from search.report.frontier import hypervolume, knee_point, pareto_front
     from search.strategies.estimate.scorer import EstimateScorer
@@ -297,8 +298,14 @@ def online(args: argparse.Namespace) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    estimate = {"n": args.n, "model": args.model, "confidence": args.confidence}
-    full_name, est_name = f"full-s{args.seed}", f"estimate-n{args.n}-s{args.seed}"
+    estimate = {
+        "n": args.n,
+        "model": args.model,
+        "confidence": args.confidence,
+        "max_share": args.max_share,
+    }
+    full_name = f"full-s{args.seed}"
+    est_name = f"estimate-n{args.n}-m{args.max_share:g}-s{args.seed}"
     cfg_path = Path(args.workdir) / f"{est_name}.yaml"
     import yaml
 
@@ -361,7 +368,13 @@ def online(args: argparse.Namespace) -> None:
     table = {n: [] for n in args.sizes}
     pred, obs = [], []
     for r in targets:
-        scores = full_scores(MergePlan.from_dict(r.plan))
+        if r.examples and not r.stopped:  # scored in full by the study: its own values
+            scores = Scores(
+                objectives=dict(zip(cfg.objective_names, r.values, strict=True)),
+                examples=r.per_example(),
+            )
+        else:
+            scores = full_scores(MergePlan.from_dict(r.plan))
         rows = [x for x in rows_all if x.number < r.number]
         predictions = scorer.predict(rows, r.coefficients)
         values = {k: np.asarray(scores.examples[k], float) for k in scorer.layout.leaves}
@@ -490,6 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     on.add_argument("--n", type=int, default=20, help="eval.estimate.n")
     on.add_argument("--model", default="kernel")
     on.add_argument("--confidence", type=float, default=0.95)
+    on.add_argument("--max-share", type=float, default=1.0, help="eval.estimate.max_share")
     on.add_argument("--sizes", type=int, nargs="+", default=[10, 20, 40, 80])
     on.add_argument("--calibrate", type=int, default=30, help="sampler trials scored both ways")
     args = parser.parse_args(argv)

@@ -133,6 +133,8 @@ class EstimateScorer:
             spent = sum(len(s) for s in scored.values())
             f = next_fraction(spent / self.total, differences, z, self.settings.growth)
             docs = self._grow(scored, f)
+            if all(len(docs[t]) == len(scored[t]) for t in self.counts):  # at max_share
+                return self._stopped(trial.number, objectives, keys, values, scored, looks, None)
         full = {key: tuple(float(v) for v in array) for key, array in values.items()}
         combined = self.runtime.evaluator.combine(full)
         fields = EstimateFields(
@@ -182,9 +184,10 @@ class EstimateScorer:
         values: Mapping[str, np.ndarray],
         scored: Mapping[str, np.ndarray],
         looks: int,
-        by: int,
+        by: int | None,
     ) -> TrialRecord:
-        """A stopped trial's record: the estimates as its values, their SEs, what it scored."""
+        """A trial stopped before its full evaluation (by the front member ``by``, or at
+        ``max_share`` when ``None``): the estimates as its values, their SEs, what it scored."""
         names = self.cfg.objective_names
         spent = sum(len(s) for s in scored.values())
         fields = EstimateFields(
@@ -198,7 +201,7 @@ class EstimateScorer:
             estimates={n: e.mean for n, e in zip(names, objectives, strict=True)},
             ses={n: e.se for n, e in zip(names, objectives, strict=True)},
             values={k: encode_values(v[~np.isnan(v)]) for k, v in values.items()},
-            violation=max(1.0 - spent / self.total, 1e-6),
+            violation=max(1.0 - spent / self.total, 1e-6) if by is not None else 0.0,
             stopped_by=by,
         )
         scores = Scores(
@@ -222,7 +225,8 @@ class EstimateScorer:
 
     def _grow(self, scored: Mapping[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
         """Further down each leaf's shared order to ``fraction`` (at least one more example;
-        every example once any leaf would reach its end)."""
+        every example once any leaf would reach its end), up to ``max_share``: once a leaf is
+        at its cap, no leaf grows (a call scores some examples of every leaf)."""
         targets = {
             leaf: max(self._shared_count(leaf, s) + 1, math.ceil(fraction * n - 1e-9))
             for leaf, s in scored.items()
@@ -230,11 +234,21 @@ class EstimateScorer:
         }
         if fraction >= 1.0 or any(k >= self.counts[leaf] for leaf, k in targets.items()):
             targets = dict(self.counts)
+        targets = {leaf: min(k, self._cap(leaf)) for leaf, k in targets.items()}
+        if any(k <= self._shared_count(leaf, scored[leaf]) for leaf, k in targets.items()):
+            return dict(scored)
         out = {}
         for leaf, k in targets.items():
             shared, _ = self.design.sample(leaf, self.counts[leaf], 0, shared=k)
             out[leaf] = np.union1d(shared, scored[leaf])
         return out
+
+    def _cap(self, leaf: str) -> int:
+        """The most of a leaf's shared order a trial scores (``max_share``, at least ``n``)."""
+        n = self.counts[leaf]
+        if self.settings.max_share >= 1.0:
+            return n
+        return min(n, max(self.settings.n, math.floor(self.settings.max_share * n)))
 
     def _shared_count(self, leaf: str, scored: np.ndarray) -> int:
         """How far down the shared order ``scored`` reaches (its prefix in the order)."""

@@ -51,6 +51,11 @@ class EstimateConfig(BaseModel):
     model: str = "kernel"
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # of "a front member beats it"
     growth: float = Field(default=2.0, gt=1.0)  # each further look scores at least this × more
+    # the most of each task's examples a sampler trial scores (at least n). 1.0: until its place
+    # on the front is decided (front members end scored in full). Below 1, a trial still in
+    # doubt at the cap keeps its estimates and may stand on the front as an estimate (the
+    # choice re-scores the front on the held-out split, exactly)
+    max_share: float = Field(default=1.0, gt=0.0, le=1.0)
     # the moderated variance's prior weight in residuals (0/1 values: a few residuals are often
     # all 0); 5 covered 94–98 % at n = 10..40 on the demo pool
     prior_df: float = Field(default=5.0, ge=0.0)
@@ -83,8 +88,10 @@ class EstimateFields:
         values: per score key, the values scored, packed (``search.study.record``), in
             ascending position of a full evaluation's values; empty for a trial scored in full
             (its values are ``TrialRecord.examples``).
-        violation: its constraint: 0 scored in full, > 0 stopped (the share not scored).
-        stopped_by: the front member that beat it (``None``: scored in full).
+        violation: its constraint: 0 scored in full or capped, > 0 stopped (the share not
+            scored).
+        stopped_by: the front member that beat it (``None``: scored in full, or stopped at
+            ``max_share`` with its place in doubt: its values are estimates).
     """
 
     n: int
@@ -194,5 +201,5 @@ class EstimatedScoring(Strategy):
         estimated = sum(not f.full for f in fields)
         return (
             f"{estimated} estimated from part of their examples "
-            f"({sum(r.stopped for r in records)} stopped)"
+            f"({sum(r.stopped for r in records)} stopped by the front)"
         )

@@ -221,3 +221,21 @@ def test_a_resumed_study_goes_on_estimating(
     assert all(not r.seed_trial for r in later)  # the inputs are not scored again
     assert all(_fields(r).n == r.examples_scored for r in later if r.duplicate_of is None)
     assert any(r.stopped and r.examples_scored < 2 * ITEMS for r in later)  # fitted on resume
+
+
+def test_at_max_share_a_trial_in_doubt_keeps_its_estimates(
+    built: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    estimate = {"n": N, "confidence": 0.6, "max_share": N / ITEMS}  # the cap is the first look
+    config = _config(built, tmp_path, eval={"batch_size": 64, "seed": 3, "estimate": estimate})
+    assert main(["launch", str(config), "--workers", "1"]) == 0
+    sampler = [r for r in _records(tmp_path) if not r.seed_trial and r.duplicate_of is None]
+    assert sampler and all(r.examples_scored == 2 * N for r in sampler)
+    capped = [r for r in sampler if not r.stopped]
+    assert capped, "some of the random sampler's merges are in doubt at the first look"
+    for r in capped:
+        f = _fields(r)
+        assert not f.full and f.violation == 0.0 and r.feasible and r.examples == {}
+        assert list(r.values) == [f.estimates["pick_x"], f.estimates["pick_y"]]
+    capsys.readouterr()
+    assert main(["pareto", str(config), "--json"]) == 0  # estimates may stand on the front
