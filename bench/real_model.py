@@ -19,7 +19,8 @@ fine-tune trains only the top :data:`TOP_LAYERS` blocks: the hidden states enter
 computed once, then ``search.zoo.train.train`` (the demo pool's AdamW loop) runs on those cached
 states with the loss on the answer tokens. The skills are multiple-choice questions scored by
 lm-eval with the chat template (``eval.apply_chat_template: true``); the study's two objectives
-are ``numbers`` (compare, parity) and ``text`` (sentiment, topic), configs/real.yaml.
+are ``parity`` and ``topic`` (configs/real.yaml); the compare and sentiment fine-tunes are the
+checkpoints of other skills that lie around a pool.
 
 ``study`` runs the project's own commands on that config (paths moved under ``DIR``): ``launch``,
 ``pareto`` (the front, the held-out re-scores and the test-split verdict) and ``export --knee``.
@@ -161,17 +162,22 @@ SKILLS: dict[str, Callable[[random.Random], tuple[str, list[str], int]]] = {
     "sentiment": sentiment,
     "topic": topic,
 }
-# task-name suffix -> (generator stream, examples). Training draws from stream 0 and skips every
-# prompt of the splits. 48 search examples keep a trial near 10 s on 2 cores (4 tasks); the
-# test split's 200 per skill (400 per objective) make a paired SE of a few points.
-SPLITS = {"": (1, 48), "_heldout": (2, 96), "_test": (3, 200)}
+# task-name suffix -> (generator stream, examples). A multiple-choice question whose choices are
+# single tokens costs one forward pass (lm-eval scores them from one set of logits): ~0.15-0.3 s
+# on 2 cores with the chat template, so 32 examples per search task keep a 2-task trial near
+# 10-20 s; 100 test examples per task are what the verdict's paired SEs rest on.
+SPLITS = {"": (1, 32), "_heldout": (2, 48), "_test": (3, 100)}
+# Training skips this many prompts of each split's stream (the splits may grow up to them).
+RESERVED = {"": 48, "_heldout": 96, "_test": 200}
 
 
-def split_rows(skill: str) -> dict[str, list[dict[str, Any]]]:
-    """Every split's examples of ``skill``, distinct prompts across the splits."""
+def split_rows(skill: str, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every split's examples of ``skill`` (``sizes``: examples per split, default
+    :data:`SPLITS`), distinct prompts across the splits."""
     seen: set[str] = set()
     out: dict[str, list[dict[str, Any]]] = {}
     for suffix, (stream, count) in SPLITS.items():
+        count = count if sizes is None else sizes[suffix]
         rng = random.Random(f"{skill}:{stream}")
         rows: list[dict[str, Any]] = []
         for _ in range(100 * count):
@@ -188,8 +194,9 @@ def split_rows(skill: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def training_rows(skill: str, count: int, seed: int) -> list[tuple[str, str]]:
-    """``count`` (prompt, answer) pairs of ``skill``, none of them in a task split."""
-    held = {r["prompt"] for rows in split_rows(skill).values() for r in rows}
+    """``count`` (prompt, answer) pairs of ``skill``, none of them among the first
+    :data:`RESERVED` prompts of any split."""
+    held = {r["prompt"] for rows in split_rows(skill, RESERVED).values() for r in rows}
     rng = random.Random(f"{skill}:0:{seed}")
     rows: list[tuple[str, str]] = []
     while len(rows) < count:
