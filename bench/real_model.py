@@ -19,11 +19,12 @@ fine-tune trains only the top :data:`TOP_LAYERS` blocks: the hidden states enter
 computed once, then ``search.zoo.train.train`` (the demo pool's AdamW loop) runs on those cached
 states with the loss on the answer tokens. The skills are multiple-choice questions scored by
 lm-eval with the chat template (``eval.apply_chat_template: true``); the study's two objectives
-are ``parity`` and ``topic`` (configs/real.yaml); the compare and sentiment fine-tunes are the
+are ``sentiment`` and ``topic`` (configs/real.yaml); the compare and parity fine-tunes are
 checkpoints of other skills that lie around a pool.
 
 ``study`` runs the project's own commands on that config (paths moved under ``DIR``): ``launch``,
-``pareto`` (the front, the held-out re-scores and the test-split verdict) and ``export --knee``.
+``pareto`` (the front, the held-out re-scores and the test-split verdict) and ``export --knee``
+(``--launch-only``: the first alone).
 ``timing`` holds one resident model and both evaluators in one process, as eval_backends.py
 does, and times each part of a trial per back end; run it in the vLLM venv (``make vllm-venv``)
 for both, elsewhere it times ``hf`` alone. Figures: bench/README.md.
@@ -480,7 +481,7 @@ def study(args: argparse.Namespace) -> int:
         ["launch", str(cfg), "--workers", "1"],
         ["pareto", str(cfg)],
         ["export", str(cfg), "--knee", "--out", str(export), "--force"],
-    ]
+    ][: 1 if args.launch_only else 3]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for step in steps:
         start = time.perf_counter()
@@ -653,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     parsers["build"].add_argument("--force", action="store_true", help="retrain existing")
     parsers["study"].add_argument("--backend", choices=("hf", "vllm"), default="hf")
     parsers["study"].add_argument("--n-trials", type=int, help="override budget.n_trials")
+    parsers["study"].add_argument("--launch-only", action="store_true", help="no pareto, export")
     for name in ("timing", "merge-speed"):
         parsers[name].add_argument("--trials", type=int, default=4)
         parsers[name].add_argument("--dtype", default="bfloat16")
