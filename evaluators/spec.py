@@ -149,6 +149,12 @@ class EvalSpec(_Strict):
         return self
 
     @property
+    def device_share(self) -> float:
+        """The share of each GPU's memory the back end takes per worker beyond the resident
+        model: vLLM's ``gpu_memory_utilization``; 0 for ``hf``."""
+        return self.vllm.gpu_memory_utilization if self.backend == "vllm" else 0.0
+
+    @property
     def multiturn(self) -> bool:
         """``fewshot_as_multiturn`` as lm-eval uses it (its default resolved)."""
         if self.fewshot_as_multiturn is None:

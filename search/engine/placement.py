@@ -551,16 +551,25 @@ def choose_placement(
     )
 
 
-def place_workers(requested: str, sizes: PoolSizes, devices: Sequence[str]) -> PlacementChoice:
+def place_workers(
+    requested: str, sizes: PoolSizes, devices: Sequence[str], *, reserved_share: float = 0.0
+) -> PlacementChoice:
     """The placement of local workers on ``devices`` (one entry per worker), decided once so
     every worker agrees: :func:`choose_placement` with the free memory measured now, for
     ``auto``: the least free of the GPUs used (this opens a CUDA context on each) shared by the
-    workers on one GPU, and the host's available memory shared by all of them."""
+    workers on one GPU, and the host's available memory shared by all of them.
+
+    ``reserved_share``: the share of each GPU's total memory that every worker on it leaves to
+    another tenant started after this choice (vLLM's ``gpu_memory_utilization``): it is taken
+    from the free memory before the pool is placed (:func:`free_after_reserve`)."""
     device_free = host = None
     if requested == "auto":
-        gpus = sorted({d for d in devices if d.startswith("cuda")})
-        frees = [device_free_bytes(torch.device(d)) for d in gpus]
-        device_free = min(f for f in frees if f is not None) if gpus else None
+        counts = Counter(devices)
+        frees = []
+        for gpu in sorted(d for d in counts if d.startswith("cuda")):
+            free, total = torch.cuda.mem_get_info(torch.device(gpu))
+            frees.append(free_after_reserve(int(free), int(total), reserved_share, counts[gpu]))
+        device_free = min(frees) if frees else None
         host = host_available_bytes()
     return choose_placement(
         requested,
@@ -570,6 +579,12 @@ def place_workers(requested: str, sizes: PoolSizes, devices: Sequence[str]) -> P
         per_device=max(Counter(devices).values()),
         per_host=len(devices),
     )
+
+
+def free_after_reserve(free: int, total: int, share: float, workers: int) -> int:
+    """A device's free bytes once ``workers`` tenants took ``share`` of its ``total`` each
+    (never below 0): what is left for the workers' pools and resident models."""
+    return max(0, free - round(share * total * workers))
 
 
 def _size(n: int) -> str:

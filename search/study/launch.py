@@ -378,15 +378,8 @@ def join(cfg: StudyConfig, config_path: str | Path, console: Console) -> LaunchR
     study.sampler = worker_sampler(cfg, study, JOIN_SEED_OFFSET, secrets.randbits(63))
     deadline = started + cfg.budget.timeout_s if cfg.budget.timeout_s else None
     with console.progress(cfg, study) as progress:
-        result = run_worker(
-            cfg,
-            study,
-            storage,
-            runtime,
-            deadline=deadline,
-            on_trial=lambda _: progress.refresh(),
-            on_note=progress.write,
-        )
+        hooks = {"on_trial": lambda _: progress.refresh(), "on_note": progress.write}
+        result = run_worker(cfg, study, storage, runtime, deadline=deadline, **hooks)
     return LaunchResult(
         0,
         f"worker: {result.n_trials} trials run here ({result.n_duplicates} reused a scored "
@@ -398,9 +391,8 @@ def join(cfg: StudyConfig, config_path: str | Path, console: Console) -> LaunchR
 def pool_placement(
     cfg: StudyConfig, pool: CheckpointPool, devices: Sequence[str]
 ) -> PlacementChoice:
-    """``cfg.pool`` for local workers on ``devices``, decided once so every worker agrees
-    (:func:`search.engine.placement.place_workers` for the study's method: its base, linear or
-    not)."""
+    """``cfg.pool`` for local workers on ``devices``, decided once so every worker agrees, less
+    the GPU share each worker's vLLM engine will take (``place_workers``)."""
     method = get_method(cfg.merge.method)
     sizes = pool.sizes(needs_base=method.needs_base, linear=method.linear_coefficients is not None)
-    return place_workers(cfg.pool, sizes, devices)
+    return place_workers(cfg.pool, sizes, devices, reserved_share=cfg.eval.device_share)

@@ -22,6 +22,7 @@ from search.engine.placement import (
     PoolSizes,
     build_store,
     choose_placement,
+    free_after_reserve,
     split_ranges,
 )
 from search.engine.plan import MergePlan
@@ -261,6 +262,29 @@ def test_auto_on_cuda_is_device_then_host_then_disk():
 def test_a_requested_placement_is_kept_with_the_sizes():
     choice = choose_placement("host", SIZES, device_free=1, host_available=1)
     assert choice.placement == "host" and "requested" in choice.reason
+
+
+def test_a_vllm_share_comes_off_the_device_before_the_pool_is_placed():
+    """vLLM's gpu_memory_utilization is a share of the device's total memory per worker: the
+    pool is placed in what is left (a device pool that fits the free memory alone would not)."""
+    total, free = int(80 * GB), _need(9.5) + int(0.4 * 80 * GB)
+    left = free_after_reserve(free, total, 0.4, 1)
+    assert left == _need(9.5)
+    assert choose_placement("auto", SIZES, device_free=left, host_available=0).placement == "device"
+    smaller = free_after_reserve(free - int(GB), total, 0.4, 1)
+    assert choose_placement(
+        "auto", SIZES, device_free=smaller, host_available=_need(8)
+    ).placement == ("host")
+    assert free_after_reserve(free, total, 0.4, 3) == 0  # three engines: nothing left, never < 0
+    assert free_after_reserve(free, total, 0.0, 3) == free  # hf: no share taken
+
+
+def test_only_the_vllm_back_end_takes_a_device_share():
+    from evaluators.spec import EvalSpec
+
+    assert EvalSpec().device_share == 0.0
+    spec = EvalSpec(backend="vllm", vllm={"gpu_memory_utilization": 0.3})
+    assert spec.device_share == 0.3
 
 
 def test_pool_auto_resolves_at_open(tiny_zoo):
