@@ -47,6 +47,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip("needs a CUDA device")
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that builds a worker's runtime in-process sets torch's thread count (the worker's
+    ``workers.threads``); restore it after each test, so a later test computing in-process (a
+    Fisher, a Gram) sums in the same order as the subprocesses it is compared with."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_tasks_path() -> Path:
     return REPO / "configs" / "tasks" / "demo"
