@@ -347,8 +347,9 @@ def _worker_main(params: WorkerParams) -> None:
     sys.unraisablehook = _quiet_dropped_stop
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a worker that will not stop
     die_with_parent(params.parent)
+    opened: list[tuple[optuna.Study, optuna.storages.RDBStorage]] = []
     try:
-        code = _worker_body(params)
+        code = _worker_body(params, opened)
     except KeyboardInterrupt:
         code = 130
     except SystemExit as exc:  # stopped (SIGTERM) while loading or waiting for the go
@@ -358,12 +359,30 @@ def _worker_main(params: WorkerParams) -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    if code != 0 and opened:
+        _release_own(*opened[0])
     sys.exit(code)
 
 
-def _worker_body(params: WorkerParams) -> int:
+def _release_own(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """The last guard of a worker that stops early: fail and queue again any trial still
+    RUNNING under its own tag (``host:pid:``). ``run_worker`` hands its trial back as it
+    unwinds; a stop that lands again inside that hand-back would leave the trial running
+    until its heartbeat goes stale, or, with its launcher gone, until the next launch.
+    Stops are ignored by now, so this runs to its end; a storage that fails here leaves the
+    trial to go stale, as before."""
+    try:
+        release_trials(study, storage, f"{socket.gethostname()}:{os.getpid()}:")
+    except Exception:  # noqa: BLE001, S110 - the trial goes stale instead
+        pass
+
+
+def _worker_body(
+    params: WorkerParams, opened: list[tuple[optuna.Study, optuna.storages.RDBStorage]]
+) -> int:
     """Load the model and evaluator, report :class:`Ready`, wait for the go, run trials to the
-    budget; report how it ended. Returns the exit status (2: bad input, 1: a failure)."""
+    budget; report how it ended. Returns the exit status (2: bad input, 1: a failure).
+    ``opened`` gets the study and storage once they are open (:func:`_release_own`)."""
     cfg, index, events = params.cfg, params.index, params.events
     quiet_libraries()
     try:
@@ -383,6 +402,7 @@ def _worker_body(params: WorkerParams) -> int:
         where, limit = f"storage {redact(cfg.storage)}", cfg.workers.storage_retry_s
         storage = retrying(lambda: open_storage(cfg), where, limit)
         study = retrying(lambda: load_study(cfg, storage), where, limit)
+        opened.append((study, storage))
         token = params.launch_token.value
         study.sampler = retrying(
             lambda: worker_sampler(cfg, study, index, token or None), where, limit
@@ -409,14 +429,15 @@ def die_with_parent(parent: int) -> None:
     """Stop this worker (SIGTERM: its trial is failed and queued again) when ``parent`` dies.
 
     Linux delivers the signal itself once the parent exits (``prctl(PR_SET_PDEATHSIG)``, also
-    after a SIGKILL of the parent); a daemon thread checks the parent every ``PARENT_POLL_S``
-    as well (other systems, and a parent gone before the prctl took effect).
+    after a SIGKILL of the parent); elsewhere a daemon thread checks the parent every
+    ``PARENT_POLL_S``. A parent gone before the prctl took effect is found at once.
     """
+    armed = False
     if sys.platform.startswith("linux"):
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -425,7 +446,8 @@ def die_with_parent(parent: int) -> None:
 
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    elif not armed:  # one stop only: a second, a moment after the first, could cut its hand-back
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _quiet_dropped_stop(unraisable: Any) -> None:

@@ -395,10 +395,10 @@ def run_worker(
                 )
             continue
         except BaseException as exc:
+            stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+            if stopped:
+                stop_redelivery()  # first: a stop delivered again here would skip the hand-back
             if not is_outage(exc):
-                stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
-                if stopped:
-                    stop_redelivery()
                 if trial is not None:
                     with stops_held():  # a second stop must not leave the trial half given up
                         _give_up(study, storage, trial, requeue=stopped)

@@ -3,7 +3,9 @@ SQLite storage)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.study import worker
 from search.study.config import WorkersConfig, parse_config
-from search.study.processes import raise_system_exit
+from search.study.processes import _release_own, raise_system_exit
 from search.study.storage import Budget, claim_trial, connect
 from search.study.worker import Runtime, run_worker
 from tests.search.study_fixtures import build_pool_and_tasks, study_config
@@ -151,3 +153,22 @@ def test_a_worker_killed_inside_its_claim_leaves_a_trial_that_is_retried(tmp_pat
     first, retry = study.get_trials(deepcopy=False)
     assert first.state == TrialState.FAIL
     assert retry.system_attrs["failed_trial"] == first.number
+
+
+def test_a_worker_that_exits_holding_a_trial_hands_it_back(tmp_path: Path) -> None:
+    """The last guard of a stopping worker (``_release_own``): a trial still RUNNING under this
+    process's tag (its hand-back cut short) is failed and queued again with the same parameters;
+    another process's trial is left alone."""
+    storage = connect(f"sqlite:///{tmp_path / 'own.db'}", WorkersConfig(heartbeat_s=1), create=True)
+    study = optuna.create_study(study_name="own", storage=storage)
+    host = socket.gethostname()
+    mine = claim_trial(study, storage, Budget(n_trials=5), worker=f"{host}:{os.getpid()}:cpu")
+    other = claim_trial(study, storage, Budget(n_trials=5), worker=f"{host}:1:cpu")
+    assert mine is not None and other is not None
+    mine.suggest_float("x", 0, 1)
+    _release_own(study, storage)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert by_number[mine.number].state == TrialState.FAIL
+    assert by_number[other.number].state == TrialState.RUNNING
+    retry = [t for t in by_number.values() if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].params == by_number[mine.number].params

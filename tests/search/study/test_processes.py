@@ -87,10 +87,10 @@ def test_a_launcher_killed_takes_its_workers_with_it(pool_paths: dict[str, Any])
     proc = launch_in_group(config, "--workers", "2", cwd=pool_paths["root"])
     wait_for(lambda: len(complete(trials("killed", storage))) >= 2, "two trials", proc)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    _, err = proc.communicate()  # the workers write to the same pipe: read until they exit
     wait_for(lambda: not group_members(proc.pid), "the orphaned workers to exit", limit_s=60)
     ts = trials("killed", storage)  # no process of the launch is left to change them
-    assert not running("killed", storage)
+    assert not running("killed", storage), err
     failed = [t for t in ts if t.state == optuna.trial.TrialState.FAIL]
     for t in failed:  # the trials the workers held: queued again with the same parameters
         retry = queued_again(t, ts)
