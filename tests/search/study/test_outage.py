@@ -3,22 +3,15 @@ PostgreSQL server of the test's own (never the shared one), restarted mid-launch
 budget by itself; stopped for longer than ``workers.storage_retry_s``, the launch ends with one
 line per worker and a non-zero exit, no traceback.
 
-The server runs from ``/usr/lib/postgresql/15/bin`` as the ``postgres`` user (``initdb``
-refuses root), listening on a unix socket only, in a temporary folder. Without the binaries the
-tests skip with the reason; with ``CI`` set they fail instead.
+The server (:mod:`tests.search.pg_server`) listens on a unix socket only. Without the
+PostgreSQL binaries the tests skip with the reason; with ``CI`` set they fail instead.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +22,7 @@ import sqlalchemy.exc
 
 from search.errors import UserError
 from search.study.storage import is_outage, retrying
+from tests.search.pg_server import Server, throwaway_server
 from tests.search.study_fixtures import (
     build_pool_and_tasks,
     launch_in_group,
@@ -38,87 +32,11 @@ from tests.search.study_fixtures import (
     write_config,
 )
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _why_not() -> str | None:
-    """Why a throwaway server cannot run here, or ``None``."""
-    if not (PG_BIN / "initdb").is_file() or not (PG_BIN / "pg_ctl").is_file():
-        return f"no PostgreSQL server binaries in {PG_BIN}"
-    if os.geteuid() == 0 and (shutil.which("runuser") is None or not _has_user("postgres")):
-        return "running as root without `runuser` or a `postgres` user (initdb refuses root)"
-    return None
-
-
-def _has_user(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A throwaway PostgreSQL cluster: unix socket in ``root``, trust auth, no TCP."""
-
-    root: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@/postgres?host={self.root}&port={self.port}"
-
-    def _as_owner(self, *cmd: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *cmd], check=True, capture_output=True, timeout=60)
-
-    def ctl(self, *args: str) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=''"
-        self._as_owner(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(self.root / "data"),
-            "-l",
-            str(self.root / "log"),
-            "-o",
-            options,
-            "-w",
-            *args,
-        )
-
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    why = _why_not()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a throwaway PostgreSQL server: {why}")
-        pytest.skip(why)
-    root = Path(tempfile.mkdtemp(prefix="pg-"))  # short: a socket path has at most 107 bytes
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    srv = Server(root, _free_port())
-    srv._as_owner(
-        str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust"
-    )
-    srv.ctl("start")
-    try:
+    with throwaway_server() as srv:
         yield srv
-    finally:
-        try:
-            srv.ctl("stop", "-m", "immediate")
-        except subprocess.CalledProcessError:
-            pass  # already stopped
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
