@@ -23,10 +23,6 @@ renamed into place, so a crash leaves no half-written entry.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,25 +38,17 @@ from search.engine.materialize import model_parameters
 from search.engine.model import load_model
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
+from search.strategies import calibrated
 from search.strategies.fisher.diagonal import diagonal_fisher
 from search.strategies.fisher.method import EXTRAS as LABEL
 
 CACHE_VERSION = 1  # bump when what is cached changes meaning
 FISHER_FILE = "fisher.safetensors"
-META_FILE = "meta.json"
 
 
 def cache_key(fingerprint: Mapping[str, Any], data: Calibration, dtype: torch.dtype) -> str:
     """The cache folder name of one checkpoint's Fisher on ``data``."""
-    payload = {
-        "version": CACHE_VERSION,
-        "checkpoint": dict(fingerprint),
-        **data.describe(),
-        "dtype": str(dtype).removeprefix("torch."),
-    }
-    del payload["data"]  # the label: the same examples from another path share the entry
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return calibrated.cache_key(fingerprint, data, dtype, CACHE_VERSION)
 
 
 @dataclass(frozen=True)
@@ -108,7 +96,7 @@ def load_fishers(
             model, tokenizer = load_model(pool)
         examples = _one_example_batches(data, model, tokenizer, pool.device)
         params = model_parameters(pool, model)
-        bar = _bar(len(missing) * len(examples), progress)
+        bar = calibrated.progress_bar(len(missing) * len(examples), progress)
         for i in missing:
             bar.set_description(f"fisher {pool.names[i]}")
             with torch.no_grad():  # the model becomes checkpoint i
@@ -118,7 +106,13 @@ def load_fishers(
             computed[i] = {n: t.float().cpu() for n, t in fisher.items()}
             passes += len(examples)
             if folder is not None:
-                _write_entry(folder, keys[i], computed[i], fingerprints[i], data, pool.dtype)
+                calibrated.write_entry(
+                    folder,
+                    keys[i],
+                    FISHER_FILE,
+                    computed[i],
+                    calibrated.entry_meta(fingerprints[i], data, pool.dtype, CACHE_VERSION),
+                )
         bar.close()
     source = {**data.describe(), "cache": [str(folder / k) for k in keys] if folder else None}
     records = tuple(e.to_json() for e in data.examples)
@@ -173,41 +167,3 @@ def _one_example_batches(data: Calibration, model: Any, tokenizer: Any, device: 
         raise UserError(f"{data.label}: no calibration example has a token to score")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return [batches([pair], 1, pad, device)[0] for pair in tokenized]
-
-
-def _write_entry(
-    folder: Path,
-    key: str,
-    fisher: Mapping[str, torch.Tensor],
-    fingerprint: Mapping[str, Any],
-    data: Calibration,
-    dtype: torch.dtype,
-) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder))
-    try:
-        save_file({n: t.contiguous() for n, t in fisher.items()}, str(tmp / FISHER_FILE))
-        meta = {
-            "checkpoint": dict(fingerprint),
-            **data.describe(),
-            "dtype": str(dtype).removeprefix("torch."),
-            "version": CACHE_VERSION,
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            tmp.rename(folder / key)
-        except OSError:  # another worker wrote the same entry meanwhile: keep theirs
-            if not (folder / key / FISHER_FILE).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="example", disable=not enabled, leave=False)

@@ -16,24 +16,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.calibration import CalibrationSection
+from search.strategies.calibrated import CalibratedExtras
 from search.strategies.regmean.method import REGMEAN
-from search.study.storage import sqlite_path
-from search.study.strategy import Offers, Strategy, parse_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from search.calibration import Calibration
     from search.engine.pool import CheckpointPool
-    from search.study.strategy import Scratch
-    from search.study.worker import Runtime
 
 SECTION = "merge.regmean"
-SIGNATURE_KEY = "regmean"  # the search space signature's entry: the calibration's description
 
 
 class RegMeanConfig(CalibrationSection):
@@ -42,82 +34,25 @@ class RegMeanConfig(CalibrationSection):
     study's SQLite file."""
 
 
-class RegMeanCalibration(Strategy):
-    """The RegMean strategy (see the module docstring)."""
+class RegMeanCalibration(CalibratedExtras):
+    """The RegMean strategy (see the module docstring and :class:`CalibratedExtras`)."""
 
     name = "regmean"
+    path = SECTION
+    method = REGMEAN.name
+    settings_type = RegMeanConfig
+    statistic = "Grams"
+    label = "RegMean"
 
-    def check(self) -> None:
-        method = self.cfg.merge.method
-        if self.section is None:
-            raise ValueError(
-                f"{SECTION}: method {method!r} needs calibration data: "
-                "{data: FILE.txt|FILE.jsonl, examples: N} or {tasks: from_objectives}"
-            )
-        if method != REGMEAN.name:
-            raise ValueError(f"{SECTION}: method {method!r} reads no Grams; remove {SECTION}")
-        self.settings = parse_settings(RegMeanConfig, self.section, SECTION)
-        self._calibration: Calibration | None = None
+    def load(self, pool: CheckpointPool, model: Any = None, tokenizer: Any = None) -> Any:
+        from search.strategies.regmean.cache import load_grams
 
-    def offers(self) -> Offers:
-        return Offers(
-            files=self.files,
-            protected=self.protected,
-            signature=self.signature,
-            prepare_export=self.prepare_export,
-        )
+        return load_grams(pool, self.calibration, self.cache_dir, model, tokenizer)
 
-    def files(self) -> list[tuple[str, Path]]:
-        data = self.settings.data
-        return [(f"{SECTION}.data", data)] if data is not None else []
-
-    def protected(self) -> list[tuple[str, Path]]:
-        return [("the RegMean cache", self.cache_dir)]
-
-    @property
-    def calibration(self) -> Calibration:
-        """The calibration examples (read once: bad data fails here, before any work)."""
-        if self._calibration is None:
-            from search.calibration import read_calibration
-
-            cfg = self.cfg
-            self._calibration = read_calibration(
-                self.settings, cfg.objectives, cfg.eval_spec(), cfg.eval.seed, SECTION
-            )
-        return self._calibration
-
-    @property
-    def cache_dir(self) -> Path:
-        """``merge.regmean.cache_dir``, else ``.regmean`` beside the study's SQLite file."""
-        if self.settings.cache_dir is not None:
-            return self.settings.cache_dir
-        db = sqlite_path(self.cfg.storage)
-        return (db.parent if db is not None else Path("studies")) / ".regmean"
-
-    def signature(self) -> Mapping[str, Any]:
-        return {SIGNATURE_KEY: self.calibration.describe()}
-
-    def needs_precompute(self, new_study: bool) -> bool:
-        return True  # fill the cache once, not in every worker
-
-    def precompute(self, scratch: Scratch, new_study: bool) -> list[str]:
-        done = self.load(scratch.pool, scratch.model, scratch.tokenizer)
-        k = len(scratch.pool.names)
-        return [
+    def loaded(self, done: Any, k: int) -> str:
+        return (
             f"RegMean Grams of {done.layers} linear layers for {k} checkpoints on "
             f"{len(self.calibration.examples)} examples ({self.calibration.label}): "
             f"{len(done.computed)} computed, {k - len(done.computed)} from the cache "
             f"{self.cache_dir}, in {done.seconds:.1f} s"
-        ]
-
-    def prepare_runtime(self, runtime: Runtime) -> None:
-        self.load(runtime.pool, runtime.model, runtime.tokenizer)
-
-    def prepare_export(self, pool: CheckpointPool) -> None:
-        self.load(pool)
-
-    def load(self, pool: CheckpointPool, model: Any = None, tokenizer: Any = None) -> Any:
-        """Every checkpoint's Grams into ``pool``: from the cache, the missing ones computed."""
-        from search.strategies.regmean.cache import load_grams
-
-        return load_grams(pool, self.calibration, self.cache_dir, model, tokenizer)
+        )

@@ -17,10 +17,6 @@ half-written entry.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,27 +34,18 @@ from search.engine.materialize import model_parameters
 from search.engine.model import load_model
 from search.engine.pool import CheckpointPool
 from search.errors import UserError
+from search.strategies import calibrated
 from search.strategies.regmean.gram import gram_matrices, linear_layers
 from search.strategies.regmean.method import EXTRAS
 
 CACHE_VERSION = 1  # bump when what is cached changes meaning
 GRAM_FILE = "gram.safetensors"
-META_FILE = "meta.json"
 BATCH = 8  # examples per forward pass (padding is masked out of the Grams)
 
 
 def cache_key(fingerprint: Mapping[str, Any], data: Calibration, dtype: torch.dtype) -> str:
     """The cache folder name of one checkpoint's Grams on ``data``."""
-    payload = {
-        "version": CACHE_VERSION,
-        "kind": EXTRAS,
-        "checkpoint": dict(fingerprint),
-        **data.describe(),
-        "dtype": str(dtype).removeprefix("torch."),
-    }
-    del payload["data"]  # the label: the same examples from another path share the entry
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return calibrated.cache_key(fingerprint, data, dtype, CACHE_VERSION, kind=EXTRAS)
 
 
 @dataclass(frozen=True)
@@ -107,7 +94,8 @@ def load_grams(
         if not layers:
             raise UserError("regmean: the model has no linear layer inside its transformer blocks")
         examples = _batches(data, model, tokenizer, pool.device)
-        bar = _bar(len(missing) * sum(int(b[0].shape[0]) for b in examples), progress)
+        total = len(missing) * sum(int(b[0].shape[0]) for b in examples)
+        bar = calibrated.progress_bar(total, progress)
         for i in missing:
             bar.set_description(f"gram {pool.names[i]}")
             with torch.no_grad():  # the model becomes checkpoint i
@@ -116,7 +104,13 @@ def load_grams(
             grams = gram_matrices(model, layers, examples, on_batch=bar.update)
             computed[i] = {n: g.cpu() for n, g in grams.items()}
             if folder is not None:
-                _write_entry(folder, keys[i], computed[i], fingerprints[i], data, pool.dtype)
+                calibrated.write_entry(
+                    folder,
+                    keys[i],
+                    GRAM_FILE,
+                    computed[i],
+                    calibrated.entry_meta(fingerprints[i], data, pool.dtype, CACHE_VERSION),
+                )
         bar.close()
         shapes = {n: (layer.in_features, layer.in_features) for n, layer in layers.items()}
     else:  # all cached: the layers are those of the first entry (every file is checked)
@@ -167,41 +161,3 @@ def _batches(data: Calibration, model: Any, tokenizer: Any, device: Any) -> list
         raise UserError(f"{data.label}: no calibration example has a token to score")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return batches(tokenized, BATCH, pad, device)
-
-
-def _write_entry(
-    folder: Path,
-    key: str,
-    grams: Mapping[str, torch.Tensor],
-    fingerprint: Mapping[str, Any],
-    data: Calibration,
-    dtype: torch.dtype,
-) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder))
-    try:
-        save_file({n: t.contiguous() for n, t in grams.items()}, str(tmp / GRAM_FILE))
-        meta = {
-            "checkpoint": dict(fingerprint),
-            **data.describe(),
-            "dtype": str(dtype).removeprefix("torch."),
-            "version": CACHE_VERSION,
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            tmp.rename(folder / key)
-        except OSError:  # another worker wrote the same entry meanwhile: keep theirs
-            if not (folder / key / GRAM_FILE).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="example", disable=not enabled, leave=False)
