@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +55,10 @@ def main() -> None:
     parser.add_argument("--no-clean", action="store_true", help="skip the run without faults")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a temp)")
     args = parser.parse_args()
+    # stopped from a shell (nohup ... &, where SIGINT is ignored): unwind, so the launch, the
+    # PostgreSQL server and the tmpfs are cleaned up
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.trials < 1 or args.workers < 1 or args.faults < 0 or not 0 < args.interval[0]:
         parser.error("--trials, --workers >= 1; --faults >= 0; --interval > 0")
     root = args.root or Path(tempfile.mkdtemp(prefix="soak-"))
@@ -99,6 +104,12 @@ def show(r: SoakReport) -> None:
         f"retries {r.retries.retries}, results dropped by woken workers {r.dropped}, "
         f"tracebacks printed {r.tracebacks}"
     )
+    if r.outlived_s:
+        o = sorted(r.outlived_s)
+        print(
+            f"   a killed launcher's workers were gone after median {o[len(o) // 2]:.1f} s, "
+            f"max {o[-1]:.1f} s ({len(o)} kills)"
+        )
     print(f"   checker: {'holds' if not r.violations else 'VIOLATED'}")
     for line in r.violations:
         print(f"     {line}")

@@ -124,6 +124,14 @@ def worker_pids(launcher: int) -> list[int]:
     return sorted(out)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def cli_env(tmp: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if tmp is not None:
@@ -218,6 +226,7 @@ class Injector(threading.Thread):
         self.done = threading.Event()
         self.events: list[Event] = []
         self.full_exports: list[tuple[int, int, bool]] = []  # exit code, stderr lines, folder left
+        self.outlived_s: list[float] = []  # how long a killed launcher's workers lived on
         self.started = time.monotonic()
         self._round: list[str] = []
 
@@ -360,13 +369,25 @@ class Injector(threading.Thread):
         held = self.holders()
         if proc is None or not held:
             return False
+        workers = worker_pids(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         self.note(
             "kill_launcher",
             f"SIGKILL launcher {proc.pid} (its workers stop with it; running trials "
             f"{sorted(held.values())})",
         )
+        threading.Thread(target=self._outlived, args=(proc.pid, workers), daemon=True).start()
         return True
+
+    def _outlived(self, launcher: int, workers: list[int]) -> None:
+        """Note how long a killed launcher's workers lived on (they stop with it)."""
+        start = time.monotonic()
+        while any(alive(pid) for pid in workers) and time.monotonic() - start < 600:
+            time.sleep(0.2)
+        gone = time.monotonic() - start
+        self.outlived_s.append(gone)
+        detail = f"workers of launcher {launcher} gone {gone:.1f} s after it"
+        self.note("kill_launcher", detail, applied=False)
 
 
 # ------------------------------------------------------------------------------------- driving
@@ -519,6 +540,7 @@ class SoakReport:
     export: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     full_exports: list[tuple[int, int, bool]] = field(default_factory=list)
+    outlived_s: list[float] = field(default_factory=list)  # a killed launcher's workers
 
 
 def soak_config(paths: dict[str, Any], name: str, storage: str, s: SoakSettings) -> dict[str, Any]:
@@ -587,4 +609,5 @@ def run_soak(
         export=scored,
         events=injector.events if injector is not None else [],
         full_exports=injector.full_exports if injector is not None else [],
+        outlived_s=injector.outlived_s if injector is not None else [],
     )
