@@ -16,7 +16,7 @@ trial. Then the same study without faults (``--clean``) for the wall-time overhe
 faults applied by kind, the trials retried, the checker's result and the ratio; writes it all as
 JSON to ``<root>/soak.json``. Needs root (tmpfs mounts) and PostgreSQL's server binaries.
 
-    python bench/soak.py --trials 300 --workers 4 --faults 45 --interval 15 30
+    python bench/soak.py --trials 2400 --workers 4 --faults 50 --interval 15 18 --limit 10
 """
 
 from __future__ import annotations
