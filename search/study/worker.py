@@ -12,7 +12,9 @@ A worker paused or cut off for longer than the grace period finds, when it wakes
 as stale and queued again: before each write and the tell it checks that the trial is still
 RUNNING and its own (:func:`check_held`, one read of the storage; Optuna refuses a write to a
 finished trial in the same transaction as the write), and otherwise drops its result with one
-line (:class:`TrialLost`) and takes the next trial.
+line (:class:`TrialLost`) and takes the next trial. A worker cut off from the network sees an
+outage instead (its connections give up on the silence): once the storage is back, handing the
+trial back, it finds the trial failed as stale and says so in the same line (:func:`dropped`).
 
 A trial that cannot be scored for what it is (its merge holds NaN or Inf: :class:`TrialFailed`)
 is failed with its reason (``TrialRecord.failed``) and not retried; the study goes on.
