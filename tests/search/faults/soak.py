@@ -11,7 +11,7 @@ trials). What runs, as a user would run it:
   again (a resume), as the summary line tells a user to do;
 - :class:`Injector`, a thread, applies one fault every ``interval_s`` (seeded, bounded in count,
   each round of kinds a seeded permutation, so every kind comes up), logging each action with
-  its time:
+  its time (``overlap``: a pause or a full disk lasts on while the next faults come):
 
   - ``kill_worker``: SIGKILL one worker of the running launch;
   - ``stop_worker``: SIGSTOP one worker for ``stop_factor`` x the grace period, then SIGCONT;
@@ -65,6 +65,8 @@ class FaultPlan:
     stop_factor: float = 3.0  # a stopped worker sleeps this many grace periods
     fill_s: float = 10.0  # the filesystem stays full at least this long
     first_after_s: float | None = None  # the first fault (default: one interval after the start)
+    shuffle: bool = True  # each round of kinds a seeded permutation (else in ``kinds``' order)
+    overlap: bool = False  # a pause or a full disk lasts on while the next faults come
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ class Injector(threading.Thread):
         self.outlived_s: list[float] = []  # how long a killed launcher's workers lived on
         self.started = time.monotonic()
         self._round: list[str] = []
+        self._holds: list[threading.Thread] = []  # pauses and full disks lasting on (overlap)
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -249,12 +252,15 @@ class Injector(threading.Thread):
             else:
                 self._round.insert(0, kind)  # try the same kind again soon
                 wait = 1.0
+        for hold in self._holds:
+            hold.join()
         self.note("injector", f"stopped after {applied} faults", applied=False)
 
     def next_kind(self) -> str:
         if not self._round:
             self._round = list(self.plan.kinds)
-            self.rng.shuffle(self._round)
+            if self.plan.shuffle:
+                self.rng.shuffle(self._round)
         return self._round.pop(0)
 
     def note(self, kind: str, detail: str, applied: bool = True) -> None:
@@ -316,11 +322,23 @@ class Injector(threading.Thread):
         hold = self.plan.stop_factor * self.grace_s
         os.kill(pid, signal.SIGSTOP)
         self.note("stop_worker", f"SIGSTOP worker {pid} (running trial {number}) for {hold:.0f} s")
+        self._hold(self._wake, pid, hold)
+        return True
+
+    def _hold(self, then: Any, *args: Any) -> None:
+        """Run ``then`` (the rest of a fault that lasts) now, or beside the next faults."""
+        if not self.plan.overlap:
+            then(*args)
+            return
+        thread = threading.Thread(target=then, args=args, name=f"fault-{then.__name__}")
+        thread.start()
+        self._holds.append(thread)
+
+    def _wake(self, pid: int, hold: float) -> None:
         time.sleep(hold)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
         self.note("stop_worker", f"SIGCONT worker {pid}", applied=False)
-        return True
 
     def restart_postgres(self) -> bool:
         if not self.holders():
@@ -331,9 +349,9 @@ class Injector(threading.Thread):
         return True
 
     def fill_disk(self) -> bool:
-        if not self.holders():
-            return False
         filler = self.disk / "filler"
+        if filler.exists() or not self.holders():  # still full from the last time
+            return False
         target = self.disk / f"export-during-fill-{len(self.events)}"
         with filler.open("wb") as f:
             free = os.statvfs(self.disk).f_bavail * os.statvfs(self.disk).f_frsize
@@ -341,6 +359,11 @@ class Injector(threading.Thread):
         left = os.statvfs(self.disk).f_bavail
         start = time.monotonic()
         self.note("fill_disk", f"filled {self.disk} with {free:,} bytes ({left} blocks left)")
+        self._hold(self._full, filler, target, start)
+        return True
+
+    def _full(self, filler: Path, target: Path, start: float) -> None:
+        """While the disk is full: an export tried into it; then free it."""
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "search.cli", "export", *self.export, "--out", str(target)],
@@ -362,7 +385,6 @@ class Injector(threading.Thread):
         finally:
             filler.unlink()
         self.note("fill_disk", f"freed after {time.monotonic() - start:.1f} s", applied=False)
-        return True
 
     def kill_launcher(self) -> bool:
         proc = self.launches.running()

@@ -1,8 +1,8 @@
 """A short soak (tests/search/faults/soak.py; bench/soak.py runs the long one): a 40-trial study,
-2 workers on a throwaway PostgreSQL, one fault of each kind a few seconds apart (SIGKILL a
-worker mid-trial, SIGSTOP one past the grace period, restart PostgreSQL, fill the study's
-filesystem while an export is tried into it, SIGKILL the launcher and launch again); at the end
-the checker holds and nothing printed a traceback."""
+2 workers on a throwaway PostgreSQL, one fault of each kind a second or two apart (SIGKILL the
+launcher and launch again, SIGSTOP a worker mid-trial past the grace period, fill the study's
+filesystem while an export is tried into it, restart PostgreSQL, SIGKILL a worker mid-trial); at
+the end the checker holds and nothing printed a traceback."""
 
 from __future__ import annotations
 
@@ -23,7 +23,18 @@ def test_a_study_under_one_fault_of_each_kind_ends_as_it_must(tiny_zoo, tmp_path
         pytest.skip(why)
     paths = build_pool_and_tasks(tmp_path, tiny_zoo)
     settings = SoakSettings(n_trials=40, workers=2, limit=6, grace_s=3, disk="8m")
-    plan = FaultPlan(seed=1, interval_s=(3.0, 5.0), max_faults=len(KINDS), fill_s=3.0)
+    # the launcher first (its resume takes longest), then the rest a second or two apart, a
+    # pause and a full disk lasting on meanwhile: every kind lands before the budget is spent
+    kinds = ("kill_launcher", "stop_worker", "fill_disk", "restart_postgres", "kill_worker")
+    plan = FaultPlan(
+        seed=1,
+        interval_s=(1.0, 2.0),
+        max_faults=len(kinds),
+        kinds=kinds,
+        shuffle=False,
+        overlap=True,
+        fill_s=3.0,
+    )
     with throwaway_server() as server:
         report = run_soak(tmp_path, paths, server, "short", settings, plan, score_export=False)
     log = "\n".join(f"{e.at_s:7.1f} {e.kind}: {e.detail}" for e in report.events)
