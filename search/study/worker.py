@@ -12,7 +12,9 @@ A worker paused or cut off for longer than the grace period finds, when it wakes
 as stale and queued again: before each write and the tell it checks that the trial is still
 RUNNING and its own (:func:`check_held`, one read of the storage; Optuna refuses a write to a
 finished trial in the same transaction as the write), and otherwise drops its result with one
-line (:class:`TrialLost`) and takes the next trial.
+line (:class:`TrialLost`) and takes the next trial. A worker cut off from the network sees an
+outage instead (its connections give up on the silence): once the storage is back, handing the
+trial back, it finds the trial failed as stale and says so in the same line (:func:`dropped`).
 
 A trial that cannot be scored for what it is (its merge holds NaN or Inf: :class:`TrialFailed`)
 is failed with its reason (``TrialRecord.failed``) and not retried; the study goes on.
@@ -389,10 +391,7 @@ def run_worker(
                 lost = (
                     str(exc) if isinstance(exc, TrialLost) else f"trial {trial.number} is finished"
                 )
-                on_note(
-                    f"{lost}: failed as stale while this worker was paused or cut off, and "
-                    "queued again; its result is dropped, taking the next trial"
-                )
+                on_note(dropped(lost))
             continue
         except BaseException as exc:
             stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
@@ -407,7 +406,10 @@ def run_worker(
             outage.wait(exc)  # past the limit: UserError, the trial left to go stale
             if trial is not None:  # not told: fail it and queue it again (another may run it)
                 with stops_held():
-                    outage.retry(functools.partial(_give_up, study, storage, trial, requeue=True))
+                    give_up = functools.partial(_give_up, study, storage, trial, requeue=True)
+                    found = outage.retry(give_up)
+                if found is not None and lost_to_staleness(found) and on_note is not None:
+                    on_note(dropped(f"trial {trial.number} is FAIL"))  # cut off past the grace
             continue
         if frozen.state == TrialState.FAIL:
             continue  # the same, found at tell
@@ -460,14 +462,34 @@ def stop_redelivery() -> None:
 
 def _give_up(
     study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, *, requeue: bool
-) -> None:
-    """Fail the trial; when the worker was interrupted, queue the same parameters again."""
-    if storage.get_trial(trial._trial_id).state.is_finished():
-        return  # failed as stale by another worker, which queued it again
+) -> optuna.trial.FrozenTrial | None:
+    """Fail the trial; when the worker was interrupted, queue the same parameters again.
+
+    Returns the trial as found when it was already finished (nothing is done then: e.g. failed
+    as stale by another worker, which queued it again), else ``None``."""
+    frozen = storage.get_trial(trial._trial_id)
+    if frozen.state.is_finished():
+        return frozen
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     retry = storage.get_heartbeat_stale_trial_callback()
     if requeue and retry is not None:
         retry(study, storage.get_trial(trial._trial_id))
+    return None
+
+
+def lost_to_staleness(frozen: optuna.trial.FrozenTrial) -> bool:
+    """A trial found FAIL without a reason of its own (``TrialRecord.failed``): another worker
+    failed it as stale (a tell of this worker's that reached the storage before the outage
+    left it COMPLETE, PRUNED, or FAIL with its reason)."""
+    return frozen.state == TrialState.FAIL and TrialRecord.from_trial(frozen).failed is None
+
+
+def dropped(lost: str) -> str:
+    """The one line of a result dropped because its trial is no longer this worker's."""
+    return (
+        f"{lost}: failed as stale while this worker was paused or cut off, and queued again; "
+        "its result is dropped, taking the next trial"
+    )
 
 
 def worker_tag(device: object) -> str:

@@ -91,6 +91,21 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def create_study(config: Path) -> None:
+    """Create the study (its seed trials queued) without running a trial."""
+    from search.engine.pool import CheckpointPool
+    from search.study.config import load_config
+    from search.study.space import SearchSpace
+    from search.study.storage import create_or_resume, open_storage
+
+    cfg = load_config(config)
+    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
+    space = SearchSpace.build(cfg, pool.names)
+    create_or_resume(
+        cfg, open_storage(cfg, create=True), space, pool.identity.fingerprint(), config
+    )
+
+
 def cli(*args: str, cwd: Path) -> subprocess.Popen:
     """``merge-search ARGS`` in a child process (as a user runs it from a shell)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +68,9 @@ def connect(
     ``postgresql://`` is what every Optuna tool expects; SQLAlchemy maps it to psycopg 3, which
     merge-search depends on. With ``workers`` the storage writes heartbeats and retries the
     trial of a worker that died (at most ``workers.max_retry`` times); without, it is a plain
-    reader (the dashboard). A missing SQLite file is a ``UserError`` unless ``create``.
+    reader (the dashboard); on PostgreSQL its connections are also closed after that long a
+    silence (:func:`silence_limits`, the grace period: a host cut off from the network). A
+    missing SQLite file is a ``UserError`` unless ``create``.
     """
 
     db = sqlite_path(url)
@@ -83,6 +86,9 @@ def connect(
         engine_kwargs["connect_args"] = {"timeout": 120}
     else:
         engine_kwargs["pool_pre_ping"] = True
+        if workers is not None:
+            grace = workers.grace_s or 2 * workers.heartbeat_s
+            engine_kwargs["connect_args"] = silence_limits(url, grace)
     try:
         with quiet_experimental():
             liveness: dict[str, Any] = {}
@@ -102,6 +108,44 @@ def connect(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # the cause kept: an outage (``is_outage``) is retried by whoever waits it out
         raise UserError(f"storage: cannot open {redact(url)}: {first}") from exc
+
+
+def silence_limits(url: str, seconds: float) -> dict[str, Any]:
+    """psycopg connection settings under which a PostgreSQL connection silent for about
+    ``seconds`` is closed, on the server's end and on the worker's.
+
+    A host cut off from the network answers nothing, not even a reset: without these, the
+    server keeps the session of a worker cut off inside a transaction for hours (the kernel's
+    keepalive default), with its locks, so a worker cut off while it held the budget lock
+    would stop every other host's claim; and the worker's own calls would hang for the
+    kernel's retransmission limit (about 15 minutes) before ``workers.storage_retry_s`` even
+    starts. The server's end: TCP keepalives and ``tcp_user_timeout`` (PostgreSQL 12 or
+    later) set for the session through libpq's ``options``; the worker's: libpq's own
+    ``keepalives*``, ``tcp_user_timeout`` and ``connect_timeout``. A healthy peer's kernel
+    answers keepalive probes however busy the process is, so only silence closes a session.
+    Settings the URL already names are kept (its ``options`` come first).
+    """
+    s = max(2, math.ceil(seconds))  # libpq's connect_timeout is at least 2 s
+    probe = max(1, s // 3)
+    server = {
+        "tcp_keepalives_idle": s,
+        "tcp_keepalives_interval": probe,
+        "tcp_keepalives_count": 3,
+        "tcp_user_timeout": s * 1000,  # milliseconds
+    }
+    given = make_url(url).query
+    options = " ".join(f"-c {k}={v}" for k, v in server.items())
+    if isinstance(mine := given.get("options"), str):
+        options = f"{mine} {options}"
+    client: dict[str, Any] = {
+        "keepalives": 1,
+        "keepalives_idle": s,
+        "keepalives_interval": probe,
+        "keepalives_count": 3,
+        "tcp_user_timeout": s * 1000,
+        "connect_timeout": s,
+    }
+    return {"options": options, **{k: v for k, v in client.items() if k not in given}}
 
 
 @contextlib.contextmanager

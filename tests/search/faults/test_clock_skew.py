@@ -21,6 +21,7 @@ from tests.search.study_fixtures import (
     build_pool_and_tasks,
     cli,
     complete,
+    create_study,
     study_config,
     trials,
     wait_for,
@@ -41,21 +42,6 @@ def skewed_worker(config: Path, offset: str, cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-
-
-def create_study(config: Path) -> None:
-    """Create the study (its seed trials queued) without running a trial."""
-    from search.engine.pool import CheckpointPool
-    from search.study.config import load_config
-    from search.study.space import SearchSpace
-    from search.study.storage import create_or_resume, open_storage
-
-    cfg = load_config(config)
-    pool = CheckpointPool.open(cfg.checkpoints, cfg.base_model)
-    space = SearchSpace.build(cfg, pool.names)
-    create_or_resume(
-        cfg, open_storage(cfg, create=True), space, pool.identity.fingerprint(), config
     )
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 from search.errors import UserError
+from search.study.config import WorkersConfig
 from search.study.storage import check_fingerprint, connect, sqlite_path
 from tests.search.report_fixtures import dashboard_get
 
@@ -69,3 +71,30 @@ def test_a_fingerprint_recorded_before_content_digests_is_compared_on_what_it_ke
     study.set_user_attr("fingerprint", {**now, "base": {**now["base"], "content_xxh3_128": "0"}})
     with pytest.raises(UserError, match=r"base\.content_xxh3_128"):
         check_fingerprint(study, now, "c.yml", "x", required=True)
+
+
+@pytest.mark.postgres
+def test_a_workers_postgresql_sessions_close_after_the_grace_periods_silence(postgres: str) -> None:
+    """Both ends of a worker's connection give up on a silent peer after the grace period (the
+    server's settings reach it through libpq's ``options``); what the URL sets stays."""
+    workers = WorkersConfig(heartbeat_s=1, grace_s=7)
+    storage = connect(postgres, workers)
+    with storage.engine.connect() as conn:
+        shown = {
+            name: conn.execute(sqlalchemy.text(f"SHOW {name}")).scalar()
+            for name in ("tcp_keepalives_idle", "tcp_user_timeout")
+        }
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        params = raw.info.get_parameters()
+    assert shown == {"tcp_keepalives_idle": "7", "tcp_user_timeout": "7000"}
+    assert params["keepalives_idle"] == "7" and params["tcp_user_timeout"] == "7000"
+    mine = f"{postgres}?options=-c%20application_name%3Dmine&keepalives_idle=30"
+    with connect(mine, workers).engine.connect() as conn:
+        name = conn.execute(sqlalchemy.text("SHOW application_name")).scalar()
+        user_timeout = conn.execute(sqlalchemy.text("SHOW tcp_user_timeout")).scalar()
+        params = conn.connection.dbapi_connection.info.get_parameters()
+    assert (name, user_timeout, params["keepalives_idle"]) == ("mine", "7000", "30")
+    reader = connect(postgres)  # the dashboard's: no worker, nothing set
+    with reader.engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SHOW tcp_user_timeout")).scalar() == "0"
