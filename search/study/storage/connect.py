@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import math
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,25 @@ from search.errors import UserError
 
 if TYPE_CHECKING:
     from search.study.config import StudyConfig, WorkersConfig
+
+
+class FirstLineOnly(logging.Filter):
+    """Keeps the first line of a warning that Optuna's RDB storage logs over many lines.
+
+    When a query fails (a PostgreSQL restart, a host cut off), Optuna warns "Caught an error from
+    sqlalchemy: ..." quoting the failed SQL and its parameters over a dozen lines before it tries
+    again; the outage itself is told in one line (``storage/outage.py``). Logging has no setting
+    for this, hence the filter on Optuna's storage logger (installed by :func:`connect`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = message.splitlines()[0], None
+        return True
+
+
+STORAGE_LOGGER = logging.getLogger("optuna.storages._rdb.storage")
 
 
 @contextlib.contextmanager
@@ -73,6 +93,8 @@ def connect(
     missing SQLite file is a ``UserError`` unless ``create``.
     """
 
+    if not any(isinstance(f, FirstLineOnly) for f in STORAGE_LOGGER.filters):
+        STORAGE_LOGGER.addFilter(FirstLineOnly())
     db = sqlite_path(url)
     engine_kwargs: dict[str, Any] = {}
     if db is not None:

@@ -98,3 +98,28 @@ def test_a_workers_postgresql_sessions_close_after_the_grace_periods_silence(pos
     reader = connect(postgres)  # the dashboard's: no worker, nothing set
     with reader.engine.connect() as conn:
         assert conn.execute(sqlalchemy.text("SHOW tcp_user_timeout")).scalar() == "0"
+
+
+def test_optunas_multi_line_storage_warning_keeps_its_first_line(tmp_path: Path) -> None:
+    """Optuna warns about a failed query (a PostgreSQL restart) quoting its SQL over many lines;
+    once a storage is open, that warning is one line."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(self.format(record))
+
+    logger = logging.getLogger("optuna.storages._rdb.storage")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        connect(f"sqlite:///{tmp_path / 's.db'}", create=True)
+        sql = "SELECT trials.trial_id\nFROM trials\nWHERE trials.study_id = %(study_id)s"
+        logger.warning(
+            "Caught an error from sqlalchemy: %s. Falling back.", f"(psycopg) gone\n{sql}"
+        )
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Caught an error from sqlalchemy: (psycopg) gone"]
