@@ -105,6 +105,9 @@ def entropy(weights: np.ndarray) -> np.ndarray:
 class Mixture:
     """The inputs' outcomes mixed by the weights; nothing to fit but the inputs."""
 
+    def __init__(self, partial: bool = False) -> None:
+        self.partial = partial  # accepted for a uniform call; the mixture uses no history
+
     def fit(self, inputs: np.ndarray, history: History) -> Mixture:
         self.inputs = np.asarray(inputs, float)
         return self

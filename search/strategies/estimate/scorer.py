@@ -49,7 +49,7 @@ from search.strategies.estimate.estimate import (
 )
 from search.strategies.estimate.predict import History, build_model
 from search.strategies.estimate.strategy import EstimatedScoring, EstimateFields
-from search.study.record import TrialRecord, encode_values
+from search.study.record import TrialRecord, decode_values, encode_values
 
 if TYPE_CHECKING:
     import optuna
@@ -97,8 +97,9 @@ class EstimateScorer:
     def score(self, trial: optuna.Trial) -> TrialRecord:
         """Score the resident merge: in full, or from a few examples (see the module)."""
         record = TrialRecord.from_trial(trial)
-        rows = self.full_rows()
-        predictions = self.predict(rows, record.coefficients)
+        done = self.completed()
+        rows = self.full_rows(done)
+        predictions = self.predict(done, record.coefficients)
         if record.seed_trial is not None or predictions is None:
             return self._plain(trial.number)
         members = self._front(rows)
@@ -134,7 +135,11 @@ class EstimateScorer:
             f = next_fraction(spent / self.total, differences, z, self.settings.growth)
             docs = self._grow(scored, f)
             if all(len(docs[t]) == len(scored[t]) for t in self.counts):  # at max_share
-                return self._stopped(trial.number, objectives, keys, values, scored, looks, None)
+                if not self._promoted(done, objectives):
+                    return self._stopped(
+                        trial.number, objectives, keys, values, scored, looks, None
+                    )
+                docs = {leaf: np.arange(n) for leaf, n in self.counts.items()}
         full = {key: tuple(float(v) for v in array) for key, array in values.items()}
         combined = self.runtime.evaluator.combine(full)
         fields = EstimateFields(
@@ -156,6 +161,27 @@ class EstimateScorer:
         """Examples a trial scored: every look (a full evaluation when it has no fields)."""
         fields = EstimateFields.of(record, self.name)
         return fields.n if fields else self.total
+
+    def _promoted(self, done: Sequence[TrialRecord], objectives: Sequence[Estimate]) -> bool:
+        """Whether a trial at the cap scores every example (``promote``): no trial of the study
+        beats its estimates on every objective, and the sampler's trials, this one scored in
+        full, spend on average at most what a capped trial scores (the shared part up to
+        ``max_share`` and the audit) and ``promote`` of a full evaluation more."""
+        if self.settings.promote <= 0:
+            return False
+        signs = np.where(self.maximize, 1.0, -1.0)
+        mine = np.array([e.mean for e in objectives]) * signs
+        points = np.array(
+            [r.values for r in done if r.feasible and len(r.values) == len(signs)], float
+        ).reshape(-1, len(signs))
+        if np.any(np.all(points * signs >= mine, axis=1) & np.any(points * signs > mine, axis=1)):
+            return False
+        own = [r for r in done if r.seed_trial is None and r.duplicate_of is None]
+        used = sum(self.spent(r) for r in own) + self.total
+        audit = self.settings.audit
+        capped = sum(min(n, self._cap(leaf) + audit) for leaf, n in self.counts.items())
+        allowed = capped + self.settings.promote * self.total  # per sampler trial
+        return used <= allowed * (len(own) + 1)
 
     def _own(self, fields: EstimateFields) -> dict[str, dict]:
         return {self.name: fields.to_json()}
@@ -283,14 +309,23 @@ class EstimateScorer:
             scored: per leaf task, the document indices scored.
         """
         keys: dict[str, Estimate] = {}
+        parts_of = {leaf: self.parts(leaf, scored[leaf]) for leaf in self.counts}
         for key, parts in self.slices.items():
             leaves = []
             for leaf, where in parts.items():
                 p, y = predictions[key][where], values[key][where]
-                prior = float(np.mean(p * (1.0 - p)))
+                census, sample = parts_of[leaf]
+                rest = np.ones(len(p), bool)
+                rest[census] = False
+                prior = float(np.mean(p[rest] * (1.0 - p[rest]))) if rest.any() else 0.0
                 leaves.append(
                     difference_estimate(
-                        p, y, scored[leaf], prior_variance=prior, prior_df=self.settings.prior_df
+                        p,
+                        y,
+                        sample,
+                        census=census,
+                        prior_variance=prior,
+                        prior_df=self.settings.prior_df,
                     )
                 )
             keys[key] = weighted_objective(leaves, [e.total for e in leaves])
@@ -300,30 +335,77 @@ class EstimateScorer:
         ]
         return objectives, keys
 
-    def full_rows(self) -> list[TrialRecord]:
-        """The study's trials scored in full (per-example values of every example), once per
-        plan."""
+    def parts(self, leaf: str, scored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(census, sample)`` of a leaf's scored documents for the difference estimator.
+
+        ``fit: full``: no census, every scored document a simple random sample (the shared
+        prefix and the audit beyond it together are one). ``fit: scored``: the shared prefix
+        scored is a census (the model may have learnt its values) and the audit documents beyond
+        it the sample (:mod:`.design`)."""
+        scored = np.asarray(scored, int)
+        if self.settings.fit == "full":
+            return np.zeros(0, int), scored
+        k = self._shared_count(leaf, scored)
+        census = example_order(self.counts[leaf], leaf, self.design.seed)[:k]
+        return census, np.setdiff1d(scored, census)
+
+    def completed(self) -> list[TrialRecord]:
+        """The study's complete trials, once per plan (a duplicate reused another's scores)."""
         rows: dict[str, TrialRecord] = {}
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             record = TrialRecord.from_trial(t)
-            if record.examples and not record.stopped and record.duplicate_of is None:
+            if record.duplicate_of is None:
                 rows.setdefault(record.key, record)
         return list(rows.values())
 
+    def full_rows(self, done: Sequence[TrialRecord] | None = None) -> list[TrialRecord]:
+        """The trials scored in full (per-example values of every example) among ``done``
+        (default: :meth:`completed`)."""
+        done = self.completed() if done is None else done
+        return [r for r in done if r.examples and not r.stopped]
+
     def predict(
-        self, rows: Sequence[TrialRecord], coefficients: Mapping[str, Sequence[float]]
+        self, done: Sequence[TrialRecord], coefficients: Mapping[str, Sequence[float]]
     ) -> dict[str, np.ndarray] | None:
         """Per score key, every example's prediction for a merge of ``coefficients`` by the
-        model fitted on ``rows`` (fully scored trials, :meth:`full_rows`); ``None`` until they
-        hold every input's seed trial."""
+        model fitted on the trials ``done`` (those scored in full, or with ``fit: scored`` every
+        value scored); ``None`` until they hold every input's seed trial in full."""
+        rows = self.full_rows(done)
         inputs = self._inputs(rows)
         if inputs is None:
             return None
+        if self.settings.fit == "scored":
+            rows = [r for r in done if r.examples or self._partial(r) is not None]
         return self._predict(inputs, rows, self._weights(coefficients))
+
+    def _partial(self, record: TrialRecord) -> dict[str, np.ndarray] | None:
+        """A partly scored trial's values per score key (NaN where not scored), or None."""
+        fields = EstimateFields.of(record, self.name)
+        if fields is None or fields.full or not fields.values or not fields.counts:
+            return None
+        design = Design(fields.seed, self.settings.n, fields.audit)
+        out = {}
+        for key, parts in self.slices.items():
+            row = np.full(parts[next(reversed(parts))].stop, np.nan)
+            where = []
+            for leaf, part in parts.items():
+                order = example_order(self.counts[leaf], leaf, fields.seed)
+                audit = design.sample(leaf, self.counts[leaf], record.number)[1]
+                docs = np.union1d(order[: fields.counts[leaf]], audit)
+                where.extend(part.start + int(d) for d in docs)
+            got = np.asarray(decode_values(fields.values[key]), float)
+            if len(got) != len(where):
+                return None  # recorded under another design: not used
+            row[sorted(where)] = got
+            out[key] = row
+        return out
 
     def _decoded(self, record: TrialRecord) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if record.number not in self._rows:
-            values = {k: np.asarray(v, float) for k, v in record.per_example().items()}
+            if record.examples:
+                values = {k: np.asarray(v, float) for k, v in record.per_example().items()}
+            else:
+                values = self._partial(record) or {}
             self._rows[record.number] = (self._weights(record.coefficients), values)
         return self._rows[record.number]
 
@@ -366,14 +448,12 @@ class EstimateScorer:
             k, n = array.shape
             if others:
                 decoded = [self._decoded(r) for r in others]
-                history = History(
-                    np.array([w for w, _ in decoded]),
-                    np.array([v[key] for _, v in decoded]),
-                    np.ones((len(decoded), n), bool),
-                )
+                rows_v = np.array([v[key] for _, v in decoded])
+                history = History(np.array([w for w, _ in decoded]), rows_v, ~np.isnan(rows_v))
             else:
                 history = History.empty(k, n)
-            model = build_model(self.settings.model).fit(array, history)
+            partial = self.settings.fit == "scored"
+            model = build_model(self.settings.model, partial=partial).fit(array, history)
             out[key] = np.asarray(model.predict(weights[None, :]), float)[0]
         return out
 
