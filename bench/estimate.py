@@ -25,15 +25,17 @@ per order, its spread over orders; ratios by a bootstrap over orders).
 
 Online (``online``): two studies of ``--config`` (the demo's) on ``--zoo``, run in this process
 through the study service with one resident runtime, same sampler and seed, staged scoring off:
-full evaluation, and ``eval.estimate`` (``--n``, ``--max-share``, ``--model``). Printed: examples
-scored per sampler trial and over the whole study as a share of full evaluation, stopped trials,
-merge and scoring seconds per trial; calibration (``--calibrate`` sampler trials of the estimated
-study also scored in full: bias, RMSE, mean SE and coverage of the 95 % interval at each of
-``--sizes`` examples per task, from the model the scorer had before the trial; the trials share
-one study order, so their errors are correlated); on the test split, each study's front
-re-scored, its hypervolume against the worst input, and the held-out knee's export against the
-uniform merge and its weakest lead over the inputs (paired SE); the same for the full study cut
-at the examples the estimated one spent. Studies are kept in ``--workdir`` and reused.
+full evaluation, and ``eval.estimate`` (``--n``, ``--audit``, ``--fit``, ``--max-share``,
+``--promote``, ``--model``). Printed: examples scored per sampler trial and over the whole study
+as a share of full evaluation, stopped trials, merge and scoring seconds per trial; calibration
+(``--calibrate`` sampler trials of the estimated study also scored in full: bias, RMSE, mean SE
+and coverage of the 95 % interval with each of ``--sizes`` examples of the shared order per task
+and the trial's own audit draw, from the model the scorer had before the trial, as the scorer
+estimates; trials that share a prefix share its luck, so their errors are correlated); on the
+test split, each study's front re-scored, its hypervolume against the worst input, and the
+held-out knee's export against the uniform merge and its weakest lead over the inputs (paired
+SE); the same for the full study cut at the examples the estimated one spent. Studies are kept
+in ``--workdir`` and reused, and so are the re-scores (``scores-s<seed>.pkl``).
 
     python bench/estimate.py online --zoo studies/zoo --workdir /tmp/est --trials 40
 """

@@ -10,11 +10,15 @@ For each trial (:meth:`EstimateScorer.score`):
    trials that reached every example): a partially scored trial's values sit at the shared
    examples and would make the predictions depend on the sample (:mod:`.predict`). It predicts
    every example for the trial's coefficients.
+   With ``fit: scored`` it fits on every value any earlier trial scored (partly scored rows
+   too), which is unbiased only in the census form of step 3.
 3. The trial scores the first ``n`` examples of each leaf task's shared order (plus ``audit``
    random ones; :class:`~.design.Design`) through the evaluator's subset slot
    (``Evaluator.score_subset``). Per leaf task the difference estimator
-   (:func:`~.estimate.difference_estimate`, moderated variance) gives the task's mean and SE;
-   a score key is its leaves' size-weighted mean, an objective its terms' weighted mean.
+   (:func:`~.estimate.difference_estimate`, moderated variance) gives the task's mean and SE
+   (``fit: full``: every scored example a simple random sample; ``fit: scored``: the shared
+   prefix a census, the audit part beyond it the sample, :meth:`EstimateScorer.parts`); a
+   score key is its leaves' size-weighted mean, an objective its terms' weighted mean.
 4. "Score until the trial's place is decided": against each member of the current front (the
    fully scored, feasible trials' non-dominated set), the difference ``member − trial`` per
    objective. A member is scored in full, so the residual-corrected paired difference of the
@@ -24,7 +28,11 @@ For each trial (:meth:`EstimateScorer.score`):
    (:func:`~.decide.dominated_by`): the trial stops, recorded as stopped by that member, with
    the estimates as its values. Otherwise it scores further down the same order
    (:func:`~.decide.next_fraction`), up to every example: a trial that reaches N is a full
-   row, its scores exactly those of a full evaluation (``Evaluator.combine``).
+   row, its scores exactly those of a full evaluation (``Evaluator.combine``). At
+   ``max_share`` a trial in doubt keeps its estimates, unless ``promote`` lets it score every
+   example: no trial of the study beats its estimates on every objective, and the budget
+   (a capped trial's examples plus ``promote`` of a full evaluation, on average over the
+   sampler's trials) has room (:meth:`EstimateScorer._promoted`).
 
 Optuna is told the estimates; ``TrialRecord.stderr`` holds their SEs.
 """
