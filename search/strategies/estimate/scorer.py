@@ -30,7 +30,7 @@ For each trial (:meth:`EstimateScorer.score`):
    (:func:`~.decide.next_fraction`), up to every example: a trial that reaches N is a full
    row, its scores exactly those of a full evaluation (``Evaluator.combine``). At
    ``max_share`` a trial in doubt keeps its estimates, unless ``promote`` lets it score every
-   example: no trial of the study beats its estimates on every objective, and the budget
+   example: no front member beats its estimates on every objective, and the budget
    (a capped trial's examples plus ``promote`` of a full evaluation, on average over the
    sampler's trials) has room (:meth:`EstimateScorer._promoted`).
 
@@ -143,7 +143,7 @@ class EstimateScorer:
             f = next_fraction(spent / self.total, differences, z, self.settings.growth)
             docs = self._grow(scored, f)
             if all(len(docs[t]) == len(scored[t]) for t in self.counts):  # at max_share
-                if not self._promoted(done, objectives):
+                if not self._promoted(done, members, objectives):
                     return self._stopped(
                         trial.number, objectives, keys, values, scored, looks, None
                     )
@@ -170,19 +170,23 @@ class EstimateScorer:
         fields = EstimateFields.of(record, self.name)
         return fields.n if fields else self.total
 
-    def _promoted(self, done: Sequence[TrialRecord], objectives: Sequence[Estimate]) -> bool:
-        """Whether a trial at the cap scores every example (``promote``): no trial of the study
-        beats its estimates on every objective, and the sampler's trials, this one scored in
-        full, spend on average at most what a capped trial scores (the shared part up to
-        ``max_share`` and the audit) and ``promote`` of a full evaluation more."""
+    def _promoted(
+        self,
+        done: Sequence[TrialRecord],
+        members: Mapping[int, Sequence[float]],
+        objectives: Sequence[Estimate],
+    ) -> bool:
+        """Whether a trial at the cap scores every example (``promote``): no member of the
+        front (trials scored in full) beats its estimates on every objective (the trials that
+        ``max_share: 1`` would score in full at once), and the sampler's trials, this one
+        scored in full, spend on average at most what a capped trial scores (the shared part up
+        to ``max_share`` and the audit) and ``promote`` of a full evaluation more."""
         if self.settings.promote <= 0:
             return False
         signs = np.where(self.maximize, 1.0, -1.0)
         mine = np.array([e.mean for e in objectives]) * signs
-        points = np.array(
-            [r.values for r in done if r.feasible and len(r.values) == len(signs)], float
-        ).reshape(-1, len(signs))
-        if np.any(np.all(points * signs >= mine, axis=1) & np.any(points * signs > mine, axis=1)):
+        points = np.array(list(members.values()), float).reshape(-1, len(signs)) * signs
+        if np.any(np.all(points >= mine, axis=1) & np.any(points > mine, axis=1)):
             return False
         own = [r for r in done if r.seed_trial is None and r.duplicate_of is None]
         used = sum(self.spent(r) for r in own) + self.total

@@ -65,8 +65,8 @@ class EstimateConfig(BaseModel):
     # the moderated variance's prior weight in residuals (0/1 values: a few residuals are often
     # all 0); 5 covered 94–98 % at n = 10..40 on the demo pool
     prior_df: float = Field(default=5.0, ge=0.0)
-    # with max_share < 1: a sampler trial that reaches the cap and would join the front (no
-    # trial of the study beats its estimates on every objective) scores every example, while the
+    # with max_share < 1: a sampler trial that reaches the cap and may be on the front (no member,
+    # all scored in full, beats its estimates on every objective) scores every example, while the
     # sampler's trials have spent on average at most a capped trial's examples (shared part and
     # audit) and promote of a full evaluation more (0: none is promoted). Promoted trials are
     # exact: front members to decide against and rows to fit on
