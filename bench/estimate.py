@@ -421,7 +421,8 @@ def online(args: argparse.Namespace) -> None:
                 )
                 for leaf, size in scorer.counts.items()
             }
-            objectives, _ = scorer.estimate(predictions, values, scored)
+            shared = {leaf: min(n, size) for leaf, size in scorer.counts.items()}
+            objectives, _ = scorer.estimate(predictions, values, scored, shared)
             for o, e in zip(cfg.objective_names, objectives, strict=True):
                 t = float(scores.objectives[o])
                 table[n].append((e.mean - t, e.se, abs(e.mean - t) <= z95 * e.se))

@@ -118,6 +118,7 @@ class EstimateScorer:
             for key, ls in self.layout.leaves.items()
         }
         looks, stopped_by = 0, None
+        shared = {leaf: min(self.settings.n, n) for leaf, n in self.counts.items()}  # by design
         while True:
             new = {leaf: np.setdiff1d(d, scored[leaf]) for leaf, d in docs.items()}
             self._score_docs(new, values)
@@ -125,7 +126,7 @@ class EstimateScorer:
             looks += 1
             if all(len(scored[t]) == n for t, n in self.counts.items()):
                 break
-            objectives, keys = self.estimate(predictions, values, scored)
+            objectives, keys = self.estimate(predictions, values, scored, shared)
             differences = {
                 number: [
                     Estimate((m - e.mean) if up else (e.mean - m), e.se, e.scored, e.total)
@@ -141,13 +142,14 @@ class EstimateScorer:
                 )
             spent = sum(len(s) for s in scored.values())
             f = next_fraction(spent / self.total, differences, z, self.settings.growth)
-            docs = self._grow(scored, f)
+            docs, shared = self._grow(scored, shared, f)
             if all(len(docs[t]) == len(scored[t]) for t in self.counts):  # at max_share
                 if not self._promoted(done, members, objectives):
                     return self._stopped(
                         trial.number, objectives, keys, values, scored, looks, None
                     )
                 docs = {leaf: np.arange(n) for leaf, n in self.counts.items()}
+                shared = dict(self.counts)
         full = {key: tuple(float(v) for v in array) for key, array in values.items()}
         combined = self.runtime.evaluator.combine(full)
         fields = EstimateFields(
@@ -261,10 +263,13 @@ class EstimateScorer:
             out[leaf] = np.union1d(shared, audit)
         return out
 
-    def _grow(self, scored: Mapping[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    def _grow(
+        self, scored: Mapping[str, np.ndarray], shared: Mapping[str, int], fraction: float
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Further down each leaf's shared order to ``fraction`` (at least one more example;
         every example once any leaf would reach its end), up to ``max_share``: once a leaf is
-        at its cap, no leaf grows (a call scores some examples of every leaf)."""
+        at its cap, no leaf grows (a call scores some examples of every leaf). Returns the
+        documents to have scored and each leaf's shared part by design (``shared``: before)."""
         targets = {
             leaf: max(self._shared_count(leaf, s) + 1, math.ceil(fraction * n - 1e-9))
             for leaf, s in scored.items()
@@ -274,12 +279,12 @@ class EstimateScorer:
             targets = dict(self.counts)
         targets = {leaf: min(k, self._cap(leaf)) for leaf, k in targets.items()}
         if any(k <= self._shared_count(leaf, scored[leaf]) for leaf, k in targets.items()):
-            return dict(scored)
+            return dict(scored), dict(shared)
         out = {}
         for leaf, k in targets.items():
-            shared, _ = self.design.sample(leaf, self.counts[leaf], 0, shared=k)
-            out[leaf] = np.union1d(shared, scored[leaf])
-        return out
+            prefix, _ = self.design.sample(leaf, self.counts[leaf], 0, shared=k)
+            out[leaf] = np.union1d(prefix, scored[leaf])
+        return out, {leaf: max(k, shared[leaf]) for leaf, k in targets.items()}
 
     def _cap(self, leaf: str) -> int:
         """The most of a leaf's shared order a trial scores (``max_share``, at least ``n``)."""
@@ -312,6 +317,7 @@ class EstimateScorer:
         predictions: Mapping[str, np.ndarray],
         values: Mapping[str, np.ndarray],
         scored: Mapping[str, np.ndarray],
+        shared: Mapping[str, int] | None = None,
     ) -> tuple[list[Estimate], dict[str, Estimate]]:
         """Per objective and per score key, the estimate from what was scored so far.
 
@@ -321,7 +327,10 @@ class EstimateScorer:
             scored: per leaf task, the document indices scored.
         """
         keys: dict[str, Estimate] = {}
-        parts_of = {leaf: self.parts(leaf, scored[leaf]) for leaf in self.counts}
+        parts_of = {
+            leaf: self.parts(leaf, scored[leaf], None if shared is None else shared[leaf])
+            for leaf in self.counts
+        }
         for key, parts in self.slices.items():
             leaves = []
             for leaf, where in parts.items():
@@ -347,17 +356,21 @@ class EstimateScorer:
         ]
         return objectives, keys
 
-    def parts(self, leaf: str, scored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def parts(
+        self, leaf: str, scored: np.ndarray, shared: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(census, sample)`` of a leaf's scored documents for the difference estimator.
 
         ``fit: full``: no census, every scored document a simple random sample (the shared
-        prefix and the audit beyond it together are one). ``fit: scored``: the shared prefix
-        scored is a census (the model may have learnt its values) and the audit documents beyond
-        it the sample (:mod:`.design`)."""
+        prefix and the audit beyond it together are one). ``fit: scored``: the first ``shared``
+        of the order (the shared part the design asked for, not where the scored documents
+        happen to reach: an audit document right after the prefix stays in the sample) are a
+        census (the model may have learnt their values) and the audit documents beyond them
+        the sample (:mod:`.design`)."""
         scored = np.asarray(scored, int)
         if self.settings.fit == "full":
             return np.zeros(0, int), scored
-        k = self._shared_count(leaf, scored)
+        k = self._shared_count(leaf, scored) if shared is None else shared
         census = example_order(self.counts[leaf], leaf, self.design.seed)[:k]
         return census, np.setdiff1d(scored, census)
 
