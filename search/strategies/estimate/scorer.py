@@ -49,7 +49,7 @@ from optuna.trial import TrialState
 
 from evaluators.base import Scores
 from search.strategies.estimate.decide import dominated_by, next_fraction, z_value
-from search.strategies.estimate.design import Design, example_order
+from search.strategies.estimate.design import Design, census_and_sample, example_order
 from search.strategies.estimate.estimate import (
     Estimate,
     difference_estimate,
@@ -371,8 +371,8 @@ class EstimateScorer:
         if self.settings.fit == "full":
             return np.zeros(0, int), scored
         k = self._shared_count(leaf, scored) if shared is None else shared
-        census = example_order(self.counts[leaf], leaf, self.design.seed)[:k]
-        return census, np.setdiff1d(scored, census)
+        order = example_order(self.counts[leaf], leaf, self.design.seed)
+        return census_and_sample(order, scored, k)
 
     def completed(self) -> list[TrialRecord]:
         """The study's complete trials, once per plan (a duplicate reused another's scores)."""

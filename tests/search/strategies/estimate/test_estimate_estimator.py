@@ -232,3 +232,14 @@ def test_an_empty_sample_outside_the_census_has_no_se():
     y, p = pool(12)
     e = difference_estimate(p, y, [], census=np.arange(50), prior_variance=0.1, prior_df=5)
     assert math.isnan(e.se) and e.scored == 50
+
+
+def test_the_census_is_the_shared_part_the_design_asked_for():
+    """An audit example right after the shared prefix stays in the sample."""
+    from search.strategies.estimate import census_and_sample, example_order
+
+    order = example_order(50, "t", 1)
+    scored = np.union1d(order[:3], order[[10, 20, 30, 40]])  # prefix 2, audit incl. order[2]
+    census, sample = census_and_sample(order, scored, 2)
+    assert sorted(census) == sorted(order[:2])
+    assert sorted(sample) == sorted(order[[2, 10, 20, 30, 40]])
