@@ -25,15 +25,17 @@ per order, its spread over orders; ratios by a bootstrap over orders).
 
 Online (``online``): two studies of ``--config`` (the demo's) on ``--zoo``, run in this process
 through the study service with one resident runtime, same sampler and seed, staged scoring off:
-full evaluation, and ``eval.estimate`` (``--n``, ``--max-share``, ``--model``). Printed: examples
-scored per sampler trial and over the whole study as a share of full evaluation, stopped trials,
-merge and scoring seconds per trial; calibration (``--calibrate`` sampler trials of the estimated
-study also scored in full: bias, RMSE, mean SE and coverage of the 95 % interval at each of
-``--sizes`` examples per task, from the model the scorer had before the trial; the trials share
-one study order, so their errors are correlated); on the test split, each study's front
-re-scored, its hypervolume against the worst input, and the held-out knee's export against the
-uniform merge and its weakest lead over the inputs (paired SE); the same for the full study cut
-at the examples the estimated one spent. Studies are kept in ``--workdir`` and reused.
+full evaluation, and ``eval.estimate`` (``--n``, ``--audit``, ``--fit``, ``--max-share``,
+``--promote``, ``--model``). Printed: examples scored per sampler trial and over the whole study
+as a share of full evaluation, stopped trials, merge and scoring seconds per trial; calibration
+(``--calibrate`` sampler trials of the estimated study also scored in full: bias, RMSE, mean SE
+and coverage of the 95 % interval with each of ``--sizes`` examples of the shared order per task
+and the trial's own audit draw, from the model the scorer had before the trial, as the scorer
+estimates; trials that share a prefix share its luck, so their errors are correlated); on the
+test split, each study's front re-scored, its hypervolume against the worst input, and the
+held-out knee's export against the uniform merge and its weakest lead over the inputs (paired
+SE); the same for the full study cut at the examples the estimated one spent. Studies are kept
+in ``--workdir`` and reused, and so are the re-scores (``scores-s<seed>.pkl``).
 
     python bench/estimate.py online --zoo studies/zoo --workdir /tmp/est --trials 40
 """
@@ -314,12 +316,18 @@ def online(args: argparse.Namespace) -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     estimate = {
         "n": args.n,
+        "audit": args.audit,
+        "fit": args.fit,
         "model": args.model,
         "confidence": args.confidence,
         "max_share": args.max_share,
+        "promote": args.promote,
     }
     full_name = f"full-s{args.seed}"
-    est_name = f"estimate-n{args.n}-m{args.max_share:g}-s{args.seed}"
+    est_name = (
+        f"estimate-n{args.n}-a{args.audit}-{args.fit}-{args.model}-m{args.max_share:g}"
+        f"-p{args.promote:g}-s{args.seed}"
+    )
     cfg_path = Path(args.workdir) / f"{est_name}.yaml"
     import yaml
 
@@ -366,18 +374,27 @@ def online(args: argparse.Namespace) -> None:
         optuna.load_study(study_name=est_name, storage=cfg.storage),
         "estimate",
     )
-    truth_cache: dict[str, object] = {}
+    import pickle
+
+    store = Path(args.workdir) / f"scores-s{args.seed}.pkl"  # (split, plan key) -> Scores
+    cache: dict[tuple[str, str], object] = {}
+    if store.exists():
+        cache = pickle.loads(store.read_bytes())
+
+    def scored_on(rt, split, plan):
+        if (split, plan.key) not in cache:
+            cache[split, plan.key] = rt.score(plan)[0]
+            store.write_bytes(pickle.dumps(cache))
+        return cache[split, plan.key]
 
     def full_scores(plan):
-        if plan.key not in truth_cache:
-            truth_cache[plan.key] = runtime.score(plan)[0]
-        return truth_cache[plan.key]
+        return scored_on(runtime, "search", plan)
 
     est_records = runs["estimate"]
     targets = [r for r in est_records if not r.seed_trial and r.duplicate_of is None][
         : args.calibrate
     ]
-    rows_all = [r for r in est_records if r.examples and not r.stopped and r.duplicate_of is None]
+    rows_all = [r for r in est_records if r.duplicate_of is None]
     z95 = 1.959963984540054
     table = {n: [] for n in args.sizes}
     pred, obs = [], []
@@ -396,11 +413,16 @@ def online(args: argparse.Namespace) -> None:
             pred.append(predictions[k])
             obs.append(values[k])
         for n in args.sizes:
+            # the first n of the shared order and the trial's own audit draw (as it scored them)
             scored = {
-                leaf: scorer.design.sample(leaf, size, r.number, shared=min(n, size))[0]
+                leaf: np.union1d(
+                    scorer.design.sample(leaf, size, r.number, shared=min(n, size))[0],
+                    scorer.design.sample(leaf, size, r.number)[1],
+                )
                 for leaf, size in scorer.counts.items()
             }
-            objectives, _ = scorer.estimate(predictions, values, scored)
+            shared = {leaf: min(n, size) for leaf, size in scorer.counts.items()}
+            objectives, _ = scorer.estimate(predictions, values, scored, shared)
             for o, e in zip(cfg.objective_names, objectives, strict=True):
                 t = float(scores.objectives[o])
                 table[n].append((e.mean - t, e.se, abs(e.mean - t) <= z95 * e.se))
@@ -426,12 +448,6 @@ def online(args: argparse.Namespace) -> None:
     )
     seeds = dict(space.seed_trials(["uniform", "singles"]))
     base = {label: space.plan(params) for label, params in seeds.items()}
-    cache: dict[tuple[str, str], object] = {}
-
-    def scored_on(rt, split, plan):
-        if (split, plan.key) not in cache:
-            cache[split, plan.key] = rt.score(plan)[0]
-        return cache[split, plan.key]
 
     def vals(scores):
         return [float(scores.objectives[o]) for o in cfg.objective_names]
@@ -515,6 +531,9 @@ def main(argv: list[str] | None = None) -> None:
     on.add_argument("--sampler", default="gp")
     on.add_argument("--seed", type=int, default=0)
     on.add_argument("--n", type=int, default=20, help="eval.estimate.n")
+    on.add_argument("--audit", type=int, default=0, help="eval.estimate.audit")
+    on.add_argument("--fit", default="full", choices=("full", "scored"), help="eval.estimate.fit")
+    on.add_argument("--promote", type=float, default=0.0, help="eval.estimate.promote")
     on.add_argument("--model", default="kernel")
     on.add_argument("--confidence", type=float, default=0.95)
     on.add_argument("--max-share", type=float, default=1.0, help="eval.estimate.max_share")

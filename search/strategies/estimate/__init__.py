@@ -12,7 +12,8 @@ Modules, one job each (pure numpy; no Optuna, no lm-eval):
   full per-example values and on the trials scored so far (:class:`Mixture`, :class:`Kernel`,
   :class:`Logistic`);
 - :mod:`.design` — which examples a trial scores: a shared, seeded order per task (so trials
-  are paired on the same examples) and an optional random audit part per trial;
+  are paired on the same examples), an optional random audit part per trial, and which scored
+  examples count exactly in the census form (``fit: scored``);
 - :mod:`.estimate` — the difference estimator, its standard error with the finite-population
   correction, the paired difference of two trials, the weighted objective;
 - :mod:`.decide` — whether a trial's place on the front is still in doubt, and how many
@@ -26,7 +27,7 @@ per-example scores from its coefficients nor ties the estimate to a design share
 from __future__ import annotations
 
 from search.strategies.estimate.decide import dominated_by, next_fraction, next_size, z_value
-from search.strategies.estimate.design import Design, example_order
+from search.strategies.estimate.design import Design, census_and_sample, example_order
 from search.strategies.estimate.estimate import (
     Estimate,
     difference_estimate,
@@ -51,6 +52,7 @@ __all__ = [
     "Logistic",
     "Mixture",
     "build_model",
+    "census_and_sample",
     "difference_estimate",
     "dominated_by",
     "example_order",

@@ -72,3 +72,15 @@ class Design:
         a = min(len(rest), self.audit)
         audit = _rng(self.seed, task, "audit", trial).choice(rest, size=a, replace=False)
         return order[:k].copy(), np.asarray(audit, dtype=int)
+
+
+def census_and_sample(
+    order: np.ndarray, scored: np.ndarray, shared: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(census, sample)`` of a trial's scored examples in the census form: the first
+    ``shared`` of the study's ``order`` (the shared part the design asked for) and the scored
+    examples beyond them (its audit draw). The census is fixed by the design, not by how far
+    the scored examples happen to reach down the order: an audit example right after the
+    prefix stays in the sample, which is then uniform over everything outside the census."""
+    census = np.asarray(order[:shared], dtype=int)
+    return census, np.setdiff1d(np.asarray(scored, dtype=int), census)

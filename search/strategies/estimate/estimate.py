@@ -114,7 +114,7 @@ def difference_estimate(
     est = (float(y[c].sum()) + float(p[outside].sum()) + rest * mean_r) / total
     if n == rest:
         se = 0.0
-    elif n < 2 and not (prior_variance is not None and prior_df > 0):
+    elif n == 0 or (n < 2 and not (prior_variance is not None and prior_df > 0)):
         se = math.nan
     else:
         s2 = float(r.var(ddof=1)) * (n - 1) if n >= 2 else 0.0

@@ -17,7 +17,9 @@ trial has values exactly at the examples the new trial scores and nowhere else: 
 learnt per-example parameters from those values would predict the scored examples better than
 the unscored ones, and the residual correction would no longer cover the unscored ones. The
 models here therefore use, by default, only *fully* scored rows (the inputs, and trials scored
-in full: seed trials, front members); ``partial=True`` lifts that for measurement only.
+in full: seed trials, front members); ``partial=True`` lifts that, for ``eval.estimate.fit:
+scored``, where the shared examples count exactly (a census) and only a random audit part drawn
+per trial corrects the rest (:mod:`.estimate`, census form).
 
 The models (chosen between by ``bench/estimate.py``, on the correlation of predictions with
 observed values and on the estimate's RMSE):
@@ -105,6 +107,9 @@ def entropy(weights: np.ndarray) -> np.ndarray:
 class Mixture:
     """The inputs' outcomes mixed by the weights; nothing to fit but the inputs."""
 
+    def __init__(self, partial: bool = False) -> None:
+        self.partial = partial  # accepted for a uniform call; the mixture uses no history
+
     def fit(self, inputs: np.ndarray, history: History) -> Mixture:
         self.inputs = np.asarray(inputs, float)
         return self
@@ -120,7 +125,8 @@ class Kernel:
         bandwidths: the kernel widths ``h`` tried (distances between weight vectors).
         priors: the mixture's pseudo-weights ``λ`` tried.
         partial: also use partially scored rows (per example, where scored). Breaks the
-            unbiasedness of the estimate under a shared order; for measurement only.
+            unbiasedness of the plain estimate under a shared order; unbiased with the census
+            form (``fit: scored``).
     """
 
     def __init__(
@@ -179,7 +185,7 @@ class Logistic:
     Args:
         ridge: ``λ``; larger keeps the predictions nearer the mixture.
         steps: Newton steps (the problem is strictly convex; 15 reach 1e-8 here).
-        partial: also use partially scored rows (measurement only; see the module).
+        partial: also use partially scored rows (``fit: scored``; see the module).
     """
 
     def __init__(self, ridge: float = 1.0, steps: int = 15, partial: bool = False) -> None:

@@ -10,11 +10,15 @@ For each trial (:meth:`EstimateScorer.score`):
    trials that reached every example): a partially scored trial's values sit at the shared
    examples and would make the predictions depend on the sample (:mod:`.predict`). It predicts
    every example for the trial's coefficients.
+   With ``fit: scored`` it fits on every value any earlier trial scored (partly scored rows
+   too), which is unbiased only in the census form of step 3.
 3. The trial scores the first ``n`` examples of each leaf task's shared order (plus ``audit``
    random ones; :class:`~.design.Design`) through the evaluator's subset slot
    (``Evaluator.score_subset``). Per leaf task the difference estimator
-   (:func:`~.estimate.difference_estimate`, moderated variance) gives the task's mean and SE;
-   a score key is its leaves' size-weighted mean, an objective its terms' weighted mean.
+   (:func:`~.estimate.difference_estimate`, moderated variance) gives the task's mean and SE
+   (``fit: full``: every scored example a simple random sample; ``fit: scored``: the shared
+   prefix a census, the audit part beyond it the sample, :meth:`EstimateScorer.parts`); a
+   score key is its leaves' size-weighted mean, an objective its terms' weighted mean.
 4. "Score until the trial's place is decided": against each member of the current front (the
    fully scored, feasible trials' non-dominated set), the difference ``member − trial`` per
    objective. A member is scored in full, so the residual-corrected paired difference of the
@@ -24,7 +28,11 @@ For each trial (:meth:`EstimateScorer.score`):
    (:func:`~.decide.dominated_by`): the trial stops, recorded as stopped by that member, with
    the estimates as its values. Otherwise it scores further down the same order
    (:func:`~.decide.next_fraction`), up to every example: a trial that reaches N is a full
-   row, its scores exactly those of a full evaluation (``Evaluator.combine``).
+   row, its scores exactly those of a full evaluation (``Evaluator.combine``). At
+   ``max_share`` a trial in doubt keeps its estimates, unless ``promote`` lets it score every
+   example: no front member beats its estimates on every objective, and the budget
+   (a capped trial's examples plus ``promote`` of a full evaluation, on average over the
+   sampler's trials) has room (:meth:`EstimateScorer._promoted`).
 
 Optuna is told the estimates; ``TrialRecord.stderr`` holds their SEs.
 """
@@ -41,7 +49,7 @@ from optuna.trial import TrialState
 
 from evaluators.base import Scores
 from search.strategies.estimate.decide import dominated_by, next_fraction, z_value
-from search.strategies.estimate.design import Design, example_order
+from search.strategies.estimate.design import Design, census_and_sample, example_order
 from search.strategies.estimate.estimate import (
     Estimate,
     difference_estimate,
@@ -49,7 +57,7 @@ from search.strategies.estimate.estimate import (
 )
 from search.strategies.estimate.predict import History, build_model
 from search.strategies.estimate.strategy import EstimatedScoring, EstimateFields
-from search.study.record import TrialRecord, encode_values
+from search.study.record import TrialRecord, decode_values, encode_values
 
 if TYPE_CHECKING:
     import optuna
@@ -97,8 +105,9 @@ class EstimateScorer:
     def score(self, trial: optuna.Trial) -> TrialRecord:
         """Score the resident merge: in full, or from a few examples (see the module)."""
         record = TrialRecord.from_trial(trial)
-        rows = self.full_rows()
-        predictions = self.predict(rows, record.coefficients)
+        done = self.completed()
+        rows = self.full_rows(done)
+        predictions = self.predict(done, record.coefficients)
         if record.seed_trial is not None or predictions is None:
             return self._plain(trial.number)
         members = self._front(rows)
@@ -109,6 +118,7 @@ class EstimateScorer:
             for key, ls in self.layout.leaves.items()
         }
         looks, stopped_by = 0, None
+        shared = {leaf: min(self.settings.n, n) for leaf, n in self.counts.items()}  # by design
         while True:
             new = {leaf: np.setdiff1d(d, scored[leaf]) for leaf, d in docs.items()}
             self._score_docs(new, values)
@@ -116,7 +126,7 @@ class EstimateScorer:
             looks += 1
             if all(len(scored[t]) == n for t, n in self.counts.items()):
                 break
-            objectives, keys = self.estimate(predictions, values, scored)
+            objectives, keys = self.estimate(predictions, values, scored, shared)
             differences = {
                 number: [
                     Estimate((m - e.mean) if up else (e.mean - m), e.se, e.scored, e.total)
@@ -132,9 +142,14 @@ class EstimateScorer:
                 )
             spent = sum(len(s) for s in scored.values())
             f = next_fraction(spent / self.total, differences, z, self.settings.growth)
-            docs = self._grow(scored, f)
+            docs, shared = self._grow(scored, shared, f)
             if all(len(docs[t]) == len(scored[t]) for t in self.counts):  # at max_share
-                return self._stopped(trial.number, objectives, keys, values, scored, looks, None)
+                if not self._promoted(done, members, objectives):
+                    return self._stopped(
+                        trial.number, objectives, keys, values, scored, looks, None
+                    )
+                docs = {leaf: np.arange(n) for leaf, n in self.counts.items()}
+                shared = dict(self.counts)
         full = {key: tuple(float(v) for v in array) for key, array in values.items()}
         combined = self.runtime.evaluator.combine(full)
         fields = EstimateFields(
@@ -156,6 +171,31 @@ class EstimateScorer:
         """Examples a trial scored: every look (a full evaluation when it has no fields)."""
         fields = EstimateFields.of(record, self.name)
         return fields.n if fields else self.total
+
+    def _promoted(
+        self,
+        done: Sequence[TrialRecord],
+        members: Mapping[int, Sequence[float]],
+        objectives: Sequence[Estimate],
+    ) -> bool:
+        """Whether a trial at the cap scores every example (``promote``): no member of the
+        front (trials scored in full) beats its estimates on every objective (the trials that
+        ``max_share: 1`` would score in full at once), and the sampler's trials, this one
+        scored in full, spend on average at most what a capped trial scores (the shared part up
+        to ``max_share`` and the audit) and ``promote`` of a full evaluation more."""
+        if self.settings.promote <= 0:
+            return False
+        signs = np.where(self.maximize, 1.0, -1.0)
+        mine = np.array([e.mean for e in objectives]) * signs
+        points = np.array(list(members.values()), float).reshape(-1, len(signs)) * signs
+        if np.any(np.all(points >= mine, axis=1) & np.any(points > mine, axis=1)):
+            return False
+        own = [r for r in done if r.seed_trial is None and r.duplicate_of is None]
+        used = sum(self.spent(r) for r in own) + self.total
+        audit = self.settings.audit
+        capped = sum(min(n, self._cap(leaf) + audit) for leaf, n in self.counts.items())
+        allowed = capped + self.settings.promote * self.total  # per sampler trial
+        return used <= allowed * (len(own) + 1)
 
     def _own(self, fields: EstimateFields) -> dict[str, dict]:
         return {self.name: fields.to_json()}
@@ -223,10 +263,13 @@ class EstimateScorer:
             out[leaf] = np.union1d(shared, audit)
         return out
 
-    def _grow(self, scored: Mapping[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    def _grow(
+        self, scored: Mapping[str, np.ndarray], shared: Mapping[str, int], fraction: float
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Further down each leaf's shared order to ``fraction`` (at least one more example;
         every example once any leaf would reach its end), up to ``max_share``: once a leaf is
-        at its cap, no leaf grows (a call scores some examples of every leaf)."""
+        at its cap, no leaf grows (a call scores some examples of every leaf). Returns the
+        documents to have scored and each leaf's shared part by design (``shared``: before)."""
         targets = {
             leaf: max(self._shared_count(leaf, s) + 1, math.ceil(fraction * n - 1e-9))
             for leaf, s in scored.items()
@@ -236,12 +279,12 @@ class EstimateScorer:
             targets = dict(self.counts)
         targets = {leaf: min(k, self._cap(leaf)) for leaf, k in targets.items()}
         if any(k <= self._shared_count(leaf, scored[leaf]) for leaf, k in targets.items()):
-            return dict(scored)
+            return dict(scored), dict(shared)
         out = {}
         for leaf, k in targets.items():
-            shared, _ = self.design.sample(leaf, self.counts[leaf], 0, shared=k)
-            out[leaf] = np.union1d(shared, scored[leaf])
-        return out
+            prefix, _ = self.design.sample(leaf, self.counts[leaf], 0, shared=k)
+            out[leaf] = np.union1d(prefix, scored[leaf])
+        return out, {leaf: max(k, shared[leaf]) for leaf, k in targets.items()}
 
     def _cap(self, leaf: str) -> int:
         """The most of a leaf's shared order a trial scores (``max_share``, at least ``n``)."""
@@ -274,6 +317,7 @@ class EstimateScorer:
         predictions: Mapping[str, np.ndarray],
         values: Mapping[str, np.ndarray],
         scored: Mapping[str, np.ndarray],
+        shared: Mapping[str, int] | None = None,
     ) -> tuple[list[Estimate], dict[str, Estimate]]:
         """Per objective and per score key, the estimate from what was scored so far.
 
@@ -283,14 +327,26 @@ class EstimateScorer:
             scored: per leaf task, the document indices scored.
         """
         keys: dict[str, Estimate] = {}
+        parts_of = {
+            leaf: self.parts(leaf, scored[leaf], None if shared is None else shared[leaf])
+            for leaf in self.counts
+        }
         for key, parts in self.slices.items():
             leaves = []
             for leaf, where in parts.items():
                 p, y = predictions[key][where], values[key][where]
-                prior = float(np.mean(p * (1.0 - p)))
+                census, sample = parts_of[leaf]
+                rest = np.ones(len(p), bool)
+                rest[census] = False
+                prior = float(np.mean(p[rest] * (1.0 - p[rest]))) if rest.any() else 0.0
                 leaves.append(
                     difference_estimate(
-                        p, y, scored[leaf], prior_variance=prior, prior_df=self.settings.prior_df
+                        p,
+                        y,
+                        sample,
+                        census=census,
+                        prior_variance=prior,
+                        prior_df=self.settings.prior_df,
                     )
                 )
             keys[key] = weighted_objective(leaves, [e.total for e in leaves])
@@ -300,30 +356,81 @@ class EstimateScorer:
         ]
         return objectives, keys
 
-    def full_rows(self) -> list[TrialRecord]:
-        """The study's trials scored in full (per-example values of every example), once per
-        plan."""
+    def parts(
+        self, leaf: str, scored: np.ndarray, shared: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(census, sample)`` of a leaf's scored documents for the difference estimator.
+
+        ``fit: full``: no census, every scored document a simple random sample (the shared
+        prefix and the audit beyond it together are one). ``fit: scored``: the first ``shared``
+        of the order (the shared part the design asked for, not where the scored documents
+        happen to reach: an audit document right after the prefix stays in the sample) are a
+        census (the model may have learnt their values) and the audit documents beyond them
+        the sample (:mod:`.design`)."""
+        scored = np.asarray(scored, int)
+        if self.settings.fit == "full":
+            return np.zeros(0, int), scored
+        k = self._shared_count(leaf, scored) if shared is None else shared
+        order = example_order(self.counts[leaf], leaf, self.design.seed)
+        return census_and_sample(order, scored, k)
+
+    def completed(self) -> list[TrialRecord]:
+        """The study's complete trials, once per plan (a duplicate reused another's scores)."""
         rows: dict[str, TrialRecord] = {}
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             record = TrialRecord.from_trial(t)
-            if record.examples and not record.stopped and record.duplicate_of is None:
+            if record.duplicate_of is None:
                 rows.setdefault(record.key, record)
         return list(rows.values())
 
+    def full_rows(self, done: Sequence[TrialRecord] | None = None) -> list[TrialRecord]:
+        """The trials scored in full (per-example values of every example) among ``done``
+        (default: :meth:`completed`)."""
+        done = self.completed() if done is None else done
+        return [r for r in done if r.examples and not r.stopped]
+
     def predict(
-        self, rows: Sequence[TrialRecord], coefficients: Mapping[str, Sequence[float]]
+        self, done: Sequence[TrialRecord], coefficients: Mapping[str, Sequence[float]]
     ) -> dict[str, np.ndarray] | None:
         """Per score key, every example's prediction for a merge of ``coefficients`` by the
-        model fitted on ``rows`` (fully scored trials, :meth:`full_rows`); ``None`` until they
-        hold every input's seed trial."""
+        model fitted on the trials ``done`` (those scored in full, or with ``fit: scored`` every
+        value scored); ``None`` until they hold every input's seed trial in full."""
+        rows = self.full_rows(done)
         inputs = self._inputs(rows)
         if inputs is None:
             return None
+        if self.settings.fit == "scored":
+            rows = [r for r in done if r.examples or self._partial(r) is not None]
         return self._predict(inputs, rows, self._weights(coefficients))
+
+    def _partial(self, record: TrialRecord) -> dict[str, np.ndarray] | None:
+        """A partly scored trial's values per score key (NaN where not scored), or None."""
+        fields = EstimateFields.of(record, self.name)
+        if fields is None or fields.full or not fields.values or not fields.counts:
+            return None
+        design = Design(fields.seed, self.settings.n, fields.audit)
+        out = {}
+        for key, parts in self.slices.items():
+            row = np.full(parts[next(reversed(parts))].stop, np.nan)
+            where = []
+            for leaf, part in parts.items():
+                order = example_order(self.counts[leaf], leaf, fields.seed)
+                audit = design.sample(leaf, self.counts[leaf], record.number)[1]
+                docs = np.union1d(order[: fields.counts[leaf]], audit)
+                where.extend(part.start + int(d) for d in docs)
+            got = np.asarray(decode_values(fields.values[key]), float)
+            if len(got) != len(where):
+                return None  # recorded under another design: not used
+            row[sorted(where)] = got
+            out[key] = row
+        return out
 
     def _decoded(self, record: TrialRecord) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if record.number not in self._rows:
-            values = {k: np.asarray(v, float) for k, v in record.per_example().items()}
+            if record.examples:
+                values = {k: np.asarray(v, float) for k, v in record.per_example().items()}
+            else:
+                values = self._partial(record) or {}
             self._rows[record.number] = (self._weights(record.coefficients), values)
         return self._rows[record.number]
 
@@ -366,14 +473,12 @@ class EstimateScorer:
             k, n = array.shape
             if others:
                 decoded = [self._decoded(r) for r in others]
-                history = History(
-                    np.array([w for w, _ in decoded]),
-                    np.array([v[key] for _, v in decoded]),
-                    np.ones((len(decoded), n), bool),
-                )
+                rows_v = np.array([v[key] for _, v in decoded])
+                history = History(np.array([w for w, _ in decoded]), rows_v, ~np.isnan(rows_v))
             else:
                 history = History.empty(k, n)
-            model = build_model(self.settings.model).fit(array, history)
+            partial = self.settings.fit == "scored"
+            model = build_model(self.settings.model, partial=partial).fit(array, history)
             out[key] = np.asarray(model.predict(weights[None, :]), float)[0]
         return out
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.study.strategy import Offers, Strategy, parse_settings
 
@@ -46,6 +46,12 @@ class EstimateConfig(BaseModel):
     n: int = Field(default=20, ge=2)
     # examples per task drawn at random per trial beyond the shared part (0: paired only)
     audit: int = Field(default=0, ge=0)
+    # the rows the prediction model fits on. full: the inputs and trials scored in full (the
+    # estimate is unbiased over the draw of the study's order). scored: every value any earlier
+    # trial scored (partial rows too); needs audit > 0: the trial's shared examples then count
+    # exactly (a census) and the audit part alone corrects the predictions of the rest, unbiased
+    # over the trial's own audit draw whatever the model learnt from the shared examples
+    fit: Literal["full", "scored"] = "full"
     # the per-example prediction model (search.strategies.estimate.predict.MODELS); kernel
     # measured best on the demo pool (bench/README.md)
     model: str = "kernel"
@@ -59,6 +65,12 @@ class EstimateConfig(BaseModel):
     # the moderated variance's prior weight in residuals (0/1 values: a few residuals are often
     # all 0); 5 covered 94–98 % at n = 10..40 on the demo pool
     prior_df: float = Field(default=5.0, ge=0.0)
+    # with max_share < 1: a sampler trial that reaches the cap and may be on the front (no member,
+    # all scored in full, beats its estimates on every objective) scores every example, while the
+    # sampler's trials have spent on average at most a capped trial's examples (shared part and
+    # audit) and promote of a full evaluation more (0: none is promoted). Promoted trials are
+    # exact: front members to decide against and rows to fit on
+    promote: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @field_validator("model")
     @classmethod
@@ -68,6 +80,15 @@ class EstimateConfig(BaseModel):
         if value not in MODELS:
             raise ValueError(f"expected one of {', '.join(sorted(MODELS))} (got {value!r})")
         return value
+
+    @model_validator(mode="after")
+    def _scored_needs_audit(self) -> EstimateConfig:
+        if self.fit == "scored" and self.audit == 0:
+            raise ValueError(
+                "fit: scored fits on the shared examples' values, so only a random audit part "
+                "can correct the estimate without bias: set audit > 0 or fit: full"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -144,12 +165,21 @@ class EstimatedScoring(Strategy):
                 f"add singles to seed_trials (now {list(self.cfg.seed_kinds)})"
             )
         limit = self.cfg.eval.limit
-        if limit is not None and limit < MIN_SHARE * self.settings.n:
+        if limit is not None and limit < MIN_SHARE * self.first:
             raise ValueError(
-                f"{SECTION}.n: {self.settings.n} examples per task at the first look need tasks "
-                f"of at least {MIN_SHARE * self.settings.n} search examples (half left to "
+                f"{SECTION}.n: {self.first} examples per task at the first look{self._audit} need "
+                f"tasks of at least {MIN_SHARE * self.first} search examples (half left to "
                 f"estimate); eval.limit: {limit} caps them: lower n or raise eval.limit"
             )
+
+    @property
+    def first(self) -> int:
+        """Examples per task at a trial's first look (shared and audit parts)."""
+        return self.settings.n + self.settings.audit
+
+    @property
+    def _audit(self) -> str:
+        return " (n + audit)" if self.settings.audit else ""
 
     def prepare_runtime(self, runtime: Runtime) -> None:
         if runtime.split != "search":
@@ -158,15 +188,15 @@ class EstimatedScoring(Strategy):
         small = {
             task: n
             for task, n in runtime.evaluator.examples_per_task().items()
-            if n < MIN_SHARE * self.settings.n
+            if n < MIN_SHARE * self.first
         }
         if small:
             from search.errors import UserError
 
             task, n = next(iter(small.items()))
             raise UserError(
-                f"{SECTION}.n: {self.settings.n} examples per task at the first look need tasks "
-                f"of at least {MIN_SHARE * self.settings.n} search examples (half left to "
+                f"{SECTION}.n: {self.first} examples per task at the first look{self._audit} need "
+                f"tasks of at least {MIN_SHARE * self.first} search examples (half left to "
                 f"estimate); {task} has {n}: lower n or set {SECTION}: null"
             )
 

@@ -101,6 +101,11 @@ def _fields(record: TrialRecord) -> EstimateFields:
         ({"eval.staged": {}}, "eval.estimate: scores each trial in its own way, as eval.staged"),
         ({"eval.estimate": {"model": "irt"}}, "eval.estimate.model"),
         ({"eval.estimate": {"n": 1}}, "eval.estimate.n"),
+        ({"eval.estimate": {"fit": "scored"}}, "fit: scored fits on the shared examples"),
+        (
+            {"eval.estimate": {"n": 5, "audit": 5}, "eval.limit": 15},
+            "eval.estimate.n: 10 examples per task at the first look (n + audit) need",
+        ),
     ],
 )
 def test_a_config_it_cannot_serve_is_refused_in_one_line(
@@ -239,3 +244,48 @@ def test_at_max_share_a_trial_in_doubt_keeps_its_estimates(
         assert list(r.values) == [f.estimates["pick_x"], f.estimates["pick_y"]]
     capsys.readouterr()
     assert main(["pareto", str(config), "--json"]) == 0  # estimates may stand on the front
+
+
+def test_audit_fit_scored_and_promotion(
+    built: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Capped trials score a shared prefix and an audit of their own, the model fits on every
+    value scored, and trials that would join the front are scored in full within the budget."""
+    n, audit, promote = 4, 6, 0.5
+    estimate = {
+        "n": n,
+        "audit": audit,
+        "fit": "scored",
+        "confidence": 0.6,
+        "max_share": n / ITEMS,  # the shared part stops at the first look
+        "promote": promote,
+    }
+    config = _config(
+        built,
+        tmp_path,
+        eval={"batch_size": 64, "seed": 3, "estimate": estimate},
+        budget={"n_trials": 12},
+    )
+    assert main(["launch", str(config), "--workers", "1"]) == 0
+    total, first = 2 * ITEMS, 2 * (n + audit)
+    sampler = [r for r in _records(tmp_path) if not r.seed_trial and r.duplicate_of is None]
+    promoted = [r for r in sampler if _fields(r).full]
+    partial = [r for r in sampler if not _fields(r).full]
+    assert promoted and partial
+    assert all(r.examples_scored == total and r.examples for r in promoted)
+    assert all(r.examples_scored == first for r in partial)
+    spent = sum(r.examples_scored for r in sampler)
+    assert spent <= (first / total + promote) * total * len(sampler)
+    from search.study.worker import Runtime
+
+    runtime = Runtime.create(load_config(config))
+    for r in partial:
+        scores, _, _ = runtime.score(MergePlan.from_dict(r.plan))
+        f = _fields(r)
+        design = Design(f.seed, n, f.audit)
+        for task in ("pick_x", "pick_y"):
+            key = f"{task}/acc"
+            docs = np.union1d(*design.sample(task, ITEMS, r.number))
+            truth = np.asarray(scores.examples[key])
+            assert decode_values(f.values[key]) == tuple(truth[docs])
+            assert abs(f.estimates[task] - truth.mean()) <= 4 * f.ses[task] + 1e-9
