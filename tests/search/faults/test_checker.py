@@ -161,17 +161,23 @@ def retried(db: Path, tmp_path: Path, copies: int, told_after: bool = False) -> 
     url = corrupted(db, tmp_path, fail)
     study = optuna.load_study(study_name="checked", storage=url)
     for _ in range(copies):
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=State.COMPLETE,
-                values=source.values,
-                params=source.params,
-                distributions=source.distributions,
-                user_attrs=source.user_attrs,
-                system_attrs={"failed_trial": source.number, "retry_history": [source.number]},
-            )
-        )
+        add_retry(study, source)
     return url
+
+
+def add_retry(study: optuna.Study, source: optuna.trial.FrozenTrial) -> None:
+    """A COMPLETE trial with ``source``'s scores recorded as its retry, as Optuna's
+    ``RetryFailedTrialCallback`` records one."""
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=State.COMPLETE,
+            values=source.values,
+            params=source.params,
+            distributions=source.distributions,
+            user_attrs=source.user_attrs,
+            system_attrs={"failed_trial": source.number, "retry_history": [source.number]},
+        )
+    )
 
 
 def test_a_trial_retried_once_holds(finished_study, tmp_path):
@@ -199,17 +205,7 @@ def test_a_trial_told_after_it_failed_is_found(finished_study, tmp_path):
 def test_a_retry_of_a_trial_that_did_not_fail_is_found(finished_study, tmp_path):
     url = corrupted(finished_study, tmp_path, lambda conn: None)
     study = optuna.load_study(study_name="checked", storage=url)
-    source = study.get_trials()[0]
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=State.COMPLETE,
-            values=source.values,
-            params=source.params,
-            distributions=source.distributions,
-            user_attrs=source.user_attrs,
-            system_attrs={"failed_trial": source.number, "retry_history": [source.number]},
-        )
-    )
+    add_retry(study, study.get_trials()[0])
     found = check_study(url, "checked", N_TRIALS)
     assert any("which is COMPLETE, not FAIL" in line for line in found), found
     assert any("finished 2 times in its retry chain" in line for line in found), found
