@@ -184,8 +184,13 @@ def group_members(pgid: int) -> list[int]:
 def launch_in_group(config: Path, *args: str, cwd: Path) -> subprocess.Popen:
     """``merge-search launch CONFIG ARGS`` as a shell runs it: in a process group of its own
     (Ctrl-C in a terminal reaches the whole group)."""
+    return in_group([sys.executable, "-m", "search.cli", "launch", str(config), *args], cwd=cwd)
+
+
+def in_group(command: list[str], *, cwd: Path) -> subprocess.Popen:
+    """``command`` in a process group of its own, unbuffered, its output piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "launch", str(config), *args],
+        command,
         cwd=cwd,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,

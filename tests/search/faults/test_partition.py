@@ -43,6 +43,7 @@ from tests.search.study_fixtures import (
     REPO,
     build_pool_and_tasks,
     create_study,
+    in_group,
     study_config,
     wait_for,
     write_config,
@@ -59,15 +60,7 @@ N_TRIALS = 160
 
 def on_host(host: Host, args: list[str], cwd: Path) -> subprocess.Popen:
     """``merge-search ARGS`` inside ``host``'s namespace, in a process group of its own."""
-    return subprocess.Popen(
-        host.command([sys.executable, "-m", "search.cli", *args]),
-        cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return in_group(host.command([sys.executable, "-m", "search.cli", *args]), cwd=cwd)
 
 
 class Watch:
