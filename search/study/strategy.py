@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import optuna
@@ -136,6 +136,61 @@ class Strategy:
     def offers(self) -> Offers:
         """The optional parts it offers (see :class:`Offers`)."""
         return Offers()
+
+
+class SubsetScoring(Strategy):
+    """What the strategies that score part of a trial's examples share (staged and estimated
+    scoring): the refusal of perplexity objectives, the evaluator's example layout, and the
+    offers of a scorer, the constraint of stopped trials and a summary fragment.
+
+    A subclass sets :attr:`section_path` (its config section, as the one-line errors name it),
+    :attr:`what` (how those errors name the strategy), :attr:`fields` (the dataclass it records
+    on a trial: ``fields.of(record, name)`` is ``None`` or has a ``violation``, > 0 for a
+    stopped trial), and defines :meth:`scorer` and :meth:`summary`.
+    """
+
+    section_path: ClassVar[str] = ""
+    what: ClassVar[str] = ""
+    fields: ClassVar[Any] = None
+
+    def refuse_ratios(self, needs: str) -> None:
+        """A ``ValueError`` naming the first perplexity objective (``needs``: why it cannot be
+        scored in parts, ending the sentence "scores perplexity, a ratio over the whole file,
+        ...")."""
+        for i, obj in enumerate(self.cfg.objectives):
+            if obj.evaluator == "perplexity":
+                raise ValueError(
+                    f"{self.section_path}: objectives[{i}] ({obj.name!r}) scores perplexity, a "
+                    f"ratio over the whole file, {needs}: set {self.section_path}: null or drop "
+                    "that objective"
+                )
+
+    @classmethod
+    def layout(cls, runtime: Runtime) -> Any:
+        """The evaluator's example layout; its refusal names this strategy's section."""
+        from search.errors import UserError
+
+        try:
+            return runtime.evaluator.example_layout()
+        except UserError as exc:
+            raise UserError(
+                f"{exc}; {cls.what} ({cls.section_path}) needs scores that are means of "
+                f"per-example values (acc, exact_match, ...): set {cls.section_path}: null"
+            ) from None
+
+    def offers(self) -> Offers:
+        return Offers(scorer=self.scorer, constraints=self.constraints, summary=self.summary)
+
+    def scorer(self, runtime: Runtime, study: optuna.Study) -> Scorer:
+        raise NotImplementedError
+
+    def constraints(self, record: TrialRecord) -> tuple[float, ...]:
+        # > 0: stopped; 0 for a trial scored in full, or scored before the strategy was on
+        fields = self.fields.of(record, self.name)
+        return (float(fields.violation if fields else 0.0),)
+
+    def summary(self, records: Sequence[TrialRecord]) -> str:
+        raise NotImplementedError
 
 
 def split_sections(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

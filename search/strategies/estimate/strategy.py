@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search.study.strategy import Offers, Strategy, parse_settings
+from search.study.strategy import SubsetScoring, parse_settings
 
 if TYPE_CHECKING:
     import optuna
@@ -144,21 +144,18 @@ class EstimateFields:
         return out
 
 
-class EstimatedScoring(Strategy):
+class EstimatedScoring(SubsetScoring):
     """The estimated-scoring strategy (see the module docstring)."""
 
     name = "estimate"
+    section_path = SECTION
+    what = "estimated scoring"
+    fields = EstimateFields
 
     def check(self) -> None:
         section = {} if self.section is True else self.section
         self.settings = parse_settings(EstimateConfig, section, SECTION)
-        for i, obj in enumerate(self.cfg.objectives):
-            if obj.evaluator == "perplexity":
-                raise ValueError(
-                    f"{SECTION}: objectives[{i}] ({obj.name!r}) scores perplexity, a ratio over "
-                    "the whole file, not a mean of per-example values to estimate: set "
-                    f"{SECTION}: null or drop that objective"
-                )
+        self.refuse_ratios("not a mean of per-example values to estimate")
         if "singles" not in self.cfg.seed_kinds:
             raise ValueError(
                 f"{SECTION}: fits its predictions on every input's full per-example scores: "
@@ -200,31 +197,10 @@ class EstimatedScoring(Strategy):
                 f"estimate); {task} has {n}: lower n or set {SECTION}: null"
             )
 
-    @staticmethod
-    def layout(runtime: Runtime) -> Any:
-        """The evaluator's example layout; its refusal names this section."""
-        from search.errors import UserError
-
-        try:
-            return runtime.evaluator.example_layout()
-        except UserError as exc:
-            raise UserError(
-                f"{exc}; estimated scoring ({SECTION}) needs scores that are means of "
-                f"per-example values (acc, exact_match, ...): set {SECTION}: null"
-            ) from None
-
-    def offers(self) -> Offers:
-        return Offers(scorer=self.scorer, constraints=self.constraints, summary=self.summary)
-
     def scorer(self, runtime: Runtime, study: optuna.Study) -> EstimateScorer:
         from search.strategies.estimate.scorer import EstimateScorer
 
         return EstimateScorer(self.cfg, self.settings, runtime, study, self.name)
-
-    def constraints(self, record: TrialRecord) -> tuple[float, ...]:
-        # > 0: stopped; 0 for a trial scored in full or estimated before it was on
-        fields = EstimateFields.of(record, self.name)
-        return (float(fields.violation if fields else 0.0),)
 
     def summary(self, records: Sequence[TrialRecord]) -> str:
         fields = [f for r in records if (f := EstimateFields.of(r, self.name)) is not None]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from search.study.strategy import Offers, Strategy, parse_settings
+from search.study.strategy import SubsetScoring, parse_settings
 
 if TYPE_CHECKING:
     import optuna
@@ -78,51 +78,27 @@ class StagedFields:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-class StagedScoring(Strategy):
+class StagedScoring(SubsetScoring):
     """The staged-scoring strategy (see the module docstring)."""
 
     name = "staged"
+    section_path = SECTION
+    what = "staged scoring"
+    fields = StagedFields
 
     def check(self) -> None:
         section = {} if self.section is True else self.section
         self.settings = parse_settings(StagedConfig, section, SECTION)
-        for i, obj in enumerate(self.cfg.objectives):
-            if obj.evaluator == "perplexity":
-                raise ValueError(
-                    f"{SECTION}: objectives[{i}] ({obj.name!r}) scores perplexity, a ratio "
-                    "over the whole file, not a mean of per-example values; staged scoring "
-                    f"needs mean metrics: set {SECTION}: null or drop that objective"
-                )
+        self.refuse_ratios("not a mean of per-example values; staged scoring needs mean metrics")
 
     def prepare_runtime(self, runtime: Runtime) -> None:
         if runtime.split == "search":
             self.layout(runtime)  # UserError when the scores of subsets cannot be combined
 
-    @staticmethod
-    def layout(runtime: Runtime) -> Any:
-        """The evaluator's example layout; its refusal names this section."""
-        from search.errors import UserError
-
-        try:
-            return runtime.evaluator.example_layout()
-        except UserError as exc:
-            raise UserError(
-                f"{exc}; staged scoring ({SECTION}) needs scores that are means of per-example "
-                f"values (acc, exact_match, ...): set {SECTION}: null"
-            ) from None
-
-    def offers(self) -> Offers:
-        return Offers(scorer=self.scorer, constraints=self.constraints, summary=self.summary)
-
     def scorer(self, runtime: Runtime, study: optuna.Study) -> StagedScorer:
         from search.strategies.staged.scorer import StagedScorer
 
         return StagedScorer(self.cfg, self.settings, runtime, study, self.name)
-
-    def constraints(self, record: TrialRecord) -> tuple[float, ...]:
-        # > 0: stopped; 0 for a trial scored in full, or scored before staged scoring was on
-        fields = StagedFields.of(record, self.name)
-        return (float(fields.violation if fields else 0.0),)
 
     def summary(self, records: Sequence[TrialRecord]) -> str:
         return f"{sum(r.stopped for r in records)} stopped early by staged scoring"
