@@ -487,13 +487,15 @@ def online(args: argparse.Namespace) -> None:
         hvs[label] = hypervolume([vals(scored_on(test, "test", p)) for p in plans], directions, ref)
         chosen = scored_on(test, "test", exports[label])
         leads = {k: paired_lead(chosen.examples, v.examples) for k, v in base_t.items()}
-        worst = min(leads, key=lambda k: leads[k][0] / leads[k][1])
+        # in SE units; an export that is one of the baselines leads it by 0 with SE 0
+        z = {k: d / se if se else 0.0 for k, (d, se) in leads.items()}
+        worst = min(leads, key=z.__getitem__)
         print(
             f"{label:10} test HV {hvs[label]:.4f}  export test mean "
             f"{mean_obj(vals(chosen), directions):.4f}  − uniform "
             "{:+.3f}±{:.3f}".format(*leads["uniform"])
             + f"  weakest lead: {worst} {{:+.3f}}±{{:.3f}}".format(*leads[worst])
-            + f" ({leads[worst][0] / leads[worst][1]:.1f} SE)"
+            + f" ({z[worst]:.1f} SE)"
         )
     print(
         f"test HV ratio, estimate / full at {args.trials} trials: "
