@@ -34,6 +34,15 @@ def simulate(y, p, n, seed=1, draws=DRAWS):
     return np.array([e.mean for e in out]), np.array([e.se for e in out])
 
 
+def assert_unbiased_and_covered(draws: list[Estimate], truth: float) -> None:
+    """Over the draws, the estimates' mean is within 4 Monte-Carlo SEs of ``truth`` and their
+    95 % intervals cover it at least 92 % of the time."""
+    est = np.array([e.mean for e in draws])
+    assert abs(est.mean() - truth) < 4 * est.std(ddof=1) / math.sqrt(len(draws))
+    covered = np.mean([e.interval()[0] <= truth <= e.interval()[1] for e in draws])
+    assert covered >= 0.92
+
+
 @pytest.mark.parametrize("n", [20, 40])
 def test_unbiased_and_covered(n):
     y, p = pool()
@@ -178,10 +187,7 @@ def test_the_scorers_combination_is_unbiased_and_covered_over_study_orders():
         )
         for s in range(1000)
     ]
-    est = np.array([e.mean for e in draws])
-    assert abs(est.mean() - y.mean()) < 4 * est.std(ddof=1) / math.sqrt(len(draws))
-    covered = np.mean([e.interval()[0] <= y.mean() <= e.interval()[1] for e in draws])
-    assert covered >= 0.92
+    assert_unbiased_and_covered(draws, y.mean())
 
 
 def test_fit_scored_is_unbiased_over_the_trials_audit_draw():
@@ -222,10 +228,7 @@ def test_fit_scored_is_unbiased_over_the_trials_audit_draw():
         )
         for number in range(1000)
     ]
-    est = np.array([e.mean for e in draws])
-    assert abs(est.mean() - y.mean()) < 4 * est.std(ddof=1) / math.sqrt(len(draws))
-    covered = np.mean([e.interval()[0] <= y.mean() <= e.interval()[1] for e in draws])
-    assert covered >= 0.92
+    assert_unbiased_and_covered(draws, y.mean())
 
 
 def test_an_empty_sample_outside_the_census_has_no_se():
