@@ -225,7 +225,11 @@ def test_a_resumed_study_goes_on_estimating(
     later = records[4:]
     assert all(not r.seed_trial for r in later)  # the inputs are not scored again
     assert all(_fields(r).n == r.examples_scored for r in later if r.duplicate_of is None)
-    assert any(r.stopped and r.examples_scored < 2 * ITEMS for r in later)  # fitted on resume
+    # fitted on resume: every new trial went through the estimator's looks (a plain full
+    # evaluation, what an unfitted scorer gives, is one look, never stopped). Whether one of them
+    # is stopped depends on the resumed launch's sampler seed, which varies with its process
+    own = [r for r in later if r.duplicate_of is None]
+    assert own and all(r.stopped or _fields(r).looks > 1 for r in own)
 
 
 def test_at_max_share_a_trial_in_doubt_keeps_its_estimates(
